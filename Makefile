@@ -1,0 +1,49 @@
+# Meta Chat Platform. `make run` serves it on embedded defaults; `make test` runs every check.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test install install-dev browser bench lint format typecheck stop clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser tests (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+run: install
+	$(PY) -m config.launcher run
+
+test: install browser
+	$(PY) -m config.launcher test $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench.run_all $(BENCH_ARGS)
+
+lint: install
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+typecheck: install
+	$(PY) -m mypy config tenants events channels_app knowledge conversations
+
+stop: install
+	$(PY) -c "from config import embedded as e; e.stop_embedded_postgres(); e.stop_embedded_redis()"
+
+clean: stop
+	rm -rf var $(VENV)

@@ -1,0 +1,149 @@
+"""The one contract every channel adapter implements, and the registry that maps a type to it.
+
+Adapters translate between a platform and the platform-neutral shapes below. They do no database
+work: the caller hands them the channel and its credentials, and stores what they return.
+Adding SMS or Telegram means one new module and one line in ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Media:
+    """An attachment. ``media_id``/``url`` point at the platform; ``storage_path`` is ours once fetched."""
+
+    kind: str  # image | audio | video | document | sticker | file
+    mime_type: str = ""
+    media_id: str = ""
+    url: str = ""
+    sha256: str = ""
+    caption: str = ""
+    filename: str = ""
+    storage_path: str = ""
+    size: int | None = None
+    voice: bool = False
+
+
+@dataclass
+class NormalizedMessage:
+    """One inbound user message, whatever platform it came from."""
+
+    platform: str  # whatsapp | messenger | webchat
+    channel_external_id: str  # phone_number_id | page id | widget key
+    message_id: str  # wamid | mid | client message id
+    sender_id: str  # wa_id / BSUID | PSID | visitor id
+    timestamp: float  # Unix seconds
+    type: str  # text | image | audio | video | document | sticker | location | contacts
+    #          # | interactive | button | reaction | postback | quick_reply | unsupported | ...
+    text: str = ""  # what the user said, as text the pipeline can answer (caption, button title, ...)
+    sender_name: str = ""
+    media: list[Media] = field(default_factory=list)
+    location: dict[str, Any] | None = None
+    contacts: list[dict[str, Any]] = field(default_factory=list)
+    reply: dict[str, Any] | None = None  # interactive/button/quick reply/postback: {"id"/"payload", "title"}
+    reaction: dict[str, Any] | None = None  # {"message_id", "emoji"}
+    context_message_id: str = ""  # the message this one replies to
+    unsupported_reason: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormalizedMessage:
+        data = dict(data)
+        data["media"] = [Media(**m) for m in data.get("media", [])]
+        return cls(**data)
+
+
+@dataclass
+class StatusUpdate:
+    """Delivery news about a message we sent."""
+
+    platform: str
+    channel_external_id: str
+    message_id: str  # platform id of our outbound message (wamid / mid); "" for watermark statuses
+    status: str  # sent | delivered | read | failed | played | ...
+    timestamp: float
+    recipient_id: str = ""
+    watermark: float | None = None  # Messenger delivery/read: everything up to this time
+    error: dict[str, Any] | None = None  # {"code", "title", "message", "details"}
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ParsedPayload:
+    messages: list[NormalizedMessage] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # why parts were skipped (echo, other field, ...)
+
+
+@dataclass
+class SendResult:
+    platform_message_ids: list[str]
+
+
+class SendError(Exception):
+    """Sending failed. ``permanent`` errors must not be retried; ``disable_channel`` stops all sends."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | str | None = None,
+        permanent: bool = False,
+        disable_channel: bool = False,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message)
+        self.code = code
+        self.permanent = permanent
+        self.disable_channel = disable_channel
+        self.retry_after = retry_after
+        self.details = details or {}
+
+
+class ChannelAdapter(Protocol):
+    platform: str
+    max_text_length: int
+
+    def verify_signature(self, *, body: bytes, headers: dict[str, str], credentials: dict[str, str]) -> bool: ...
+
+    def routing_ids(self, payload: dict[str, Any]) -> list[str]:
+        """The channel external ids a payload is addressed to (to find channels and credentials)."""
+        ...
+
+    def parse(self, payload: dict[str, Any]) -> ParsedPayload: ...
+
+    def send_text(
+        self, *, channel_external_id: str, recipient_id: str, text: str, credentials: dict[str, str]
+    ) -> SendResult: ...
+
+    def send_typing(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        reply_to_message_id: str,
+        credentials: dict[str, str],
+    ) -> None: ...
+
+    def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
+        """Download an attachment: (content, mime type)."""
+        ...
+
+
+def get_adapter(platform: str) -> ChannelAdapter:
+    from channels_app.adapters import ADAPTERS
+
+    try:
+        return ADAPTERS[platform]
+    except KeyError:
+        raise KeyError(f"no channel adapter for '{platform}'") from None

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.db import models
+
+from tenants.scoping import TenantOwned
+
+
+def new_widget_key() -> str:
+    return "wk_" + secrets.token_urlsafe(18)
+
+
+class Channel(TenantOwned):
+    """One place a tenant's assistant talks: a WhatsApp number, a Messenger page, a web chat site.
+
+    ``external_id`` is what inbound traffic is routed by: the WhatsApp ``phone_number_id``, the
+    Messenger page id, or the web chat widget key. Credentials live encrypted in ``ChannelSecret``.
+    """
+
+    class Type(models.TextChoices):
+        WHATSAPP = "whatsapp", "WhatsApp"
+        MESSENGER = "messenger", "Messenger"
+        WEBCHAT = "webchat", "Web chat"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=20, choices=Type.choices)
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True)
+    external_id = models.CharField(max_length=128, blank=True, default="")
+    # Public, non-secret configuration: display_phone_number, allowed_origins, ...
+    config = models.JSONField(default=dict, blank=True)
+    # Set when the platform stopped sending (e.g. Meta error 190: token expired); cleared on new creds.
+    sending_disabled_reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["tenant", "type"], name="channel_tenant_type")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["type", "external_id"],
+                condition=~models.Q(external_id=""),
+                name="channel_unique_external_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_type_display()}: {self.name}"
+
+
+class ChannelSecret(TenantOwned):
+    """The channel's credentials as one AES-256-GCM encrypted JSON object (see tenants.secrets)."""
+
+    channel = models.OneToOneField(Channel, on_delete=models.CASCADE, related_name="secret")
+    ciphertext = models.TextField()
+    iv = models.CharField(max_length=32)
+    tag = models.CharField(max_length=32)
+    key_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant"], name="channelsecret_tenant"),
+            models.Index(fields=["key_id"], name="channelsecret_key_id"),
+        ]
+
+    def __repr__(self) -> str:
+        return f"<ChannelSecret channel={self.channel_id} key_id={self.key_id}>"
+
+    def __str__(self) -> str:
+        return f"credentials of channel {self.channel_id}"
+
+
+class InboundEvent(TenantOwned):
+    """Something a channel received, stored once before it is acknowledged.
+
+    The webhook view (or WebSocket consumer) writes one row per normalized inbound message or status
+    update, idempotently on (tenant, channel, dedupe_key) because platforms redeliver, then hands the
+    row id to Celery after commit. ``status`` records what became of it; nothing is deleted.
+    """
+
+    class Kind(models.TextChoices):
+        MESSAGE = "message", "Message"
+        STATUS = "status", "Status update"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored"
+        FAILED = "failed", "Failed"
+
+    id = models.BigAutoField(primary_key=True)
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="+", db_index=False)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.MESSAGE)
+    # Platform message id (wamid, mid, client message id) or "<wamid>:<status>" for status updates.
+    dedupe_key = models.CharField(max_length=255)
+    sender_external_id = models.CharField(max_length=255, blank=True, default="")
+    # The NormalizedMessage / StatusUpdate as JSON (channels_app.adapters.base).
+    normalized = models.JSONField()
+    correlation_id = models.CharField(max_length=64, blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "channel", "dedupe_key"], name="inbound_unique_dedupe")
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "channel", "sender_external_id", "id"], name="inbound_sender"),
+            models.Index(
+                fields=["status", "received_at"],
+                condition=models.Q(status="pending"),
+                name="inbound_pending",
+            ),
+        ]
+
+
+class UnroutedWebhook(models.Model):
+    """A well-signed or unverifiable webhook payload that matched no channel, kept for inspection.
+
+    Not tenant-owned (no tenant could be found); visible to superusers only.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    platform = models.CharField(max_length=20)
+    reason = models.CharField(max_length=200)
+    external_ids = models.JSONField(default=list)
+    body = models.TextField()
+    headers = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["platform", "received_at"], name="unrouted_platform_time")]
+
+    def __str__(self) -> str:
+        return f"{self.platform} webhook for {', '.join(self.external_ids) or 'nothing'} ({self.reason})"

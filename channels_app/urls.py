@@ -1,0 +1,5 @@
+"""API routes of this app, included under /api/ by config.urls."""
+
+from django.urls import path  # noqa: F401
+
+urlpatterns: list = []

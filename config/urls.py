@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/", include("conversations.urls")),
     path("api/", include("events.urls")),
     path("webhooks/", include("channels_app.webhook_urls")),
+    path("api/", include("channels_app.webchat_urls")),
     path("", include("channels_app.page_urls")),
     path("admin/", admin.site.urls),
 ]

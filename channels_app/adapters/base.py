@@ -8,7 +8,8 @@ Adding SMS or Telegram means one new module and one line in ``ADAPTERS``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -138,6 +139,30 @@ class ChannelAdapter(Protocol):
     def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
         """Download an attachment: (content, mime type)."""
         ...
+
+
+@runtime_checkable
+class StreamingAdapter(Protocol):
+    """Optional: adapters that can show a reply as it is generated (web chat) implement this too."""
+
+    def stream_text(
+        self, *, channel_external_id: str, recipient_id: str, chunks: Iterable[str], credentials: dict[str, str]
+    ) -> SendResult: ...
+
+
+@runtime_checkable
+class NoticeAdapter(Protocol):
+    """Optional: adapters that can show non-message notices (typing, handoff) in their own UI."""
+
+    def send_notice(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        kind: str,
+        data: dict[str, Any],
+        credentials: dict[str, str],
+    ) -> None: ...
 
 
 def get_adapter(platform: str) -> ChannelAdapter:

@@ -1,0 +1,3 @@
+"""Web chat API routes (/api/webchat/...), included by config.urls."""
+
+urlpatterns: list = []

@@ -7,8 +7,8 @@ Adding SMS or Telegram means one new module and one line in ``ADAPTERS``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 

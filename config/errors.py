@@ -71,8 +71,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         wait = int(exc.wait or 1)
         body = error_body("rate_limited", f"Too many requests; retry in {wait} s.", {"retry_after": wait})
     else:
-        code = _DEFAULT_CODES.get(status_code, "error")
         detail = exc.detail
+        code = getattr(detail, "code", None) or exc.default_code or _DEFAULT_CODES.get(status_code, "error")
+        if code in ("error", "invalid"):
+            code = _DEFAULT_CODES.get(status_code, "error")
         message = str(detail) if not isinstance(detail, dict | list) else code.replace("_", " ")
         body = error_body(code, message, detail if isinstance(detail, dict | list) else None)
     response.data = body

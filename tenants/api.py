@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
@@ -11,9 +12,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError
+from events.services import emit
+from events.types import EventType
+from tenants import secrets as secret_service
 from tenants import services
 from tenants.auth import IsAdminKey, Principal, TenantScopedMixin
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Tenant, TenantSecret
 from tenants.settings_schema import TenantSettingsError
 
 
@@ -162,3 +166,49 @@ class ApiKeyDetailView(TenantScopedMixin, APIView):
         except ApiKey.DoesNotExist:
             raise ApiError(404, "not_found", "No such API key.") from None
         return Response(ApiKeySerializer(api_key).data)
+
+
+# --- secrets (write-only) -------------------------------------------------------------------------------
+
+
+class SecretSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TenantSecret
+        fields = ["name", "key_id", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class SecretWriteSerializer(serializers.Serializer):
+    value = serializers.CharField(max_length=16384, trim_whitespace=False, write_only=True)
+
+
+SECRET_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,120}"
+
+
+class SecretListView(TenantScopedMixin, generics.GenericAPIView):
+    serializer_class = SecretSerializer
+
+    @extend_schema(responses=SecretSerializer(many=True), summary="List secret names (never values)")
+    def get(self, request: Request, tenant_id: Any) -> Response:
+        page = self.paginate_queryset(TenantSecret.objects.for_tenant(self.tenant).order_by("name"))
+        return self.get_paginated_response(SecretSerializer(page, many=True).data)
+
+
+class SecretDetailView(TenantScopedMixin, APIView):
+    @extend_schema(request=SecretWriteSerializer, responses=SecretSerializer, summary="Create or replace a secret")
+    def put(self, request: Request, tenant_id: Any, name: str) -> Response:
+        data = SecretWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        with transaction.atomic():
+            created = not secret_service.tenant_secret_exists(tenant=self.tenant, name=name)
+            row = secret_service.tenant_secret_set(tenant=self.tenant, name=name, value=data.validated_data["value"])
+            emit(tenant=self.tenant, type=EventType.SECRET_UPDATED, payload={"name": name, "key_id": row.key_id})
+        return Response(SecretSerializer(row).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(responses={204: None}, summary="Delete a secret")
+    def delete(self, request: Request, tenant_id: Any, name: str) -> Response:
+        with transaction.atomic():
+            if not secret_service.tenant_secret_delete(tenant=self.tenant, name=name):
+                raise ApiError(404, "not_found", "No such secret.")
+            emit(tenant=self.tenant, type=EventType.SECRET_DELETED, payload={"name": name})
+        return Response(status=status.HTTP_204_NO_CONTENT)

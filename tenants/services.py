@@ -187,7 +187,7 @@ def tenant_owned_models() -> list[Any]:
 
     from tenants.scoping import TenantOwned
 
-    return [m for m in apps.get_models() if issubclass(m, TenantOwned) and m._meta.model_name != "apikey"]
+    return [m for m in apps.get_models() if issubclass(m, TenantOwned) and m._meta.model_name != "membership"]
 
 
 def ensure_staff_groups() -> dict[str, Group]:

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from tenants import api
 
@@ -10,5 +10,11 @@ urlpatterns = [
         "tenants/<uuid:tenant_id>/api-keys/<uuid:key_id>/",
         api.ApiKeyDetailView.as_view(),
         name="apikey-detail",
+    ),
+    path("tenants/<uuid:tenant_id>/secrets/", api.SecretListView.as_view(), name="secret-list"),
+    re_path(
+        rf"^tenants/(?P<tenant_id>[0-9a-f-]{{36}})/secrets/(?P<name>{api.SECRET_NAME_PATTERN})/?$",
+        api.SecretDetailView.as_view(),
+        name="secret-detail",
     ),
 ]

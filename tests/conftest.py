@@ -141,3 +141,26 @@ def local_http_server() -> Iterator[Callable[..., Any]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def pg_dump_text(transactional_db: Any) -> Callable[[], str]:
+    """``pg_dump_text()``: a plain-SQL dump of the whole test database, as another process sees it."""
+    import subprocess
+
+    from django.db import connection
+
+    from config.embedded import postgres_bin
+
+    def dump() -> str:
+        params = connection.get_connection_params()
+        cmd = [postgres_bin("pg_dump"), "--no-owner", "--data-only", "-d", params["dbname"]]
+        if params.get("host"):
+            cmd += ["-h", params["host"]]
+        if params.get("port"):
+            cmd += ["-p", str(params["port"])]
+        cmd += ["-U", params.get("user") or "postgres"]
+        env = {"PGPASSWORD": params.get("password") or "", "PATH": "/usr/bin:/bin"}
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=120).stdout
+
+    return dump

@@ -103,17 +103,16 @@ def run() -> int:
     started = resolve_services(env, prefer_local_redis=False)
     children: list[subprocess.Popen] = []
     try:
-        manage("migrate", "--noinput", "-v", "0", env=env)
-        manage("bootstrap_demo", "--base-url", base_url, env=env)
+        manage("bootstrap_demo", "--migrate", "--base-url", base_url, env=env)
         say(f"admin API key: {admin_key}" + ("   (generated, kept in var/admin_api_key)" if admin_key_created else ""))
         beat_schedule = str(embedded.var_dir() / "celerybeat-schedule")
         commands = {
             "daphne": [PY, "-m", "daphne", "-b", host, "-p", port, "--proxy-headers", "config.asgi:application"],
-            "worker": [PY, "-m", "celery", "-A", "config", "worker", "-Q", "default,indexing", "-c",
+            "worker": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default,indexing", "-c",
                        env.get("WORKER_CONCURRENCY", "2"), "-n", "main@%h", "--loglevel", "WARNING"],
-            "webhooks": [PY, "-m", "celery", "-A", "config", "worker", "-Q", "webhooks", "-P", "threads",
+            "webhooks": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "webhooks", "-P", "threads",
                          "-c", env.get("WEBHOOK_WORKER_CONCURRENCY", "8"), "-n", "webhooks@%h", "--loglevel", "WARNING"],
-            "beat": [PY, "-m", "celery", "-A", "config", "beat", "-s", beat_schedule, "--loglevel", "WARNING"],
+            "beat": [PY, "-m", "celery", "-A", "config", "--quiet", "beat", "-s", beat_schedule, "--loglevel", "WARNING"],
         }  # fmt: skip
         for _name, cmd in commands.items():
             children.append(subprocess.Popen(cmd, cwd=ROOT, env=env))

@@ -1,3 +1,4 @@
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from tenants.demo import ADMIN_USERNAME, ensure_demo
@@ -8,8 +9,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+        parser.add_argument("--migrate", action="store_true", help="apply migrations first (one process start)")
 
-    def handle(self, *args, base_url: str, **options):
+    def handle(self, *args, base_url: str, migrate: bool, **options):
+        if migrate:
+            call_command("migrate", "--noinput", verbosity=0)
         result = ensure_demo()
         tenant = result.demo_tenant
         lines = [f"Admin:        {base_url}/admin/"]

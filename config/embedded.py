@@ -79,7 +79,7 @@ def _tune_embedded_postgres(server) -> None:
 def _pg_ctl(args: list[str]) -> None:
     """pg_ctl as the user that owns the data folder (pgserver runs PostgreSQL as 'pgserver' under root)."""
     _pgserver()
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     user = "pgserver" if os.geteuid() == 0 else None
     pg_ctl(args, pgdata=var_dir() / "pgdata", user=user, timeout=60)

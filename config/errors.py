@@ -68,7 +68,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, exceptions.ValidationError):
         body = error_body("validation_error", "The request is invalid; see details for each field.", exc.detail)
     elif isinstance(exc, exceptions.Throttled):
-        wait = int(exc.wait or 1)
+        wait = int(getattr(exc, "wait", None) or 1)
         body = error_body("rate_limited", f"Too many requests; retry in {wait} s.", {"retry_after": wait})
     else:
         detail = exc.detail

@@ -153,7 +153,7 @@ def _supervise(children: list[subprocess.Popen]) -> int:
     while not stop["flag"]:
         for child in children:
             if child.poll() is not None:
-                say(f"process {child.args[2:4]} exited with {child.returncode}; stopping")
+                say(f"process {child.args!r} exited with {child.returncode}; stopping")
                 return child.returncode or 1
         time.sleep(0.5)
     return 0

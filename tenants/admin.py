@@ -112,8 +112,8 @@ class TenantSecretForm(forms.ModelForm):
         model = TenantSecret
         fields = ["tenant", "name"]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         if not self.instance.pk and not data.get("value"):
             self.add_error("value", "A new secret needs a value.")
         return data

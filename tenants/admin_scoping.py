@@ -19,7 +19,7 @@ from tenants.scoping import TenantOwned
 
 def user_tenant_ids(request: HttpRequest) -> list[Any] | None:
     """None for superusers (no restriction), else the ids of the user's tenants."""
-    user = request.user
+    user: Any = request.user
     if getattr(user, "is_superuser", False):
         return None
     cached = getattr(request, "_tenant_ids", None)

@@ -85,24 +85,20 @@ class TenantScopedMixin:
     caller may see it; otherwise 404 (never 403: another tenant's existence is not revealed)."""
 
     tenant_url_kwarg = "tenant_id"
-    request: Request
-    kwargs: dict
 
     @property
     def tenant(self) -> Tenant:
         cached = getattr(self, "_tenant", None)
         if cached is not None:
             return cached
-        tenant_id = self.kwargs[self.tenant_url_kwarg]
-        principal = self.request.user
+        view: Any = self
+        tenant_id = view.kwargs[self.tenant_url_kwarg]
+        principal = view.request.user
         if not isinstance(principal, Principal) or not principal.can_access(tenant_id):
             raise Http404
-        if principal.tenant is not None:
-            tenant = principal.tenant
-        else:
-            tenant = Tenant.objects.filter(pk=tenant_id).first()
-            if tenant is None:
-                raise Http404
+        tenant: Tenant | None = principal.tenant or Tenant.objects.filter(pk=tenant_id).first()
+        if tenant is None:
+            raise Http404
         self._tenant = tenant
         return tenant
 

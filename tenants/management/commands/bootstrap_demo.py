@@ -16,6 +16,7 @@ class Command(BaseCommand):
             call_command("migrate", "--noinput", verbosity=0)
         result = ensure_demo()
         tenant = result.demo_tenant
+        assert tenant is not None
         lines = [f"Admin:        {base_url}/admin/"]
         if result.created_admin_password:
             lines.append(f"  username:   {ADMIN_USERNAME}")

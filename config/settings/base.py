@@ -181,6 +181,7 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "")
 # --- API ---------------------------------------------------------------------------------------------
 ADMIN_API_KEY = os.environ.get("ADMIN_API_KEY", "")
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],

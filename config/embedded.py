@@ -59,12 +59,20 @@ def embedded_postgres_url(db_name: str = DEFAULT_DB_NAME) -> str:
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")  # noqa: S608 (our constant)
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{db_name}";')
-        _tune_embedded_postgres(server)
+    _tune_embedded_postgres(server)
     return f"postgresql://postgres@/{db_name}?host={socket_dir}"
 
 
 def _tune_embedded_postgres(server) -> None:
-    """Settings for a 2-core / 24 GiB developer machine; applied once, at database creation."""
+    """Settings for a 2-core / 24 GiB developer machine, applied once per data folder.
+
+    Restarting is needed for shared_buffers / max_connections, so it happens only when the running
+    server does not have them yet: a restart while other processes (a running platform, another
+    test run) use the server would cut their connections.
+    """
+    current = server.psql("SHOW max_connections;")
+    if "300" in current:
+        return
     server.psql(
         "ALTER SYSTEM SET shared_buffers = '512MB';"
         "ALTER SYSTEM SET work_mem = '32MB';"

@@ -261,7 +261,7 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
-        "pika": {"level": "WARNING"},
+        "pika": {"level": "CRITICAL"},
         "pgserver": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "openai": {"level": "WARNING"},

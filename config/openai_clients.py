@@ -1,0 +1,46 @@
+"""Pooled ``openai`` clients, shared by the chat provider (conversations) and the embedders (knowledge).
+
+One client per endpoint and key keeps its HTTP connection pool across turns and batches; the
+cache is keyed by a digest of the key so its keys never hold the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import openai
+from django.conf import settings
+
+_clients: OrderedDict[tuple[str, str], openai.OpenAI] = OrderedDict()
+_clients_lock = threading.Lock()
+MAX_CACHED_CLIENTS = 64
+
+
+def client_for(*, api_key: str, base_url: str | None) -> openai.OpenAI:
+    """One client (and its HTTP connection pool) per endpoint and key, reused across turns.
+
+    Keyed by a digest of the key so the cache's keys never hold it."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    cache_key = (base_url or "", digest)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is not None:
+            _clients.move_to_end(cache_key)
+            return client
+        client = openai.OpenAI(
+            api_key=api_key,
+            base_url=base_url or None,
+            timeout=settings.LLM_TIMEOUT_SECONDS,
+            max_retries=settings.LLM_MAX_RETRIES,
+        )
+        _clients[cache_key] = client
+        while len(_clients) > MAX_CACHED_CLIENTS:
+            _clients.popitem(last=False)
+        return client
+
+
+def reset_clients() -> None:
+    with _clients_lock:
+        _clients.clear()

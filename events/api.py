@@ -1,4 +1,5 @@
-"""The audit log over REST: /api/tenants/{id}/events/ (filter by type and time, paginated)."""
+"""Events over REST: the audit log (/api/tenants/{id}/events/) and tenant webhooks
+(/api/tenants/{id}/webhooks/...: endpoints, deliveries with attempts, replay, secret rotation)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, serializers
+from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from config.errors import ApiError
-from events.models import Event
+from events import services
+from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from events.types import EventType
 from tenants.auth import TenantScopedMixin
 
@@ -59,3 +62,240 @@ class EventListView(TenantScopedMixin, generics.GenericAPIView):
     def get(self, request: Request, tenant_id: Any) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(EventSerializer(page, many=True).data)
+
+
+# --- tenant webhooks ----------------------------------------------------------------------------------
+
+
+class WebhookEndpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookEndpoint
+        fields = [
+            "id",
+            "url",
+            "description",
+            "event_types",
+            "header_names",
+            "is_active",
+            "disabled_at",
+            "disabled_reason",
+            "failing_since",
+            "last_success_at",
+            "last_failure_at",
+            "secret_rotated_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class WebhookEndpointWriteSerializer(serializers.Serializer):
+    url = serializers.URLField(max_length=2000)
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    event_types = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=100)
+    headers = serializers.DictField(
+        child=serializers.CharField(max_length=4096, allow_blank=True, trim_whitespace=False),
+        required=False,
+        allow_empty=True,
+        help_text="Custom header values, stored encrypted and never shown again (only their names).",
+    )
+    is_active = serializers.BooleanField(required=False)
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    event_id = serializers.UUIDField(source="event.event_id", read_only=True)
+    event_type = serializers.CharField(source="event.type", read_only=True)
+
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "endpoint",
+            "event_id",
+            "event_type",
+            "status",
+            "attempt_count",
+            "next_attempt_at",
+            "last_attempt_at",
+            "last_status_code",
+            "last_error",
+            "created_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+
+class WebhookAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookAttempt
+        fields = ["id", "started_at", "duration_ms", "status_code", "success", "response_excerpt", "error"]
+        read_only_fields = fields
+
+
+class WebhookDeliveryDetailSerializer(WebhookDeliverySerializer):
+    attempts = WebhookAttemptSerializer(many=True, read_only=True)
+
+    class Meta(WebhookDeliverySerializer.Meta):
+        fields = [*WebhookDeliverySerializer.Meta.fields, "attempts"]
+        read_only_fields = fields
+
+
+class ReplaySerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="only deliveries created at or after this time")
+
+
+def _webhook_error(exc: services.WebhookError) -> ApiError:
+    status_code = 409 if exc.code in ("endpoint_disabled", "not_dead") else 400
+    return ApiError(status_code, exc.code, exc.message, exc.fields or None)
+
+
+class WebhookScopedMixin(TenantScopedMixin):
+    def get_endpoint(self, webhook_id: Any) -> WebhookEndpoint:
+        endpoint = WebhookEndpoint.objects.for_tenant(self.tenant).filter(pk=webhook_id).first()
+        if endpoint is None:
+            raise ApiError(404, "not_found", "No such webhook endpoint.")
+        return endpoint
+
+
+class WebhookListView(WebhookScopedMixin, generics.GenericAPIView):
+    serializer_class = WebhookEndpointSerializer
+
+    @extend_schema(responses=WebhookEndpointSerializer(many=True), summary="List webhook endpoints")
+    def get(self, request: Request, tenant_id: Any) -> Response:
+        page = self.paginate_queryset(WebhookEndpoint.objects.for_tenant(self.tenant).order_by("created_at"))
+        return self.get_paginated_response(WebhookEndpointSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=WebhookEndpointWriteSerializer,
+        responses={201: WebhookEndpointSerializer},
+        summary="Create a webhook endpoint (the signing secret is in the answer, this once)",
+    )
+    def post(self, request: Request, tenant_id: Any) -> Response:
+        data = WebhookEndpointWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            created = services.webhook_endpoint_create(tenant=self.tenant, **data.validated_data)
+        except services.WebhookError as exc:
+            raise _webhook_error(exc) from None
+        body = dict(WebhookEndpointSerializer(created.endpoint).data)
+        body["secret"] = created.secret
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class WebhookDetailView(WebhookScopedMixin, APIView):
+    @extend_schema(responses=WebhookEndpointSerializer, summary="Read a webhook endpoint")
+    def get(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        return Response(WebhookEndpointSerializer(self.get_endpoint(webhook_id)).data)
+
+    @extend_schema(
+        request=WebhookEndpointWriteSerializer,
+        responses=WebhookEndpointSerializer,
+        summary="Change a webhook endpoint (is_active=true re-enables a disabled one)",
+    )
+    def patch(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        endpoint = self.get_endpoint(webhook_id)
+        data = WebhookEndpointWriteSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        try:
+            endpoint = services.webhook_endpoint_update(tenant=self.tenant, endpoint=endpoint, **data.validated_data)
+        except services.WebhookError as exc:
+            raise _webhook_error(exc) from None
+        return Response(WebhookEndpointSerializer(endpoint).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a webhook endpoint and its deliveries")
+    def delete(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        services.webhook_endpoint_delete(tenant=self.tenant, endpoint=self.get_endpoint(webhook_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookRotateSecretView(WebhookScopedMixin, APIView):
+    @extend_schema(
+        request=None,
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Rotate the signing secret (the new one is in the answer, this once)",
+    )
+    def post(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        endpoint = self.get_endpoint(webhook_id)
+        secret = services.webhook_secret_rotate(tenant=self.tenant, endpoint=endpoint)
+        endpoint.refresh_from_db()
+        return Response(
+            {
+                "id": str(endpoint.pk),
+                "secret": secret,
+                "previous_secret_valid_until": endpoint.previous_secret_expires_at,
+            }
+        )
+
+
+class WebhookDeliveryListView(WebhookScopedMixin, generics.GenericAPIView):
+    serializer_class = WebhookDeliverySerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=WebhookDelivery.Status.values)],
+        responses=WebhookDeliverySerializer(many=True),
+        summary="Deliveries of a webhook endpoint, newest first",
+    )
+    def get(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        endpoint = self.get_endpoint(webhook_id)
+        queryset = (
+            WebhookDelivery.objects.for_tenant(self.tenant)
+            .filter(endpoint=endpoint)
+            .select_related("event")
+            .order_by("-id")
+        )
+        wanted = request.query_params.get("status")
+        if wanted:
+            if wanted not in WebhookDelivery.Status.values:
+                raise ApiError(400, "validation_error", "Unknown status.", {"status": WebhookDelivery.Status.values})
+            queryset = queryset.filter(status=wanted)
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+
+
+class WebhookDeliveryDetailView(WebhookScopedMixin, APIView):
+    def get_delivery(self, webhook_id: Any, delivery_id: int) -> WebhookDelivery:
+        endpoint = self.get_endpoint(webhook_id)
+        delivery = (
+            WebhookDelivery.objects.for_tenant(self.tenant)
+            .filter(endpoint=endpoint, pk=delivery_id)
+            .select_related("event")
+            .first()
+        )
+        if delivery is None:
+            raise ApiError(404, "not_found", "No such delivery.")
+        return delivery
+
+    @extend_schema(responses=WebhookDeliveryDetailSerializer, summary="A delivery with its attempts")
+    def get(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
+        return Response(WebhookDeliveryDetailSerializer(self.get_delivery(webhook_id, delivery_id)).data)
+
+
+class WebhookDeliveryReplayView(WebhookDeliveryDetailView):
+    @extend_schema(request=None, responses=WebhookDeliverySerializer, summary="Replay a dead delivery")
+    def post(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
+        delivery = self.get_delivery(webhook_id, delivery_id)
+        try:
+            services.webhook_delivery_replay(tenant=self.tenant, delivery=delivery)
+        except services.WebhookError as exc:
+            raise _webhook_error(exc) from None
+        delivery.refresh_from_db()
+        return Response(WebhookDeliverySerializer(delivery).data)
+
+
+class WebhookReplayView(WebhookScopedMixin, APIView):
+    @extend_schema(
+        request=ReplaySerializer,
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Replay every dead delivery of an endpoint (optionally since a time)",
+    )
+    def post(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+        endpoint = self.get_endpoint(webhook_id)
+        data = ReplaySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            count = services.webhook_deliveries_replay(
+                tenant=self.tenant, endpoint=endpoint, since=data.validated_data.get("since")
+            )
+        except services.WebhookError as exc:
+            raise _webhook_error(exc) from None
+        return Response({"replayed": count})

@@ -1,0 +1,89 @@
+"""The whole path with a real Celery worker: commit → after-commit kick → fan-out → signed request."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from celery import shared_task
+from django.core.cache import cache
+from django.db import transaction
+
+from config.celery import app
+from events import services
+from events.models import WebhookAttempt, WebhookDelivery
+from events.services import emit
+from events.types import EventType
+from tests.conftest import wait_until
+from tests.events.conftest import verify_standard_webhook
+
+
+@shared_task(name="tests.events.mark_done")
+def mark_done(key: str) -> None:
+    cache.set(key, time.time(), 60)
+
+
+def test_committed_events_reach_the_receiver_through_the_worker_and_rolled_back_ones_never(
+    tenant, receiver, live_worker
+):
+    created = services.webhook_endpoint_create(tenant=tenant, url=receiver.url, event_types=["message.received"])
+    with transaction.atomic():
+        for n in range(3):
+            emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
+    try:
+        with transaction.atomic():
+            emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": "rolled back"})
+            raise RuntimeError("the change failed")
+    except RuntimeError:
+        pass
+
+    wait_until(lambda: WebhookDelivery.objects.filter(status="succeeded").count() == 3)
+
+    assert sorted(r.json["payload"]["n"] for r in receiver.requests) == [0, 1, 2]
+    assert all(
+        verify_standard_webhook(secret=created.secret, headers=r.headers, body=r.body) for r in receiver.requests
+    )
+
+
+def test_a_hanging_receiver_holds_one_thread_while_other_tenants_and_the_default_queue_keep_flowing(
+    tenant, other_tenant, make_receiver, live_worker, settings
+):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 4
+    hanging = make_receiver(hang_seconds=30)
+    fast = make_receiver()
+    services.webhook_endpoint_create(tenant=tenant, url=hanging.url, event_types=["message.received"])
+    services.webhook_endpoint_create(tenant=other_tenant, url=fast.url, event_types=["message.received"])
+    with transaction.atomic():
+        for n in range(3):
+            emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
+    wait_until(lambda: len(hanging.requests) == 1, timeout=5)
+    started = time.monotonic()
+
+    with transaction.atomic():
+        for n in range(3):
+            emit(tenant=other_tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
+    key = f"events-test-{uuid.uuid4().hex}"
+    app.send_task("tests.events.mark_done", args=[key], queue="default")
+    wait_until(lambda: len(fast.requests) == 3 and cache.get(key), timeout=3.5)
+
+    assert time.monotonic() - started < 3.5  # before the hanging request even timed out
+    assert len(hanging.requests) == 1  # its other deliveries wait instead of taking more threads
+    attempt = wait_until(lambda: WebhookAttempt.objects.filter(delivery__endpoint__tenant=tenant).first(), timeout=8)
+    assert attempt.error == "no answer within 4 s"
+    assert attempt.success is False
+
+
+def test_an_event_whose_kick_was_lost_is_delivered_by_the_sweep(tenant, receiver, live_worker):
+    from events import outbox
+    from events.models import Event
+
+    services.webhook_endpoint_create(tenant=tenant, url=receiver.url, event_types=["message.sent"])
+    # As if the process died between the commit and the after-commit kick.
+    Event.objects.create(tenant=tenant, type="message.sent", payload={"lost": True}, dispatch_pending=True)
+    time.sleep(0.5)
+    assert receiver.requests == []
+
+    outbox.sweep(settle_seconds=0)
+
+    wait_until(lambda: receiver.requests)
+    assert receiver.requests[0].json["payload"] == {"lost": True}

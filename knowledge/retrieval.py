@@ -1,0 +1,238 @@
+"""Hybrid retrieval inside PostgreSQL: BM25 keyword leg + pgvector cosine leg, fused per query.
+
+1. Each leg returns its top N candidates for the tenant (N = KNOWLEDGE_CANDIDATES).
+2. Every candidate of the union gets both scores exactly (its cosine, its BM25, computed in the
+   same pass as the keyword top N), so a chunk found by one leg is not a zero for the other.
+3. Per-query normalisation (BM25 / max BM25; min-max of cosines), then the tenant's
+   ``hybridWeights`` (or reciprocal rank fusion when ``fusion`` is "rrf") give the ranking score.
+4. Pseudo-relevance feedback: the query vector moves towards the mean of the top 3 fused results
+   (Rocchio, weight 0.5) and the candidates are ranked again (KNOWLEDGE_PRF_DOCS / _WEIGHT).
+5. ``score`` is a calibrated, query-independent relevance in 0..1 that ``minSimilarity`` cuts on:
+   the embedder-calibrated cosine (see Embedder.calibration), or the keyword coverage (share of
+   the query's idf mass the chunk contains) when higher. Nothing passing: ``[]``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from knowledge.embedders import Embedder, EmbeddingError, get_embedder
+from knowledge.lexical import keyword_search, text_search_config
+from knowledge.models import Chunk
+from knowledge.vectors import centroid_of, cosines, nearest
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
+
+MAX_QUERY_CHARS = 2000
+RRF_K = 60
+
+
+@dataclass
+class RetrievedChunk:
+    chunk_id: int
+    document_id: uuid.UUID
+    document_title: str
+    content: str
+    page: int | None
+    section: str
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    position: int = 0
+
+
+def search(*, tenant: Tenant, query: str, k: int | None = None) -> list[RetrievedChunk]:
+    """The tenant's top chunks for ``query`` with its ragConfig; [] when nothing is relevant enough."""
+    rag = tenant.config.rag_config
+    return hybrid_search(
+        tenant=tenant,
+        query=query,
+        k=k or rag.top_k,
+        keyword_weight=rag.hybrid_weights.keyword,
+        vector_weight=rag.hybrid_weights.vector,
+        fusion=rag.fusion,
+        min_relevance=rag.min_similarity,
+    )
+
+
+@dataclass
+class _Candidate:
+    chunk_id: int
+    bm25: float = 0.0
+    coverage: float = 0.0
+    cosine: float | None = None
+
+
+def hybrid_search(
+    *,
+    tenant: Tenant,
+    query: str,
+    k: int,
+    keyword_weight: float = 0.3,
+    vector_weight: float = 0.7,
+    fusion: str = "weighted",
+    min_relevance: float = 0.0,
+    candidates: int | None = None,
+    query_vector: np.ndarray | None = None,
+    embedder: Embedder | None = None,
+) -> list[RetrievedChunk]:
+    """Hybrid search with explicit parameters (``search`` passes the tenant's ragConfig).
+
+    ``keyword_weight=0`` or ``vector_weight=0`` turns a leg off (the benchmark measures legs alone).
+    """
+    query = (query or "").strip()[:MAX_QUERY_CHARS]
+    if not query or k <= 0:
+        return []
+    depth = max(candidates or settings.KNOWLEDGE_CANDIDATES, k)
+    pool: dict[int, _Candidate] = {}
+    vector_model = ""
+    vector: np.ndarray | None = None
+    calibration = (0.0, 1.0)
+
+    with transaction.atomic():
+        if vector_weight > 0:
+            embedder = embedder or get_embedder(tenant=tenant)
+            vector_model, calibration = embedder.model_id, embedder.calibration
+            try:
+                vector = query_vector if query_vector is not None else embedder.embed_query(query)
+            except EmbeddingError:
+                vector = None  # the keyword leg still answers; the failure is logged by the embedder
+            if vector is not None:
+                for chunk_id, cosine in nearest(tenant_id=tenant.pk, model_id=vector_model, vector=vector, limit=depth):
+                    pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)
+        if keyword_weight > 0:
+            config = text_search_config(tenant=tenant)
+            # One pass: the keyword top N plus the BM25 of the vector leg's candidates.
+            for hit in keyword_search(
+                tenant_id=tenant.pk, query=query, config=config, limit=depth, include_ids=list(pool)
+            ):
+                candidate = pool.setdefault(hit.chunk_id, _Candidate(hit.chunk_id))
+                candidate.bm25, candidate.coverage = hit.bm25, hit.coverage
+            if vector is not None:  # and the cosine of the keyword leg's own candidates
+                missing = [c.chunk_id for c in pool.values() if c.cosine is None]
+                for chunk_id, cosine in cosines(
+                    tenant_id=tenant.pk, model_id=vector_model, vector=vector, ids=missing
+                ).items():
+                    pool[chunk_id].cosine = cosine
+        if not pool:
+            return []
+
+    ranked = _fuse(list(pool.values()), keyword_weight, vector_weight, fusion, vector)
+    prf_docs, prf_weight = settings.KNOWLEDGE_PRF_DOCS, settings.KNOWLEDGE_PRF_WEIGHT
+    if keyword_weight > 0 and vector is not None and prf_docs > 0 and prf_weight > 0 and len(ranked) > prf_docs:
+        ranked = _feedback_rerank(tenant, ranked, vector, vector_model, keyword_weight, vector_weight, fusion)
+    low, high = calibration
+    results: list[tuple[_Candidate, float, float]] = []
+    for candidate, fused in ranked:
+        relevance = _relevance(candidate, keyword_weight > 0, vector_weight > 0 and vector is not None, low, high)
+        if relevance >= min_relevance:
+            results.append((candidate, fused, relevance))
+        if len(results) >= k:
+            break
+    return _materialise(tenant, results)
+
+
+def _feedback_rerank(
+    tenant: Tenant,
+    ranked: list[tuple[_Candidate, float]],
+    vector: np.ndarray,
+    model_id: str,
+    keyword_weight: float,
+    vector_weight: float,
+    fusion: str,
+) -> list[tuple[_Candidate, float]]:
+    """Pseudo-relevance feedback on the vector leg (Rocchio): move the query vector towards the
+    mean of the top fused results and rank the candidates again with it. The candidates' reported
+    cosine (and so their calibrated relevance) stays the one of the original query."""
+    top = [c.chunk_id for c, _ in ranked[: settings.KNOWLEDGE_PRF_DOCS]]
+    centroid = centroid_of(tenant_id=tenant.pk, model_id=model_id, ids=top)
+    if centroid is None:
+        return ranked
+    moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * centroid
+    moved = moved / (np.linalg.norm(moved) or 1.0)
+    pool = [c for c, _ in ranked]
+    feedback = cosines(tenant_id=tenant.pk, model_id=model_id, vector=moved, ids=[c.chunk_id for c in pool])
+    shadow = [_Candidate(c.chunk_id, c.bm25, c.coverage, feedback.get(c.chunk_id, c.cosine)) for c in pool]
+    by_id = {c.chunk_id: c for c in pool}
+    return [(by_id[s.chunk_id], f) for s, f in _fuse(shadow, keyword_weight, vector_weight, fusion, moved)]
+
+
+def _fuse(
+    pool: list[_Candidate], keyword_weight: float, vector_weight: float, fusion: str, vector: np.ndarray | None
+) -> list[tuple[_Candidate, float]]:
+    if vector is None:
+        vector_weight = 0.0
+    if keyword_weight == 0 and vector_weight == 0:
+        keyword_weight = 1.0  # vectors not available (not embedded yet / embedder down): keyword only
+    max_bm25 = max((c.bm25 for c in pool), default=0.0) or 1.0
+    sims = [c.cosine for c in pool if c.cosine is not None]
+    low, high = (min(sims), max(sims)) if sims else (0.0, 1.0)
+    span = (high - low) or 1.0
+    fused: dict[int, float] = {}
+    if fusion == "rrf":
+        by_kw = sorted(pool, key=lambda c: -c.bm25)
+        by_vec = sorted(pool, key=lambda c: -(c.cosine if c.cosine is not None else -2))
+        for rank, c in enumerate(by_kw):
+            fused[c.chunk_id] = keyword_weight / (RRF_K + rank + 1) if c.bm25 > 0 else 0.0
+        for rank, c in enumerate(by_vec):
+            if c.cosine is not None:
+                fused[c.chunk_id] += vector_weight / (RRF_K + rank + 1)
+    else:
+        for c in pool:
+            kw = c.bm25 / max_bm25
+            vec = (c.cosine - low) / span if c.cosine is not None else 0.0
+            fused[c.chunk_id] = (keyword_weight * kw + vector_weight * vec) / (keyword_weight + vector_weight)
+    return sorted(((c, fused[c.chunk_id]) for c in pool), key=lambda x: (-x[1], x[0].chunk_id))
+
+
+def _relevance(candidate: _Candidate, keyword_on: bool, vector_on: bool, low: float, high: float) -> float:
+    """Query-independent relevance in 0..1: the embedder-calibrated cosine, or the keyword coverage
+    (share of the query's idf mass in the chunk) when that is higher: an exact match of rare terms
+    (a product code, a name) the embedding misses still counts as relevant."""
+    parts: list[float] = []
+    if keyword_on:
+        parts.append(candidate.coverage)
+    if vector_on and candidate.cosine is not None:
+        parts.append(min(max((candidate.cosine - low) / ((high - low) or 1.0), 0.0), 1.0))
+    return max(parts) if parts else candidate.coverage
+
+
+def _materialise(tenant: Tenant, results: list[tuple[_Candidate, float, float]]) -> list[RetrievedChunk]:
+    if not results:
+        return []
+    rows = {
+        c.pk: c
+        for c in Chunk.objects.for_tenant(tenant)
+        .filter(pk__in=[r[0].chunk_id for r in results])
+        .select_related("document")
+        .only("id", "content", "page", "section", "position", "document__id", "document__title")
+    }
+    out: list[RetrievedChunk] = []
+    for candidate, fused, relevance in results:
+        row = rows.get(candidate.chunk_id)
+        if row is None:  # deleted between ranking and loading
+            continue
+        out.append(
+            RetrievedChunk(
+                chunk_id=row.pk,
+                document_id=row.document.pk,
+                document_title=row.document.title,
+                content=row.content,
+                page=row.page,
+                section=row.section,
+                position=row.position,
+                score=round(relevance, 4),
+                scores={
+                    "keyword": round(candidate.bm25, 4),
+                    "vector": round(candidate.cosine, 4) if candidate.cosine is not None else 0.0,
+                    "fused": round(fused, 4),
+                },
+            )
+        )
+    return out

@@ -9,22 +9,44 @@ A row whose task was never enqueued (broker down, crash between commit and publi
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import queue
+import threading
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage, StatusUpdate
 from channels_app.models import Channel, InboundEvent
-from config.logs import get_correlation_id
+from config.logs import correlation_id, get_correlation_id
 
 logger = logging.getLogger(__name__)
 
 HANDLE_MESSAGE_TASK = "conversations.handle_inbound_message"
 APPLY_STATUS_TASK = "channels_app.apply_status_update"
+# Messages that need fetching first (attachments, Messenger sender's name) go here; it stores the
+# files and the name on the row, then enqueues HANDLE_MESSAGE_TASK.
+PREPARE_MESSAGE_TASK = "channels_app.prepare_inbound_message"
+# Carries a batch of the above from a busy web process; a worker publishes them one by one.
+DISPATCH_TASK = "channels_app.dispatch_inbound"
+
+
+def needs_preparation(normalized: dict) -> bool:
+    """True while an attachment still has to be fetched, or a Messenger sender's name looked up
+    (and no earlier attempt already gave up on it)."""
+    raw = normalized.get("raw") or {}
+    if raw.get("_prepared"):
+        return False
+    if normalized.get("platform") == "messenger" and not normalized.get("sender_name"):
+        return True
+    return any((m.get("media_id") or m.get("url")) and not m.get("storage_path") for m in normalized.get("media") or [])
 
 
 def status_dedupe_key(update: StatusUpdate) -> str:
@@ -36,11 +58,12 @@ def record_inbound(
 ) -> list[int]:
     """Insert each item once (ON CONFLICT DO NOTHING); return the ids of the rows that were new.
 
-    Must run inside a transaction (the caller's); the new rows are enqueued after it commits.
+    Runs inside the caller's transaction (the new rows are enqueued after it commits) or in
+    autocommit mode (the single INSERT is atomic; the rows are enqueued right after it).
     """
     cid = get_correlation_id() or ""
-    rows = [(InboundEvent.Kind.MESSAGE, m.message_id, m.sender_id, m.to_dict()) for m in messages] + [
-        (InboundEvent.Kind.STATUS, status_dedupe_key(s), s.recipient_id, s.to_dict()) for s in statuses
+    rows = [(InboundEvent.Kind.MESSAGE, m.message_id, m.sender_id, _message_dict(m)) for m in messages] + [
+        (InboundEvent.Kind.STATUS, status_dedupe_key(s), s.recipient_id, dict(vars(s))) for s in statuses
     ]
     if not rows:
         return []
@@ -52,40 +75,154 @@ def record_inbound(
         f"INSERT INTO {InboundEvent._meta.db_table} "  # noqa: S608 (table name is ours)
         "(tenant_id, channel_id, kind, dedupe_key, sender_external_id, normalized, correlation_id, status, "
         "error, attempts, received_at) "
-        f"VALUES {values_sql} ON CONFLICT (tenant_id, channel_id, dedupe_key) DO NOTHING RETURNING id, kind"
+        f"VALUES {values_sql} ON CONFLICT (tenant_id, channel_id, dedupe_key) DO NOTHING RETURNING id, kind, dedupe_key"
     )
+    with_media = {key for kind, key, _s, normalized in rows if kind == "message" and needs_preparation(normalized)}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        created = cursor.fetchall()
+        created = [(row_id, kind, key in with_media) for row_id, kind, key in cursor.fetchall()]
     if created:
-        transaction.on_commit(lambda: enqueue(created), robust=True)
+        transaction.on_commit(lambda: enqueue_soon(created), robust=True)
     return [row[0] for row in created]
 
 
-def enqueue(rows: Iterable[tuple[int, str]]) -> None:
-    """Publish one task per inbound row. A failure is logged; the beat sweep retries the row later."""
+def _message_dict(message: NormalizedMessage) -> dict[str, Any]:
+    """``message.to_dict()`` without dataclasses.asdict's deep copy of ``raw`` (hot path; the
+    result is serialized at once, never mutated)."""
+    data = dict(vars(message))
+    data["media"] = [dict(vars(m)) for m in message.media]
+    return data
+
+
+def _task_for(kind: str, needs_media: bool) -> str:
+    if kind != InboundEvent.Kind.MESSAGE:
+        return APPLY_STATUS_TASK
+    return PREPARE_MESSAGE_TASK if needs_media else HANDLE_MESSAGE_TASK
+
+
+def enqueue(rows: Iterable[tuple]) -> None:
+    """Publish one task per inbound row: ``(id, kind)`` or ``(id, kind, needs_media)``.
+
+    A failure is logged; the beat sweep retries the row later."""
     from config.celery import app
 
-    for inbound_id, kind in rows:
-        task = HANDLE_MESSAGE_TASK if kind == InboundEvent.Kind.MESSAGE else APPLY_STATUS_TASK
-        try:
-            app.send_task(task, args=[inbound_id])
-        except Exception as exc:
-            logger.error(
-                "could not enqueue inbound event; the pending sweep will retry it",
-                extra={"inbound_id": inbound_id, "error": str(exc)},
-            )
+    for inbound_id, kind, *rest in rows:
+        _publish(app, _task_for(kind, bool(rest and rest[0])), inbound_id, None)
+
+
+def _publish(app: Any, task: str, inbound_id: int, producer: Any) -> None:
+    try:
+        app.send_task(task, args=[inbound_id], producer=producer)
+    except Exception as exc:
+        logger.error(
+            "could not enqueue inbound event; the pending sweep will retry it",
+            extra={"inbound_id": inbound_id, "error": str(exc)},
+        )
+
+
+def enqueue_soon(rows: Iterable[tuple]) -> None:
+    """Like ``enqueue``, but from a background thread when CHANNELS_ASYNC_ENQUEUE is on, so that a
+    webhook's acknowledgement never waits on the broker. A row whose publish is lost with the process
+    is still pending in the database, and the sweep enqueues it."""
+    if not settings.CHANNELS_ASYNC_ENQUEUE:
+        enqueue(rows)
+        return
+    cid = get_correlation_id()
+    _publisher.submit([(_task_for(kind, bool(rest and rest[0])), inbound_id, cid) for inbound_id, kind, *rest in rows])
+
+
+class _Publisher:
+    """One daemon thread per process publishing queued tasks with one pooled producer per batch."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[tuple[str, int, str | None]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, items: list[tuple[str, int, str | None]]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="inbound-publisher", daemon=True)
+                self._thread.start()
+            self._pending += len(items)
+        self._queue.put(items)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far is published (tests, shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def _run(self) -> None:
+        from config.celery import app
+
+        while True:
+            batch = self._queue.get()
+            try:
+                while len(batch) < 500:
+                    batch += self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                with app.producer_or_acquire() as producer:
+                    if len(batch) == 1:
+                        task, inbound_id, cid = batch[0]
+                        token = correlation_id.set(cid)
+                        try:
+                            _publish(app, task, inbound_id, producer)
+                        finally:
+                            correlation_id.reset(token)
+                    else:
+                        # Under load, one task carries the whole batch and a worker fans it out:
+                        # the web process pays for one publish instead of hundreds.
+                        app.send_task(DISPATCH_TASK, args=[[list(item) for item in batch]], producer=producer)
+            except Exception as exc:  # the broker pool itself failed: the sweep catches these rows
+                logger.error("inbound publisher failed", extra={"count": len(batch), "error": str(exc)})
+            finally:
+                with self._idle:
+                    self._pending -= len(batch)
+                    self._idle.notify_all()
+
+
+_publisher = _Publisher()
+atexit.register(_publisher.flush)
+
+
+def flush_enqueued(timeout: float = 5.0) -> bool:
+    return _publisher.flush(timeout)
+
+
+def dispatch(items: Iterable[list]) -> int:
+    """Fan a batch of ``[task, inbound id, correlation id]`` out into one task each (in a worker)."""
+    from config.celery import app
+
+    count = 0
+    with app.producer_or_acquire() as producer:
+        for task, inbound_id, cid in items:
+            token = correlation_id.set(cid)
+            try:
+                _publish(app, task, inbound_id, producer)
+            finally:
+                correlation_id.reset(token)
+            count += 1
+    return count
 
 
 def requeue_stale_pending(*, older_than: timedelta = timedelta(seconds=60), limit: int = 1000) -> int:
     """Re-enqueue pending rows that have waited too long (their task was lost). Idempotent by design:
     the handlers skip rows that are no longer pending."""
     cutoff = timezone.now() - older_than
-    stale = list(
-        InboundEvent.objects.filter(status=InboundEvent.Status.PENDING, received_at__lt=cutoff)
+    stale = [
+        (row_id, kind, kind == InboundEvent.Kind.MESSAGE and needs_preparation(normalized))
+        for row_id, kind, normalized in InboundEvent.objects.filter(
+            status=InboundEvent.Status.PENDING, received_at__lt=cutoff
+        )
         .order_by("id")
-        .values_list("id", "kind")[:limit]
-    )
+        .values_list("id", "kind", "normalized")[:limit]
+    ]
     if stale:
         logger.warning("re-enqueueing stale pending inbound events", extra={"count": len(stale)})
         enqueue(stale)

@@ -1,5 +1,19 @@
 """API routes of this app, included under /api/ by config.urls."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from channels_app import api
+
+urlpatterns: list = [
+    path("tenants/<uuid:tenant_id>/channels/", api.ChannelListView.as_view(), name="channel-list"),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/",
+        api.ChannelDetailView.as_view(),
+        name="channel-detail",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/credentials/",
+        api.ChannelCredentialsView.as_view(),
+        name="channel-credentials",
+    ),
+]

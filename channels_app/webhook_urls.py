@@ -1,3 +1,16 @@
 """Public webhook routes (/webhooks/...), included by config.urls."""
 
-urlpatterns: list = []
+from django.conf import settings
+from django.urls import path
+
+from channels_app import webhooks
+
+urlpatterns: list = [
+    path("whatsapp", webhooks.whatsapp_webhook, name="webhook-whatsapp"),
+    path("whatsapp/", webhooks.whatsapp_webhook),
+    path("messenger", webhooks.messenger_webhook, name="webhook-messenger"),
+    path("messenger/", webhooks.messenger_webhook),
+]
+
+if settings.WEBHOOK_BENCH_BARE_ENDPOINT:  # off unless the webhook benchmark turns it on
+    urlpatterns.append(path("_bench/bare", webhooks.bare_ok))

@@ -1,8 +1,44 @@
-"""Settings for the channels area (from the environment; see the README's variable table)."""
+"""Settings for the channels area (from the environment; see docs/channels.md)."""
 
-from config.settings.base import CELERY_BEAT_SCHEDULE
+import os
+
+from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_bool, env_float, env_int
 
 CELERY_BEAT_SCHEDULE["requeue-stale-pending-inbound"] = {
     "task": "channels_app.requeue_stale_pending",
     "schedule": 30.0,
 }
+CELERY_TASK_ROUTES.update(
+    {
+        "channels_app.apply_status_update": {"queue": "default"},
+        "channels_app.prepare_inbound_message": {"queue": "default"},
+        "channels_app.dispatch_inbound": {"queue": "default"},
+    }
+)
+
+# Meta Graph API (WhatsApp Cloud API, Messenger Send API): tests and proxies point the base elsewhere.
+GRAPH_API_BASE_URL = os.environ.get("GRAPH_API_BASE_URL", "https://graph.facebook.com")
+GRAPH_API_VERSION = os.environ.get("GRAPH_API_VERSION", "v25.0")
+GRAPH_API_TIMEOUT = env_float("GRAPH_API_TIMEOUT", 10.0)
+# Attempts per call on throttling (130429, 131056, 613, 4) and 5xx, with exponential backoff + jitter.
+GRAPH_API_MAX_ATTEMPTS = env_int("GRAPH_API_MAX_ATTEMPTS", 4)
+GRAPH_API_BACKOFF_BASE = env_float("GRAPH_API_BACKOFF_BASE", 0.5)
+GRAPH_API_BACKOFF_MAX = env_float("GRAPH_API_BACKOFF_MAX", 8.0)
+
+# Webhooks: Meta sends up to 3 MB; bigger bodies answer 413 before anything is parsed.
+WEBHOOK_MAX_BODY_BYTES = env_int("WEBHOOK_MAX_BODY_BYTES", 5 * 1024 * 1024)
+# Messenger's legacy X-Hub-Signature (HMAC-SHA1), accepted only when no SHA-256 header is present.
+MESSENGER_ACCEPT_SHA1_SIGNATURE = env_bool("MESSENGER_ACCEPT_SHA1_SIGNATURE", True)
+# WhatsApp mark-as-read also shows "typing..." (disappears on reply or after 25 s).
+WHATSAPP_TYPING_INDICATOR = env_bool("WHATSAPP_TYPING_INDICATOR", True)
+# Seconds a channel lookup (routing + signature key) is reused in-process by the webhook views.
+WEBHOOK_CHANNEL_CACHE_SECONDS = env_float("WEBHOOK_CHANNEL_CACHE_SECONDS", 5.0)
+# How long a Messenger user's profile name is reused before it is looked up again (seconds).
+MESSENGER_PROFILE_CACHE_SECONDS = env_int("MESSENGER_PROFILE_CACHE_SECONDS", 86400)
+# Inbound media larger than this is not downloaded (WhatsApp allows 100 MB).
+CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
+# bench/webhook_ingest.py only: serve /webhooks/_bench/bare (answers 200 at once) for comparison.
+WEBHOOK_BENCH_BARE_ENDPOINT = env_bool("WEBHOOK_BENCH_BARE_ENDPOINT", False)
+# Publish inbound tasks from a background thread so webhook acknowledgements never wait on the broker
+# (a publish lost with a crashing process is re-enqueued by the pending sweep).
+CHANNELS_ASYNC_ENQUEUE = env_bool("CHANNELS_ASYNC_ENQUEUE", True)

@@ -1,0 +1,234 @@
+"""Messenger Platform adapter: page webhooks in, Send API calls out. No database work here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.conf import settings
+
+from channels_app.adapters.base import Media, NormalizedMessage, ParsedPayload, SendResult, StatusUpdate
+from channels_app.adapters.meta import MetaSignatureVerifier, split_text
+from channels_app.graph import GraphClient
+
+# Messenger attachment types -> our Media kinds ("file" stays "file": no caption, any mime type).
+ATTACHMENT_KINDS = {"image": "image", "audio": "audio", "video": "video", "file": "file"}
+
+
+def _seconds(ms: Any) -> float:
+    try:
+        return float(ms) / 1000.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class MessengerAdapter:
+    platform = "messenger"
+    max_text_length = 2000
+
+    # --- inbound ---------------------------------------------------------------------------------
+
+    def verify_signature(self, *, body: bytes, headers: dict[str, str], credentials: dict[str, str]) -> bool:
+        app_secret = credentials.get("app_secret", "")
+        if not app_secret:
+            return False
+        return MetaSignatureVerifier(app_secret).verify(
+            body=body, headers=headers, accept_sha1=settings.MESSENGER_ACCEPT_SHA1_SIGNATURE
+        )
+
+    def signature_verifier(self, app_secret: str) -> Callable[[bytes, Mapping[str, str]], bool]:
+        """A reusable check of this app secret's signatures (the webhook view caches it per channel)."""
+        verifier = MetaSignatureVerifier(app_secret)
+        accept_sha1 = settings.MESSENGER_ACCEPT_SHA1_SIGNATURE
+        return lambda body, headers: verifier.verify(body=body, headers=headers, accept_sha1=accept_sha1)
+
+    def routing_ids(self, payload: dict[str, Any]) -> list[str]:
+        ids: list[str] = []
+        for entry in self._entries(payload):
+            page_id = str(entry.get("id", ""))
+            if page_id and page_id not in ids:
+                ids.append(page_id)
+        return ids
+
+    @staticmethod
+    def _entries(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        entries = payload.get("entry") if isinstance(payload, dict) else None
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def parse(self, payload: dict[str, Any]) -> ParsedPayload:
+        parsed = ParsedPayload()
+        if payload.get("object") != "page":
+            parsed.ignored.append(f"object '{payload.get('object')}' is not page")
+            return parsed
+        for entry in self._entries(payload):
+            page_id = str(entry.get("id", ""))
+            if entry.get("standby"):
+                parsed.ignored.append(f"standby events of page {page_id} (another app owns the thread)")
+            for event in entry.get("messaging") or []:
+                if isinstance(event, dict):
+                    self._event(page_id, event, parsed)
+        return parsed
+
+    def _event(self, page_id: str, ev: dict[str, Any], parsed: ParsedPayload) -> None:
+        sender = str((ev.get("sender") or {}).get("id", ""))
+        timestamp = _seconds(ev.get("timestamp"))
+        base = {"platform": self.platform, "channel_external_id": page_id, "sender_id": sender, "timestamp": timestamp}
+        if isinstance(ev.get("message"), dict):
+            message = ev["message"]
+            if message.get("is_echo"):
+                parsed.ignored.append(f"echo of our own message {message.get('mid', '')}")
+                return
+            parsed.messages.append(self._message(base, message, ev))
+        elif isinstance(ev.get("postback"), dict):
+            pb = ev["postback"]
+            parsed.messages.append(
+                NormalizedMessage(
+                    **base,
+                    message_id=str(pb.get("mid") or f"postback:{sender}:{ev.get('timestamp', '')}"),
+                    type="postback",
+                    text=str(pb.get("title", "")),
+                    reply={"payload": str(pb.get("payload", "")), "title": str(pb.get("title", ""))},
+                    raw=ev,
+                )
+            )
+        elif isinstance(ev.get("reaction"), dict):
+            r = ev["reaction"]
+            action = str(r.get("action", "react"))
+            parsed.messages.append(
+                NormalizedMessage(
+                    **base,
+                    message_id=f"reaction:{r.get('mid', '')}:{sender}:{action}:{ev.get('timestamp', '')}",
+                    type="reaction",
+                    reaction={
+                        "message_id": str(r.get("mid", "")),
+                        "emoji": str(r.get("emoji") or "") if action == "react" else "",
+                        "reaction": str(r.get("reaction", "")),
+                        "action": action,
+                    },
+                    raw=ev,
+                )
+            )
+        elif isinstance(ev.get("delivery"), dict):
+            d = ev["delivery"]
+            watermark = _seconds(d.get("watermark")) if d.get("watermark") is not None else None
+            for mid in d.get("mids") or [""]:
+                parsed.statuses.append(
+                    StatusUpdate(
+                        platform=self.platform,
+                        channel_external_id=page_id,
+                        message_id=str(mid),
+                        status="delivered",
+                        timestamp=timestamp,
+                        recipient_id=sender,
+                        watermark=watermark,
+                        raw=ev,
+                    )
+                )
+        elif isinstance(ev.get("read"), dict):
+            parsed.statuses.append(
+                StatusUpdate(
+                    platform=self.platform,
+                    channel_external_id=page_id,
+                    message_id="",
+                    status="read",
+                    timestamp=timestamp,
+                    recipient_id=sender,
+                    watermark=_seconds(ev["read"].get("watermark")),
+                    raw=ev,
+                )
+            )
+        else:
+            kinds = sorted(k for k in ev if k not in {"sender", "recipient", "timestamp"})
+            parsed.ignored.append(f"messenger event {','.join(kinds) or 'empty'} from {sender or '?'}")
+
+    def _message(self, base: dict[str, Any], message: dict[str, Any], ev: dict[str, Any]) -> NormalizedMessage:
+        msg = NormalizedMessage(
+            **base,
+            message_id=str(message.get("mid", "")),
+            type="text",
+            text=str(message.get("text", "")),
+            context_message_id=str((message.get("reply_to") or {}).get("mid", "")),
+            raw=ev,
+        )
+        if isinstance(message.get("quick_reply"), dict):
+            msg.type = "quick_reply"
+            msg.reply = {"payload": str(message["quick_reply"].get("payload", "")), "title": msg.text}
+            return msg
+        attachments = [a for a in message.get("attachments") or [] if isinstance(a, dict)]
+        unsupported: list[str] = []
+        for att in attachments:
+            kind = str(att.get("type", ""))
+            payload = att.get("payload") if isinstance(att.get("payload"), dict) else {}
+            if kind in ATTACHMENT_KINDS:
+                is_sticker = kind == "image" and (payload.get("sticker_id") or message.get("sticker_id"))
+                msg.media.append(
+                    Media(kind="sticker" if is_sticker else ATTACHMENT_KINDS[kind], url=str(payload.get("url", "")))
+                )
+            elif kind == "location" and isinstance(payload.get("coordinates"), dict):
+                coords = payload["coordinates"]
+                msg.location = {"latitude": coords.get("lat"), "longitude": coords.get("long")}
+                if att.get("title"):
+                    msg.location["name"] = str(att["title"])
+            elif kind == "fallback":
+                link = str(payload.get("url") or att.get("url") or "")
+                title = str(att.get("title") or "")
+                msg.text = msg.text or " ".join(x for x in (title, link) if x)
+            else:
+                unsupported.append(kind or "unknown")
+        if msg.media:
+            msg.type = msg.media[0].kind
+        elif msg.location is not None:
+            msg.type = "location"
+            msg.text = msg.text or f"Location: {msg.location.get('latitude')}, {msg.location.get('longitude')}"
+        if unsupported and not msg.media and msg.location is None and not msg.text:
+            msg.type = "unsupported"
+            msg.unsupported_reason = f"attachment type '{', '.join(unsupported)}' is not supported"
+        elif not attachments and "text" not in message:
+            msg.type = "unsupported"
+            msg.unsupported_reason = "message without text or attachments"
+        return msg
+
+    # --- outbound ----------------------------------------------------------------------------------
+
+    def send_text(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        text: str,
+        credentials: dict[str, str],
+        reply_to_message_id: str = "",
+    ) -> SendResult:
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        ids: list[str] = []
+        for part in split_text(text, self.max_text_length):
+            answer = client.post(
+                f"{channel_external_id}/messages",
+                {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": {"text": part}},
+            )
+            ids.append(str(answer.get("message_id", "")))
+        return SendResult(platform_message_ids=ids)
+
+    def send_typing(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        reply_to_message_id: str,
+        credentials: dict[str, str],
+    ) -> None:
+        """mark_seen then typing_on: two requests, a sender action is never combined with a message."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        for action in ("mark_seen", "typing_on"):
+            client.post(f"{channel_external_id}/messages", {"recipient": {"id": recipient_id}, "sender_action": action})
+
+    def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
+        """Messenger attachment URLs are signed CDN links: fetched without the page token."""
+        client = GraphClient(access_token="")
+        content, content_type = client.download(media.url, with_token=False)
+        return content, content_type or media.mime_type
+
+    def fetch_profile(self, *, user_id: str, credentials: dict[str, str]) -> dict[str, Any]:
+        """The user's public profile (first_name, last_name): Messenger webhooks carry no name."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        return client.get(user_id, params={"fields": "first_name,last_name"})

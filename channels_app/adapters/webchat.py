@@ -1,0 +1,289 @@
+"""Web chat adapter: the browser widget talks to us over a WebSocket (channels_app.consumers).
+
+Inbound, the consumer hands each client frame to ``parse``; outbound, the pipeline calls
+``send_text`` / ``stream_text`` / ``send_typing`` / ``send_notice`` like for any channel, and we push
+the event to the channel-layer group of the visitor. Every server process holding a socket of that
+visitor (several tabs, several daphne processes) is subscribed to the group, so a reply produced in
+a Celery worker reaches the visitor wherever it is connected. A visitor who is not connected misses
+nothing: the pipeline stored the reply, and the next session returns it in the history.
+
+Like every adapter this does no database work: all it needs is the widget key (the channel's
+``external_id``) and the visitor id (the contact's external id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from channels_app.adapters.base import Media, NormalizedMessage, ParsedPayload, SendError, SendResult
+
+PLATFORM = "webchat"
+# The consumer's handler for every event pushed to a visitor group ("webchat.event" -> webchat_event).
+GROUP_EVENT_TYPE = "webchat.event"
+SEND_TIMEOUT_SECONDS = 10.0
+
+
+def visitor_group(*, channel_external_id: str, visitor_id: str) -> str:
+    """Channel-layer group of one visitor of one widget.
+
+    Widget keys are unique across tenants, so the group never mixes tenants. Hashed because group
+    names are limited to 100 ASCII characters and must not reveal the visitor id in Redis keys.
+    """
+    digest = hashlib.sha256(f"{channel_external_id}\x00{visitor_id}".encode()).hexdigest()[:40]
+    return f"webchat.{digest}"
+
+
+def wire_message_id(message_id: int | str | None) -> str:
+    """The id the widget knows a reply by: "m<pk>" for a stored Message (the same id the history gives
+    it, so a reply seen live is not shown twice after a reconnect), else a fresh one."""
+    if isinstance(message_id, int) and not isinstance(message_id, bool):
+        return f"m{message_id}"
+    if isinstance(message_id, str) and message_id:
+        return message_id
+    return "wc_" + uuid.uuid4().hex
+
+
+def clean_sources(sources: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Keep only what the widget shows: title, url, page (the widget renders text, never HTML)."""
+    cleaned: list[dict[str, Any]] = []
+    for source in sources or []:
+        if not isinstance(source, dict):
+            continue
+        item: dict[str, Any] = {"title": str(source.get("title") or source.get("document_title") or "")[:300]}
+        url = str(source.get("url") or "")
+        item["url"] = url if url.startswith(("https://", "http://", "/")) else ""
+        page = source.get("page")
+        item["page"] = page if isinstance(page, int) and not isinstance(page, bool) else None
+        if item["title"] or item["url"]:
+            cleaned.append(item)
+    return cleaned
+
+
+class WebchatAdapter:
+    platform = PLATFORM
+    max_text_length = 20000
+
+    # --- inbound -----------------------------------------------------------------------------------
+
+    def verify_signature(self, *, body: bytes, headers: dict[str, str], credentials: dict[str, str]) -> bool:
+        # Web chat has no webhook; its frames are authenticated by the session token at connect.
+        return False
+
+    def routing_ids(self, payload: dict[str, Any]) -> list[str]:
+        return [payload["channel_external_id"]] if payload.get("channel_external_id") else []
+
+    def parse(self, payload: dict[str, Any]) -> ParsedPayload:
+        """One client frame, already authenticated by the consumer, into a NormalizedMessage.
+
+        ``payload``: channel_external_id (widget key), visitor_id, client_message_id, text and
+        optionally timestamp and page_url. The client message id is the dedupe key, so a message
+        resent after a reconnect is stored once.
+        """
+        message = NormalizedMessage(
+            platform=PLATFORM,
+            channel_external_id=payload["channel_external_id"],
+            message_id=payload["client_message_id"],
+            sender_id=payload["visitor_id"],
+            timestamp=float(payload.get("timestamp") or time.time()),
+            type="text",
+            text=payload["text"],
+            raw={k: payload[k] for k in ("client_message_id", "page_url") if payload.get(k)},
+        )
+        return ParsedPayload(messages=[message])
+
+    # --- outbound ----------------------------------------------------------------------------------
+
+    def send_text(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        text: str,
+        credentials: dict[str, str],
+        sources: Iterable[dict[str, Any]] | None = None,
+        role: str = "assistant",
+        message_id: int | str | None = None,
+    ) -> SendResult:
+        """Push one whole message. ``sources`` ({title, url, page}), ``role`` ("assistant" or "agent")
+        and ``message_id`` (our Message pk) are web chat extras; other adapters do not take them."""
+        wire_id = wire_message_id(message_id)
+        self._push(
+            channel_external_id,
+            recipient_id,
+            [{"type": "message", "id": wire_id, "role": role, "text": text, "sources": clean_sources(sources)}],
+        )
+        return SendResult(platform_message_ids=[wire_id])
+
+    def send_message(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        text: str,
+        sources: Iterable[dict[str, Any]] | None,
+        message_id: int | str | None,
+        credentials: dict[str, str],
+        role: str = "assistant",
+    ) -> SendResult:
+        """The rich send conversations.outbound prefers when an adapter has it: text with its sources."""
+        return self.send_text(
+            channel_external_id=channel_external_id,
+            recipient_id=recipient_id,
+            text=text,
+            credentials=credentials,
+            sources=sources,
+            role=role,
+            message_id=message_id,
+        )
+
+    def stream_text(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        chunks: Iterable[str],
+        credentials: dict[str, str],
+        sources: Iterable[dict[str, Any]] | None = None,
+        role: str = "assistant",
+        message_id: int | str | None = None,
+    ) -> SendResult:
+        """Push a reply token by token as ``chunks`` yields them: stream_start, stream_delta..., stream_end
+        (which carries the full text and the sources, so a client that missed a delta still ends right)."""
+        wire_id = wire_message_id(message_id)
+        group = visitor_group(channel_external_id=channel_external_id, visitor_id=recipient_id)
+        self._stream(group, wire_id, role, chunks, clean_sources(sources))
+        return SendResult(platform_message_ids=[wire_id])
+
+    def send_typing(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        reply_to_message_id: str,
+        credentials: dict[str, str],
+    ) -> None:
+        self._push(channel_external_id, recipient_id, [{"type": "typing", "on": True}])
+
+    def send_notice(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        kind: str,
+        data: dict[str, Any],
+        credentials: dict[str, str],
+    ) -> None:
+        """Non-message notices: ``typing`` ({"on"|"typing": bool}), ``handoff`` ({"state", "message"}),
+        ``sources`` ({"message_id", "sources"}: the sources of a message already streamed), or any other
+        kind passed through as ``{"type": kind, **data}``."""
+        if kind == "typing":
+            event: dict[str, Any] = {"type": "typing", "on": bool(data.get("on", data.get("typing", True)))}
+        elif kind == "handoff":
+            event = {"type": "handoff", "state": str(data.get("state", "")), "message": str(data.get("message", ""))}
+        elif kind == "sources":
+            event = {
+                "type": "sources",
+                "id": wire_message_id(data.get("message_id")),
+                "sources": clean_sources(data.get("sources")),
+            }
+        else:
+            event = {**data, "type": kind}
+        self._push(channel_external_id, recipient_id, [event])
+
+    def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
+        raise SendError("web chat messages carry no media", permanent=True)
+
+    # --- channel layer -----------------------------------------------------------------------------
+
+    def _push(self, channel_external_id: str, recipient_id: str, events: list[dict[str, Any]]) -> None:
+        group = visitor_group(channel_external_id=channel_external_id, visitor_id=recipient_id)
+        for event in events:
+            _group_send(group, event)
+
+    def _stream(
+        self, group: str, message_id: str, role: str, chunks: Iterable[str], sources: list[dict[str, Any]]
+    ) -> None:
+        _group_send(group, {"type": "stream_start", "id": message_id, "role": role})
+        parts: list[str] = []
+        # The chunks come from the caller's (blocking) LLM stream: each is pushed as soon as it arrives.
+        for chunk in chunks:
+            if not chunk:
+                continue
+            parts.append(chunk)
+            _group_send(group, {"type": "stream_delta", "id": message_id, "delta": chunk})
+        _group_send(
+            group,
+            {"type": "stream_end", "id": message_id, "role": role, "text": "".join(parts), "sources": sources},
+        )
+
+
+class _LayerLoop:
+    """One event loop per process, in a daemon thread, for the channel-layer sends of synchronous code.
+
+    ``async_to_sync`` would make a new event loop (and, with channels_redis, new Redis connections) for
+    every send: 15-60 ms per push in a Celery worker under load. A long-lived loop keeps the layer's
+    connection pool, so a push costs one Redis round trip. Recreated after a fork (prefork workers).
+    """
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid() or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="webchat-layer", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+def _group_send(group: str, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise SendError("no channel layer is configured (CHANNEL_LAYERS)", permanent=True)
+    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, _wrap(event)), _LayerLoop.loop())
+    try:
+        future.result(timeout=SEND_TIMEOUT_SECONDS)
+    except concurrent.futures.TimeoutError as exc:
+        future.cancel()
+        raise SendError("the web chat channel layer did not answer in time", code="channel_layer") from exc
+    except Exception as exc:
+        if _is_layer_error(exc):  # Redis down: transient, the pipeline retries the send
+            raise SendError(f"could not reach the web chat channel layer: {exc}", code="channel_layer") from exc
+        raise
+
+
+def _wrap(event: dict[str, Any]) -> dict[str, Any]:
+    return {"type": GROUP_EVENT_TYPE, "event": event}
+
+
+def _is_layer_error(exc: Exception) -> bool:
+    import redis
+
+    return isinstance(exc, redis.RedisError | ConnectionError | OSError)
+
+
+def register() -> None:
+    """Add this adapter to the registry if the registry does not list it yet (the registry line in
+    channels_app/adapters/__init__.py is the real registration; this covers processes that import the
+    web chat modules before it exists)."""
+    try:
+        from channels_app.adapters import ADAPTERS
+    except ImportError:  # the registry itself is importing this module: it lists the adapter
+        return
+    ADAPTERS.setdefault(PLATFORM, WebchatAdapter())
+
+
+register()

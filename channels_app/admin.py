@@ -1,0 +1,135 @@
+"""Admin: channels with write-only credentials, inbound events (read-only), unrouted webhooks
+(superusers only). Actions call channels_app.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from channels_app import services
+from channels_app.models import Channel, InboundEvent, UnroutedWebhook
+from tenants.admin_scoping import TenantScopedAdmin
+
+
+class ChannelForm(forms.ModelForm):
+    """Credentials are write-only: the fields always render empty; an empty field keeps the stored value."""
+
+    app_secret = forms.CharField(
+        required=False, widget=forms.PasswordInput(render_value=False), help_text="Leave empty to keep."
+    )
+    access_token = forms.CharField(
+        required=False, widget=forms.PasswordInput(render_value=False), help_text="Leave empty to keep."
+    )
+    verify_token = forms.CharField(
+        required=False, widget=forms.PasswordInput(render_value=False), help_text="Leave empty to keep."
+    )
+
+    class Meta:
+        model = Channel
+        fields = ["tenant", "type", "name", "is_active", "external_id", "config"]
+
+    def credentials(self) -> dict[str, str]:
+        return {name: self.cleaned_data.get(name) or "" for name in services.CREDENTIAL_NAMES}
+
+
+@admin.register(Channel)
+class ChannelAdmin(TenantScopedAdmin):
+    form = ChannelForm
+    list_display = ["name", "type", "tenant", "external_id", "is_active", "sending_status"]
+    list_filter = ["type", "is_active"]
+    search_fields = ["name", "external_id"]
+    readonly_fields = ["id", "sending_disabled_reason", "credentials_set", "created_at", "updated_at"]
+    actions = ["enable_sending"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        base = [
+            f
+            for f in ["tenant", "type", "name", "is_active", "external_id", "config"]
+            if f in self._form_fields(request, obj)
+        ]
+        return [
+            (None, {"fields": base}),
+            ("Credentials (write-only)", {"fields": ["app_secret", "access_token", "verify_token", "credentials_set"]}),
+            ("Status", {"fields": ["sending_disabled_reason", "id", "created_at", "updated_at"]}),
+        ]
+
+    def _form_fields(self, request: HttpRequest, obj: Any) -> list[str]:
+        excluded = set(self.get_exclude(request, obj) or [])
+        return [f for f in ChannelForm.Meta.fields if f not in excluded]
+
+    @admin.display(description="Sending")
+    def sending_status(self, obj: Channel) -> str:
+        if obj.sending_disabled_reason:
+            return format_html('<span style="color:#b00">disabled: {}</span>', obj.sending_disabled_reason[:120])
+        return "ok"
+
+    @admin.display(description="Credentials set")
+    def credentials_set(self, obj: Channel) -> str:
+        if not obj.pk:
+            return "-"
+        return ", ".join(services.channel_credential_names(channel=obj)) or "none"
+
+    def save_model(self, request: HttpRequest, obj: Channel, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        services.clear_route_cache()
+        credentials = {k: v for k, v in form.credentials().items() if v}
+        if credentials:
+            services.channel_set_credentials(channel=obj, credentials=credentials)
+            messages.info(request, f"Credentials updated: {', '.join(sorted(credentials))}.")
+
+    @admin.action(description="Re-enable sending (after fixing the credentials)")
+    def enable_sending(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for channel in queryset:
+            services.channel_enable_sending(channel=channel)
+        self.message_user(request, f"Sending re-enabled on {queryset.count()} channel(s).")
+
+
+@admin.register(InboundEvent)
+class InboundEventAdmin(TenantScopedAdmin):
+    list_display = ["id", "received_at", "kind", "channel", "sender_external_id", "status", "attempts"]
+    list_filter = ["kind", "status", "received_at"]
+    search_fields = ["=dedupe_key", "=sender_external_id", "=correlation_id"]
+    date_hierarchy = "received_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [f.name for f in InboundEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UnroutedWebhook)
+class UnroutedWebhookAdmin(admin.ModelAdmin):
+    """Payloads no channel took (unknown number/page, channel without app secret): superusers only,
+    since they may belong to any tenant."""
+
+    list_display = ["id", "received_at", "platform", "reason", "external_ids"]
+    list_filter = ["platform", "reason"]
+    date_hierarchy = "received_at"
+    readonly_fields = ["platform", "reason", "external_ids", "body", "headers", "received_at"]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)

@@ -1,0 +1,196 @@
+"""The one HTTP seam to Meta's Graph API (WhatsApp Cloud API and Messenger Send API).
+
+Base URL and version come from ``GRAPH_API_BASE_URL`` / ``GRAPH_API_VERSION`` so tests and a proxy
+can point elsewhere. Every call classifies Meta's error answer into a ``SendError``:
+
+- throttling (130429, 131056, 613, 4, 80007, HTTP 429) and 5xx / connection errors are retried here
+  with exponential backoff and full jitter, a bounded number of times; when they persist the error
+  is transient (``permanent=False``) so the caller's task can retry later;
+- outside the customer-service window (WhatsApp 131047, Messenger 10 / 2018278) is permanent;
+- an invalid or expired token (190) is permanent and disables sending for the channel.
+
+Tokens travel in the ``Authorization`` header only (Graph accepts it for page tokens too), never in
+a URL, so no exception message or log line can carry one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from django.conf import settings
+
+from channels_app.adapters.base import SendError
+
+logger = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset({130429, 131056, 613, 4, 80007, 17, 32})
+OUTSIDE_WINDOW_CODES = frozenset({131047})
+MESSENGER_OUTSIDE_WINDOW_SUBCODES = frozenset({2018278, 2534022})
+TOKEN_CODES = frozenset({190})
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One keep-alive session per thread (requests.Session is not thread-safe)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        _local.session = session
+    return session
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    base_url: str
+    version: str
+    timeout: float
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+
+    @classmethod
+    def from_settings(cls) -> GraphConfig:
+        return cls(
+            base_url=settings.GRAPH_API_BASE_URL.rstrip("/"),
+            version=settings.GRAPH_API_VERSION.strip("/"),
+            timeout=settings.GRAPH_API_TIMEOUT,
+            max_attempts=max(1, settings.GRAPH_API_MAX_ATTEMPTS),
+            backoff_base=settings.GRAPH_API_BACKOFF_BASE,
+            backoff_max=settings.GRAPH_API_BACKOFF_MAX,
+        )
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+def classify_error(status_code: int, body: Any) -> SendError:
+    """Turn a Graph error answer into a SendError that says whether to retry or disable."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        transient = status_code >= 500 or status_code == 429
+        return SendError(
+            f"Graph API answered HTTP {status_code}",
+            code=status_code,
+            permanent=not transient,
+            details={"http_status": status_code},
+        )
+    code = error.get("code")
+    subcode = error.get("error_subcode")
+    error_data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+    details = {
+        "http_status": status_code,
+        "code": code,
+        "subcode": subcode,
+        "type": error.get("type", ""),
+        "message": str(error.get("message", ""))[:500],
+        "details": str(error_data.get("details", ""))[:500],
+        "fbtrace_id": error.get("fbtrace_id", ""),
+    }
+    message = details["message"] or f"Graph API error {code}"
+    if code in TOKEN_CODES:
+        return SendError(
+            f"access token invalid or expired (190): {message}",
+            code=code,
+            permanent=True,
+            disable_channel=True,
+            details=details,
+        )
+    if code in OUTSIDE_WINDOW_CODES or (
+        code == 10 and (subcode in MESSENGER_OUTSIDE_WINDOW_SUBCODES or "outside of allowed window" in message)
+    ):
+        details["reason"] = "outside_window"
+        return SendError(
+            f"outside the customer service window ({code}): {message}",
+            code=code,
+            permanent=True,
+            details=details,
+        )
+    if code in THROTTLING_CODES or status_code == 429 or status_code >= 500:
+        details["reason"] = "throttled" if code in THROTTLING_CODES or status_code == 429 else "server_error"
+        return SendError(f"Graph API busy ({code}): {message}", code=code, permanent=False, details=details)
+    return SendError(f"Graph API error {code}: {message}", code=code, permanent=True, details=details)
+
+
+class GraphClient:
+    """Calls ``{base}/{version}/{path}`` with a bearer token; returns the decoded JSON answer."""
+
+    def __init__(self, *, access_token: str, config: GraphConfig | None = None):
+        self._token = access_token
+        self.config = config or GraphConfig.from_settings()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"<GraphClient {self.config.base_url}/{self.config.version}>"
+
+    def url(self, path: str) -> str:
+        return f"{self.config.base_url}/{self.config.version}/{path.lstrip('/')}"
+
+    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", self.url(path), json=payload)
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._request("GET", self.url(path), params=params)
+
+    def download(self, url: str, *, with_token: bool = True) -> tuple[bytes, str]:
+        """GET a media URL (WhatsApp needs the bearer token; Messenger CDN URLs do not)."""
+        response = self._send("GET", url, with_token=with_token)
+        return response.content, response.headers.get("Content-Type", "application/octet-stream")
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, url, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            raise SendError(
+                f"Graph API answered HTTP {response.status_code} with a body that is not JSON",
+                code=response.status_code,
+                permanent=False,
+            ) from None
+        return body if isinstance(body, dict) else {"data": body}
+
+    def _send(self, method: str, url: str, *, with_token: bool = True, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self._token}"} if with_token else {}
+        cfg = self.config
+        last_error: SendError | None = None
+        for attempt in range(cfg.max_attempts):
+            if attempt:
+                delay = backoff_delay(attempt - 1, base=cfg.backoff_base, cap=cfg.backoff_max)
+                time.sleep(delay)
+            try:
+                response = _session().request(method, url, headers=headers, timeout=cfg.timeout, **kwargs)
+            except requests.RequestException as exc:
+                # The URL never holds a token, so the exception text is safe to keep.
+                last_error = SendError(
+                    f"Graph API unreachable: {type(exc).__name__}", permanent=False, details={"error": str(exc)[:300]}
+                )
+                logger.warning("graph api unreachable", extra={"attempt": attempt + 1, "error": type(exc).__name__})
+                continue
+            if response.status_code < 400:
+                return response
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = None
+            last_error = classify_error(response.status_code, body)
+            logger.warning(
+                "graph api error",
+                extra={
+                    "attempt": attempt + 1,
+                    "http_status": response.status_code,
+                    "code": last_error.code,
+                    "permanent": last_error.permanent,
+                },
+            )
+            if last_error.permanent:
+                raise last_error
+        assert last_error is not None
+        last_error.retry_after = backoff_delay(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_max) + 1
+        raise last_error

@@ -1,0 +1,59 @@
+"""GET/POST /webhooks/whatsapp and /webhooks/messenger: Meta's handshake and event notifications.
+
+Views are thin: the body is read raw (the signature covers the exact bytes) and handed to
+``services.receive_webhook``, which verifies, routes and stores it; the answer is immediate.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from channels_app import services
+from config.errors import json_error
+
+
+def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
+    if request.method == "GET":
+        ok = services.verify_handshake(
+            platform=platform,
+            mode=request.GET.get("hub.mode", ""),
+            token=request.GET.get("hub.verify_token", ""),
+        )
+        if not ok:
+            return HttpResponse("Verification failed.", status=403, content_type="text/plain")
+        return HttpResponse(request.GET.get("hub.challenge", ""), content_type="text/plain")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.WEBHOOK_MAX_BODY_BYTES:
+        return json_error(413, "payload_too_large", f"Body over {settings.WEBHOOK_MAX_BODY_BYTES} bytes.")
+    # Read the stream ourselves: Django's request.body refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE
+    # with a 400, and the limit here is the webhook's own.
+    body = request.read(settings.WEBHOOK_MAX_BODY_BYTES + 1)
+    outcome = services.receive_webhook(platform=platform, body=body, headers=request.headers)
+    if outcome.status != 200:
+        return json_error(outcome.status, outcome.code, outcome.message, outcome.details or None)
+    return JsonResponse({"status": outcome.code, **outcome.details})
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def whatsapp_webhook(request: HttpRequest) -> HttpResponse:
+    return _webhook(request, "whatsapp")
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def messenger_webhook(request: HttpRequest) -> HttpResponse:
+    return _webhook(request, "messenger")
+
+
+@csrf_exempt
+def bare_ok(request: HttpRequest) -> HttpResponse:
+    """The benchmark's baseline: same server and middleware, no work (WEBHOOK_BENCH_BARE_ENDPOINT)."""
+    request.read()
+    return JsonResponse({"status": "ok"})

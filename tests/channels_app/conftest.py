@@ -1,0 +1,189 @@
+"""Channels test kit: channels with real encrypted credentials, signed webhook posts, and a local
+HTTP server speaking the Graph API (messages, media lookup, media download, user profile)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from channels_app import services
+from channels_app.adapters.meta import sign
+from channels_app.models import Channel, InboundEvent
+from tenants.models import Tenant
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+WA_PHONE_NUMBER_ID = "1122334455667"
+MS_PAGE_ID = "106543210987654"
+WA_SECRET = "wa-app-secret-0123456789abcdef"
+MS_SECRET = "ms-app-secret-fedcba9876543210"
+WA_TOKEN = "EAAwhatsapptoken123"
+MS_TOKEN = "EAAmessengertoken456"
+
+
+def fixture_bytes(platform: str, name: str) -> bytes:
+    return (FIXTURES / platform / f"{name}.json").read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_route_cache() -> Iterator[None]:
+    services.clear_route_cache()
+    yield
+    services.clear_route_cache()
+
+
+@pytest.fixture
+def wa_channel(tenant: Tenant) -> Channel:
+    return services.channel_create(
+        tenant=tenant,
+        type="whatsapp",
+        name="Support line",
+        external_id=WA_PHONE_NUMBER_ID,
+        config={"display_phone_number": "15550001111"},
+        credentials={"app_secret": WA_SECRET, "access_token": WA_TOKEN, "verify_token": "wa-verify-token"},
+    )
+
+
+@pytest.fixture
+def ms_channel(tenant: Tenant) -> Channel:
+    return services.channel_create(
+        tenant=tenant,
+        type="messenger",
+        name="Acme page",
+        external_id=MS_PAGE_ID,
+        credentials={"app_secret": MS_SECRET, "access_token": MS_TOKEN, "verify_token": "ms-verify-token"},
+    )
+
+
+@pytest.fixture
+def post_webhook(client: Any) -> Callable[..., Any]:
+    """``post_webhook(platform, body, secret=..., header=...)``: POST with a real HMAC signature."""
+
+    def post(platform: str, body: bytes, secret: str | None = None, *, algorithm: str = "sha256", headers=None) -> Any:
+        extra = dict(headers or {})
+        if secret is not None:
+            name = "HTTP_X_HUB_SIGNATURE_256" if algorithm == "sha256" else "HTTP_X_HUB_SIGNATURE"
+            extra[name] = sign(body, secret, algorithm)
+        return client.generic("POST", f"/webhooks/{platform}", body, content_type="application/json", **extra)
+
+    return post
+
+
+def stored_messages(channel: Channel) -> list[dict[str, Any]]:
+    rows = InboundEvent.objects.for_tenant(channel.tenant_id).filter(channel=channel, kind="message").order_by("id")
+    return [row.normalized for row in rows]
+
+
+def stored_statuses(channel: Channel) -> list[dict[str, Any]]:
+    rows = InboundEvent.objects.for_tenant(channel.tenant_id).filter(channel=channel, kind="status").order_by("id")
+    return [row.normalized for row in rows]
+
+
+class GraphRecorder:
+    """What the fake Graph API received, and what it should answer next."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.scripted: list[tuple[int, dict[str, Any]]] = []  # answers for the next POSTs, in order
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self.profiles: dict[str, dict[str, str]] = {}
+        self.lock = threading.Lock()
+        self.counter = 0
+        self.url = ""
+
+    def posts(self, path_suffix: str = "/messages") -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "POST" and r["path"].endswith(path_suffix)]
+
+
+@pytest.fixture
+def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder:
+    recorder = GraphRecorder()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, body: Any, content_type: str = "application/json") -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _record(self, body: Any) -> None:
+            with recorder.lock:
+                recorder.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path.split("?")[0],
+                        "query": self.path.partition("?")[2],
+                        "authorization": self.headers.get("Authorization", ""),
+                        "json": body,
+                    }
+                )
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            self._record(body)
+            with recorder.lock:
+                scripted = recorder.scripted.pop(0) if recorder.scripted else None
+                recorder.counter += 1
+                n = recorder.counter
+            if scripted is not None:
+                return self._answer(*scripted)
+            if "status" in body or "sender_action" in body:
+                if "sender_action" in body:
+                    return self._answer(200, {"recipient_id": body["recipient"]["id"]})
+                return self._answer(200, {"success": True})
+            if body.get("messaging_product") == "whatsapp":
+                return self._answer(
+                    200,
+                    {
+                        "messaging_product": "whatsapp",
+                        "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                        "messages": [{"id": f"wamid.OUT{n}=="}],
+                    },
+                )
+            return self._answer(200, {"recipient_id": body["recipient"]["id"], "message_id": f"m_OUT{n}"})
+
+        def do_GET(self) -> None:
+            self._record(None)
+            path = self.path.split("?")[0]
+            if path.startswith("/cdn/") or path.startswith("/download/"):
+                key = path.rsplit("/", 1)[1]
+                if path.startswith("/download/") and self.headers.get("Authorization") != f"Bearer {WA_TOKEN}":
+                    return self._answer(401, {"error": {"message": "token required", "code": 190}})
+                content, mime = recorder.media[key]
+                return self._answer(200, content, mime)
+            media_id = path.rsplit("/", 1)[1]
+            if media_id in recorder.profiles:
+                return self._answer(200, {**recorder.profiles[media_id], "id": media_id})
+            if media_id in recorder.media:
+                content, mime = recorder.media[media_id]
+                return self._answer(
+                    200,
+                    {
+                        "messaging_product": "whatsapp",
+                        "url": f"{recorder.url}/download/{media_id}",
+                        "mime_type": mime,
+                        "sha256": "00",
+                        "file_size": str(len(content)),
+                        "id": media_id,
+                    },
+                )
+            return self._answer(404, {"error": {"message": "Unsupported get request.", "code": 100}})
+
+    running = local_http_server(Handler)
+    recorder.url = running.url
+    settings.GRAPH_API_BASE_URL = running.url
+    settings.GRAPH_API_VERSION = "v25.0"
+    settings.GRAPH_API_BACKOFF_BASE = 0.01
+    settings.GRAPH_API_BACKOFF_MAX = 0.05
+    return recorder

@@ -1,0 +1,185 @@
+"""Through a real Celery worker: media lands in the tenant's storage; a redelivered message is
+stored once and answered once; statuses reach the outbound message.
+
+``graph`` comes before ``worker`` in every signature so that the worker stops (finishing its
+in-flight turns) before the fake Graph API and its settings go away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from channels_app.models import InboundEvent
+from config.celery import app
+from tests.channels_app.conftest import MS_SECRET, WA_SECRET, fixture_bytes
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def worker(live_worker):
+    """The live worker, drained at the end: in-flight turns finish before it stops and the test
+    database is flushed (the thread pool does not wait for them)."""
+    yield live_worker
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not InboundEvent.objects.filter(kind="message", status="pending").exists(), timeout=20)
+    time.sleep(0.5)
+
+
+JPEG = b"\xff\xd8\xff\xe0" + b"fake-jpeg-bytes" * 10
+PDF = b"%PDF-1.4 fake invoice"
+
+
+def test_whatsapp_image_is_downloaded_into_the_tenants_storage(
+    graph, worker, wa_channel, post_webhook, settings, tmp_path
+):
+    settings.MEDIA_ROOT = str(tmp_path)
+    graph.media["1479537139650973"] = (JPEG, "image/jpeg")
+    assert post_webhook("whatsapp", fixture_bytes("whatsapp", "image"), WA_SECRET).status_code == 200
+    row = InboundEvent.objects.get(kind="message")
+
+    def stored_path() -> str:
+        row.refresh_from_db()
+        return row.normalized["media"][0]["storage_path"]
+
+    path = wait_until(stored_path, timeout=20)
+    assert path.startswith(f"{wa_channel.tenant_id}/media/{wa_channel.pk}/")
+    assert path.endswith(".jpg")
+    assert (Path(tmp_path) / path).read_bytes() == JPEG
+    assert row.normalized["media"][0]["size"] == len(JPEG)
+    assert row.normalized["media"][0]["caption"] == "Is this the right part?"
+    # The lookup carried the bearer token and the phone number id; so did the download.
+    lookup = next(r for r in graph.requests if r["path"] == "/v25.0/1479537139650973")
+    assert lookup["authorization"].startswith("Bearer ") and lookup["query"] == "phone_number_id=1122334455667"
+    download = next(r for r in graph.requests if r["path"] == "/download/1479537139650973")
+    assert download["authorization"].startswith("Bearer ")
+
+
+def test_messenger_file_is_downloaded_from_its_url(graph, worker, ms_channel, post_webhook, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path)
+    graph.media["terms.pdf"] = (PDF, "application/pdf")
+    payload = json.loads(fixture_bytes("messenger", "attachments_file_and_audio"))
+    attachments = payload["entry"][0]["messaging"][0]["message"]["attachments"]
+    attachments[0]["payload"]["url"] = f"{graph.url}/cdn/terms.pdf"
+    del attachments[1]
+    assert post_webhook("messenger", json.dumps(payload).encode(), MS_SECRET).status_code == 200
+    row = InboundEvent.objects.get(kind="message")
+
+    def stored() -> dict:
+        row.refresh_from_db()
+        return row.normalized["media"][0]["storage_path"] and row.normalized["media"][0]
+
+    media = wait_until(stored, timeout=20)
+    assert media["mime_type"] == "application/pdf" and media["storage_path"].endswith(".pdf")
+    assert (Path(tmp_path) / media["storage_path"]).read_bytes() == PDF
+    cdn = next(r for r in graph.requests if r["path"] == "/cdn/terms.pdf")
+    assert cdn["authorization"] == ""  # CDN links are fetched without the page token
+
+
+def test_media_that_cannot_be_fetched_is_recorded_and_the_message_goes_on(
+    graph, worker, wa_channel, post_webhook, settings, tmp_path
+):
+    settings.MEDIA_ROOT = str(tmp_path)  # graph.media is empty: the lookup answers Graph's 404 error
+    assert post_webhook("whatsapp", fixture_bytes("whatsapp", "document"), WA_SECRET).status_code == 200
+    row = InboundEvent.objects.get(kind="message")
+
+    def errors() -> list:
+        row.refresh_from_db()
+        return row.normalized["raw"].get("_media_errors")
+
+    [error] = wait_until(errors, timeout=20)
+    assert error["index"] == 0 and error["code"] == 100
+    assert row.normalized["media"][0]["storage_path"] == ""
+
+
+def test_messenger_sender_name_is_looked_up_once_for_the_contact(graph, worker, ms_channel, post_webhook):
+    graph.profiles["6944325612345678"] = {"first_name": "Jane", "last_name": "Doe"}
+
+    def names() -> list:
+        found = [row.normalized["sender_name"] for row in InboundEvent.objects.filter(kind="message").order_by("id")]
+        return found if all(found) else None
+
+    assert post_webhook("messenger", fixture_bytes("messenger", "text"), MS_SECRET).status_code == 200
+    assert wait_until(names, timeout=20) == ["Jane Doe"]
+    assert post_webhook("messenger", fixture_bytes("messenger", "quick_reply"), MS_SECRET).status_code == 200
+    assert wait_until(lambda: (n := names()) and len(n) == 2 and n, timeout=20) == ["Jane Doe", "Jane Doe"]
+    lookups = [r for r in graph.requests if r["path"] == "/v25.0/6944325612345678"]
+    assert len(lookups) == 1  # the second message used the cached name
+    assert lookups[0]["query"] == "fields=first_name%2Clast_name"
+    assert lookups[0]["authorization"].startswith("Bearer ")
+
+
+def test_redelivered_message_is_stored_once_and_answered_once(graph, worker, wa_channel, post_webhook):
+    if "conversations.handle_inbound_message" not in app.tasks:
+        pytest.skip("the turn pipeline task is not registered")
+    body = fixture_bytes("whatsapp", "text")
+    for _ in range(3):
+        assert post_webhook("whatsapp", body, WA_SECRET).status_code == 200
+
+    def replies() -> list:
+        return [r for r in graph.posts() if r["json"].get("type") == "text"]
+
+    wait_until(replies, timeout=30)
+    time.sleep(1.5)  # a second reply, if any, would have arrived by now
+    assert len(replies()) == 1
+    assert replies()[0]["json"]["to"] == "972987654321"
+    assert InboundEvent.objects.filter(kind="message").count() == 1
+
+
+def test_status_webhook_reaches_the_outbound_message_through_the_worker(worker, wa_channel, post_webhook):
+    from conversations.models import Contact, Conversation, Message
+
+    contact = Contact.objects.create(tenant=wa_channel.tenant, channel=wa_channel, external_id="972987654321")
+    conversation = Conversation.objects.create(tenant=wa_channel.tenant, channel=wa_channel, contact=contact)
+    message = Message.objects.create(
+        tenant=wa_channel.tenant,
+        conversation=conversation,
+        channel=wa_channel,
+        direction="out",
+        sender="assistant",
+        content="reply",
+        platform_message_id="wamid.SENT1==",
+        status="sent",
+    )
+    assert post_webhook("whatsapp", fixture_bytes("whatsapp", "status_read"), WA_SECRET).status_code == 200
+
+    def read() -> bool:
+        message.refresh_from_db()
+        return message.status == "read"
+
+    wait_until(read, timeout=20)
+    assert InboundEvent.objects.get(kind="status").status == "processed"
+
+
+def test_a_batch_post_is_handed_on_through_one_dispatch_task(graph, worker, wa_channel, post_webhook):
+    """Rows stored by one POST are published as one batch and fanned out by a worker."""
+    if "conversations.handle_inbound_message" not in app.tasks:
+        pytest.skip("the turn pipeline task is not registered")
+    from celery import signals
+
+    received: list[str] = []
+
+    def on_received(request=None, **_):
+        received.append(request.name)
+
+    signals.task_received.connect(on_received, weak=False)
+    try:
+        body = fixture_bytes("whatsapp", "batch_several_messages_and_users")
+        assert post_webhook("whatsapp", body, WA_SECRET).json()["stored"] == 4
+        wait_until(
+            lambda: (
+                received.count("conversations.handle_inbound_message") >= 3
+                and received.count("channels_app.apply_status_update") >= 1
+            ),
+            timeout=30,
+        )
+        time.sleep(0.5)  # a duplicate hand-off, if any, would show up now
+    finally:
+        signals.task_received.disconnect(on_received)
+    assert received.count("channels_app.dispatch_inbound") == 1
+    assert received.count("conversations.handle_inbound_message") == 3
+    assert received.count("channels_app.apply_status_update") >= 1

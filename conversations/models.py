@@ -48,6 +48,8 @@ class Conversation(TenantOwned):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Why the conversation left the bot last ("keyword: human", "tool: request_human", "agent", ...).
+    handoff_reason = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         ordering = ["-last_activity_at"]
@@ -116,3 +118,32 @@ class Message(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.sender}: {self.content[:60]}"
+
+
+class TenantFunction(TenantOwned):
+    """A function the LLM may call: a tenant's HTTPS endpoint described by a JSON schema.
+
+    Calls are POSTed as JSON, signed with HMAC-SHA256 (``X-MetaChat-Signature``) using the secret
+    named ``signing_secret_name``; ``auth_secret_name`` optionally names a TenantSecret whose value
+    is sent as the ``auth_header_name`` header. No secret value is stored on this row.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=64)
+    description = models.TextField(max_length=1024)
+    parameters = models.JSONField(default=dict, blank=True)
+    endpoint_url = models.CharField(max_length=1000)  # validated by conversations.tools (https, SSRF)
+    timeout_seconds = models.FloatField(default=10.0)
+    auth_header_name = models.CharField(max_length=100, blank=True, default="")
+    auth_secret_name = models.CharField(max_length=120, blank=True, default="")
+    signing_secret_name = models.CharField(max_length=120, blank=True, default="")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="tenantfunction_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name

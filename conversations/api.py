@@ -1,0 +1,344 @@
+"""Conversations, transcripts, agent actions and tenant functions over REST. Thin views over
+``conversations.services`` and ``conversations.selectors``; every view is tenant-scoped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import ApiError
+from conversations import selectors, services
+from conversations.models import Contact, Conversation, Message, TenantFunction
+from conversations.state import InvalidTransition
+from conversations.tools import FunctionDefinitionError
+from tenants.auth import TenantScopedMixin
+
+# --- serializers ----------------------------------------------------------------------------------------
+
+
+class ContactSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Contact
+        fields = ["id", "external_id", "profile_name", "language", "created_at", "last_seen_at"]
+        read_only_fields = fields
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    contact = ContactSerializer(read_only=True)
+    channel_type = serializers.CharField(source="channel.type", read_only=True)
+
+    class Meta:
+        model = Conversation
+        fields = [
+            "id",
+            "channel_id",
+            "channel_type",
+            "contact",
+            "state",
+            "handoff_reason",
+            "context_start_message_id",
+            "last_activity_at",
+            "created_at",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+        ]
+        read_only_fields = fields
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    sources = serializers.SerializerMethodField()
+    tool_call = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "direction",
+            "sender",
+            "kind",
+            "content",
+            "status",
+            "error",
+            "platform_message_id",
+            "sources",
+            "tool_call",
+            "payload",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "timings",
+            "agent_user_id",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_sources(self, message: Message) -> list[dict[str, Any]]:
+        return list((message.payload or {}).get("sources") or [])
+
+    def get_tool_call(self, message: Message) -> dict[str, Any] | None:
+        if message.sender != Message.Sender.TOOL:
+            return None
+        payload = message.payload or {}
+        return {k: payload.get(k) for k in ("name", "arguments", "ok", "error", "result", "status_code", "duration_ms")}
+
+
+class ReplySerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=4096, trim_whitespace=True)
+
+
+class FunctionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TenantFunction
+        fields = [
+            "id",
+            "name",
+            "description",
+            "parameters",
+            "endpoint_url",
+            "timeout_seconds",
+            "auth_header_name",
+            "auth_secret_name",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class FunctionCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(max_length=1024)
+    parameters = serializers.JSONField(required=False)
+    endpoint_url = serializers.CharField(max_length=1000)
+    timeout_seconds = serializers.FloatField(required=False, default=10.0)
+    auth_header_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    auth_secret_name = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
+    is_active = serializers.BooleanField(required=False, default=True)
+
+
+class FunctionUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(max_length=1024, required=False)
+    parameters = serializers.JSONField(required=False)
+    endpoint_url = serializers.CharField(max_length=1000, required=False)
+    timeout_seconds = serializers.FloatField(required=False)
+    auth_header_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    auth_secret_name = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    is_active = serializers.BooleanField(required=False)
+
+
+def _definition_error(exc: FunctionDefinitionError) -> ApiError:
+    return ApiError(400, "validation_error", "Invalid function definition; see details for each field.", exc.errors)
+
+
+def _date_param(request: Request, name: str) -> Any:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    value = parse_datetime(raw) or parse_date(raw)
+    if value is None:
+        raise ApiError(400, "validation_error", f"'{name}' must be an ISO date or date-time.", {name: [raw]})
+    return value
+
+
+# --- conversations -------------------------------------------------------------------------------------
+
+
+class ConversationMixin(TenantScopedMixin):
+    kwargs: dict[str, Any]
+
+    def conversation(self) -> Conversation:
+        try:
+            return selectors.conversation_get(tenant=self.tenant, conversation_id=self.kwargs["conversation_id"])
+        except Conversation.DoesNotExist:
+            raise ApiError(404, "not_found", "No such conversation.") from None
+
+
+class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
+    serializer_class = ConversationSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=[s.value for s in Conversation.State]),
+            OpenApiParameter("channel", str, description="channel id"),
+            OpenApiParameter("since", str, description="last activity at or after (ISO date/time)"),
+            OpenApiParameter("until", str, description="last activity before (ISO date/time)"),
+        ],
+        responses=ConversationSerializer(many=True),
+        summary="List conversations (waiting for a human first)",
+    )
+    def get(self, request: Request, tenant_id: Any) -> Response:
+        state = request.query_params.get("state") or None
+        if state and state not in Conversation.State.values:
+            raise ApiError(
+                400, "validation_error", "Unknown state.", {"state": [f"one of {', '.join(Conversation.State.values)}"]}
+            )
+        channel = request.query_params.get("channel") or None
+        if channel:
+            import uuid
+
+            try:
+                uuid.UUID(channel)
+            except ValueError:
+                raise ApiError(
+                    400, "validation_error", "'channel' must be a channel id.", {"channel": [channel]}
+                ) from None
+        queryset = selectors.conversation_list(
+            tenant=self.tenant,
+            state=state,
+            channel_id=channel,
+            since=_date_param(request, "since"),
+            until=_date_param(request, "until"),
+        )
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(ConversationSerializer(page, many=True).data)
+
+
+class ConversationDetailView(ConversationMixin, APIView):
+    @extend_schema(responses=ConversationSerializer, summary="Read a conversation")
+    def get(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+        return Response(ConversationSerializer(self.conversation()).data)
+
+
+class ConversationMessagesView(ConversationMixin, generics.GenericAPIView):
+    serializer_class = MessageSerializer
+
+    @extend_schema(responses=MessageSerializer(many=True), summary="The transcript: messages, sources, tool calls")
+    def get(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+        queryset = selectors.transcript(tenant=self.tenant, conversation=self.conversation())
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+class ConversationReplyView(ConversationMixin, APIView):
+    @extend_schema(request=ReplySerializer, responses={201: MessageSerializer}, summary="Reply as a human agent")
+    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+        data = ReplySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = self.conversation()
+        try:
+            message = services.agent_reply(
+                tenant=self.tenant, conversation=conversation, text=data.validated_data["text"]
+            )
+        except ValueError as exc:
+            raise ApiError(400, "validation_error", str(exc), {"text": [str(exc)]}) from None
+        if message.status == Message.Status.FAILED:
+            raise ApiError(
+                502,
+                "not_delivered",
+                "The reply was stored but the channel did not accept it.",
+                {"message_id": message.pk, "error": message.error},
+            )
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+class _TransitionView(ConversationMixin, APIView):
+    action = ""
+
+    @extend_schema(request=None, responses=ConversationSerializer)
+    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+        conversation = self.conversation()
+        operation = {
+            "resolve": services.conversation_resolve,
+            "return_to_bot": services.conversation_return_to_bot,
+            "handoff": services.conversation_request_handoff,
+        }[self.action]
+        try:
+            operation(tenant=self.tenant, conversation=conversation, actor="api")
+        except InvalidTransition as exc:
+            raise ApiError(409, "invalid_transition", str(exc), {"state": exc.current}) from None
+        return Response(ConversationSerializer(conversation).data)
+
+
+class ConversationResolveView(_TransitionView):
+    action = "resolve"
+
+
+class ConversationReturnToBotView(_TransitionView):
+    action = "return_to_bot"
+
+
+class ConversationHandoffView(_TransitionView):
+    action = "handoff"
+
+
+class ConversationRetryView(ConversationMixin, APIView):
+    @extend_schema(request=None, responses={202: None}, summary="Answer again the messages whose turn failed")
+    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+        count = services.conversation_retry(tenant=self.tenant, conversation=self.conversation())
+        if not count:
+            raise ApiError(409, "nothing_to_retry", "No message of this conversation has a failed turn.")
+        return Response({"queued_messages": count}, status=status.HTTP_202_ACCEPTED)
+
+
+class UsageView(TenantScopedMixin, APIView):
+    @extend_schema(summary="Tokens and estimated LLM cost of the tenant (optionally for a period)")
+    def get(self, request: Request, tenant_id: Any) -> Response:
+        usage = selectors.tenant_usage(
+            tenant=self.tenant, since=_date_param(request, "since"), until=_date_param(request, "until")
+        )
+        return Response({**usage, "cost_usd": str(usage["cost_usd"])})
+
+
+# --- functions ---------------------------------------------------------------------------------------------
+
+
+class FunctionListView(TenantScopedMixin, generics.GenericAPIView):
+    serializer_class = FunctionSerializer
+
+    @extend_schema(responses=FunctionSerializer(many=True), summary="List the tenant's functions")
+    def get(self, request: Request, tenant_id: Any) -> Response:
+        page = self.paginate_queryset(TenantFunction.objects.for_tenant(self.tenant).order_by("name"))
+        return self.get_paginated_response(FunctionSerializer(page, many=True).data)
+
+    @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer}, summary="Create a function")
+    def post(self, request: Request, tenant_id: Any) -> Response:
+        data = FunctionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            created = services.function_create(tenant=self.tenant, **data.validated_data)
+        except FunctionDefinitionError as exc:
+            raise _definition_error(exc) from None
+        body = dict(FunctionSerializer(created.function).data)
+        body["signing_secret"] = created.signing_secret  # shown once
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class FunctionDetailView(TenantScopedMixin, APIView):
+    def function(self) -> TenantFunction:
+        found = TenantFunction.objects.for_tenant(self.tenant).filter(pk=self.kwargs["function_id"]).first()
+        if found is None:
+            raise ApiError(404, "not_found", "No such function.")
+        return found
+
+    @extend_schema(responses=FunctionSerializer, summary="Read a function")
+    def get(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+        return Response(FunctionSerializer(self.function()).data)
+
+    @extend_schema(request=FunctionUpdateSerializer, responses=FunctionSerializer, summary="Change a function")
+    def patch(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+        data = FunctionUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            function = services.function_update(tenant=self.tenant, function=self.function(), **data.validated_data)
+        except FunctionDefinitionError as exc:
+            raise _definition_error(exc) from None
+        return Response(FunctionSerializer(function).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a function (and its signing secret)")
+    def delete(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+        services.function_delete(tenant=self.tenant, function=self.function())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class FunctionRotateSecretView(FunctionDetailView):
+    @extend_schema(request=None, summary="Rotate the signing secret (the new one is shown once)")
+    def post(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+        secret = services.function_rotate_signing_secret(tenant=self.tenant, function=self.function())
+        return Response({"signing_secret": secret})

@@ -1,0 +1,121 @@
+"""The one protocol every LLM provider implements, and the plain shapes it speaks.
+
+Messages and tools use the OpenAI chat-completions shapes (role/content/tool_calls, JSON-schema
+function tools) because every provider we support speaks them; the offline answerer reads the
+retrieved passages and the user's question from the request instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # raw JSON text as the model produced it (validated later, never trusted)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+@dataclass
+class Completion:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    finish_reason: str = ""
+    # Passages the answer quotes (offline answerer); LLM answers cite by [n] markers instead.
+    cited_markers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ContextPassage:
+    """A retrieved chunk as the LLM sees it: ``[marker] title (p. N, section)`` then the text."""
+
+    marker: int
+    chunk_id: str
+    document_id: str
+    title: str
+    content: str
+    page: int | None = None
+    section: str = ""
+    score: float = 0.0
+
+    def label(self) -> str:
+        where = []
+        if self.page:
+            where.append(f"p. {self.page}")
+        if self.section:
+            where.append(self.section)
+        return f"{self.title} ({', '.join(where)})" if where else self.title
+
+    def as_source(self) -> dict[str, Any]:
+        return {
+            "marker": self.marker,
+            "chunk_id": self.chunk_id,
+            "document_id": self.document_id,
+            "title": self.title,
+            "page": self.page,
+            "section": self.section,
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass
+class CompletionRequest:
+    messages: list[dict[str, Any]]
+    query: str  # the user's latest words (all messages of the burst)
+    passages: list[ContextPassage] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    temperature: float = 0.3
+    max_tokens: int = 600
+    brand_name: str = ""
+    handoff_hint: str = ""  # e.g. 'write "human" to reach a person' (offline answerer)
+    locale: str = "en"
+
+
+class LLMError(Exception):
+    """The provider failed after its own retries (``retryable``: down/throttled, worth retrying later)."""
+
+    def __init__(self, message: str, *, retryable: bool = True, code: str = "llm_error"):
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class LLMStream(Protocol):
+    """A streamed answer. ``start()`` reads until the first text or the end; if ``has_text`` is
+    false the round ended with tool calls (``completion()``). Otherwise ``deltas()`` yields the text
+    as it arrives, and ``completion()`` holds the whole answer and usage once it has been read."""
+
+    def start(self) -> None: ...
+
+    @property
+    def has_text(self) -> bool: ...
+
+    def deltas(self) -> Iterator[str]: ...
+
+    def completion(self) -> Completion: ...
+
+
+class LLMProvider(Protocol):
+    name: str  # offline | openai | openai_compatible
+    model: str
+    supports_tools: bool
+    supports_streaming: bool
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def stream(self, request: CompletionRequest) -> LLMStream: ...

@@ -1,0 +1,190 @@
+"""OpenAI and every OpenAI-compatible endpoint (Azure OpenAI's v1 API, Ollama, vLLM, LM Studio, ...),
+through the real ``openai`` client: its timeout and its retries on 429/5xx/connection errors
+(exponential backoff) are configured from settings, and whatever still fails becomes an LLMError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from config.openai_clients import client_for, reset_clients  # noqa: F401  (re-exported)
+from conversations.llm.base import Completion, CompletionRequest, LLMError, ToolCall, Usage
+
+
+def _llm_error(exc: Exception) -> LLMError:
+    """Name what went wrong without echoing the request (it may contain the key in odd proxies)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError("the LLM provider timed out", retryable=True, code="llm_timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError("the LLM provider could not be reached", retryable=True, code="llm_unreachable")
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("the LLM provider is throttling requests (429)", retryable=True, code="llm_rate_limited")
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return LLMError(f"the LLM provider refused the API key ({exc.status_code})", retryable=False, code="llm_auth")
+    if isinstance(exc, openai.APIStatusError):
+        retryable = exc.status_code >= 500 or exc.status_code == 429
+        body: Any = exc.body
+        message = str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
+        return LLMError(
+            f"the LLM provider answered {exc.status_code}" + (f": {message}" if message else ""),
+            retryable=retryable,
+            code="llm_http_error",
+        )
+    return LLMError(f"the LLM provider failed: {type(exc).__name__}", retryable=True)
+
+
+class OpenAIProvider:
+    supports_tools = True
+    supports_streaming = True
+
+    def __init__(self, *, client: openai.OpenAI, model: str, name: str = "openai"):
+        self.client = client
+        self.model = model
+        self.name = name
+
+    def _params(self, request: CompletionRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.tools:
+            params["tools"] = request.tools
+        return params
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        try:
+            response = self.client.chat.completions.create(**self._params(request))
+        except openai.OpenAIError as exc:
+            raise _llm_error(exc) from None
+        if not response.choices:
+            raise LLMError("the LLM provider answered no choices", retryable=True, code="llm_empty")
+        choice = response.choices[0]
+        message = choice.message
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "")
+            for c in (message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = Usage(
+            prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0,
+        )
+        return Completion(
+            text=message.content or "",
+            tool_calls=calls,
+            usage=usage,
+            model=response.model or self.model,
+            finish_reason=choice.finish_reason or "",
+        )
+
+    def stream(self, request: CompletionRequest) -> OpenAIStream:
+        params = self._params(request)
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+        try:
+            chunks = self.client.chat.completions.create(**params)
+        except openai.OpenAIError as exc:
+            raise _llm_error(exc) from None
+        return OpenAIStream(chunks, model=self.model)
+
+
+class OpenAIStream:
+    """Server-sent chunks folded into text deltas, tool calls (assembled by index) and usage."""
+
+    def __init__(self, chunks: Any, *, model: str):
+        self._chunks = iter(chunks)
+        self._raw = chunks
+        self._model = model
+        self._text: list[str] = []
+        self._pending: list[str] = []
+        self._calls: dict[int, dict[str, str]] = {}
+        self._usage = Usage()
+        self._finish = ""
+        self._done = False
+
+    def _read_one(self) -> bool:
+        """Consume one chunk; False at the end of the stream."""
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._done = True
+            return False
+        except openai.OpenAIError as exc:
+            self._done = True
+            raise _llm_error(exc) from None
+        if getattr(chunk, "usage", None):
+            self._usage = Usage(
+                prompt_tokens=chunk.usage.prompt_tokens or 0, completion_tokens=chunk.usage.completion_tokens or 0
+            )
+        if getattr(chunk, "model", None):
+            self._model = chunk.model
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            if delta is not None and delta.content:
+                self._text.append(delta.content)
+                self._pending.append(delta.content)
+            for call in (delta.tool_calls or []) if delta is not None else []:
+                slot = self._calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                if call.id:
+                    slot["id"] = call.id
+                if call.function is not None:
+                    slot["name"] += call.function.name or ""
+                    slot["arguments"] += call.function.arguments or ""
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
+        return True
+
+    def start(self) -> None:
+        while not self._pending and not self._done:
+            self._read_one()
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self._text)
+
+    def deltas(self) -> Iterator[str]:
+        while True:
+            while self._pending:
+                yield self._pending.pop(0)
+            if self._done or not self._read_one():
+                break
+        if self._pending:
+            yield from self._pending
+            self._pending.clear()
+
+    def completion(self) -> Completion:
+        while not self._done:
+            self._read_one()
+        self._pending.clear()
+        calls = [
+            ToolCall(id=slot["id"] or f"call_{index}", name=slot["name"], arguments=slot["arguments"])
+            for index, slot in sorted(self._calls.items())
+        ]
+        return Completion(
+            text="".join(self._text), tool_calls=calls, usage=self._usage, model=self._model, finish_reason=self._finish
+        )
+
+
+def tool_call_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
+    """The assistant message that carries tool calls, as the next request must repeat it."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+        ],
+    }
+
+
+def tool_result_message(call_id: str, result: Any) -> dict[str, Any]:
+    return {
+        "role": "tool",
+        "tool_call_id": call_id,
+        "content": result if isinstance(result, str) else json.dumps(result),
+    }

@@ -1,0 +1,198 @@
+"""Stages 5-6: the LLM completion and the bounded function-calling loop.
+
+The system prompt comes from the tenant's brand name, tone and locales; history is the
+conversation since its last handoff boundary, newest first until the token budget is spent;
+retrieved passages are numbered ``[n]`` so answers can cite them. Tool calls are validated and run
+(conversations.tools), stored as tool records, and fed back, at most ``MAX_TOOL_ROUNDS`` times and
+within ``TURN_MAX_SECONDS``; the last round offers no tools, so the model must answer. When the
+provider stays down the turn gets a fallback reply and ``turn.failure`` (the messages are kept
+and can be retried).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from django.conf import settings
+
+from conversations import handoff, tools
+from conversations.llm import LLMError, provider_for_tenant
+from conversations.llm.base import Completion, CompletionRequest, LLMProvider
+from conversations.llm.offline import sources_line
+from conversations.llm.openai_provider import tool_call_message, tool_result_message
+from conversations.models import Message, TenantFunction
+from conversations.pipeline import handoff_check
+from conversations.pipeline.turn import Turn
+
+FALLBACK_TEXT = (
+    "Sorry, I can't answer right now because of a technical problem. Your message has been kept and "
+    "we will get back to you."
+)
+MARKER_RE = re.compile(r"\[(\d{1,2})\]")
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 4
+
+
+def system_prompt(turn: Turn, *, tools_offered: bool) -> str:
+    config = turn.config
+    lines = [
+        f"You are the assistant of {config.brand_name}, talking with a customer on {turn.channel.get_type_display()}.",
+        f"Tone: {config.tone}. Keep answers short and clear.",
+        "Answer in the language the user writes in; the business's languages are "
+        f"{', '.join(config.locale)} (use {config.locale[0]} when unsure).",
+        "Answer from the context passages when they are relevant and cite them by their markers, like [1]. "
+        "If the context does not contain the answer, say so plainly; never invent facts, prices or policies.",
+    ]
+    if tools_offered and config.enable_human_handoff:
+        lines.append(
+            f"If the user asks for a person or you cannot help, call {tools.REQUEST_HUMAN} instead of answering."
+        )
+    if turn.passages:
+        lines.append("\nContext passages:")
+        for passage in turn.passages:
+            lines.append(f"[{passage.marker}] {passage.label()}\n{passage.content}")
+    return "\n".join(lines)
+
+
+def history(turn: Turn) -> list[dict[str, Any]]:
+    """User, assistant and agent messages since the context boundary (loaded by intake), the newest
+    kept within the token budget, oldest first."""
+    budget = settings.LLM_HISTORY_TOKEN_BUDGET
+    kept: list[dict[str, Any]] = []
+    for message in turn.context_messages:
+        if not message.content:
+            continue
+        cost = estimate_tokens(message.content)
+        if kept and cost > budget:
+            break
+        budget -= cost
+        role = "user" if message.sender == Message.Sender.USER else "assistant"
+        kept.append({"role": role, "content": message.content})
+    kept.reverse()
+    return kept
+
+
+def _request(turn: Turn, messages: list[dict[str, Any]], tool_specs: list[dict[str, Any]] | None) -> CompletionRequest:
+    config = turn.config
+    return CompletionRequest(
+        messages=messages,
+        query=turn.query,
+        passages=turn.passages,
+        tools=tool_specs or None,
+        temperature=config.llm.temperature,
+        max_tokens=config.llm.max_tokens,
+        brand_name=config.brand_name,
+        handoff_hint=handoff.keyword_hint(config.human_handoff_keywords) if config.enable_human_handoff else "",
+        locale=turn.language,
+    )
+
+
+def _wants_stream(turn: Turn, provider: LLMProvider) -> bool:
+    from conversations import outbound
+
+    return bool(turn.config.llm.stream and provider.supports_streaming and outbound.can_stream(turn.channel))
+
+
+def run(turn: Turn) -> None:
+    if not turn.answering:
+        return
+    started = time.monotonic()
+    try:
+        provider = provider_for_tenant(turn.tenant)
+        turn.provider_name, turn.model = provider.name, provider.model
+        _loop(turn, provider)
+    except LLMError as exc:
+        turn.failure = exc
+        turn.reply_text = FALLBACK_TEXT
+        turn.reply_stream = None
+    turn.time("llm_ms", started)
+
+
+def _loop(turn: Turn, provider: LLMProvider) -> None:
+    config = turn.config
+    functions: dict[str, TenantFunction] = {}
+    tool_specs: list[dict[str, Any]] = []
+    if provider.supports_tools and config.enable_function_calling:
+        functions = {f.name: f for f in TenantFunction.objects.for_tenant(turn.tenant).filter(is_active=True)}
+        tool_specs = tools.tool_specs(
+            functions=list(functions.values()), search=config.enable_rag, handoff=config.enable_human_handoff
+        )
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system_prompt(turn, tools_offered=bool(tool_specs))},
+        *history(turn),
+    ]
+    deadline = turn.started + settings.TURN_MAX_SECONDS
+    stream = _wants_stream(turn, provider)
+    rounds = 0
+    while True:
+        offer = tool_specs if rounds < settings.MAX_TOOL_ROUNDS and time.monotonic() < deadline else []
+        request = _request(turn, messages, offer)
+        llm_started = time.monotonic()
+        if stream:
+            handle = provider.stream(request)
+            handle.start()
+            turn.time("llm_wait_ms", llm_started)
+            if handle.has_text:
+                turn.reply_stream = handle  # the reply stage sends it as it arrives
+                return
+            completion = handle.completion()
+        else:
+            completion = provider.complete(request)
+            turn.time("llm_wait_ms", llm_started)
+        turn.usage.add(completion.usage)
+        turn.model = completion.model or turn.model
+        if not completion.tool_calls or not offer:
+            finish_text(turn, completion)
+            return
+        rounds += 1
+        messages.append(tool_call_message(completion.text, completion.tool_calls))
+        for call in completion.tool_calls:
+            tool_started = time.monotonic()
+            result = tools.run_tool_call(
+                tenant=turn.tenant,
+                call=call,
+                functions=functions,
+                conversation_id=str(turn.conversation.pk) if turn.conversation else "",
+                marker_start=len(turn.passages) + 1,
+                search_enabled=config.enable_rag,
+                handoff_enabled=config.enable_human_handoff,
+            )
+            turn.time("tools_ms", tool_started)
+            turn.passages.extend(result.passages)
+            turn.tool_records.append(
+                {
+                    "call_id": call.id,
+                    "name": call.name,
+                    "arguments_raw": call.arguments[:4000],
+                    "arguments": result.arguments,
+                    "ok": result.ok,
+                    "error": result.error,
+                    "result": result.content,
+                    "status_code": result.status_code,
+                    "duration_ms": result.duration_ms,
+                    "round": rounds,
+                }
+            )
+            messages.append(tool_result_message(call.id, result.content))
+            if result.handoff_reason:
+                handoff_check.escalate(turn, reason=result.handoff_reason)
+                return
+
+
+def finish_text(turn: Turn, completion: Completion) -> None:
+    """Final text and its sources: the passages the answer cites (offline: those it quotes)."""
+    text = completion.text.strip()
+    by_marker = {p.marker: p for p in turn.passages}
+    if completion.cited_markers:
+        cited = [by_marker[m] for m in completion.cited_markers if m in by_marker]
+    else:
+        markers = dict.fromkeys(int(m) for m in MARKER_RE.findall(text))
+        cited = [by_marker[m] for m in markers if m in by_marker]
+        if cited and "Sources:" not in text:
+            text = f"{text}\n\n{sources_line(cited)}"
+    turn.sources = [p.as_source() for p in cited]
+    turn.reply_text = text or FALLBACK_TEXT

@@ -1,0 +1,37 @@
+"""Stage 3: does a human own this conversation, or does the user ask for one?
+
+While a human owns it (``handoff_requested`` or ``agent``) the bot stays silent. A handoff keyword
+(case- and accent-insensitive whole word) escalates: the user is told, staff get
+``human_handoff.requested``, and no LLM is called.
+"""
+
+from __future__ import annotations
+
+from conversations import handoff, state
+from conversations.models import Conversation
+from conversations.pipeline.turn import Turn
+
+
+def run(turn: Turn) -> None:
+    if turn.ignore_reason or turn.silent_reason:
+        return
+    conversation = turn.conversation
+    assert conversation is not None
+    if conversation.state != Conversation.State.BOT:
+        turn.silent_reason = f"a human owns the conversation (state {conversation.state})"
+        return
+    config = turn.config
+    if not config.enable_human_handoff:
+        return
+    keyword = handoff.matched_keyword(turn.query, config.human_handoff_keywords)
+    if keyword:
+        escalate(turn, reason=f"keyword: {keyword}")
+
+
+def escalate(turn: Turn, *, reason: str) -> None:
+    """Move to ``handoff_requested`` and make the reply the handoff notice."""
+    assert turn.conversation is not None
+    state.transition(conversation=turn.conversation, to=Conversation.State.HANDOFF_REQUESTED, reason=reason)
+    turn.handoff_reason = reason
+    turn.reply_text = handoff.notice_text(turn.language)
+    turn.reply_stream = None

@@ -1,0 +1,162 @@
+"""Stage 7: send the reply through the conversation's channel (the typing stage went first).
+
+The reply (and each tool call of the turn) is stored before sending, so a crash mid-send leaves a
+``queued`` row to inspect rather than nothing; the platform's id is recorded once it accepts.
+Streaming providers on streaming channels (web chat) send the text as it is generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.db import transaction
+
+from channels_app.adapters.base import SendError, SendResult
+from conversations import outbound
+from conversations.llm.base import LLMError
+from conversations.models import Message
+from conversations.pipeline import completion
+from conversations.pipeline.turn import Turn
+from events.services import emit
+from events.types import EventType
+
+logger = logging.getLogger(__name__)
+
+
+def _store_pending(turn: Turn) -> Message:
+    conversation = turn.conversation
+    assert conversation is not None
+    with transaction.atomic():
+        if turn.tool_records:
+            tool_messages = Message.objects.bulk_create(
+                [
+                    Message(
+                        tenant_id=turn.tenant.pk,
+                        conversation=conversation,
+                        channel=turn.channel,
+                        direction=Message.Direction.OUTBOUND,
+                        sender=Message.Sender.TOOL,
+                        kind="tool_call",
+                        content=record["name"],
+                        payload=record,
+                        status=Message.Status.STORED,
+                        error={"message": record["error"]} if record["error"] else {},
+                        timings={"duration_ms": record["duration_ms"]},
+                    )
+                    for record in turn.tool_records
+                ]
+            )
+            for message, record in zip(tool_messages, turn.tool_records, strict=True):
+                emit(
+                    tenant=turn.tenant,
+                    type=EventType.TOOL_CALLED,
+                    payload={
+                        "conversation_id": str(conversation.pk),
+                        "message_id": message.pk,
+                        "name": record["name"],
+                        "arguments": record["arguments"],
+                        "ok": record["ok"],
+                        "error": record["error"],
+                        "status_code": record["status_code"],
+                        "duration_ms": record["duration_ms"],
+                    },
+                )
+        return Message.objects.create(
+            tenant_id=turn.tenant.pk,
+            conversation=conversation,
+            channel=turn.channel,
+            direction=Message.Direction.OUTBOUND,
+            sender=Message.Sender.ASSISTANT,
+            kind="text",
+            content=turn.reply_text,
+            status=Message.Status.QUEUED,
+            payload={
+                "sources": turn.sources,
+                "provider": turn.provider_name,
+                "model": turn.model,
+                "handoff": bool(turn.handoff_reason),
+                "fallback": turn.failure is not None,
+                "in_reply_to": [m.pk for m in turn.user_messages],
+            },
+        )
+
+
+def run(turn: Turn) -> None:
+    if turn.ignore_reason or turn.silent_reason or not (turn.reply_text or turn.reply_stream):
+        return
+    started = time.monotonic()
+    contact = turn.contact
+    assert contact is not None
+    reply_to = turn.user_messages[-1].platform_message_id if turn.user_messages else ""
+    message = _store_pending(turn)
+    turn.reply_message = message
+    result: SendResult | None = None
+    try:
+        if turn.reply_stream is not None:
+            result = _send_stream(turn, message, contact.external_id)
+        else:
+            result = outbound.send_text(
+                channel=turn.channel,
+                recipient_id=contact.external_id,
+                text=turn.reply_text,
+                sources=turn.sources,
+                reply_to_message_id=reply_to,
+                message_id=message.pk,
+            )
+        if turn.handoff_reason:
+            outbound.send_notice(
+                channel=turn.channel,
+                recipient_id=contact.external_id,
+                kind="handoff",
+                data={"state": "handoff_requested", "message": turn.reply_text},
+            )
+    except SendError as exc:
+        turn.send_error = str(exc)
+        logger.warning("reply not delivered", extra={"message_id": message.pk, "error": str(exc), "code": exc.code})
+    except Exception as exc:  # an adapter bug must still leave a visible failed message
+        turn.send_error = f"{type(exc).__name__}: {exc}"
+        logger.exception("reply not delivered", extra={"message_id": message.pk})
+    if result is not None and result.platform_message_ids:
+        message.platform_message_id = result.platform_message_ids[0]
+        if len(result.platform_message_ids) > 1:
+            # A reply split at the platform's length limit: every part's status update must find it.
+            message.payload = {**message.payload, "platform_message_ids": list(result.platform_message_ids)}
+    turn.time("send_ms", started)
+
+
+def _send_stream(turn: Turn, message: Message, recipient_id: str) -> SendResult:
+    stream = turn.reply_stream
+    assert stream is not None
+    try:
+        result = outbound.stream_text(
+            channel=turn.channel,
+            recipient_id=recipient_id,
+            chunks=turn.stream_deltas(),
+            sources=turn.sources,
+            message_id=message.pk,
+        )
+        answer = stream.completion()
+    except LLMError as exc:
+        # The provider broke off mid-answer: say so with the fallback, keep the messages for a retry.
+        turn.failure = exc
+        turn.reply_stream = None
+        turn.reply_text = completion.FALLBACK_TEXT
+        return outbound.send_text(
+            channel=turn.channel, recipient_id=recipient_id, text=turn.reply_text, message_id=message.pk
+        )
+    turn.usage.add(answer.usage)
+    turn.model = answer.model or turn.model
+    streamed = answer.text
+    completion.finish_text(turn, answer)
+    # What the user saw is the streamed text; the sources go alongside where the channel shows them.
+    turn.reply_text = streamed.strip() or turn.reply_text
+    turn.reply_stream = None
+    if turn.sources:
+        outbound.send_notice(
+            channel=turn.channel,
+            recipient_id=recipient_id,
+            kind="sources",
+            data={"message_id": message.pk, "sources": turn.sources},
+        )
+    return result

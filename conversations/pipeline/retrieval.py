@@ -1,0 +1,59 @@
+"""Stage 4: retrieve the tenant's relevant passages (``enableRag``), and the seam to knowledge.
+
+``knowledge.retrieval.search`` is the knowledge area's contract; if that area is not installed the
+turn goes on without context (and the offline answerer says it found nothing), logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from conversations.llm.base import ContextPassage
+from conversations.pipeline.turn import Turn
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+_warned = {"missing": False}
+
+
+def search_passages(*, tenant: Tenant, query: str, marker_start: int = 1, k: int | None = None) -> list[ContextPassage]:
+    try:
+        from knowledge.retrieval import search
+    except ImportError:
+        if not _warned["missing"]:
+            logger.warning("knowledge.retrieval is not available: answering without retrieved context")
+            _warned["missing"] = True
+        return []
+    if not query.strip():
+        return []
+    chunks = search(tenant=tenant, query=query, k=k)
+    return [
+        ContextPassage(
+            marker=marker_start + index,
+            chunk_id=str(chunk.chunk_id),
+            document_id=str(chunk.document_id),
+            title=chunk.document_title or "document",
+            content=chunk.content,
+            page=chunk.page,
+            section=chunk.section or "",
+            score=float(chunk.score or 0.0),
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+def run(turn: Turn) -> None:
+    if not turn.answering or not turn.config.enable_rag:
+        return
+    started = time.monotonic()
+    try:
+        turn.passages = search_passages(tenant=turn.tenant, query=turn.query, k=turn.config.rag_config.top_k)
+    except Exception:
+        # Retrieval trouble must not cost the user an answer; it is logged with the turn's correlation id.
+        logger.exception("retrieval failed; answering without context", extra={"tenant_id": str(turn.tenant.pk)})
+        turn.passages = []
+    turn.time("retrieval_ms", started)

@@ -1,0 +1,68 @@
+"""The one object every stage of a turn reads and writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conversations.llm.base import ContextPassage, LLMError, LLMStream, Usage
+
+if TYPE_CHECKING:
+    from channels_app.models import Channel, InboundEvent
+    from conversations.models import Contact, Conversation, Message
+    from tenants.models import Tenant
+    from tenants.settings_schema import TenantSettings
+
+
+@dataclass
+class Turn:
+    tenant: Tenant
+    channel: Channel
+    sender_external_id: str
+    inbound_events: list[InboundEvent] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    # resolve
+    ignore_reason: str = ""  # set: messages are recorded, nothing is answered
+    # intake
+    contact: Contact | None = None
+    conversation: Conversation | None = None
+    new_messages: list[Message] = field(default_factory=list)
+    user_messages: list[Message] = field(default_factory=list)  # unanswered, oldest first
+    context_messages: list[Message] = field(default_factory=list)  # since the boundary, newest first
+    query: str = ""
+    language: str = "en"
+    # handoff check / completion
+    handoff_reason: str = ""
+    silent_reason: str = ""  # the bot does not answer (agent owns it, nothing to answer, ...)
+    passages: list[ContextPassage] = field(default_factory=list)
+    provider_name: str = ""
+    model: str = ""
+    usage: Usage = field(default_factory=Usage)
+    tool_records: list[dict[str, Any]] = field(default_factory=list)
+    reply_text: str = ""
+    reply_stream: LLMStream | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    failure: LLMError | None = None
+    # reply
+    reply_message: Message | None = None
+    send_error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def config(self) -> TenantSettings:
+        return self.tenant.config
+
+    @property
+    def answering(self) -> bool:
+        """Stages after the handoff check run only while this holds."""
+        return not (self.ignore_reason or self.silent_reason or self.handoff_reason)
+
+    def time(self, name: str, since: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + (time.monotonic() - since) * 1000, 2)
+
+    def stream_deltas(self) -> Iterator[str]:
+        assert self.reply_stream is not None
+        yield from self.reply_stream.deltas()

@@ -1,0 +1,43 @@
+"""Celery tasks: load ids, call the pipeline. Idempotent (a processed event is skipped), acks_late."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from conversations import pipeline
+from conversations.models import Conversation
+
+
+@shared_task(
+    name="conversations.handle_inbound_message",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=8,
+)
+def handle_inbound_message(inbound_event_id: int) -> int:
+    return pipeline.process_inbound(inbound_event_id=int(inbound_event_id))
+
+
+@shared_task(
+    bind=True,
+    name="conversations.retry_turn",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=8,
+)
+def retry_turn(self, conversation_id: str) -> int:  # type: ignore[no-untyped-def]
+    conversation = Conversation.objects.select_related("contact").filter(pk=conversation_id).first()
+    if conversation is None:
+        return 0
+    turns = pipeline.process_conversation(conversation=conversation)
+    if turns is None:  # a turn of this contact is running; try again shortly
+        raise self.retry(countdown=1, max_retries=30)
+    return turns

@@ -1,0 +1,120 @@
+"""Fixtures of the conversation tests: a WhatsApp channel whose Graph API is a local server, a local
+OpenAI-compatible server, and a way to deliver a user's message as the platform would."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from channels_app.models import Channel
+from conversations.llm.openai_provider import reset_clients
+from tenants.secrets import channel_secret_set
+from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
+
+APP_SECRET = "test-app-secret"
+_wamids = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _turn_settings(settings: Any) -> Iterator[None]:
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    settings.LLM_MAX_RETRIES = 0
+    settings.LLM_TIMEOUT_SECONDS = 5
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_BASE_URL = ""
+    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True
+    reset_clients()
+    yield
+    reset_clients()
+
+
+@pytest.fixture
+def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder:
+    recorder = GraphRecorder()
+    server = local_http_server(graph_handler(recorder))
+    settings.GRAPH_API_BASE_URL = server.url
+    recorder.url = server.url  # type: ignore[attr-defined]
+    return recorder
+
+
+@pytest.fixture
+def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
+    # A number of its own per test: the webhook's route cache never sees a channel of another test.
+    phone_number_id = f"1065{next(_wamids)}{time.time_ns() % 10**9}"
+    channel = Channel.objects.create(
+        tenant=tenant,
+        type=Channel.Type.WHATSAPP,
+        name="Support line",
+        external_id=phone_number_id,
+        config={"phone_number_id": phone_number_id, "display_phone_number": "15550001111"},
+    )
+    channel_secret_set(
+        channel=channel, values={"app_secret": APP_SECRET, "access_token": "EAAtest", "verify_token": "vt"}
+    )
+    return channel
+
+
+@pytest.fixture
+def openai_server(local_http_server: Callable[..., Any], settings: Any) -> OpenAIScript:
+    """The deployment default LLM points at a local server speaking chat completions."""
+    script = OpenAIScript()
+    server = local_http_server(openai_handler(script))
+    settings.OPENAI_API_KEY = "sk-test-deployment-key"
+    settings.OPENAI_BASE_URL = server.url + "/v1"
+    script.url = server.url + "/v1"  # type: ignore[attr-defined]
+    return script
+
+
+def whatsapp_payload(
+    *, phone_number_id: str, sender: str, text: str, wamid: str, name: str = "Alice"
+) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
+                            "contacts": [{"profile": {"name": name}, "wa_id": sender}],
+                            "messages": [
+                                {
+                                    "from": sender,
+                                    "id": wamid,
+                                    "timestamp": str(int(time.time())),
+                                    "text": {"body": text},
+                                    "type": "text",
+                                }
+                            ],
+                        },
+                        "field": "messages",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def deliver(channel: Channel, *, text: str, sender: str = "15551234567", wamid: str | None = None) -> str:
+    """A user's WhatsApp message reaches the platform through the real signed webhook view."""
+    from django.test import Client
+
+    wamid = wamid or f"wamid.in{next(_wamids)}.{time.time_ns()}"
+    body = json.dumps(
+        whatsapp_payload(phone_number_id=channel.external_id, sender=sender, text=text, wamid=wamid)
+    ).encode()
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    response = Client().post(
+        "/webhooks/whatsapp", data=body, content_type="application/json", HTTP_X_HUB_SIGNATURE_256=signature
+    )
+    assert response.status_code == 200, response.content
+    return wamid

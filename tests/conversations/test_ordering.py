@@ -1,0 +1,97 @@
+"""Turns of one conversation run one at a time and in order across worker threads; bursts coalesce."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from channels_app.models import InboundEvent
+from conversations import pipeline
+from conversations.models import Message
+from tests.conftest import wait_until
+from tests.conversations.conftest import deliver
+
+
+def user_contents(body):
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+def test_one_conversation_hammered_by_concurrent_workers_is_answered_in_order_one_turn_at_a_time(
+    live_worker, whatsapp, graph, openai_server
+):
+    # The live worker runs 4 threads, so the 8 tasks below are picked up concurrently.
+    openai_server.default = lambda body: {"content": "ok: " + user_contents(body)[-1], "delay": 0.15}
+    sent = [f"message {i}" for i in range(8)]
+    for text in sent:
+        deliver(whatsapp, text=text)
+
+    wait_until(lambda: not Message.objects.filter(sender="user").exclude(status="processed").exists()
+               and Message.objects.filter(sender="user").count() == 8, timeout=30)  # fmt: skip
+
+    assert openai_server.max_in_flight == 1  # never two turns of this conversation at once
+    # Every message answered exactly once, in arrival order, across however many turns it took.
+    replies = list(Message.objects.filter(sender="assistant").order_by("id"))
+    answered = [pk for reply in replies for pk in reply.payload["in_reply_to"]]
+    user_ids = list(Message.objects.filter(sender="user").order_by("id").values_list("id", flat=True))
+    assert answered == user_ids
+    assert list(Message.objects.filter(sender="user").order_by("id").values_list("content", flat=True)) == sent
+    assert user_contents(openai_server.requests[-1]) == sent  # the last turn saw the whole history in order
+    assert len(graph.texts) == len(replies) == len(openai_server.requests)
+    assert set(InboundEvent.objects.values_list("status", flat=True)) == {"processed"}
+
+
+def test_lock_holder_picks_up_events_whose_task_found_the_lock_taken(transactional_db, whatsapp, graph, settings):
+    """Without a worker: two threads call the task body at once for two messages of one contact."""
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    from django.db import transaction
+
+    from channels_app.adapters.base import NormalizedMessage
+    from channels_app.inbound import record_inbound
+
+    ids = []
+    for n in range(2):
+        message = NormalizedMessage(
+            platform="whatsapp", channel_external_id=whatsapp.external_id, message_id=f"wamid.lock{n}",
+            sender_id="15550009999", timestamp=time.time(), type="text", text=f"question {n}",
+        )  # fmt: skip
+        with transaction.atomic():
+            ids += record_inbound(channel=whatsapp, messages=[message])
+    barrier = threading.Barrier(2)
+    results: dict[int, int] = {}
+
+    def work(inbound_id: int) -> None:
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            results[inbound_id] = pipeline.process_inbound(inbound_event_id=inbound_id)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert set(InboundEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"processed"}
+    assert sum(results.values()) >= 1
+    assert Message.objects.filter(sender="user", status="processed").count() == 2
+    assert graph.text_bodies()[-1].startswith("I couldn't find anything about that")
+
+
+def test_a_burst_of_messages_is_answered_once_with_all_of_them(live_worker, whatsapp, graph, openai_server, settings):
+    settings.TURN_DEBOUNCE_SECONDS = 0.7
+    openai_server.default = lambda body: {"content": "One answer to everything."}
+
+    deliver(whatsapp, text="Hi")
+    deliver(whatsapp, text="I ordered a lamp")
+    deliver(whatsapp, text="it arrived broken")
+
+    wait_until(lambda: graph.texts)
+    time.sleep(1.5)  # anything else would have been answered by now
+    assert graph.text_bodies() == ["One answer to everything."]
+    assert len(openai_server.requests) == 1
+    assert user_contents(openai_server.requests[0]) == ["Hi", "I ordered a lamp", "it arrived broken"]
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    assert len(reply.payload["in_reply_to"]) == 3

@@ -1,3 +1,9 @@
 """WebSocket routes, mounted by config.asgi."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from channels_app.consumers import WebchatConsumer
+
+websocket_urlpatterns = [
+    path("ws/webchat/", WebchatConsumer.as_asgi()),
+]

@@ -1,3 +1,9 @@
 """Web chat API routes (/api/webchat/...), included by config.urls."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from channels_app.webchat_api import WebchatSessionView
+
+urlpatterns = [
+    path("webchat/sessions/", WebchatSessionView.as_view(), name="webchat-session"),
+]

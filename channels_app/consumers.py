@@ -1,0 +1,154 @@
+"""The web chat WebSocket: ``/ws/webchat/?token=<session token>`` (protocol in docs/webchat.md).
+
+At connect the token and the Origin are checked (refusals are sent as an ``error`` frame, then the
+socket is closed with 4401 for token problems or 4403 for origin/switched-off chat, so the widget
+knows whether to fetch a new session). Then the socket joins its visitor's channel-layer group, which
+is where replies, typing and handoff notices arrive from whichever process produces them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from channels_app import webchat
+from channels_app.adapters.webchat import GROUP_EVENT_TYPE, visitor_group
+from config.logs import correlation_id, new_correlation_id
+
+logger = logging.getLogger(__name__)
+
+# Database work runs with thread_sensitive=False: in the default thread pool, each thread with its own
+# connection, so one slow insert does not queue every other visitor's message behind it.
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class WebchatConsumer(AsyncJsonWebsocketConsumer):
+    session: webchat.SocketSession | None = None
+    group: str | None = None
+
+    async def connect(self) -> None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        token = (query.get("token") or [""])[0]
+        origin = _header(self.scope, b"origin")
+        try:
+            self.session = await database_sync_to_async(webchat.socket_authenticate, thread_sensitive=False)(
+                token=token, origin=origin
+            )
+        except webchat.WebchatError as exc:
+            logger.info("web chat connection refused", extra={"code": exc.code, "origin": origin[:200]})
+            await self.accept()
+            await self.send_json({"type": "error", "code": exc.code, "message": exc.message})
+            await self.close(code=CLOSE_UNAUTHORIZED if exc.status == 401 else CLOSE_FORBIDDEN)
+            return
+        self.group = visitor_group(
+            channel_external_id=self.session.channel.external_id, visitor_id=self.session.visitor_id
+        )
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json({"type": "ready", "visitor_id": self.session.visitor_id})
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if self.session is None:
+            return
+        limit = int(webchat.setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000))
+        if text_data is None:
+            await self.send_error("invalid_frame", "Frames must be JSON text.")
+            return
+        if len(text_data) > limit * 6 + 1024:  # JSON-escaped text may be up to 6x longer than the text
+            await self.send_error(
+                "message_too_long", f"The frame is too large; the message limit is {limit} characters."
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_error("invalid_json", "The frame is not valid JSON.")
+            return
+        if not isinstance(content, dict):
+            await self.send_error("invalid_frame", "A frame must be a JSON object with a 'type'.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        kind = content.get("type")
+        if kind == "message":
+            await self.on_message(content)
+        elif kind == "typing":
+            pass  # nobody consumes visitor typing yet (the agent inbox may); accepted and dropped
+        elif kind == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self.send_error("unknown_type", f"Unknown frame type {str(kind)[:40]!r}.")
+
+    async def on_message(self, content: dict[str, Any]) -> None:
+        assert self.session is not None and self.group is not None
+        client_message_id = content.get("client_message_id")
+        text = content.get("text")
+        token = correlation_id.set(new_correlation_id())
+        try:
+            received = await database_sync_to_async(webchat.receive_message, thread_sensitive=False)(
+                channel=self.session.channel,
+                visitor_id=self.session.visitor_id,
+                client_message_id=client_message_id,
+                text=text,
+            )
+        except webchat.WebchatError as exc:
+            await self.send_error(exc.code, exc.message, client_message_id=client_message_id, details=exc.details)
+            return
+        finally:
+            correlation_id.reset(token)
+        await self.send_json(
+            {"type": "ack", "client_message_id": received.client_message_id, "status": received.status}
+        )
+        if received.status == "stored":
+            # Other tabs of the same visitor (on any server) show the message too; this tab skips its own.
+            await self.channel_layer.group_send(
+                self.group,
+                {
+                    "type": GROUP_EVENT_TYPE,
+                    "event": {
+                        "type": "message",
+                        "id": received.client_message_id,
+                        "client_message_id": received.client_message_id,
+                        "role": "user",
+                        "text": text,
+                        "sources": [],
+                    },
+                },
+            )
+
+    async def send_error(
+        self,
+        code: str,
+        message: str,
+        *,
+        client_message_id: Any = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if isinstance(client_message_id, str):
+            frame["client_message_id"] = client_message_id
+        if details:
+            frame["details"] = details
+        await self.send_json(frame)
+
+    async def webchat_event(self, message: dict[str, Any]) -> None:
+        """Everything pushed to the visitor's group (channels_app.adapters.webchat) goes out as is."""
+        await self.send_json(message["event"])

@@ -1,0 +1,440 @@
+"""Web chat sessions: widget key + Origin -> a short-lived JWT; visitor messages in; the visitor's history.
+
+A visitor is anonymous. Its id is made here (random, 128 bits) and given to the browser inside a signed
+*visitor token* that the browser keeps; presenting it again resumes the same contact and conversation.
+The signature binds the visitor to its channel, so a visitor token of one widget (or tenant) resumes
+nothing on another: it just gets a new visitor.
+
+The session JWT (HS256) names tenant, channel and visitor; the WebSocket consumer accepts a connection
+only with a valid, unexpired token whose Origin is still allowed by the channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import redis
+from django.conf import settings
+
+from channels_app.adapters.webchat import WebchatAdapter, clean_sources, wire_message_id
+from channels_app.inbound import record_inbound
+from channels_app.models import Channel, InboundEvent
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ISSUER = "metachat"
+TOKEN_AUDIENCE = "webchat"
+_VISITOR_ID = re.compile(r"^v_[A-Za-z0-9_-]{16,64}$")
+_CLIENT_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_adapter = WebchatAdapter()
+
+
+def setting(name: str, default: Any) -> Any:
+    if hasattr(settings, name):
+        return getattr(settings, name)
+    # Until config/settings/__init__.py star-imports the web chat module, read it directly (env-driven).
+    from config.settings import webchat as webchat_settings
+
+    return getattr(webchat_settings, name, default)
+
+
+class WebchatError(Exception):
+    """A refusal the client is told about: ``code`` is stable, ``message`` is for humans."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+
+
+def _jwt_key() -> bytes:
+    explicit = setting("WEBCHAT_JWT_SECRET", "")
+    if explicit:
+        return explicit.encode()
+    # Derived, not SECRET_KEY itself: a web chat token can never be confused with a Django signature.
+    return hmac.new(settings.SECRET_KEY.encode(), b"metachat.webchat.jwt.v1", hashlib.sha256).digest()
+
+
+def _visitor_key() -> bytes:
+    return hmac.new(_jwt_key(), b"metachat.webchat.visitor.v1", hashlib.sha256).digest()
+
+
+def _visitor_signature(channel_id: Any, visitor_id: str) -> str:
+    mac = hmac.new(_visitor_key(), f"{channel_id}:{visitor_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode()
+
+
+def visitor_token_for(*, channel: Channel, visitor_id: str) -> str:
+    return f"{visitor_id}.{_visitor_signature(channel.pk, visitor_id)}"
+
+
+def visitor_from_token(*, channel: Channel, visitor_token: str) -> str | None:
+    """The visitor id if the token was made by us for this channel, else None."""
+    visitor_id, _, signature = (visitor_token or "").partition(".")
+    if not _VISITOR_ID.match(visitor_id) or not signature:
+        return None
+    if not hmac.compare_digest(signature, _visitor_signature(channel.pk, visitor_id)):
+        return None
+    return visitor_id
+
+
+def new_visitor_id() -> str:
+    return "v_" + secrets.token_urlsafe(16)
+
+
+# --- origins ------------------------------------------------------------------------------------------
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, default ports dropped; "" when it is not an origin."""
+    origin = (origin or "").strip()
+    if origin == "*":
+        return "*"
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return ""
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def allowed_origins(channel: Channel) -> list[str]:
+    return [o for o in (normalize_origin(x) for x in (channel.config or {}).get("allowed_origins", [])) if o]
+
+
+def check_origin(*, channel: Channel, origin: str) -> None:
+    """Refuse a missing Origin and any origin the channel does not list ("*" lists every origin)."""
+    if not origin:
+        raise WebchatError(
+            "origin_required", "The request has no Origin header; open the chat from a web page.", status=403
+        )
+    allowed = allowed_origins(channel)
+    if "*" in allowed or normalize_origin(origin) in allowed:
+        return
+    raise WebchatError(
+        "origin_not_allowed",
+        f"This chat widget is not enabled on {origin[:200]}; add the origin to the channel's allowed origins.",
+        status=403,
+    )
+
+
+# --- tokens -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    tenant_id: str
+    channel_id: str
+    visitor_id: str
+    expires_at: int
+
+
+def token_issue(*, channel: Channel, visitor_id: str, now: float | None = None) -> tuple[str, int]:
+    now = int(time.time() if now is None else now)
+    expires_at = now + int(setting("WEBCHAT_JWT_TTL_SECONDS", 600))
+    claims = {
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "sub": visitor_id,
+        "tnt": str(channel.tenant_id),
+        "chn": str(channel.pk),
+        "iat": now,
+        "exp": expires_at,
+    }
+    return jwt.encode(claims, _jwt_key(), algorithm="HS256"), expires_at
+
+
+def token_verify(*, token: str) -> TokenClaims:
+    if not token:
+        raise WebchatError("token_missing", "No session token; start a session first.", status=401)
+    try:
+        claims = jwt.decode(
+            token,
+            _jwt_key(),
+            algorithms=["HS256"],
+            audience=TOKEN_AUDIENCE,
+            issuer=TOKEN_ISSUER,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise WebchatError("token_expired", "The session token has expired; start a new session.", status=401) from None
+    except jwt.PyJWTError:
+        raise WebchatError("token_invalid", "The session token is not valid.", status=401) from None
+    if not all(isinstance(claims.get(k), str) for k in ("tnt", "chn", "sub")):
+        raise WebchatError("token_invalid", "The session token is not valid.", status=401)
+    return TokenClaims(
+        tenant_id=claims["tnt"], channel_id=claims["chn"], visitor_id=claims["sub"], expires_at=int(claims["exp"])
+    )
+
+
+# --- channel lookup -----------------------------------------------------------------------------------
+
+
+def channel_for_widget(*, widget_key: str) -> Channel:
+    channel = (
+        Channel.objects.select_related("tenant")
+        .filter(type=Channel.Type.WEBCHAT, external_id=widget_key or "\x00")
+        .first()
+    )
+    if channel is None:
+        raise WebchatError("unknown_widget", "No chat widget has this key.", status=404)
+    ensure_channel_open(channel)
+    return channel
+
+
+def channel_for_claims(claims: TokenClaims) -> Channel:
+    """The channel a token names, looked up within the token's tenant only."""
+    channel = (
+        Channel.objects.for_tenant(claims.tenant_id)
+        .select_related("tenant")
+        .filter(type=Channel.Type.WEBCHAT, pk=claims.channel_id)
+        .first()
+    )
+    if channel is None:
+        raise WebchatError("token_invalid", "The session token names no chat widget.", status=401)
+    ensure_channel_open(channel)
+    return channel
+
+
+def ensure_channel_open(channel: Channel) -> None:
+    if not channel.is_active or not channel.tenant.is_active:
+        raise WebchatError("channel_inactive", "This chat is switched off.", status=403)
+
+
+# --- sessions -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class WebchatSession:
+    token: str
+    expires_at: int
+    visitor_id: str
+    visitor_token: str
+    resumed: bool
+    channel: Channel
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_response(self) -> dict[str, Any]:
+        config = self.channel.config or {}
+        return {
+            "token": self.token,
+            "expires_at": self.expires_at,
+            "visitor_id": self.visitor_id,
+            "visitor_token": self.visitor_token,
+            "resumed": self.resumed,
+            "websocket_path": "/ws/webchat/",
+            "history": self.history,
+            "widget": {
+                "title": str(config.get("title") or self.channel.tenant.name),
+                "greeting": str(config.get("greeting") or ""),
+                "max_message_chars": int(setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000)),
+            },
+        }
+
+
+def session_start(*, widget_key: str, origin: str, visitor_token: str = "") -> WebchatSession:
+    """Issue a session for a new or returning visitor of the widget, with the visitor's recent history."""
+    channel = channel_for_widget(widget_key=widget_key)
+    check_origin(channel=channel, origin=origin)
+    visitor_id = visitor_from_token(channel=channel, visitor_token=visitor_token) if visitor_token else None
+    resumed = visitor_id is not None
+    if visitor_id is None:
+        visitor_id = new_visitor_id()
+    token, expires_at = token_issue(channel=channel, visitor_id=visitor_id)
+    history = visitor_history(channel=channel, visitor_id=visitor_id) if resumed else []
+    return WebchatSession(
+        token=token,
+        expires_at=expires_at,
+        visitor_id=visitor_id,
+        visitor_token=visitor_token_for(channel=channel, visitor_id=visitor_id),
+        resumed=resumed,
+        channel=channel,
+        history=history,
+    )
+
+
+# --- inbound messages ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    client_message_id: str
+    status: str  # "stored" | "duplicate"
+    inbound_id: int | None
+
+
+def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str, text: str) -> Received:
+    """Validate and store one visitor message once (by client message id); the pipeline takes it after commit."""
+    if not isinstance(client_message_id, str) or not _CLIENT_MESSAGE_ID.match(client_message_id):
+        raise WebchatError(
+            "invalid_message_id", "client_message_id must be 8-128 characters of letters, digits and ._:-"
+        )
+    if not isinstance(text, str) or not text.strip():
+        raise WebchatError("empty_message", "The message is empty.")
+    limit = int(setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000))
+    if len(text) > limit:
+        raise WebchatError(
+            "message_too_long",
+            f"The message has {len(text)} characters; the limit is {limit}.",
+            details={"limit": limit},
+        )
+    _rate_limit(channel=channel, visitor_id=visitor_id)
+    parsed = _adapter.parse(
+        {
+            "channel_external_id": channel.external_id,
+            "visitor_id": visitor_id,
+            "client_message_id": client_message_id,
+            "text": text,
+        }
+    )
+    # One INSERT ... ON CONFLICT DO NOTHING: atomic on its own, so no surrounding transaction (two
+    # round trips fewer per message); record_inbound enqueues the new row right after it.
+    created = record_inbound(channel=channel, messages=parsed.messages)
+    return Received(
+        client_message_id=client_message_id,
+        status="stored" if created else "duplicate",
+        inbound_id=created[0] if created else None,
+    )
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+
+
+def _rate_limit(*, channel: Channel, visitor_id: str) -> None:
+    """A fixed one-minute window per visitor in Redis, shared by every server process."""
+    limit = int(setting("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30))
+    if limit <= 0:
+        return
+    now = time.time()
+    window = int(now // 60)
+    key = f"{settings.REDIS_KEY_PREFIX}:webchat:rl:{channel.pk}:{visitor_id}:{window}"
+    try:
+        pipe = _redis().pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 65)
+        count, _ = pipe.execute()
+    except redis.RedisError as exc:  # the cache being down must not stop the chat
+        logger.warning("web chat rate limit skipped: redis unavailable", extra={"error": str(exc)})
+        return
+    if count > limit:
+        retry_after = max(1, int((window + 1) * 60 - now + 0.999))
+        raise WebchatError(
+            "rate_limited",
+            f"Too many messages; wait {retry_after} s.",
+            status=429,
+            details={"retry_after": retry_after, "limit": limit},
+        )
+
+
+# --- history ------------------------------------------------------------------------------------------
+
+
+def visitor_history(*, channel: Channel, visitor_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The visitor's recent messages on this channel, oldest first.
+
+    The visitor's own messages come from what the channel received (so a message stored before the
+    pipeline handled it is there too, with its processing status); replies come from the
+    conversation's outbound messages (assistant, agent, system notices) with their sources.
+    """
+    from conversations.models import Message
+
+    limit = int(limit or setting("WEBCHAT_HISTORY_LIMIT", 50))
+    inbound = list(
+        InboundEvent.objects.for_tenant(channel.tenant_id)
+        .filter(channel=channel, sender_external_id=visitor_id, kind=InboundEvent.Kind.MESSAGE)
+        .order_by("-id")
+        .values("dedupe_key", "normalized", "status", "received_at")[:limit]
+    )
+    outbound = list(
+        Message.objects.for_tenant(channel.tenant_id)
+        .filter(
+            channel=channel,
+            conversation__contact__external_id=visitor_id,
+            direction=Message.Direction.OUTBOUND,
+            sender__in=[Message.Sender.ASSISTANT, Message.Sender.AGENT, Message.Sender.SYSTEM],
+        )
+        .order_by("-id")
+        .values("id", "platform_message_id", "sender", "content", "payload", "status", "created_at")[:limit]
+    )
+    items: list[tuple[float, dict[str, Any]]] = []
+    for row in inbound:
+        items.append(
+            (
+                row["received_at"].timestamp(),
+                {
+                    "id": row["dedupe_key"],
+                    "client_message_id": row["dedupe_key"],
+                    "role": "user",
+                    "text": (row["normalized"] or {}).get("text", ""),
+                    "sources": [],
+                    # Stored is all the visitor needs to know; what the pipeline made of it is separate.
+                    "status": "stored",
+                    "processing": row["status"],
+                    "created_at": row["received_at"].isoformat(),
+                },
+            )
+        )
+    for row in outbound:
+        payload = row["payload"] if isinstance(row["payload"], dict) else {}
+        items.append(
+            (
+                row["created_at"].timestamp(),
+                {
+                    "id": row["platform_message_id"] or wire_message_id(row["id"]),
+                    "role": row["sender"],
+                    "text": row["content"],
+                    "sources": clean_sources(payload.get("sources"))
+                    if isinstance(payload.get("sources"), list)
+                    else [],
+                    "status": row["status"],
+                    "created_at": row["created_at"].isoformat(),
+                },
+            )
+        )
+    items.sort(key=lambda pair: pair[0])
+    return [item for _, item in items[-limit:]]
+
+
+# --- sockets ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SocketSession:
+    tenant_id: str
+    channel: Channel
+    visitor_id: str
+    expires_at: int
+
+
+def socket_authenticate(*, token: str, origin: str) -> SocketSession:
+    """What the consumer checks at connect: a valid, unexpired token and an Origin the channel allows."""
+    claims = token_verify(token=token)
+    channel = channel_for_claims(claims)
+    check_origin(channel=channel, origin=origin)
+    return SocketSession(
+        tenant_id=claims.tenant_id, channel=channel, visitor_id=claims.visitor_id, expires_at=claims.expires_at
+    )

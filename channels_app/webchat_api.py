@@ -1,0 +1,84 @@
+"""POST /api/webchat/sessions/: the public endpoint the widget calls to start (or resume) a chat.
+
+Public by design (the widget key is printed in the tenant's web page); what protects it is the
+Origin check against the channel's allowed origins, the short token life and the per-visitor
+message rate limit. The widget runs on the tenant's site, so the endpoint answers CORS itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from channels_app import webchat
+from config.errors import ApiError
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    widget_key = serializers.CharField(max_length=128)
+    visitor_token = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+
+
+class WebchatSessionView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        request=SessionCreateSerializer,
+        responses={
+            201: inline_serializer(
+                "WebchatSession",
+                {
+                    "token": serializers.CharField(),
+                    "expires_at": serializers.IntegerField(),
+                    "visitor_id": serializers.CharField(),
+                    "visitor_token": serializers.CharField(),
+                    "resumed": serializers.BooleanField(),
+                    "websocket_path": serializers.CharField(),
+                    "history": serializers.ListField(child=serializers.DictField()),
+                    "widget": serializers.DictField(),
+                },
+            ),
+            400: OpenApiResponse(description="invalid body"),
+            403: OpenApiResponse(description="origin_required, origin_not_allowed or channel_inactive"),
+            404: OpenApiResponse(description="unknown_widget"),
+        },
+        auth=[],
+        summary="Start or resume a web chat session (public; Origin checked)",
+    )
+    def post(self, request: Request) -> Response:
+        body = SessionCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            session = webchat.session_start(
+                widget_key=body.validated_data["widget_key"],
+                origin=request.META.get("HTTP_ORIGIN", ""),
+                visitor_token=body.validated_data["visitor_token"],
+            )
+        except webchat.WebchatError as exc:
+            raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+        return Response(session.as_response(), status=status.HTTP_201_CREATED)
+
+    @extend_schema(exclude=True)
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # CORS preflight: the origin is checked against the widget's channel on the POST itself.
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        origin = request.META.get("HTTP_ORIGIN", "")
+        if origin:
+            # Echoed on errors too, so the widget can read why it was refused; no cookies are involved.
+            response["Access-Control-Allow-Origin"] = origin
+            response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+            response["Access-Control-Allow-Headers"] = "Content-Type"
+            response["Access-Control-Max-Age"] = "600"
+            response["Vary"] = "Origin"
+        return response

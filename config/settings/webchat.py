@@ -1,0 +1,20 @@
+"""Settings for the web chat channel (from the environment; see docs/webchat.md).
+
+Star-imported by ``config/settings/__init__.py``. Code reads them with ``getattr(settings, NAME, default)``
+so the channel works with its defaults even where this module is not imported.
+"""
+
+import os
+
+from config.settings.base import env_int
+
+# Key that signs visitor session tokens (HS256). Empty: derived from SECRET_KEY, so a deployment
+# needs nothing extra; set it to rotate web chat tokens without touching SECRET_KEY.
+WEBCHAT_JWT_SECRET = os.environ.get("WEBCHAT_JWT_SECRET", "")
+# Tokens only open connections; a short life limits what a leaked one is worth.
+WEBCHAT_JWT_TTL_SECONDS = env_int("WEBCHAT_JWT_TTL_SECONDS", 600)
+WEBCHAT_MAX_MESSAGE_CHARS = env_int("WEBCHAT_MAX_MESSAGE_CHARS", 4000)
+# Messages per visitor per minute (fixed window in Redis, shared by all servers).
+WEBCHAT_RATE_LIMIT_PER_MINUTE = env_int("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30)
+# Messages of the visitor's conversation returned with a session (oldest first).
+WEBCHAT_HISTORY_LIMIT = env_int("WEBCHAT_HISTORY_LIMIT", 50)

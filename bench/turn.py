@@ -10,7 +10,7 @@ client, the real Graph client, the database writes and events. Reported:
   - SQL queries per turn (CaptureQueriesContext over turns run in this process, worker stopped).
 
 The knowledge base is built once through the real ingestion path (upload, parse, chunk, embed, BM25
-postings) in a kept database (BENCH_DATABASE_NAME, default bench_turn) and reused by later runs.
+postings) in a kept database (``bench_turn_<embedder>``) and reused by later runs.
 ``--embedder instant`` (default) embeds with a hashed bag-of-words served by the same local server
 through the real OpenAI-compatible embedder; ``--embedder local`` uses the e5-small model (slow to
 build 10,000 chunks once; adds the real query-embedding cost to every turn).

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from channels_app import services
-from channels_app.models import Channel, InboundEvent, UnroutedWebhook
+from channels_app.models import Channel, InboundEvent, UnroutedWebhook, new_widget_key
 from tenants.admin_scoping import TenantScopedAdmin
 
 
@@ -75,6 +75,8 @@ class ChannelAdmin(TenantScopedAdmin):
         return ", ".join(services.channel_credential_names(channel=obj)) or "none"
 
     def save_model(self, request: HttpRequest, obj: Channel, form: Any, change: bool) -> None:
+        if obj.type == Channel.Type.WEBCHAT and not obj.external_id:
+            obj.external_id = new_widget_key()  # the public key the embed snippet carries
         super().save_model(request, obj, form, change)
         services.clear_route_cache()
         credentials = {k: v for k, v in form.credentials().items() if v}

@@ -85,7 +85,8 @@ def classify_error(status_code: int, body: Any) -> SendError:
         )
     code = error.get("code")
     subcode = error.get("error_subcode")
-    error_data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+    raw_error_data = error.get("error_data")
+    error_data: dict[str, Any] = raw_error_data if isinstance(raw_error_data, dict) else {}
     details = {
         "http_status": status_code,
         "code": code,

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -68,7 +69,7 @@ def record_inbound(
     if not rows:
         return []
     values_sql = ", ".join(["(%s, %s, %s, %s, %s, %s::jsonb, %s, 'pending', '', 0, now())"] * len(rows))
-    params: list[object] = []
+    params: list[UUID | str] = []
     for kind, key, sender, normalized in rows:
         params += [channel.tenant_id, channel.pk, kind, key, sender, json.dumps(normalized), cid]
     sql = (

@@ -381,7 +381,8 @@ def verify_handshake(*, platform: str, mode: str, token: str) -> bool:
             missing_ok=True,
         )
         # Compare every candidate (no early exit) so timing does not reveal which channel matched.
-        matched |= bool(stored) and hmac.compare_digest(stored, wanted)
+        if stored:
+            matched |= hmac.compare_digest(stored, wanted)
     return matched
 
 

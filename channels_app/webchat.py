@@ -398,20 +398,20 @@ def visitor_history(*, channel: Channel, visitor_id: str, limit: int | None = No
                 },
             )
         )
-    for row in outbound:
-        payload = row["payload"] if isinstance(row["payload"], dict) else {}
+    for out_row in outbound:
+        payload = out_row["payload"] if isinstance(out_row["payload"], dict) else {}
         items.append(
             (
-                row["created_at"].timestamp(),
+                out_row["created_at"].timestamp(),
                 {
-                    "id": row["platform_message_id"] or wire_message_id(row["id"]),
-                    "role": row["sender"],
-                    "text": row["content"],
+                    "id": out_row["platform_message_id"] or wire_message_id(out_row["id"]),
+                    "role": out_row["sender"],
+                    "text": out_row["content"],
                     "sources": clean_sources(payload.get("sources"))
                     if isinstance(payload.get("sources"), list)
                     else [],
-                    "status": row["status"],
-                    "created_at": row["created_at"].isoformat(),
+                    "status": out_row["status"],
+                    "created_at": out_row["created_at"].isoformat(),
                 },
             )
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -67,7 +68,7 @@ class WebchatSessionView(APIView):
         return Response(session.as_response(), status=status.HTTP_201_CREATED)
 
     @extend_schema(exclude=True)
-    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def options(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
         # CORS preflight: the origin is checked against the widget's channel on the POST itself.
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -65,7 +66,9 @@ def register_gauge(name: str, help_text: str, fn: Callable[[], Iterable[Sample]]
 def render() -> str:
     lines: list[str] = []
     try:
-        counters = {k.decode(): float(v) for k, v in _client().hgetall(_key()).items()}
+        # A synchronous client: hgetall returns the hash itself (the stubs also allow an Awaitable).
+        raw = cast(dict[bytes, bytes], _client().hgetall(_key()))
+        counters = {k.decode(): float(v) for k, v in raw.items()}
     except redis.RedisError as exc:
         counters = {}
         lines.append(f"# counters unavailable: {type(exc).__name__}")
@@ -109,8 +112,8 @@ def _core_gauges() -> Iterable[Sample]:
 
     for row in InboundEvent.objects.values("status", "kind").annotate(n=Count("id")):
         yield "metachat_inbound_events", {"status": row["status"], "kind": row["kind"]}, row["n"]
-    for row in Conversation.objects.values("state").annotate(n=Count("id")):
-        yield "metachat_conversations", {"state": row["state"]}, row["n"]
+    for state_row in Conversation.objects.values("state").annotate(n=Count("id")):
+        yield "metachat_conversations", {"state": state_row["state"]}, state_row["n"]
     yield "metachat_events_total_rows", {}, Event.objects.count()
 
 

@@ -34,6 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 from urllib3.exceptions import NameResolutionError
 
+from config import metrics
 from events import outbox, signing, transport
 from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from events.services import emit
@@ -371,7 +372,13 @@ def _record(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: dat
             _note_success(endpoint=endpoint, at=max(r.started_at for r in results))
         else:
             report.disabled = _note_failures(endpoint=endpoint, results=results, now=now)
+    succeeded = sum(1 for r in results if r.success)
+    if succeeded:
+        metrics.incr("webhook_delivery_attempts_total", succeeded, outcome="success")
+    if len(results) - succeeded:
+        metrics.incr("webhook_delivery_attempts_total", len(results) - succeeded, outcome="failure")
     if dead:
+        metrics.incr("webhook_deliveries_dead_total", len(dead))
         logger.warning("webhook deliveries dead", extra={"endpoint_id": str(endpoint.pk), "count": len(dead)})
     if soon and not report.disabled:
         _schedule_retry(endpoint.pk, min(soon))

@@ -27,6 +27,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
+from config import metrics
 from events.models import Event
 
 logger = logging.getLogger(__name__)
@@ -171,9 +172,12 @@ def publish_pending(*, batch_size: int | None = None, time_budget: float = 20.0)
             except BrokerUnavailable as exc:
                 report.pending, report.error = True, str(exc)
                 _remember(ok=False, error=str(exc))
+                metrics.incr("rabbitmq_publish_failures_total")
                 logger.warning("RabbitMQ publishing failed; events stay pending", extra={"error": str(exc)})
                 return report
             report.published += count
+            if count:
+                metrics.incr("rabbitmq_events_published_total", count)
             if count < batch_size:
                 _remember(ok=True)
                 return report

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -142,8 +142,9 @@ class DocumentAdmin(TenantScopedAdmin):
         ids = user_tenant_ids(request)
         tenants = Tenant.objects.all() if ids is None else Tenant.objects.filter(pk__in=ids)
         form = SearchForm(request.GET or None)
-        form.fields["tenant"].queryset = tenants
-        if len(ids or []) == 1:
+        # SearchForm declares "tenant" as a ModelChoiceField.
+        cast("forms.ModelChoiceField[Tenant]", form.fields["tenant"]).queryset = tenants
+        if ids is not None and len(ids) == 1:
             form.fields["tenant"].initial = ids[0]
         results = None
         if form.is_bound and form.is_valid():

@@ -150,7 +150,8 @@ def _sentences(text: str, budget: int, count: Callable[[str], int]) -> list[str]
         if count(sentence) <= budget:
             out.append(sentence)
             continue
-        words, piece = sentence.split(" "), []
+        words = sentence.split(" ")
+        piece: list[str] = []
         for word in words:  # a "sentence" longer than a chunk (tables, lists): cut between words
             if piece and count(" ".join([*piece, word])) > budget:
                 out.append(" ".join(piece))

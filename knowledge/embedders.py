@@ -217,7 +217,7 @@ def get_embedder(*, tenant: Tenant | None = None) -> Embedder:
     """The tenant's embedder (its ``embedding`` settings), else the deployment default from the env."""
     global _local
     config = tenant.config.embedding if tenant is not None else None
-    provider = config.provider if config is not None else "default"
+    provider: str = config.provider if config is not None else "default"
     if provider == "default":
         provider, model, base_url, dims, secret = (
             settings.EMBEDDING_PROVIDER,

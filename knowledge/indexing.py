@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from config import metrics
 from events.services import emit
 from events.types import EventType
 from knowledge.chunking import chunk_blocks
@@ -128,6 +129,7 @@ def index_document(*, document_id: Any, force: bool = False) -> Document | None:
                     "embedding_model": embedder.model_id,
                 },
             )
+        metrics.incr("documents_indexed_total", outcome="indexed")
         return document
     except Superseded:
         logger.info("indexing superseded", extra={"document_id": str(document_id), "generation": generation})
@@ -178,4 +180,5 @@ def mark_failed(*, document_id: Any, reason: str, generation: int | None = None)
             type=EventType.DOCUMENT_FAILED,
             payload={"document_id": str(document.pk), "title": document.title, "reason": document.error},
         )
+    metrics.incr("documents_indexed_total", outcome="failed")
     logger.warning("document indexing failed", extra={"document_id": str(document_id), "reason": reason})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from knowledge.models import Document
@@ -67,13 +67,15 @@ def detect_format(*, filename: str, content_type: str = "") -> str | None:
 def parse(data: bytes, fmt: str) -> Parsed:
     if not data:
         raise ParseError("The file is empty.")
-    parser = {
+    # Keyed by the Format values (str enum members hash and compare as their values).
+    parsers: dict[str, Callable[[bytes], Parsed]] = {
         Format.PDF: parse_pdf,
         Format.DOCX: parse_docx,
         Format.MARKDOWN: parse_markdown,
         Format.TEXT: parse_text,
         Format.HTML: parse_html,
-    }.get(fmt)
+    }
+    parser = parsers.get(fmt)
     if parser is None:
         raise ParseError(f"Unsupported format '{fmt}'.")
     parsed = parser(data)

@@ -1,4 +1,4 @@
-"""Hybrid retrieval inside PostgreSQL: BM25 keyword leg + pgvector cosine leg, fused per query.
+"""Hybrid retrieval: BM25 keyword leg in PostgreSQL + exact cosine vector leg in-process, fused per query.
 
 1. Each leg returns its top N candidates for the tenant (N = KNOWLEDGE_CANDIDATES).
 2. Every candidate of the union gets both scores exactly (its cosine, its BM25, computed in the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 
@@ -13,6 +13,15 @@ from channels_app.graph import GraphClient
 
 # Messenger attachment types -> our Media kinds ("file" stays "file": no caption, any mime type).
 ATTACHMENT_KINDS = {"image": "image", "audio": "audio", "video": "video", "file": "file"}
+
+
+class _EventBase(TypedDict):
+    """The NormalizedMessage fields every message-like event of one webhook event shares."""
+
+    platform: str
+    channel_external_id: str
+    sender_id: str
+    timestamp: float
 
 
 def _seconds(ms: Any) -> float:
@@ -72,7 +81,12 @@ class MessengerAdapter:
     def _event(self, page_id: str, ev: dict[str, Any], parsed: ParsedPayload) -> None:
         sender = str((ev.get("sender") or {}).get("id", ""))
         timestamp = _seconds(ev.get("timestamp"))
-        base = {"platform": self.platform, "channel_external_id": page_id, "sender_id": sender, "timestamp": timestamp}
+        base: _EventBase = {
+            "platform": self.platform,
+            "channel_external_id": page_id,
+            "sender_id": sender,
+            "timestamp": timestamp,
+        }
         if isinstance(ev.get("message"), dict):
             message = ev["message"]
             if message.get("is_echo"):
@@ -141,7 +155,7 @@ class MessengerAdapter:
             kinds = sorted(k for k in ev if k not in {"sender", "recipient", "timestamp"})
             parsed.ignored.append(f"messenger event {','.join(kinds) or 'empty'} from {sender or '?'}")
 
-    def _message(self, base: dict[str, Any], message: dict[str, Any], ev: dict[str, Any]) -> NormalizedMessage:
+    def _message(self, base: _EventBase, message: dict[str, Any], ev: dict[str, Any]) -> NormalizedMessage:
         msg = NormalizedMessage(
             **base,
             message_id=str(message.get("mid", "")),
@@ -158,7 +172,8 @@ class MessengerAdapter:
         unsupported: list[str] = []
         for att in attachments:
             kind = str(att.get("type", ""))
-            payload = att.get("payload") if isinstance(att.get("payload"), dict) else {}
+            raw_payload = att.get("payload")
+            payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
             if kind in ATTACHMENT_KINDS:
                 is_sticker = kind == "image" and (payload.get("sticker_id") or message.get("sticker_id"))
                 msg.media.append(

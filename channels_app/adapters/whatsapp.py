@@ -25,7 +25,8 @@ def _first_error(errors: Any) -> dict[str, Any] | None:
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None
     error = errors[0]
-    data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+    error_data = error.get("error_data")
+    data: dict[str, Any] = error_data if isinstance(error_data, dict) else {}
     return {
         "code": error.get("code"),
         "title": error.get("title", ""),
@@ -74,7 +75,8 @@ class WhatsAppAdapter:
             return parsed
         for entry, change in self._changes(payload):
             field = change.get("field")
-            value = change.get("value") if isinstance(change.get("value"), dict) else {}
+            raw_value = change.get("value")
+            value: dict[str, Any] = raw_value if isinstance(raw_value, dict) else {}
             if field != "messages":
                 parsed.ignored.append(f"field '{field}' of entry {entry.get('id', '?')}")
                 continue
@@ -124,7 +126,8 @@ class WhatsAppAdapter:
             context_message_id=str((m.get("context") or {}).get("id", "")),
             raw=m,
         )
-        body = m.get(kind) if isinstance(m.get(kind), dict) else {}
+        raw_body = m.get(kind)
+        body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
         if kind == "text":
             msg.text = str(body.get("body", ""))
         elif kind in MEDIA_KINDS:

@@ -24,6 +24,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from channels_app.models import Channel, InboundEvent
+from config import metrics
 from conversations.models import Conversation
 from conversations.pipeline import completion, finish, handoff_check, intake, reply, resolve, retrieval, typing
 from conversations.pipeline.turn import Turn
@@ -132,6 +133,7 @@ def _run_guarded(turn: Turn) -> None:
         # A bug or bad data: the events are marked failed (visible, retriable), the drain goes on.
         logger.exception("turn failed", extra={"inbound_ids": [e.pk for e in turn.inbound_events]})
         reason = f"{type(exc).__name__}: {exc}"[:2000]
+        metrics.incr("turns_total", platform=turn.channel.type, outcome="error")
         with transaction.atomic():
             InboundEvent.objects.filter(pk__in=[e.pk for e in turn.inbound_events]).update(
                 status=InboundEvent.Status.FAILED, error=reason, processed_at=timezone.now()

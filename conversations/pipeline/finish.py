@@ -10,6 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from channels_app.models import InboundEvent
+from config import metrics
 from conversations.llm import estimate_cost
 from conversations.models import Conversation, Message
 from conversations.pipeline.turn import Turn
@@ -18,6 +19,25 @@ from events.types import EventType
 
 
 def run(turn: Turn) -> None:
+    _record(turn)
+    metrics.incr("turns_total", platform=turn.channel.type, outcome=_outcome(turn))
+
+
+def _outcome(turn: Turn) -> str:
+    if turn.ignore_reason:
+        return "ignored"
+    if turn.failure is not None:
+        return "llm_failed"
+    if turn.send_error:
+        return "send_failed"
+    if turn.handoff_reason:
+        return "handoff"
+    if turn.silent_reason:
+        return "silent"
+    return "answered"
+
+
+def _record(turn: Turn) -> None:
     now = timezone.now()
     conversation = turn.conversation
     with transaction.atomic():

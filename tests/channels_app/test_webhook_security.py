@@ -233,3 +233,16 @@ def test_other_methods_answer_405_json(client, db):
     response = client.put("/webhooks/whatsapp", b"{}", content_type="application/json")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_refused_and_accepted_webhooks_are_counted_at_metrics(wa_channel, post_webhook, client, redis_client, settings):
+    """An operator sees refused deliveries in Prometheus, not only in the logs."""
+    redis_client.delete(f"{settings.REDIS_KEY_PREFIX}:metrics:counters")
+    post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), "not-the-app-secret")
+    post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), "not-the-app-secret")
+    post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), WA_SECRET)
+
+    body = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.ADMIN_API_KEY}").content.decode()
+
+    assert 'webhook_requests_total{outcome="invalid_signature",platform="whatsapp"} 2' in body
+    assert 'webhook_requests_total{outcome="ok",platform="whatsapp"} 1' in body

@@ -27,6 +27,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         documents = Document.objects.all()
+        tenant: Tenant | None = None
         if options["tenant"]:
             value = options["tenant"]
             tenant = Tenant.objects.filter(slug=value).first()
@@ -39,7 +40,7 @@ class Command(BaseCommand):
                 raise CommandError(f"no tenant with id or slug '{value}'")
             documents = documents.for_tenant(tenant)
         if options["keyword_only"]:
-            if not options["tenant"]:
+            if tenant is None:  # set (or CommandError above) whenever --tenant was given
                 raise CommandError("--keyword-only needs --tenant")
             from knowledge.lexical import rebuild_postings
 

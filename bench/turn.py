@@ -241,6 +241,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
+    parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
     args = parser.parse_args(argv)
 
     servers = Servers()
@@ -386,6 +387,11 @@ def main(argv: list[str]) -> int:
     from conversations import pipeline
 
     query_counts: list[int] = []
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     for i in range(args.query_turns):
         message = NormalizedMessage(
             platform="whatsapp", channel_external_id=phone_number_id, message_id=f"wamid.q{i}.{time.time_ns()}",
@@ -394,8 +400,16 @@ def main(argv: list[str]) -> int:
         with transaction.atomic():
             (inbound_id,) = record_inbound(channel=channel, messages=[message])
         with CaptureQueriesContext(connection) as captured:
+            if profiler is not None:
+                profiler.enable()
             pipeline.process_inbound(inbound_event_id=inbound_id)
+            if profiler is not None:
+                profiler.disable()
         query_counts.append(len(captured.captured_queries))
+    if profiler is not None:
+        import pstats
+
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
 
     turns_done = len(latencies)
     print("\n== bench.turn ==")

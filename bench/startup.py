@@ -72,8 +72,10 @@ def rss_by_role(proc: subprocess.Popen) -> dict[str, float]:
             role = "beat"
         elif "-Q webhooks" in args:
             role = "webhook worker (threads)"
+        elif "-Q indexing" in args:
+            role = "indexing worker (incl. pool process)"
         elif "worker" in args:
-            role = "worker (incl. pool processes)"
+            role = "turns worker (threads)"
         elif "postgres" in args:
             role = "embedded postgres"
         elif "redis-server" in args:

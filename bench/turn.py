@@ -238,7 +238,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--turns", type=int, default=600, help="measured turns")
     parser.add_argument("--users", type=int, default=12, help="concurrent simulated users (closed loop)")
-    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=8)
+    parser.add_argument("--worker-pool", default="threads", help="as the turns worker of `make run` (threads)")
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
@@ -303,7 +304,7 @@ def main(argv: list[str]) -> int:
         f"&port={db['PORT']}" if db.get("PORT") else ""
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-c",
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", args.worker_pool, "-c",
          str(args.worker_concurrency), "-n", f"benchturn{os.getpid()}@%h", "--loglevel", "WARNING",
          "--without-gossip", "--without-mingle", "--without-heartbeat"],
         cwd=ROOT, env=worker_env,
@@ -413,7 +414,9 @@ def main(argv: list[str]) -> int:
 
     turns_done = len(latencies)
     print("\n== bench.turn ==")
-    print(f"knowledge base: {chunks} chunks ({args.embedder} embedder); worker: {args.worker_concurrency} processes")
+    print(
+        f"knowledge base: {chunks} chunks ({args.embedder} embedder); worker: {args.worker_pool} x {args.worker_concurrency}"
+    )
     print(f"turns: {turns_done} ok, {failures} failed, {args.users} concurrent users, wall {wall:.1f} s")
     print(f"throughput: {turns_done / wall:.1f} turns/s   (target >= 30)")
     print(

@@ -1,6 +1,5 @@
 """Public webhook routes (/webhooks/...), included by config.urls."""
 
-from django.conf import settings
 from django.urls import path
 
 from channels_app import webhooks
@@ -11,6 +10,3 @@ urlpatterns: list = [
     path("messenger", webhooks.messenger_webhook, name="webhook-messenger"),
     path("messenger/", webhooks.messenger_webhook),
 ]
-
-if settings.WEBHOOK_BENCH_BARE_ENDPOINT:  # off unless the webhook benchmark turns it on
-    urlpatterns.append(path("_bench/bare", webhooks.bare_ok))

@@ -54,10 +54,3 @@ def whatsapp_webhook(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def messenger_webhook(request: HttpRequest) -> HttpResponse:
     return _webhook(request, "messenger")
-
-
-@csrf_exempt
-def bare_ok(request: HttpRequest) -> HttpResponse:
-    """The benchmark's baseline: same server and middleware, no work (WEBHOOK_BENCH_BARE_ENDPOINT)."""
-    request.read()
-    return JsonResponse({"status": "ok"})

@@ -11,10 +11,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from channels_app.routing import websocket_urlpatterns  # noqa: E402
+from channels_app.webhook_asgi import WebhookFastPath  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Meta's webhook POSTs skip Django's middleware stack (see channels_app.webhook_asgi).
+        "http": WebhookFastPath(ASGIStaticFilesHandler(django_asgi_app)),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

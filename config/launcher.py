@@ -14,10 +14,12 @@ import base64
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from config import embedded
 
@@ -27,6 +29,33 @@ PY = sys.executable
 
 def say(message: str) -> None:
     print(f"[metachat] {message}", flush=True)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """One listening TCP socket that several daphne processes accept on (``--fd``): the kernel spreads
+    connections over them, so HTTP and WebSocket traffic uses every core, not one Python process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def daphne_command(sock: socket.socket) -> list[str]:
+    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), "--proxy-headers", "config.asgi:application"]
+
+
+def start_daphne(
+    sock: socket.socket, processes: int, env: dict[str, str], stdout: Any = None, stderr: Any = None
+) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            daphne_command(sock), cwd=ROOT, env=env, pass_fds=[sock.fileno()], stdout=stdout, stderr=stderr
+        )
+        for _ in range(processes)
+    ]
 
 
 def ensure_local_secret_key(env: dict[str, str]) -> None:
@@ -106,10 +135,16 @@ def run() -> int:
         manage("bootstrap_demo", "--migrate", "--base-url", base_url, env=env)
         say(f"admin API key: {admin_key}" + ("   (generated, kept in var/admin_api_key)" if admin_key_created else ""))
         beat_schedule = str(embedded.var_dir() / "celerybeat-schedule")
+        sock = listening_socket(host, int(port))
+        children.extend(start_daphne(sock, int(env.get("WEB_CONCURRENCY", "2")), env))
+        sock.close()  # the daphne processes hold it
         commands = {
-            "daphne": [PY, "-m", "daphne", "-b", host, "-p", port, "--proxy-headers", "config.asgi:application"],
-            "worker": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default,indexing", "-c",
-                       env.get("WORKER_CONCURRENCY", "2"), "-n", "main@%h", "--loglevel", "WARNING"],
+            # Turns wait on the LLM, the Graph API and the database: threads keep many in flight.
+            "worker": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default", "-P", "threads",
+                       "-c", env.get("WORKER_CONCURRENCY", "8"), "-n", "main@%h", "--loglevel", "WARNING"],
+            # Indexing is CPU-bound (parsing, embedding): its own process, so an upload never delays a turn.
+            "indexing": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "indexing", "-c",
+                         env.get("INDEXING_WORKER_CONCURRENCY", "1"), "-n", "indexing@%h", "--loglevel", "WARNING"],
             "webhooks": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "webhooks", "-P", "threads",
                          "-c", env.get("WEBHOOK_WORKER_CONCURRENCY", "8"), "-n", "webhooks@%h", "--loglevel", "WARNING"],
             "beat": [PY, "-m", "celery", "-A", "config", "--quiet", "beat", "-s", beat_schedule, "--loglevel", "WARNING"],

@@ -34,6 +34,11 @@ def new_correlation_id() -> str:
     return uuid.uuid4().hex
 
 
+def incoming_or_new_correlation_id(incoming: str | None) -> str:
+    """The caller's X-Request-ID when it is a safe token, else a fresh id."""
+    return incoming if incoming and _SAFE_ID.match(incoming) else new_correlation_id()
+
+
 def get_correlation_id() -> str | None:
     return correlation_id.get()
 
@@ -75,8 +80,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.META.get(self.header, "")
-        cid = incoming if _SAFE_ID.match(incoming or "") else new_correlation_id()
+        cid = incoming_or_new_correlation_id(request.META.get(self.header, ""))
         token = correlation_id.set(cid)
         request.correlation_id = cid  # type: ignore[attr-defined]
         try:

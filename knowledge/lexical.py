@@ -163,6 +163,9 @@ def rebuild_postings(*, tenant: Tenant) -> int:
     return count
 
 
+# Query terms whose idf is below this share of the query's highest idf are not scored (see SQL).
+IDF_PRUNE_RATIO = 0.05
+
 _BM25_SQL = """
 WITH q AS (
     SELECT lexeme AS term, cardinality(positions) AS qtf
@@ -183,6 +186,9 @@ WITH q AS (
                AS score,
            sum(qs.qtf * qs.idf) / (SELECT sum(qtf * idf) FROM qs) AS coverage
     FROM qs JOIN knowledge_chunkterm p ON p.tenant_id = %(tenant)s AND p.term = qs.term CROSS JOIN s
+    -- A term found in nearly every chunk has an idf near zero: it cannot change the ranking, but
+    -- its posting list is the longest to read. Skip it unless it is all the query has.
+    WHERE qs.idf >= %(prune)s * (SELECT max(idf) FROM qs)
     GROUP BY p.chunk_id
 )
 (SELECT chunk_id, score, coverage FROM scored ORDER BY score DESC, chunk_id LIMIT %(limit)s)
@@ -204,6 +210,7 @@ def keyword_search(
         "b": float(settings.KNOWLEDGE_BM25_B),
         "limit": limit,
         "ids": include_ids or [],
+        "prune": IDF_PRUNE_RATIO,
     }
     with connection.cursor() as cursor:
         cursor.execute(_BM25_SQL, params)

@@ -37,7 +37,7 @@ WEBHOOK_CHANNEL_CACHE_SECONDS = env_float("WEBHOOK_CHANNEL_CACHE_SECONDS", 5.0)
 MESSENGER_PROFILE_CACHE_SECONDS = env_int("MESSENGER_PROFILE_CACHE_SECONDS", 86400)
 # Inbound media larger than this is not downloaded (WhatsApp allows 100 MB).
 CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
-# bench/webhook_ingest.py only: serve /webhooks/_bench/bare (answers 200 at once) for comparison.
+# bench/webhook_ingest.py only: POST /webhooks/_bench/bare answers 200 at once (channels_app.webhook_asgi).
 WEBHOOK_BENCH_BARE_ENDPOINT = env_bool("WEBHOOK_BENCH_BARE_ENDPOINT", False)
 # Publish inbound tasks from a background thread so webhook acknowledgements never wait on the broker
 # (a publish lost with a crashing process is re-enqueued by the pending sweep).

@@ -212,9 +212,11 @@ def dispatch(items: Iterable[list]) -> int:
     return count
 
 
-def requeue_stale_pending(*, older_than: timedelta = timedelta(seconds=60), limit: int = 1000) -> int:
+def requeue_stale_pending(*, older_than: timedelta | None = None, limit: int = 1000) -> int:
     """Re-enqueue pending rows that have waited too long (their task was lost). Idempotent by design:
     the handlers skip rows that are no longer pending."""
+    if older_than is None:
+        older_than = timedelta(seconds=settings.INBOUND_REQUEUE_AFTER_SECONDS)
     cutoff = timezone.now() - older_than
     stale = [
         (row_id, kind, kind == InboundEvent.Kind.MESSAGE and needs_preparation(normalized))

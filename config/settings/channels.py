@@ -4,9 +4,12 @@ import os
 
 from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_bool, env_float, env_int
 
+# Safety net for an inbound row whose task was lost or stalled: re-enqueued once it has been pending
+# this long (seconds), checked every 10 s. Handlers skip rows that are no longer pending.
+INBOUND_REQUEUE_AFTER_SECONDS = env_int("INBOUND_REQUEUE_AFTER_SECONDS", 30)
 CELERY_BEAT_SCHEDULE["requeue-stale-pending-inbound"] = {
     "task": "channels_app.requeue_stale_pending",
-    "schedule": 30.0,
+    "schedule": 10.0,
 }
 CELERY_TASK_ROUTES.update(
     {

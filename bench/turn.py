@@ -244,6 +244,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
+    parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last in-process turn")
     args = parser.parse_args(argv)
 
     servers = Servers()
@@ -413,6 +414,9 @@ def main(argv: list[str]) -> int:
             if profiler is not None:
                 profiler.disable()
         query_counts.append(len(captured.captured_queries))
+    if args.show_queries and query_counts:
+        for number, query in enumerate(captured.captured_queries, start=1):
+            print(f"  {number:2d} {query['time']}s {query['sql'][:160]}")
     if profiler is not None:
         import pstats
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 import json
 import logging
 import mimetypes
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -36,12 +35,15 @@ from channels_app.adapters.base import (
     get_adapter,
 )
 from channels_app.models import Channel, ChannelSecret, InboundEvent, UnroutedWebhook
+from config import metrics
+from config.errors import error_body
 from config.health import CheckResult, register_check
 from events.services import emit
 from events.types import EventType
 from tenants.models import Tenant
 from tenants.secrets import SecretError, channel_secret_set, with_channel_secret
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 META_PLATFORMS = ("whatsapp", "messenger")
@@ -366,6 +368,22 @@ def _store(routes: dict[str, Route], parsed: ParsedPayload) -> int:
     return stored
 
 
+def webhook_answer(*, platform: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    """``receive_webhook`` counted in the metrics, as (status, JSON body): the Django view and the ASGI
+    fast path (channels_app.webhook_asgi) answer Meta exactly alike."""
+    outcome = receive_webhook(platform=platform, body=body, headers=headers)
+    metrics.incr("webhook_requests_total", platform=platform, outcome=outcome.code)
+    if outcome.status != 200:
+        return outcome.status, error_body(outcome.code, outcome.message, outcome.details or None)
+    return 200, {"status": outcome.code, **outcome.details}
+
+
+def webhook_too_large(*, platform: str) -> tuple[int, dict[str, Any]]:
+    """The answer to a body declared or read over WEBHOOK_MAX_BODY_BYTES, before anything is parsed."""
+    metrics.incr("webhook_requests_total", platform=platform, outcome="payload_too_large")
+    return 413, error_body("payload_too_large", f"Body over {settings.WEBHOOK_MAX_BODY_BYTES} bytes.")
+
+
 def verify_handshake(*, platform: str, mode: str, token: str) -> bool:
     """Meta's GET verification: ``hub.mode=subscribe`` and a verify token of one of the platform's channels."""
     if mode != "subscribe" or not token:
@@ -396,7 +414,24 @@ def _credentials_call(channel: Channel, call: Callable[[dict[str, str]], Any]) -
         raise SendError(f"channel credentials unavailable: {exc}", code="no_credentials", permanent=True) from None
 
 
-def _guard_sendable(channel: Channel) -> None:
+def call_adapter(*, channel: Channel, fn: Callable[[Any, dict[str, str]], T]) -> T:
+    """``fn(adapter, credentials)`` for the channel: the one way anything is sent to a platform.
+
+    Credentials are decrypted only for adapters that need them (web chat has none: no query); a
+    missing credential is a permanent SendError; an invalid token disables the channel's sending
+    (``channel.disabled`` event) before the SendError goes on to the caller."""
+    adapter = get_adapter(channel.type)
+    try:
+        if not adapter.needs_credentials:
+            return fn(adapter, {})
+        return _credentials_call(channel, lambda credentials: fn(adapter, credentials))
+    except SendError as exc:
+        if exc.disable_channel:
+            channel_disable_sending(channel=channel, reason=str(exc))
+        raise
+
+
+def guard_sendable(channel: Channel) -> None:
     if channel.sending_disabled_reason:
         raise SendError(
             f"sending is disabled for this channel: {channel.sending_disabled_reason}",
@@ -410,37 +445,27 @@ def send_reply(*, channel: Channel, recipient_id: str, text: str, reply_to_messa
 
     Raises SendError: ``permanent`` ones must not be retried (outside the window, bad token, ...);
     an invalid token disables the channel's sending first (``channel.disabled`` event)."""
-    _guard_sendable(channel)
-    adapter = get_adapter(channel.type)
-    kwargs: dict[str, Any] = {}
-    if reply_to_message_id and "reply_to_message_id" in inspect.signature(adapter.send_text).parameters:
-        kwargs["reply_to_message_id"] = reply_to_message_id
-    try:
-        return _credentials_call(
-            channel,
-            lambda credentials: adapter.send_text(
-                channel_external_id=channel.external_id,
-                recipient_id=recipient_id,
-                text=text,
-                credentials=credentials,
-                **kwargs,
-            ),
-        )
-    except SendError as exc:
-        if exc.disable_channel:
-            channel_disable_sending(channel=channel, reason=str(exc))
-        raise
+    guard_sendable(channel)
+    return call_adapter(
+        channel=channel,
+        fn=lambda adapter, credentials: adapter.send_text(
+            channel_external_id=channel.external_id,
+            recipient_id=recipient_id,
+            text=text,
+            credentials=credentials,
+            reply_to_message_id=reply_to_message_id,
+        ),
+    )
 
 
 def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str = "") -> bool:
     """Best effort "seen + typing" before a reply; never fails the turn (but a bad token disables)."""
     if channel.sending_disabled_reason:
         return False
-    adapter = get_adapter(channel.type)
     try:
-        _credentials_call(
-            channel,
-            lambda credentials: adapter.send_typing(
+        call_adapter(
+            channel=channel,
+            fn=lambda adapter, credentials: adapter.send_typing(
                 channel_external_id=channel.external_id,
                 recipient_id=recipient_id,
                 reply_to_message_id=reply_to_message_id,
@@ -448,8 +473,6 @@ def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str
             ),
         )
     except SendError as exc:
-        if exc.disable_channel:
-            channel_disable_sending(channel=channel, reason=str(exc))
         logger.warning("typing indicator not sent", extra={"channel_id": str(channel.pk), "error": str(exc)})
         return False
     return True
@@ -593,11 +616,9 @@ def prepare_inbound_message(*, inbound_id: int, final_attempt: bool = False) -> 
         if media.storage_path or not (media.media_id or media.url):
             continue
         try:
-            content, mime_type = _fetch(channel, adapter, media)
-        except SendError as exc:
-            if exc.disable_channel:
-                channel_disable_sending(channel=channel, reason=str(exc))
-            elif not exc.permanent and not final_attempt:
+            content, mime_type = _fetch(channel, media)
+        except SendError as exc:  # an invalid token has disabled the channel's sending (call_adapter)
+            if not exc.disable_channel and not exc.permanent and not final_attempt:
                 raise
             errors.append({"index": index, "code": exc.code, "error": str(exc)[:300]})
             continue
@@ -614,7 +635,7 @@ def prepare_inbound_message(*, inbound_id: int, final_attempt: bool = False) -> 
             ContentFile(content),
         )
     if not message.sender_name and hasattr(adapter, "fetch_profile"):
-        message.sender_name = _profile_name(channel, adapter, message.sender_id)
+        message.sender_name = _profile_name(channel, message.sender_id)
     message.raw = {**message.raw, "_prepared": True}
     if errors:
         message.raw["_media_errors"] = errors
@@ -630,7 +651,7 @@ def prepare_inbound_message(*, inbound_id: int, final_attempt: bool = False) -> 
     return bool(updated)
 
 
-def _profile_name(channel: Channel, adapter: Any, user_id: str) -> str:
+def _profile_name(channel: Channel, user_id: str) -> str:
     """Best effort and cached: a missing name never holds up the reply."""
     key = f"channels:profile:{channel.pk}:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
     try:
@@ -640,12 +661,11 @@ def _profile_name(channel: Channel, adapter: Any, user_id: str) -> str:
     if cached is not None:
         return str(cached)
     try:
-        profile = _credentials_call(
-            channel, lambda credentials: adapter.fetch_profile(user_id=user_id, credentials=credentials)
+        profile = call_adapter(
+            channel=channel,
+            fn=lambda adapter, credentials: adapter.fetch_profile(user_id=user_id, credentials=credentials),
         )
     except SendError as exc:
-        if exc.disable_channel:
-            channel_disable_sending(channel=channel, reason=str(exc))
         logger.info("sender profile not available", extra={"channel_id": str(channel.pk), "error": str(exc)})
         return ""
     name = " ".join(str(profile.get(k, "")).strip() for k in ("first_name", "last_name")).strip()
@@ -656,10 +676,10 @@ def _profile_name(channel: Channel, adapter: Any, user_id: str) -> str:
     return name
 
 
-def _fetch(channel: Channel, adapter: Any, media: Media) -> tuple[bytes, str]:
-    content, mime_type = _credentials_call(
-        channel,
-        lambda credentials: adapter.fetch_media(
+def _fetch(channel: Channel, media: Media) -> tuple[bytes, str]:
+    content, mime_type = call_adapter(
+        channel=channel,
+        fn=lambda adapter, credentials: adapter.fetch_media(
             media=media, channel_external_id=channel.external_id, credentials=credentials
         ),
     )

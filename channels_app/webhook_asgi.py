@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from channels_app import services
 from config import metrics
 from config.errors import error_body
 from config.logs import correlation_id, incoming_or_new_correlation_id
@@ -38,13 +39,11 @@ BARE_PATH = "/webhooks/_bench/bare"
 ASGIApp = Any
 
 
-def _receive(platform: str, body: bytes, headers: CaseInsensitiveMapping) -> Any:
-    from channels_app import services
-
+def _answer(platform: str, body: bytes, headers: CaseInsensitiveMapping) -> tuple[int, dict[str, Any]]:
     # What Django's request_started / request_finished do for a request's thread.
     close_old_connections()
     try:
-        return services.receive_webhook(platform=platform, body=body, headers=headers)
+        return services.webhook_answer(platform=platform, body=body, headers=headers)
     finally:
         close_old_connections()
 
@@ -89,7 +88,7 @@ class WebhookFastPath:
         except ValueError:
             declared = 0
         if declared > limit:
-            return self._too_large(platform, limit)
+            return _encoded(*services.webhook_too_large(platform=platform))
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -99,27 +98,24 @@ class WebhookFastPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return self._too_large(platform, limit)
+                return _encoded(*services.webhook_too_large(platform=platform))
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         if platform == "_bare":  # the ingest benchmark's baseline: same path, no work
             return 200, b'{"status": "ok"}'
         try:
-            outcome = await sync_to_async(_receive, thread_sensitive=False)(platform, b"".join(chunks), headers)
+            answer = await sync_to_async(_answer, thread_sensitive=False)(platform, b"".join(chunks), headers)
         except Exception:
             logger.exception("webhook handling failed", extra={"platform": platform})
             metrics.incr("webhook_requests_total", platform=platform, outcome="internal_error")
             return 500, _error("internal_error", "Internal error; it has been logged.")
-        metrics.incr("webhook_requests_total", platform=platform, outcome=outcome.code)
-        if outcome.status != 200:
-            return outcome.status, _error(outcome.code, outcome.message, outcome.details or None)
-        return 200, json.dumps({"status": outcome.code, **outcome.details}).encode()
-
-    def _too_large(self, platform: str, limit: int) -> tuple[int, bytes]:
-        metrics.incr("webhook_requests_total", platform=platform, outcome="payload_too_large")
-        return 413, _error("payload_too_large", f"Body over {limit} bytes.")
+        return _encoded(*answer)
 
 
-def _error(code: str, message: str, details: Any = None) -> bytes:
-    return json.dumps(error_body(code, message, details)).encode()
+def _encoded(status: int, answer: dict[str, Any]) -> tuple[int, bytes]:
+    return status, json.dumps(answer).encode()
+
+
+def _error(code: str, message: str) -> bytes:
+    return json.dumps(error_body(code, message)).encode()

@@ -13,7 +13,6 @@ from django.views.decorators.http import require_http_methods
 
 from channels_app import services
 from config import metrics
-from config.errors import json_error
 
 
 def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
@@ -32,16 +31,13 @@ def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
     except ValueError:
         declared = 0
     if declared > settings.WEBHOOK_MAX_BODY_BYTES:
-        metrics.incr("webhook_requests_total", platform=platform, outcome="payload_too_large")
-        return json_error(413, "payload_too_large", f"Body over {settings.WEBHOOK_MAX_BODY_BYTES} bytes.")
-    # Read the stream ourselves: Django's request.body refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE
-    # with a 400, and the limit here is the webhook's own.
-    body = request.read(settings.WEBHOOK_MAX_BODY_BYTES + 1)
-    outcome = services.receive_webhook(platform=platform, body=body, headers=request.headers)
-    metrics.incr("webhook_requests_total", platform=platform, outcome=outcome.code)
-    if outcome.status != 200:
-        return json_error(outcome.status, outcome.code, outcome.message, outcome.details or None)
-    return JsonResponse({"status": outcome.code, **outcome.details})
+        status, answer = services.webhook_too_large(platform=platform)
+    else:
+        # Read the stream ourselves: Django's request.body refuses bodies over
+        # DATA_UPLOAD_MAX_MEMORY_SIZE with a 400, and the limit here is the webhook's own.
+        body = request.read(settings.WEBHOOK_MAX_BODY_BYTES + 1)
+        status, answer = services.webhook_answer(platform=platform, body=body, headers=request.headers)
+    return JsonResponse(answer, status=status)
 
 
 @csrf_exempt

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -56,11 +57,23 @@ def embedded_postgres_url(db_name: str = DEFAULT_DB_NAME) -> str:
     pgdata = var_dir() / "pgdata"
     server = pgserver.get_server(str(pgdata), cleanup_mode=None)
     socket_dir = server.get_postmaster_info().socket_dir
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")  # noqa: S608 (our constant)
-    if "(1 row)" not in exists:
+    # One psql call per process start: does the database exist, is the server tuned yet?
+    answer = server.psql(
+        f"SELECT (SELECT count(*) FROM pg_database WHERE datname = '{db_name}') || '|' "  # noqa: S608 (our constant)
+        "|| current_setting('max_connections') AS state;"
+    )
+    match = re.search(r"^\s*(\d+)\|(\d+)\s*$", answer, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"unexpected answer from the embedded PostgreSQL: {answer!r}")
+    present, max_connections = match.groups()
+    if present == "0":
         server.psql(f'CREATE DATABASE "{db_name}";')
-    _tune_embedded_postgres(server)
+    if max_connections != TUNED_MAX_CONNECTIONS:
+        _tune_embedded_postgres(server)
     return f"postgresql://postgres@/{db_name}?host={socket_dir}"
+
+
+TUNED_MAX_CONNECTIONS = "300"
 
 
 def _tune_embedded_postgres(server) -> None:
@@ -70,14 +83,11 @@ def _tune_embedded_postgres(server) -> None:
     server does not have them yet: a restart while other processes (a running platform, another
     test run) use the server would cut their connections.
     """
-    current = server.psql("SHOW max_connections;")
-    if "300" in current:
-        return
     server.psql(
         "ALTER SYSTEM SET shared_buffers = '512MB';"
         "ALTER SYSTEM SET work_mem = '32MB';"
         "ALTER SYSTEM SET maintenance_work_mem = '512MB';"
-        "ALTER SYSTEM SET max_connections = 300;"
+        f"ALTER SYSTEM SET max_connections = {TUNED_MAX_CONNECTIONS};"
         "ALTER SYSTEM SET effective_cache_size = '4GB';"
         "ALTER SYSTEM SET synchronous_commit = 'off';"
     )

@@ -25,7 +25,7 @@ from django.db import transaction
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_search, text_search_config
 from knowledge.models import Chunk
-from knowledge.vectors import centroid_of, cosines, nearest
+from knowledge.vectors import VectorIndex, index_for
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
@@ -91,20 +91,21 @@ def hybrid_search(
         return []
     depth = max(candidates or settings.KNOWLEDGE_CANDIDATES, k)
     pool: dict[int, _Candidate] = {}
-    vector_model = ""
+    index: VectorIndex | None = None  # one snapshot of the tenant's vectors for the whole search
     vector: np.ndarray | None = None
     calibration = (0.0, 1.0)
 
     with transaction.atomic():
         if vector_weight > 0:
             embedder = embedder or get_embedder(tenant=tenant)
-            vector_model, calibration = embedder.model_id, embedder.calibration
+            calibration = embedder.calibration
             try:
                 vector = query_vector if query_vector is not None else embedder.embed_query(query)
             except EmbeddingError:
                 vector = None  # the keyword leg still answers; the failure is logged by the embedder
             if vector is not None:
-                for chunk_id, cosine in nearest(tenant_id=tenant.pk, model_id=vector_model, vector=vector, limit=depth):
+                index = index_for(tenant_id=tenant.pk, model_id=embedder.model_id)
+                for chunk_id, cosine in index.nearest(vector, depth):
                     pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)
         if keyword_weight > 0:
             config = text_search_config(tenant=tenant)
@@ -114,19 +115,23 @@ def hybrid_search(
             ):
                 candidate = pool.setdefault(hit.chunk_id, _Candidate(hit.chunk_id))
                 candidate.bm25, candidate.coverage = hit.bm25, hit.coverage
-            if vector is not None:  # and the cosine of the keyword leg's own candidates
+            if vector is not None and index is not None:  # and the cosine of the keyword leg's own candidates
                 missing = [c.chunk_id for c in pool.values() if c.cosine is None]
-                for chunk_id, cosine in cosines(
-                    tenant_id=tenant.pk, model_id=vector_model, vector=vector, ids=missing
-                ).items():
+                for chunk_id, cosine in index.cosines(vector, missing).items():
                     pool[chunk_id].cosine = cosine
         if not pool:
             return []
 
     ranked = _fuse(list(pool.values()), keyword_weight, vector_weight, fusion, vector)
     prf_docs, prf_weight = settings.KNOWLEDGE_PRF_DOCS, settings.KNOWLEDGE_PRF_WEIGHT
-    if keyword_weight > 0 and vector is not None and prf_docs > 0 and prf_weight > 0 and len(ranked) > prf_docs:
-        ranked = _feedback_rerank(tenant, ranked, vector, vector_model, keyword_weight, vector_weight, fusion)
+    if (
+        keyword_weight > 0
+        and index is not None
+        and vector is not None
+        and 0 < prf_docs < len(ranked)
+        and prf_weight > 0
+    ):
+        ranked = _feedback_rerank(index, ranked, vector, keyword_weight, vector_weight, fusion)
     low, high = calibration
     results: list[tuple[_Candidate, float, float]] = []
     for candidate, fused in ranked:
@@ -139,10 +144,9 @@ def hybrid_search(
 
 
 def _feedback_rerank(
-    tenant: Tenant,
+    index: VectorIndex,
     ranked: list[tuple[_Candidate, float]],
     vector: np.ndarray,
-    model_id: str,
     keyword_weight: float,
     vector_weight: float,
     fusion: str,
@@ -151,13 +155,13 @@ def _feedback_rerank(
     mean of the top fused results and rank the candidates again with it. The candidates' reported
     cosine (and so their calibrated relevance) stays the one of the original query."""
     top = [c.chunk_id for c, _ in ranked[: settings.KNOWLEDGE_PRF_DOCS]]
-    centroid = centroid_of(tenant_id=tenant.pk, model_id=model_id, ids=top)
+    centroid = index.centroid(top)
     if centroid is None:
         return ranked
     moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * centroid
     moved = moved / (np.linalg.norm(moved) or 1.0)
     pool = [c for c, _ in ranked]
-    feedback = cosines(tenant_id=tenant.pk, model_id=model_id, vector=moved, ids=[c.chunk_id for c in pool])
+    feedback = index.cosines(moved, [c.chunk_id for c in pool])
     shadow = [_Candidate(c.chunk_id, c.bm25, c.coverage, feedback.get(c.chunk_id, c.cosine)) for c in pool]
     by_id = {c.chunk_id: c for c in pool}
     return [(by_id[s.chunk_id], f) for s, f in _fuse(shadow, keyword_weight, vector_weight, fusion, moved)]

@@ -50,14 +50,42 @@ def bump_version(*, tenant_id: Any) -> None:
 
 
 @dataclass(frozen=True)
-class _Matrix:
+class VectorIndex:
+    """One tenant's vectors of one model, as of one ``vector_version``: take it once per search
+    (``index_for``) and ask it everything, so a search costs one version check and sees one state."""
+
     version: int
     ids: np.ndarray
     vectors: np.ndarray  # (n, d) float32, L2-normalised
     positions: dict[int, int]
 
+    def nearest(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """The ``limit`` chunks closest to ``vector`` by cosine, best first (exact)."""
+        if not len(self.ids) or self.vectors.shape[1] != vector.shape[0]:
+            return []
+        scores = self.vectors @ np.asarray(vector, dtype=np.float32)
+        limit = min(limit, len(scores))
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(self.ids[i]), float(scores[i])) for i in top]
 
-_cache: dict[tuple[str, str], _Matrix] = {}
+    def cosines(self, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Cosine of the given chunks (those that have a vector of this model)."""
+        rows = [(i, self.positions[i]) for i in ids if i in self.positions]
+        if not rows or self.vectors.shape[1] != vector.shape[0]:
+            return {}
+        scores = self.vectors[[p for _, p in rows]] @ np.asarray(vector, dtype=np.float32)
+        return {i: float(s) for (i, _), s in zip(rows, scores, strict=True)}
+
+    def centroid(self, ids: list[int]) -> np.ndarray | None:
+        """Mean vector of the given chunks (None when none of them has a vector of this model)."""
+        rows = [self.positions[i] for i in ids if i in self.positions]
+        if not rows:
+            return None
+        return self.vectors[rows].mean(axis=0)
+
+
+_cache: dict[tuple[str, str], VectorIndex] = {}
 _lock = threading.Lock()
 
 
@@ -68,7 +96,9 @@ def _current_version(tenant_id: Any) -> int:
     return int(row[0]) if row else 0
 
 
-def _matrix(tenant_id: Any, model_id: str) -> _Matrix:
+def index_for(*, tenant_id: Any, model_id: str) -> VectorIndex:
+    """The tenant's current vectors of ``model_id``: the process's cached copy unless the tenant's
+    ``vector_version`` has moved since it was loaded."""
     key = (str(tenant_id), model_id)
     version = _current_version(tenant_id)
     cached = _cache.get(key)
@@ -88,38 +118,15 @@ def _matrix(tenant_id: Any, model_id: str) -> _Matrix:
         vectors = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
     else:
         vectors = np.zeros((0, 0), dtype=np.float32)
-    matrix = _Matrix(version, ids, vectors, {int(i): n for n, i in enumerate(ids)})
+    index = VectorIndex(version, ids, vectors, {int(i): n for n, i in enumerate(ids)})
     with _lock:
-        _cache[key] = matrix
-    return matrix
+        _cache[key] = index
+    return index
 
 
 def nearest(*, tenant_id: Any, model_id: str, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
-    """The tenant's ``limit`` chunks closest to ``vector`` by cosine, best first (exact)."""
-    matrix = _matrix(tenant_id, model_id)
-    if not len(matrix.ids) or matrix.vectors.shape[1] != vector.shape[0]:
-        return []
-    scores = matrix.vectors @ np.asarray(vector, dtype=np.float32)
-    limit = min(limit, len(scores))
-    top = np.argpartition(-scores, limit - 1)[:limit]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return [(int(matrix.ids[i]), float(scores[i])) for i in top]
+    return index_for(tenant_id=tenant_id, model_id=model_id).nearest(vector, limit)
 
 
 def cosines(*, tenant_id: Any, model_id: str, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
-    """Cosine of the given chunks (those that have a vector of this model)."""
-    matrix = _matrix(tenant_id, model_id)
-    rows = [(i, matrix.positions[i]) for i in ids if i in matrix.positions]
-    if not rows or matrix.vectors.shape[1] != vector.shape[0]:
-        return {}
-    scores = matrix.vectors[[p for _, p in rows]] @ np.asarray(vector, dtype=np.float32)
-    return {i: float(s) for (i, _), s in zip(rows, scores, strict=True)}
-
-
-def centroid_of(*, tenant_id: Any, model_id: str, ids: list[int]) -> np.ndarray | None:
-    """Mean vector of the given chunks (None when none of them has a vector of this model)."""
-    matrix = _matrix(tenant_id, model_id)
-    rows = [matrix.positions[i] for i in ids if i in matrix.positions]
-    if not rows:
-        return None
-    return matrix.vectors[rows].mean(axis=0)
+    return index_for(tenant_id=tenant_id, model_id=model_id).cosines(vector, ids)

@@ -114,6 +114,8 @@ class SendError(Exception):
 class ChannelAdapter(Protocol):
     platform: str
     max_text_length: int
+    # False for channels that keep no credentials (web chat): their calls skip the secret lookup.
+    needs_credentials: bool
 
     def verify_signature(self, *, body: bytes, headers: dict[str, str], credentials: dict[str, str]) -> bool: ...
 
@@ -124,7 +126,13 @@ class ChannelAdapter(Protocol):
     def parse(self, payload: dict[str, Any]) -> ParsedPayload: ...
 
     def send_text(
-        self, *, channel_external_id: str, recipient_id: str, text: str, credentials: dict[str, str]
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        text: str,
+        credentials: dict[str, str],
+        reply_to_message_id: str = "",
     ) -> SendResult: ...
 
     def send_typing(
@@ -142,11 +150,36 @@ class ChannelAdapter(Protocol):
 
 
 @runtime_checkable
+class RichMessageAdapter(Protocol):
+    """Optional: adapters whose UI shows a message's sources and who wrote it (web chat)."""
+
+    def send_message(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        text: str,
+        sources: Iterable[dict[str, Any]] | None,
+        message_id: int | str | None,
+        credentials: dict[str, str],
+        role: str = "assistant",
+    ) -> SendResult: ...
+
+
+@runtime_checkable
 class StreamingAdapter(Protocol):
     """Optional: adapters that can show a reply as it is generated (web chat) implement this too."""
 
     def stream_text(
-        self, *, channel_external_id: str, recipient_id: str, chunks: Iterable[str], credentials: dict[str, str]
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        chunks: Iterable[str],
+        credentials: dict[str, str],
+        sources: Iterable[dict[str, Any]] | None = None,
+        role: str = "assistant",
+        message_id: int | str | None = None,
     ) -> SendResult: ...
 
 

@@ -34,6 +34,7 @@ def _seconds(ms: Any) -> float:
 class MessengerAdapter:
     platform = "messenger"
     max_text_length = 2000
+    needs_credentials = True
 
     # --- inbound ---------------------------------------------------------------------------------
 

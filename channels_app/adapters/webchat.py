@@ -72,6 +72,7 @@ def clean_sources(sources: Iterable[dict[str, Any]] | None) -> list[dict[str, An
 class WebchatAdapter:
     platform = PLATFORM
     max_text_length = 20000
+    needs_credentials = False  # the widget key is public; visitors are authenticated by their JWT
 
     # --- inbound -----------------------------------------------------------------------------------
 
@@ -110,11 +111,12 @@ class WebchatAdapter:
         recipient_id: str,
         text: str,
         credentials: dict[str, str],
+        reply_to_message_id: str = "",
         sources: Iterable[dict[str, Any]] | None = None,
         role: str = "assistant",
         message_id: int | str | None = None,
     ) -> SendResult:
-        """Push one whole message. ``sources`` ({title, url, page}), ``role`` ("assistant" or "agent")
+        """Push one whole message (``reply_to_message_id`` is not shown in the widget). ``sources`` ({title, url, page}), ``role`` ("assistant" or "agent")
         and ``message_id`` (our Message pk) are web chat extras; other adapters do not take them."""
         wire_id = wire_message_id(message_id)
         self._push(

@@ -44,6 +44,7 @@ def _contact_text(contact: dict[str, Any]) -> str:
 class WhatsAppAdapter:
     platform = "whatsapp"
     max_text_length = 4096
+    needs_credentials = True
 
     # --- inbound ---------------------------------------------------------------------------------
 

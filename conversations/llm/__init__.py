@@ -25,7 +25,8 @@ NO_KEY = "not-needed"  # what the openai client sends to endpoints that do not c
 
 
 def provider_for_tenant(tenant: Tenant) -> LLMProvider:
-    from conversations.llm.openai_provider import OpenAIProvider, client_for
+    from config.openai_clients import client_for
+    from conversations.llm.openai_provider import OpenAIProvider
 
     cfg = tenant.config.llm
     if cfg.provider == "offline":

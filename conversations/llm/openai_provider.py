@@ -11,7 +11,6 @@ from typing import Any
 
 import openai
 
-from config.openai_clients import client_for, reset_clients  # noqa: F401  (re-exported)
 from conversations.llm.base import Completion, CompletionRequest, LLMError, ToolCall, Usage
 
 

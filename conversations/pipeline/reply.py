@@ -133,7 +133,6 @@ def _send_stream(turn: Turn, message: Message, recipient_id: str) -> SendResult:
             channel=turn.channel,
             recipient_id=recipient_id,
             chunks=turn.stream_deltas(),
-            sources=turn.sources,
             message_id=message.pk,
         )
         answer = stream.completion()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from channels_app.models import Channel
-from conversations.llm.openai_provider import reset_clients
+from config.openai_clients import reset_clients
 from tenants.secrets import channel_secret_set
 from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
 

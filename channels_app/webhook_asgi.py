@@ -8,6 +8,12 @@ request pays a fresh thread for its sync context and a hop per middleware, which
 on a pooled thread, and the answer has the same status and JSON body. Everything else, including
 Meta's GET handshake, goes to Django unchanged.
 
+The request's own query is its connection's health check: Django would run ``SELECT 1`` before every
+request's first query (CONN_HEALTH_CHECKS), a database round trip per webhook; here a pooled
+connection that went away (server restart, idle timeout) fails the request's query, is closed, and
+the request runs once more on a fresh connection (storing is idempotent: ON CONFLICT DO NOTHING).
+The work runs on this module's own thread pool, so those connections are only ever used here.
+
 What the Django stack would have given and still holds here: the ``X-Request-ID`` correlation id
 (honoured or generated, echoed, carried into the Celery tasks), JSON errors, the body size limit
 (413 before reading an oversized declared body), the Prometheus counter, and a logged 500 on a bug.
@@ -15,13 +21,16 @@ What the Django stack would have given and still holds here: the ``X-Request-ID`
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils.datastructures import CaseInsensitiveMapping
 
 from channels_app import services
@@ -39,12 +48,24 @@ BARE_PATH = "/webhooks/_bench/bare"
 ASGIApp = Any
 
 
+# Each thread keeps one database connection (CONN_MAX_AGE) for the webhooks it serves.
+_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook")
+
+
 def _answer(platform: str, body: bytes, headers: CaseInsensitiveMapping) -> tuple[int, dict[str, Any]]:
-    # What Django's request_started / request_finished do for a request's thread.
-    close_old_connections()
+    if connection.connection is not None:
+        connection.health_check_done = True  # the query below is the check (see the module docstring)
     try:
-        return services.webhook_answer(platform=platform, body=body, headers=headers)
+        try:
+            return services.webhook_answer(platform=platform, body=body, headers=headers)
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or connection.is_usable():
+                raise  # not a lost connection: a real error, answered 500
+            logger.warning("webhook database connection was lost; retrying on a new one", extra={"platform": platform})
+            connection.close()
+            return services.webhook_answer(platform=platform, body=body, headers=headers)
     finally:
+        # What Django's request_finished does: drop a connection past its age or after an error.
         close_old_connections()
 
 
@@ -105,7 +126,9 @@ class WebhookFastPath:
         if platform == "_bare":  # the ingest benchmark's baseline: same path, no work
             return 200, b'{"status": "ok"}'
         try:
-            answer = await sync_to_async(_answer, thread_sensitive=False)(platform, b"".join(chunks), headers)
+            call = functools.partial(_answer, platform, b"".join(chunks), headers)
+            context = contextvars.copy_context()  # the correlation id goes with the work
+            answer = await asyncio.get_running_loop().run_in_executor(_executor, context.run, call)
         except Exception:
             logger.exception("webhook handling failed", extra={"platform": platform})
             metrics.incr("webhook_requests_total", platform=platform, outcome="internal_error")

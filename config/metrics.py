@@ -1,7 +1,11 @@
 """Prometheus metrics at GET /metrics (text format 0.0.4), shared by every process.
 
 Counters live in one Redis hash, so daphne, every Celery worker and beat add to the same numbers
-(``incr("webhook_requests_total", platform="whatsapp", outcome="invalid_signature")``). Gauges are
+(``incr("webhook_requests_total", platform="whatsapp", outcome="invalid_signature")``). Each process
+adds up its increments in memory and a background thread writes them in one pipelined round trip
+every METRICS_FLUSH_SECONDS (1 s; 0 writes each increment at once), so a hot path such as the
+webhook receiver pays a dict update rather than a Redis round trip per request; a scrape flushes
+the scraping process first and sees the others' counts at most that interval late. Gauges are
 computed at scrape time by registered callables (queue depths, backlog sizes read from PostgreSQL).
 A metrics failure never breaks the caller: it is logged and dropped.
 
@@ -11,9 +15,12 @@ The endpoint needs the admin API key (``Authorization: Bearer $ADMIN_API_KEY``, 
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import logging
+import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import cast
@@ -49,13 +56,78 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+class _Buffer:
+    """Increments not written to Redis yet, with the thread that writes them (one per process)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.pid = 0
+        self.thread: threading.Thread | None = None
+
+    def add(self, series: str, amount: float, interval: float) -> None:
+        with self.lock:
+            self.counts[series] = self.counts.get(series, 0.0) + amount
+            if self.pid != os.getpid() or self.thread is None or not self.thread.is_alive():
+                # First increment in this process (or after a fork): start its flusher.
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, args=(interval,), name="metrics-flush", daemon=True)
+                self.thread.start()
+
+    def _run(self, interval: float) -> None:
+        while True:
+            self.wake.wait(interval)
+            self.wake.clear()
+            flush()
+
+    def take(self) -> dict[str, float]:
+        with self.lock:
+            counts, self.counts = self.counts, {}
+        return counts
+
+
+_buffer = _Buffer()
+_flush_lock = threading.Lock()
+
+
 def incr(name: str, amount: float = 1, **labels: str) -> None:
     """Add to a counter (name should end in ``_total``). Never raises."""
     assert _NAME.match(name), name
+    series = _series(name, labels)
+    interval = float(getattr(settings, "METRICS_FLUSH_SECONDS", 1.0))
+    if interval > 0:
+        _buffer.add(series, amount, interval)
+        return
+    _write({series: amount})
+
+
+def flush() -> None:
+    """Write this process's buffered increments to Redis now (a scrape, shutdown, tests)."""
+    with _flush_lock:  # a concurrent flush finishes its write before this one returns
+        counts = _buffer.take()
+        if counts:
+            _write(counts)
+
+
+def _write(counts: dict[str, float]) -> None:
     try:
-        _client().hincrbyfloat(_key(), _series(name, labels), amount)
+        pipe = _client().pipeline(transaction=False)
+        for series, amount in counts.items():
+            pipe.hincrbyfloat(_key(), series, amount)
+        pipe.execute()
     except redis.RedisError as exc:
-        logger.warning("metric dropped: redis unavailable", extra={"metric": name, "error": str(exc)})
+        # Kept for the next flush (a Redis restart loses no counts); lost only if the process ends first.
+        with _buffer.lock:
+            for series, amount in counts.items():
+                _buffer.counts[series] = _buffer.counts.get(series, 0.0) + amount
+        logger.warning(
+            "metrics not written: redis unavailable; retrying at the next flush",
+            extra={"series": len(counts), "error": str(exc)},
+        )
+
+
+atexit.register(flush)
 
 
 def register_gauge(name: str, help_text: str, fn: Callable[[], Iterable[Sample]]) -> None:
@@ -65,6 +137,7 @@ def register_gauge(name: str, help_text: str, fn: Callable[[], Iterable[Sample]]
 
 def render() -> str:
     lines: list[str] = []
+    flush()
     try:
         # A synchronous client: hgetall returns the hash itself (the stubs also allow an Awaitable).
         raw = cast(dict[bytes, bytes], _client().hgetall(_key()))

@@ -184,6 +184,8 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "")
 ADMIN_API_KEY = os.environ.get("ADMIN_API_KEY", "")
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+# Counters are summed in memory and written to Redis at this interval (0: at every increment).
+METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 1.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],

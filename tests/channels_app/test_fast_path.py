@@ -146,3 +146,36 @@ def test_the_handshake_and_other_paths_still_go_through_django(wa_channel):
 
     status, _, answer = call("GET", "/api/health")
     assert status in (200, 503) and "checks" in json.loads(answer)
+
+
+def _terminate_other_backends() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_database_connection_lost_between_webhooks_costs_no_delivery(wa_channel):
+    """The fast path skips Django's per-request `SELECT 1`; a pooled connection the server dropped
+    (restart, idle timeout) must still not turn Meta's next delivery into an error."""
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = 600  # keep the webhook threads' connections
+    try:
+        first = fixture_bytes("whatsapp", "text")
+        assert call("POST", "/webhooks/whatsapp", first, signed(first))[0] == 200
+        assert _terminate_other_backends() >= 1  # the webhook thread's pooled connection is gone
+
+        second = first.replace(b"wamid.", b"wamid.after-drop-")
+        assert second != first
+        statuses = [call("POST", "/webhooks/whatsapp", second, signed(second))[0] for _ in range(8)]
+    finally:
+        connections.settings["default"]["CONN_MAX_AGE"] = 0
+        _terminate_other_backends()  # so the test database can be dropped
+
+    assert statuses == [200] * 8  # every thread of the pool met a dead or fresh connection: all answered
+    assert InboundEvent.objects.filter(dedupe_key__startswith="wamid.after-drop-").count() == 1

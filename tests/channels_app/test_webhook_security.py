@@ -237,6 +237,9 @@ def test_other_methods_answer_405_json(client, db):
 
 def test_refused_and_accepted_webhooks_are_counted_at_metrics(wa_channel, post_webhook, client, redis_client, settings):
     """An operator sees refused deliveries in Prometheus, not only in the logs."""
+    from config import metrics
+
+    metrics.flush()  # counts of earlier tests still buffered in this process
     redis_client.delete(f"{settings.REDIS_KEY_PREFIX}:metrics:counters")
     post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), "not-the-app-secret")
     post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), "not-the-app-secret")

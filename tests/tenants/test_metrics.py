@@ -8,6 +8,7 @@ from config import metrics
 
 @pytest.fixture(autouse=True)
 def clean_counters(redis_client):
+    metrics.flush()  # counts of earlier tests still buffered in this process
     redis_client.delete(f"{settings.REDIS_KEY_PREFIX}:metrics:counters")
     yield
     redis_client.delete(f"{settings.REDIS_KEY_PREFIX}:metrics:counters")
@@ -33,10 +34,27 @@ def test_counters_and_gauges_are_exposed_in_prometheus_format(client):
     assert "metachat_events_total_rows 0" in body
 
 
-def test_a_metric_is_dropped_not_raised_when_redis_is_down(settings):
+def test_counts_made_while_redis_is_down_are_kept_and_written_when_it_is_back(settings, redis_client):
+    """A Redis outage neither breaks the counting caller nor loses the counts."""
+    real_url = settings.REDIS_URL
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     metrics._client.cache_clear()
     try:
-        metrics.incr("anything_total")  # must not raise
+        metrics.incr("outage_probe_total", platform="whatsapp")  # must not raise
+        metrics.incr("outage_probe_total", platform="whatsapp")
+        metrics.flush()  # Redis unreachable: must not raise either
     finally:
+        settings.REDIS_URL = real_url
         metrics._client.cache_clear()
+    metrics.flush()
+    stored = redis_client.hget(
+        f"{settings.REDIS_KEY_PREFIX}:metrics:counters", 'outage_probe_total{platform="whatsapp"}'
+    )
+    assert float(stored) == 2
+
+
+@pytest.mark.django_db
+def test_a_scrape_sees_increments_of_its_own_process_at_once(client):
+    metrics.incr("scrape_probe_total")
+    body = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.ADMIN_API_KEY}").content.decode()
+    assert "scrape_probe_total 1" in body

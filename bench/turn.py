@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from bench._cpu import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 APP_SECRET = "bench-turn-app-secret"
 DIMENSIONS = 384
@@ -244,6 +246,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
+    parser.add_argument("--profile-sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
+    parser.add_argument("--profile-out", default="", help="also write the raw profile here (pstats format)")
     parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last in-process turn")
     args = parser.parse_args(argv)
 
@@ -364,12 +368,18 @@ def main(argv: list[str]) -> int:
                     latencies.append(latency)
 
         threads = [threading.Thread(target=user, args=(i,)) for i in range(args.users)]
+        # The bench process holds the webhook client and the local LLM / Graph / embedding servers.
+        meter = CpuMeter(
+            {"worker": [w.pid for w in workers], "bench+servers": [os.getpid()]}, postgres_database=db["NAME"]
+        )
+        meter.start()
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
+        meter.stop()
         llm_calls = servers.llm_calls - llm_calls_before
         llm_mean = (servers.llm_seconds - llm_seconds_before) / max(1, llm_calls)
         overhead = [latency - llm_mean for latency in latencies]
@@ -399,7 +409,7 @@ def main(argv: list[str]) -> int:
     if args.profile:
         import cProfile
 
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)  # CPU time of this thread, not wall
     for i in range(args.query_turns):
         message = NormalizedMessage(
             platform="whatsapp", channel_external_id=phone_number_id, message_id=f"wamid.q{i}.{time.time_ns()}",
@@ -420,7 +430,9 @@ def main(argv: list[str]) -> int:
     if profiler is not None:
         import pstats
 
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler).sort_stats(args.profile_sort).print_stats(45)
+        if args.profile_out:
+            profiler.dump_stats(args.profile_out)
 
     turns_done = len(latencies)
     print("\n== bench.turn ==")
@@ -429,6 +441,7 @@ def main(argv: list[str]) -> int:
     )
     print(f"turns: {turns_done} ok, {failures} failed, {args.users} concurrent users, wall {wall:.1f} s")
     print(f"throughput: {turns_done / wall:.1f} turns/s   (target >= 30)")
+    print(meter.report(per=turns_done, unit="turn"))
     print(
         f"platform overhead per turn (webhook POST -> reply at Graph, minus {llm_mean * 1000:.2f} ms LLM): "
         f"p50 {percentile(overhead, 0.5) * 1000:.0f} ms, p95 {percentile(overhead, 0.95) * 1000:.0f} ms   "

@@ -16,6 +16,7 @@ a URL, so no exception message or log line can carry one.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -42,6 +43,14 @@ def _session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        # The environment (HTTPS_PROXY / NO_PROXY for the Graph host, REQUESTS_CA_BUNDLE) is read once
+        # here: with trust_env on, requests rescans all of os.environ twice on every call, measured
+        # at ~2 ms of CPU per turn (two Graph calls) in bench.turn.
+        session.proxies.update(requests.utils.get_environ_proxies(settings.GRAPH_API_BASE_URL))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+        session.trust_env = False
         _local.session = session
     return session
 

@@ -2,12 +2,26 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("metachat")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Celery's Django fix-up closes every database connection before and after every task unless told
+# to reuse them: a new PostgreSQL backend (fork, auth, session set-up) per turn, measured at one
+# session per task in bench.turn. Connections are kept instead and recycled the way Django recycles
+# them between requests (CONN_MAX_AGE, errors, a broken connection): see _recycle_connections.
+app.conf.CELERY_DB_REUSE_MAX = 1_000_000_000
 app.autodiscover_tasks()
 
 import config.logs  # noqa: E402,F401  (connects the correlation-id signal handlers)
+
+
+@signals.task_postrun.connect
+def _recycle_connections(**_: object) -> None:
+    """What Django's request_finished does: close this thread's connection if it is past
+    CONN_MAX_AGE, unusable after an error, or left inside a transaction."""
+    from django.db import close_old_connections
+
+    close_old_connections()

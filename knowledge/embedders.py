@@ -8,6 +8,7 @@ models spread them from ~0.1, so one absolute ``minSimilarity`` cannot be compar
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -131,7 +132,10 @@ class OpenAIEmbedder:
             kwargs: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
             if self._dimensions:
                 kwargs["dimensions"] = self._dimensions
-            return client.embeddings.create(**kwargs)
+            # The raw JSON, parsed by json in C: the SDK's typed model would build each of the
+            # 384-3,072 floats of every vector through its generic converter (~200 calls a vector).
+            raw = client.embeddings.with_raw_response.create(**kwargs)
+            return json.loads(raw.content)
 
         try:
             response = self._with_key(call)
@@ -141,10 +145,17 @@ class OpenAIEmbedder:
             ) from None
         except openai.APIError as exc:
             raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}") from None
-        rows = sorted(response.data, key=lambda d: d.index)
-        if len(rows) != len(texts):
-            raise EmbeddingError(f"embedding endpoint returned {len(rows)} vectors for {len(texts)} texts")
-        matrix = np.asarray([r.embedding for r in rows], dtype=np.float32)
+        except ValueError:
+            raise EmbeddingError("embedding endpoint answered something that is not JSON") from None
+        try:
+            rows = sorted(response["data"], key=lambda d: d["index"])
+            if len(rows) != len(texts):
+                raise EmbeddingError(f"embedding endpoint returned {len(rows)} vectors for {len(texts)} texts")
+            matrix = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise EmbeddingError("embedding endpoint answered JSON without well-formed vectors") from None
+        if rows and matrix.ndim != 2:
+            raise EmbeddingError("embedding endpoint answered vectors of unequal lengths")
         if self._dimensions and matrix.shape[1] != self._dimensions:
             raise EmbeddingError(
                 f"embedding endpoint returned {matrix.shape[1]} dimensions, expected {self._dimensions}"

@@ -46,15 +46,21 @@ class OpenAIProvider:
         self.name = name
 
     def _params(self, request: CompletionRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {
+        # The conversation and the tool schemas travel in ``extra_body`` (merged into the same JSON
+        # body, so the request on the wire is unchanged): the SDK walks typed parameters element by
+        # element against its TypedDicts to rename aliased keys, none of which chat messages have.
+        # That walk cost ~3.4 ms of CPU per call for 20 messages and 3 tools, a third of a turn's
+        # worker CPU in bench.turn.
+        body: dict[str, Any] = {"messages": request.messages}
+        if request.tools:
+            body["tools"] = request.tools
+        return {
             "model": self.model,
-            "messages": request.messages,
+            "messages": [],
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
+            "extra_body": body,
         }
-        if request.tools:
-            params["tools"] = request.tools
-        return params
 
     def complete(self, request: CompletionRequest) -> Completion:
         try:

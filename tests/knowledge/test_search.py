@@ -185,6 +185,57 @@ def test_embedding_endpoint_refusing_the_key_is_a_clear_error(local_http_server:
     assert "sk-wrong" not in message
 
 
+class BrokenEmbeddingsEndpoint(EmbeddingsEndpoint):
+    """Answers 200 with a body that is not a list of vectors (a misconfigured compatible server)."""
+
+    answers: list[bytes] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        raw = type(self).answers.pop(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def test_an_embedding_endpoint_answering_malformed_vectors_is_a_clear_error(
+    local_http_server: Any, tenant: Any
+) -> None:
+    server = local_http_server(BrokenEmbeddingsEndpoint)
+    BrokenEmbeddingsEndpoint.answers = [
+        b'{"object": "list", "data": [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": [0.3]}]}',
+        b'{"object": "list", "data": [{"index": 0}]}',
+        b'{"object": "list", "data": []}',
+    ]
+    tenant_secret_set(tenant=tenant, name="embed-key", value="sk-tenant-key")
+    tenant = tenant_update(
+        tenant=tenant,
+        settings={
+            "embedding": {
+                "provider": "openai_compatible",
+                "model": "m",
+                "baseUrl": f"{server.url}/v1",
+                "apiKeySecret": "embed-key",
+            }
+        },
+    )
+    embedder = get_embedder(tenant=tenant)
+    messages = []
+    for texts in (["a", "b"], ["a"], ["a"]):
+        try:
+            embedder.embed_passages(texts)
+            raise AssertionError("expected EmbeddingError")
+        except EmbeddingError as exc:
+            messages.append(str(exc))
+    assert messages == [
+        "embedding endpoint answered JSON without well-formed vectors",
+        "embedding endpoint answered JSON without well-formed vectors",
+        "embedding endpoint returned 0 vectors for 1 texts",
+    ]
+
+
 def test_reindex_command_requeues_a_tenants_documents(live_worker: Any, upload: Any, tenant: Any, capsys: Any) -> None:
     document = wait_for_status(upload("faq.md", FAQ).json()["id"])
     generation = document.index_generation

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bench._cpu import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://bench.example"
 
@@ -44,7 +46,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=50.0, help="messages per second across sessions (default 50)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady load (default 20)")
     parser.add_argument("--until", choices=["auto", "reply", "ack"], default="auto")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker concurrency for --until reply")
+    parser.add_argument(
+        "--workers", type=int, default=8, help="Celery worker concurrency for --until reply (`make run`: 8 threads)"
+    )
+    parser.add_argument("--worker-pool", default="threads", help="Celery pool, as the turns worker of `make run`")
+    parser.add_argument("--worker-processes", type=int, default=1, help="turns worker processes (`make run`: 1)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a round trip counts as lost")
     parser.add_argument(
         "--rag",
@@ -166,7 +172,9 @@ async def hold_session(url: str, visitor_id: str, load: Load, sockets: dict, rea
             load.pending.pop(visitor_id, None)
 
 
-async def run_load(args: argparse.Namespace, ws_base: str, tokens: dict[str, str], server_pid: int) -> dict:
+async def run_load(
+    args: argparse.Namespace, ws_base: str, tokens: dict[str, str], server_pid: int, meter: CpuMeter
+) -> dict:
     load = Load(args.until, args.timeout)
     sockets: dict = {}
     tasks = []
@@ -214,6 +222,7 @@ async def run_load(args: argparse.Namespace, ws_base: str, tokens: dict[str, str
     load.errors.clear()
 
     interval = 1.0 / args.rate
+    meter.start()
     deadline = time.perf_counter() + args.duration
     next_send = time.perf_counter()
     while time.perf_counter() < deadline:
@@ -233,6 +242,7 @@ async def run_load(args: argparse.Namespace, ws_base: str, tokens: dict[str, str
         expire()
         await asyncio.sleep(0.05)
     load.lost += len(load.pending)
+    meter.stop()
     rss_after = rss_of(server_pid)
     for socket_ in sockets.values():
         await socket_.close()
@@ -301,16 +311,18 @@ def main(argv: list[str]) -> int:
         children.append(daphne)
         if until == "reply":
             worker_log = (logs / f"bench-webchat-worker-{os.getpid()}.log").open("wb")
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-c",
-                     str(args.workers), "-n", f"benchwc{os.getpid()}@%h", "--loglevel", "WARNING"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=worker_log,
-                    stderr=subprocess.STDOUT,
-                )
-            )  # fmt: skip
+            for k in range(args.worker_processes):
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P",
+                         args.worker_pool, "-c", str(args.workers), "-n", f"benchwc{os.getpid()}.{k}@%h",
+                         "--loglevel", "WARNING"],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=worker_log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )  # fmt: skip
         wait_for_port(port, daphne)
 
         from channels_app import webchat
@@ -333,7 +345,11 @@ def main(argv: list[str]) -> int:
         for _ in range(args.sessions):
             visitor_id = webchat.new_visitor_id()
             tokens[visitor_id] = webchat.token_issue(channel=channel, visitor_id=visitor_id)[0]
-        result = asyncio.run(run_load(args, f"ws://127.0.0.1:{port}", tokens, daphne.pid))
+        groups = {"daphne": [daphne.pid], "bench client": [os.getpid()]}
+        if len(children) > 1:
+            groups["worker"] = [child.pid for child in children[1:]]
+        meter = CpuMeter(groups, postgres_database=db_name)
+        result = asyncio.run(run_load(args, f"ws://127.0.0.1:{port}", tokens, daphne.pid, meter))
         load: Load = result["load"]
         lat = load.latencies
         per_connection = (result["rss_connected"] - result["rss_idle"]) / max(1, result["connected"])
@@ -354,6 +370,7 @@ def main(argv: list[str]) -> int:
             f"after load {result['rss_after'] / 2**20:.1f} MiB"
         )
         print(f"server memory/connection: {per_connection / 1024:.1f} KiB")
+        print(meter.report(per=max(1, load.sent), unit="message"))
         target = percentile(lat, 95) <= 250 if lat else False
         print(f"target p95 <= 250 ms:     {'met' if target else 'NOT met'}")
         return 0 if lat and load.lost == 0 and result["connected"] == args.sessions else 1

@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSocket through Channels (served by daphne)."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -20,3 +21,8 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
+
+# Everything loaded so far lives as long as the process: move it out of the cyclic collector's reach.
+# A full collection walks every tracked object (~190,000 here, ~110 ms with the interpreter lock held),
+# a pause every in-flight request pays; frozen, the same collection takes well under a millisecond.
+gc.freeze()

@@ -7,7 +7,9 @@ tenant with one webhook endpoint on a local receiver (a separate process), while
 * emit rate (events committed per second by one process),
 * RabbitMQ: events/s from the first commit to the last confirmed publish (target ≥ 500),
 * webhooks: events/s from the first commit to the last first-attempt arrival (target ≥ 500),
-* commit → first webhook attempt delay p50 / p99 / max (target p99 ≤ 1 s).
+* commit → first webhook attempt delay p50 / p99 / max (target p99 ≤ 1 s),
+* CPU seconds per event of each process on the path (the machine is shared, so wall-clock figures
+  move with whatever else runs; CPU per event much less).
 
 Runs in its own throw-away database and Redis key prefix; RabbitMQ from RABBITMQ_URL, else
 amqp://guest:guest@127.0.0.1:5672// when it answers, else that part is skipped.
@@ -70,6 +72,77 @@ def _receiver(port: int) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.serve_forever()
+
+
+class _CpuMeter:
+    """CPU seconds (user + system) spent by each part of the path while the bench runs.
+
+    Samples every process of interest a few times a second (a PostgreSQL backend may end before the
+    last sample: its last sampled value counts). Groups: this process's emitter threads (thread CPU),
+    the webhooks workers, the receiver, the PostgreSQL backends of the bench database, PostgreSQL's
+    shared background processes (WAL writer, checkpointer, ...: shared with anything else using the
+    server), Redis and RabbitMQ (shared too).
+    """
+
+    def __init__(self, db_name: str, pids: dict[str, list[int]]) -> None:
+        self.db_name = db_name
+        self.pids = pids
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _group(self, proc: Any) -> str | None:
+        for group, pids in self.pids.items():
+            if proc.pid in pids:
+                return group
+        name = proc.info["name"] or ""
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if name == "postgres" or cmdline.startswith("postgres:"):
+            if self.db_name in cmdline:
+                return "postgres: bench db backends"
+            if "[local]" in cmdline or "127.0.0.1" in cmdline or " idle" in cmdline:
+                return None  # another database's backend
+            return "postgres: shared background"
+        if name.startswith("redis-server"):
+            return "redis (shared)"
+        if name.startswith("beam.smp"):
+            return "rabbitmq (shared)"
+        return None
+
+    def _sample(self, initial: bool = False) -> None:
+        import psutil
+
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if proc.pid not in self.first:
+                    group = self._group(proc)
+                    if group is None:
+                        continue
+                    times = proc.cpu_times()
+                    # A process that appeared during the run spent all its CPU in the run.
+                    self.first[proc.pid] = (group, times.user + times.system if initial else 0.0)
+                times = proc.cpu_times()
+                self.last[proc.pid] = times.user + times.system
+            except Exception:
+                continue
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.5):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample(initial=True)
+        self.thread.start()
+
+    def finish(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        groups: dict[str, float] = {}
+        for pid, (group, first) in self.first.items():
+            groups[group] = groups.get(group, 0.0) + max(0.0, self.last.get(pid, first) - first)
+        return groups
 
 
 def _free_port() -> int:
@@ -145,7 +218,7 @@ def main(argv: list[str]) -> int:
     try:
         print(f"migrating a throw-away database {db_name} ...", flush=True)
         call_command("migrate", verbosity=0)
-        return _run(args, env, children)
+        return _run(args, env, children, db_name)
     finally:
         for child in children:
             if child.poll() is None:
@@ -158,7 +231,7 @@ def main(argv: list[str]) -> int:
         _drop_database(db_name)
 
 
-def _run(args: argparse.Namespace, env: dict[str, str], children: list[subprocess.Popen]) -> int:
+def _run(args: argparse.Namespace, env: dict[str, str], children: list[subprocess.Popen], db_name: str) -> int:
     import requests
     from django.conf import settings
     from django.db import transaction
@@ -209,11 +282,22 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
 
     print(f"emitting {args.events} events for {args.tenants} tenants from {args.emitters} threads ...", flush=True)
     committed: dict[str, float] = {}
+    emitter_cpu: list[float] = []
+    meter = _CpuMeter(
+        db_name,
+        {
+            "webhooks workers": [c.pid for c in children],
+            "receiver": [receiver.pid or 0],
+            "bench process": [os.getpid()],
+        },
+    )
+    meter.start()
     started = time.time()
 
     def emitter(offset: int) -> None:
         from django.db import connection
 
+        cpu_started = time.thread_time()
         try:
             for n in range(offset, args.events, args.emitters):
                 if args.rate:
@@ -224,6 +308,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
                 committed[str(event.event_id)] = time.time()
         finally:
             connection.close()
+            emitter_cpu.append(time.thread_time() - cpu_started)
 
     threads = [threading.Thread(target=emitter, args=(i,)) for i in range(args.emitters)]
     for thread in threads:
@@ -240,6 +325,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
         if len(first_seen) >= args.events and published_done:
             break
         time.sleep(0.2)
+    cpu = meter.finish()
     delays = [first_seen[i] - committed[i] for i in committed if i in first_seen]
     print(f"emit ({args.emitters} threads, one transaction per event): {args.events / emitted_in:.0f} events/s")
     if first_seen:
@@ -267,6 +353,12 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
         rabbit_channel.connection.close()
     else:
         print("rabbitmq: skipped (RABBITMQ_URL not set and nothing on 127.0.0.1:5672)")
+    cpu["bench: emitter threads"] = sum(emitter_cpu)
+    print(f"CPU while emitting and delivering ({os.cpu_count()} cores), seconds and ms per event:")
+    for group in sorted(cpu):
+        print(f"  {group:32} {cpu[group]:7.2f} s {cpu[group] * 1000 / args.events:6.2f} ms/event")
+    own = sum(v for k, v in cpu.items() if "shared" not in k and k != "bench process")
+    print(f"  {'total (not shared, emitter not polling)':32} {own:7.2f} s {own * 1000 / args.events:6.2f} ms/event")
     receiver.terminate()
     ok = len(first_seen) >= args.events
     return 0 if ok else 1

@@ -18,6 +18,7 @@ tasks use when no ``now`` is given.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -27,19 +28,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import JSONField
 from django.utils import timezone
-from urllib3.exceptions import NameResolutionError
 
 from config import metrics
 from events import outbox, signing, transport
-from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint, message_body
 from events.services import emit
 from events.types import EventType
 from tenants import secrets as secret_store
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -65,45 +65,62 @@ def retry_delay(attempts_made: int, *, rng: random.Random | None = None) -> time
 def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = None) -> int:
     """Create deliveries for one batch of undispatched events; return how many events it handled.
 
-    Concurrent callers take disjoint batches (SKIP LOCKED); the unique (endpoint, event) constraint
-    makes a repeated batch harmless.
+    One statement: lock a batch of pending events (SKIP LOCKED: concurrent callers take disjoint
+    batches), insert one delivery per subscribed active endpoint (the unique (endpoint, event)
+    constraint makes a repeated batch harmless), and clear the events' flag. An endpoint takes the
+    event types it lists (none listed: all), and never a ``webhook.*`` event about itself: a dead
+    receiver must not be sent news of its own failures (which would fail, and so on).
     """
     now = now or clock()
-    endpoint_ids: set[Any] = set()
-    with transaction.atomic():
-        events = list(
-            Event.objects.select_for_update(skip_locked=True)
-            .filter(dispatch_pending=True)
-            .order_by("id")
-            .only("id", "tenant_id", "type", "payload")[:batch_size]
-        )
-        if not events:
-            return 0
-        endpoints: dict[Any, list[WebhookEndpoint]] = {}
-        for endpoint in WebhookEndpoint.objects.for_tenants({e.tenant_id for e in events}).filter(is_active=True):
-            endpoints.setdefault(endpoint.tenant_id, []).append(endpoint)
-        deliveries = []
-        for event in events:
-            for endpoint in endpoints.get(event.tenant_id, ()):
-                if endpoint.accepts(event):
-                    deliveries.append(
-                        WebhookDelivery(
-                            tenant_id=event.tenant_id, endpoint=endpoint, event_id=event.pk, next_attempt_at=now
-                        )
-                    )
-                    endpoint_ids.add(endpoint.pk)
-        WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True, batch_size=1000)
-        Event.objects.filter(pk__in=[e.pk for e in events]).update(dispatch_pending=False)
-        transaction.on_commit(lambda: [outbox.kick_endpoint(endpoint_id) for endpoint_id in endpoint_ids])
-    return len(events)
+    events = Event._meta.db_table
+    deliveries = WebhookDelivery._meta.db_table
+    endpoints = WebhookEndpoint._meta.db_table
+    sql = (
+        f"WITH batch AS (SELECT id, tenant_id, type, payload FROM {events} WHERE dispatch_pending "  # noqa: S608
+        "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
+        f"done AS (UPDATE {events} e SET dispatch_pending = false FROM batch WHERE e.id = batch.id RETURNING e.id), "
+        f"created AS (INSERT INTO {deliveries} (tenant_id, endpoint_id, event_id, status, attempt_count, "
+        "next_attempt_at, last_error, created_at) "
+        "SELECT b.tenant_id, w.id, b.id, 'pending', 0, %s, '', %s "
+        f"FROM batch b JOIN {endpoints} w ON w.tenant_id = b.tenant_id AND w.is_active "
+        "WHERE (w.event_types IS NULL OR w.event_types IN ('[]'::jsonb, 'null'::jsonb) OR w.event_types ? b.type) "
+        "AND NOT (b.type LIKE 'webhook.%%' AND coalesce(b.payload ->> 'endpoint_id', '') = w.id::text) "
+        "ON CONFLICT DO NOTHING RETURNING endpoint_id) "
+        "SELECT (SELECT count(*) FROM done), ARRAY(SELECT DISTINCT endpoint_id FROM created)"
+    )
+    with connection.cursor() as cursor:  # one statement: atomic without a transaction block
+        cursor.execute(sql, [batch_size, now, timezone.now()])
+        handled, endpoint_ids = cursor.fetchone()
+    if endpoint_ids:
+        transaction.on_commit(lambda: outbox.kick_endpoints(endpoint_ids))
+    return int(handled)
 
 
 # --- one endpoint's drain -------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class ClaimedDelivery:
+    """A leased delivery with what sending and recording it needs, read in the claiming statement
+    (no model instances on the hot path). The fields after ``body`` are its new state once sent."""
+
+    pk: int
+    tenant_id: Any
+    attempt_count: int
+    event_id: Any  # the Event's UUID: the webhook-id
+    event_type: str
+    body: bytes
+    status: str = "pending"
+    next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str = ""
+    completed_at: datetime | None = None
+
+
 @dataclass
 class AttemptResult:
-    delivery: WebhookDelivery
+    delivery: ClaimedDelivery
     started_at: datetime
     duration_ms: int
     status_code: int | None = None
@@ -136,7 +153,7 @@ def deliver_due(
     unreachable, or ``time_budget`` seconds have passed (then ``more`` is set: kick again)."""
     report = DrainReport()
     started = time.monotonic()
-    endpoint = WebhookEndpoint.objects.select_related("tenant").filter(pk=endpoint_id).first()
+    endpoint = _load_endpoint(endpoint_id)
     if endpoint is None or not endpoint.is_active:
         return report
     batch_size = batch_size or settings.WEBHOOK_CLAIM_BATCH
@@ -166,6 +183,10 @@ def deliver_due(
             _record(endpoint=endpoint, results=results, now=now or clock(), report=report)
             if report.disabled or any(r.unreachable for r in results):
                 return report
+            if len(claimed) < batch_size:
+                # Everything due was in this batch. Deliveries created since this drain started
+                # kicked a new drain (the task cleared its flag first): no need to look again.
+                return report
             if time.monotonic() - started > time_budget:
                 report.more = True
                 return report
@@ -175,30 +196,69 @@ def deliver_due(
         headers.clear()
 
 
-def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[WebhookDelivery]:
-    """Lease up to ``limit`` due deliveries (one statement; concurrent drains skip each other's rows).
-    Nothing is claimed once the endpoint is disabled."""
+def _load_endpoint(endpoint_id: Any) -> WebhookEndpoint | None:
+    """The endpoint, read with a fixed raw statement: a drain starts for every few deliveries, and
+    compiling the ORM query (with its tenant join) cost as much as sending them."""
+    fields = WebhookEndpoint._meta.concrete_fields
+    columns = ", ".join(str(f.column) for f in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {WebhookEndpoint._meta.db_table} WHERE id = %s",  # noqa: S608 (our table)
+            [str(endpoint_id)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    # jsonb arrives as text (Django's loader); the ORM would decode it in JSONField.from_db_value.
+    values = [
+        json.loads(value) if isinstance(field, JSONField) and value is not None else value
+        for field, value in zip(fields, row, strict=True)
+    ]
+    endpoint = WebhookEndpoint.from_db(connection.alias, [f.attname for f in fields], values)
+    # The secrets are looked up by tenant id only: a Tenant carrying its id, not a second query.
+    endpoint.tenant = Tenant(pk=endpoint.tenant_id)
+    return endpoint
+
+
+def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[ClaimedDelivery]:
+    """Lease up to ``limit`` due deliveries and read their events (one statement; concurrent drains
+    skip each other's rows). Nothing is claimed once the endpoint is disabled."""
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     lease_until = now + timedelta(seconds=limit * (timeout + 1) + 60)
     table = WebhookDelivery._meta.db_table
     endpoints = WebhookEndpoint._meta.db_table
+    events = Event._meta.db_table
     sql = (
-        f"UPDATE {table} SET next_attempt_at = %s WHERE id IN ("  # noqa: S608 (our tables)
-        f"SELECT id FROM {table} WHERE tenant_id = %s AND endpoint_id = %s AND status = 'pending' "
-        "AND next_attempt_at <= %s "
+        f"WITH due AS (SELECT id FROM {table} WHERE tenant_id = %s AND endpoint_id = %s "  # noqa: S608 (our tables)
+        "AND status = 'pending' AND next_attempt_at <= %s "
         f"AND EXISTS (SELECT 1 FROM {endpoints} WHERE id = %s AND is_active) "
-        "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id"
+        "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"UPDATE {table} d SET next_attempt_at = %s FROM due, {events} e WHERE d.id = due.id AND e.id = d.event_id "
+        "RETURNING d.id, d.tenant_id, d.attempt_count, e.event_id, e.type, e.tenant_id, e.created_at, e.payload"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [lease_until, endpoint.tenant_id, endpoint.pk, now, endpoint.pk, limit])
-        ids = sorted(row[0] for row in cursor.fetchall())
-    if not ids:
-        return []
-    deliveries = {d.pk: d for d in WebhookDelivery.objects.filter(pk__in=ids).select_related("event")}
-    return [deliveries[i] for i in ids if i in deliveries]
+        cursor.execute(sql, [endpoint.tenant_id, endpoint.pk, now, endpoint.pk, limit, lease_until])
+        rows = sorted(cursor.fetchall())
+    return [
+        ClaimedDelivery(
+            pk=pk,
+            tenant_id=tenant_id,
+            attempt_count=attempts,
+            event_id=event_id,
+            event_type=event_type,
+            body=message_body(
+                event_id=event_id,
+                type=event_type,
+                tenant_id=event_tenant_id,
+                created_at=created_at,
+                payload_json=payload,
+            ),
+        )
+        for pk, tenant_id, attempts, event_id, event_type, event_tenant_id, created_at, payload in rows
+    ]
 
 
-def _release(deliveries: list[WebhookDelivery], *, now: datetime) -> int:
+def _release(deliveries: list[ClaimedDelivery], *, now: datetime) -> int:
     """Give claimed, unsent deliveries back (due now) instead of waiting for their lease to expire."""
     if deliveries:
         WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries], status=WebhookDelivery.Status.PENDING).update(
@@ -230,15 +290,24 @@ def _custom_headers(endpoint: WebhookEndpoint) -> dict[str, str]:
 def _send_batch(
     *,
     endpoint: WebhookEndpoint,
-    deliveries: list[WebhookDelivery],
+    deliveries: list[ClaimedDelivery],
     secrets: list[str],
     headers: dict[str, str],
     now: datetime | None,
 ) -> tuple[list[AttemptResult], int]:
-    """Send each claimed delivery; stop at the first unreachable answer and release the rest."""
+    """Send each claimed delivery over this thread's kept-alive connection to the receiver; stop at
+    the first unreachable answer and release the rest."""
     results: list[AttemptResult] = []
+    keys = [signing.secret_key(secret) for secret in secrets]
+    try:
+        receiver, target = transport.webhook_connection(endpoint.url)
+    except transport.DestinationRefused as exc:
+        failed = AttemptResult(
+            delivery=deliveries[0], started_at=now or clock(), duration_ms=0, error=str(exc), unreachable=True
+        )
+        return [failed], _release(deliveries[1:], now=now or clock())
     for delivery in deliveries:
-        result = _attempt(endpoint=endpoint, delivery=delivery, secrets=secrets, headers=headers, now=now)
+        result = _attempt(receiver=receiver, target=target, delivery=delivery, keys=keys, headers=headers, now=now)
         results.append(result)
         if result.unreachable:
             break
@@ -247,84 +316,60 @@ def _send_batch(
 
 def _attempt(
     *,
-    endpoint: WebhookEndpoint,
-    delivery: WebhookDelivery,
-    secrets: list[str],
+    receiver: transport.WebhookConnection,
+    target: str,
+    delivery: ClaimedDelivery,
+    keys: list[bytes],
     headers: dict[str, str],
     now: datetime | None,
 ) -> AttemptResult:
-    event = delivery.event
-    body = json.dumps(event.as_message(), separators=(",", ":"), ensure_ascii=False).encode()
-    webhook_id = str(event.event_id)  # the same on every retry and replay: receivers dedupe on it
+    body = delivery.body
+    webhook_id = str(delivery.event_id)  # the same on every retry and replay: receivers dedupe on it
     timestamp = int(time.time())
     request_headers = {
         **headers,
         "Content-Type": "application/json",
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.signature_header(
-            secrets=secrets, webhook_id=webhook_id, timestamp=timestamp, body=body
+        "webhook-signature": signing.signature_header_for_keys(
+            keys=keys, webhook_id=webhook_id, timestamp=timestamp, body=body
         ),
     }
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     result = AttemptResult(delivery=delivery, started_at=now or clock(), duration_ms=0)
     started = time.perf_counter()
     try:
-        response = transport.post(endpoint.url, body=body, headers=request_headers, timeout=timeout)
-        result.status_code = response.status_code
-        result.response_excerpt = response.content.decode("utf-8", "replace")[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS]
-        if 300 <= response.status_code < 400:
-            result.error = f"HTTP {response.status_code}: redirects are not followed"
+        answer = receiver.post(target, body=body, headers=request_headers, timeout=timeout)
+        result.status_code = answer.status_code
+        result.response_excerpt = answer.content[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS * 4].decode(
+            "utf-8", "replace"
+        )[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS]
+        if 300 <= answer.status_code < 400:
+            result.error = f"HTTP {answer.status_code}: redirects are not followed"
         elif not result.success:
-            result.error = f"HTTP {response.status_code}"
+            result.error = f"HTTP {answer.status_code}"
     except transport.DestinationRefused as exc:
         result.error, result.unreachable = str(exc), True
-    except requests.Timeout:
+    except transport.WebhookTimeout:
         result.error, result.unreachable = f"no answer within {timeout:g} s", True
-    except requests.ConnectionError as exc:
-        result.error, result.unreachable = _connection_error(exc), True
-    except requests.RequestException as exc:
-        result.error = f"request failed: {type(exc).__name__}"
+    except transport.WebhookConnectionError as exc:
+        result.error, result.unreachable = exc.reason, True
+    except transport.WebhookProtocolError as exc:
+        result.error = f"request failed: {exc}"
     result.duration_ms = int((time.perf_counter() - started) * 1000)
     return result
 
 
-def _connection_error(exc: requests.ConnectionError) -> str:
-    """A short reason without the URL (its path or query may carry a token)."""
-    cause: Any = exc.args[0] if exc.args else None
-    reason = getattr(cause, "reason", cause)
-    if isinstance(reason, NameResolutionError):
-        return "connection failed: the host name does not resolve"
-    text = str(reason or exc)
-    for marker in ("Connection refused", "Connection reset", "timed out", "No route to host", "Network is unreachable"):
-        if marker in text:
-            return f"connection failed: {marker.lower()}"
-    return f"connection failed: {type(reason).__name__}"
-
-
 def _record(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: datetime, report: DrainReport) -> None:
-    """Store the batch's attempts and new delivery states in one transaction; dead-letter, and track
-    the endpoint's failure streak (auto-disable). A healthy batch costs three statements."""
+    """Store the batch's attempts and new delivery states; dead-letter, and track the endpoint's
+    failure streak (auto-disable). A healthy batch is one statement; one with failures is a
+    transaction that also dead-letters and updates the streak under the endpoint's row lock."""
     if not results:
         return
-    attempts: list[WebhookAttempt] = []
-    changed: list[WebhookDelivery] = []
-    dead: list[WebhookDelivery] = []
+    dead: list[ClaimedDelivery] = []
     soon: list[float] = []
     for result in results:
         delivery = result.delivery
-        attempts.append(
-            WebhookAttempt(
-                tenant_id=delivery.tenant_id,
-                delivery=delivery,
-                started_at=result.started_at,
-                duration_ms=result.duration_ms,
-                status_code=result.status_code,
-                success=result.success,
-                response_excerpt=result.response_excerpt,
-                error=result.error[:500],
-            )
-        )
         report.sent += 1
         delivery.attempt_count += 1
         delivery.last_attempt_at = result.started_at
@@ -342,35 +387,29 @@ def _record(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: dat
             else:
                 delivery.next_attempt_at = now + delay
                 soon.append(delay.total_seconds())
-        changed.append(delivery)
-    with transaction.atomic():
-        # Only rows still pending change state (not one an admin or a deletion changed meanwhile);
-        # every attempt is kept regardless.
-        updated = _update_deliveries(changed)
-        others = {d.pk for d in changed} - updated
-        if others:  # rare: keep attempts of rows that still exist, skip those deleted with their endpoint
-            existing = updated | set(WebhookDelivery.objects.filter(pk__in=others).values_list("pk", flat=True))
-            attempts = [a for a in attempts if a.delivery_id in existing]
-        WebhookAttempt.objects.bulk_create(attempts)
-        dead = [d for d in dead if d.pk in updated]
-        for delivery in dead:
-            emit(
-                tenant=delivery.tenant_id,
-                type=EventType.WEBHOOK_DELIVERY_DEAD,
-                payload={
-                    "delivery_id": delivery.pk,
-                    "endpoint_id": str(endpoint.pk),
-                    "event_id": str(delivery.event.event_id),
-                    "event_type": delivery.event.type,
-                    "attempts": delivery.attempt_count,
-                    "last_status_code": delivery.last_status_code,
-                    "last_error": delivery.last_error,
-                },
-            )
-        report.dead += len(dead)
-        if all(r.success for r in results):
-            _note_success(endpoint=endpoint, at=max(r.started_at for r in results))
-        else:
+    if report.failed == 0 and not dead and all(r.success for r in results):
+        # The common case, one statement (atomic by itself): attempts, deliveries, and the end of any
+        # failure streak.
+        _store(results, success_endpoint=endpoint, success_at=max(r.started_at for r in results))
+    else:
+        with transaction.atomic():
+            updated = _store(results)
+            dead = [d for d in dead if d.pk in updated]
+            for delivery in dead:
+                emit(
+                    tenant=delivery.tenant_id,
+                    type=EventType.WEBHOOK_DELIVERY_DEAD,
+                    payload={
+                        "delivery_id": delivery.pk,
+                        "endpoint_id": str(endpoint.pk),
+                        "event_id": str(delivery.event_id),
+                        "event_type": delivery.event_type,
+                        "attempts": delivery.attempt_count,
+                        "last_status_code": delivery.last_status_code,
+                        "last_error": delivery.last_error,
+                    },
+                )
+            report.dead += len(dead)
             report.disabled = _note_failures(endpoint=endpoint, results=results, now=now)
     succeeded = sum(1 for r in results if r.success)
     if succeeded:
@@ -382,16 +421,6 @@ def _record(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: dat
         logger.warning("webhook deliveries dead", extra={"endpoint_id": str(endpoint.pk), "count": len(dead)})
     if soon and not report.disabled:
         _schedule_retry(endpoint.pk, min(soon))
-
-
-def _note_success(*, endpoint: WebhookEndpoint, at: datetime) -> None:
-    """End any failure streak; refresh last_success_at at most every 30 s (one cheap UPDATE that
-    usually matches nothing, instead of a locked read-modify-write per batch)."""
-    WebhookEndpoint.objects.filter(pk=endpoint.pk).filter(
-        Q(failing_since__isnull=False)
-        | Q(last_success_at__isnull=True)
-        | Q(last_success_at__lt=at - timedelta(seconds=30))
-    ).update(last_success_at=at, failing_since=None)
 
 
 def _note_failures(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: datetime) -> bool:
@@ -421,19 +450,20 @@ def _note_failures(*, endpoint: WebhookEndpoint, results: list[AttemptResult], n
     return not locked.is_active
 
 
-def _update_deliveries(deliveries: list[WebhookDelivery]) -> set[int]:
-    """One UPDATE ... FROM (VALUES ...) for the batch (bulk_update's CASE expressions cost more
-    Python time than the HTTP requests themselves); returns the ids that were still pending."""
-    if not deliveries:
-        return set()
-    table = WebhookDelivery._meta.db_table
-    rows = ", ".join(
-        ["(%s, %s, %s, %s::timestamptz, %s::timestamptz, %s::smallint, %s, %s::timestamptz)"] * len(deliveries)
-    )
-    params: list[Any] = []
-    for d in deliveries:
-        params += [
+def _store(
+    results: list[AttemptResult], *, success_endpoint: WebhookEndpoint | None = None, success_at: datetime | None = None
+) -> set[int]:
+    """Store a batch in one statement, its rows as arrays (a fixed statement text, parsed once): the
+    new state of every delivery still pending (not one an admin or a deletion changed meanwhile),
+    every attempt of a delivery that still exists, and, with ``success_endpoint``, the end of that
+    endpoint's failure streak (``last_success_at`` refreshed at most every 30 s, so the UPDATE usually
+    matches nothing). Returns the ids of the deliveries updated."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for result in results:
+        d = result.delivery
+        row = (
             d.pk,
+            d.tenant_id,
             d.status,
             d.attempt_count,
             d.next_attempt_at,
@@ -441,17 +471,41 @@ def _update_deliveries(deliveries: list[WebhookDelivery]) -> set[int]:
             d.last_status_code,
             d.last_error,
             d.completed_at,
-        ]
-    sql = (
-        f"UPDATE {table} AS d SET status = v.status, attempt_count = v.attempt_count, "  # noqa: S608 (our table)
+            result.duration_ms,
+            result.success,
+            result.response_excerpt,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    endpoint_pk = success_endpoint.pk if success_endpoint is not None else None
+    streak_after = success_at - timedelta(seconds=30) if success_at is not None else None
+    with connection.cursor() as cursor:
+        cursor.execute(_store_sql(), [*columns, success_at, endpoint_pk, streak_after])
+        return {row[0] for row in cursor.fetchall()}
+
+
+@functools.cache
+def _store_sql() -> str:
+    deliveries = WebhookDelivery._meta.db_table
+    attempts = WebhookAttempt._meta.db_table
+    endpoints = WebhookEndpoint._meta.db_table
+    return (
+        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::timestamptz[], "  # noqa: S608
+        "%s::timestamptz[], %s::int[], %s::text[], %s::timestamptz[], %s::int[], %s::bool[], %s::text[]) "
+        "AS v(id, tenant_id, status, attempt_count, next_attempt_at, last_attempt_at, last_status_code, "
+        "last_error, completed_at, duration_ms, success, response_excerpt)), "
+        f"updated AS (UPDATE {deliveries} d SET status = v.status, attempt_count = v.attempt_count, "
         "next_attempt_at = v.next_attempt_at, last_attempt_at = v.last_attempt_at, "
         "last_status_code = v.last_status_code, last_error = v.last_error, completed_at = v.completed_at "
-        f"FROM (VALUES {rows}) AS v(id, status, attempt_count, next_attempt_at, last_attempt_at, "
-        "last_status_code, last_error, completed_at) WHERE d.id = v.id AND d.status = 'pending' RETURNING d.id"
+        "FROM v WHERE d.id = v.id AND d.status = 'pending' RETURNING d.id), "
+        f"attempts AS (INSERT INTO {attempts} (tenant_id, delivery_id, started_at, duration_ms, status_code, "
+        "success, response_excerpt, error) SELECT v.tenant_id, v.id, v.last_attempt_at, v.duration_ms, "
+        "v.last_status_code, v.success, v.response_excerpt, v.last_error FROM v "
+        f"WHERE EXISTS (SELECT 1 FROM {deliveries} x WHERE x.id = v.id)), "
+        f"streak AS (UPDATE {endpoints} SET last_success_at = %s::timestamptz, failing_since = NULL "
+        "WHERE id = %s AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < %s)) "
+        "SELECT id FROM updated"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
 
 
 def _disable(*, endpoint: WebhookEndpoint, now: datetime) -> None:

@@ -10,12 +10,14 @@ events and deliveries still waiting (broker down, worker crash, lost task) and k
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
@@ -31,19 +33,49 @@ DELIVER_TASK = "events.deliver_endpoint"
 KICK_FLAG_SECONDS = 15
 
 
+@functools.lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    """One client for the kick flags, kept for the process (Django's cache builds a new client,
+    with its table of ~200 response callbacks, for every operation)."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+
+
+def _flag_key(flag: str) -> str:
+    return cache.make_key(flag)  # the deployment's key prefix, as for every other cache key
+
+
 def _kick(flag: str, task: str, args: list[Any] | None = None) -> bool:
+    return _kick_many([(flag, task, args or [])]) == 1
+
+
+def _kick_many(kicks: list[tuple[str, str, list[Any]]]) -> int:
+    """Enqueue each (flag, task, args) unless its flag says a task is already queued (it will see this
+    work). Every flag in one Redis round trip: a fan-out kicks each endpoint it created deliveries
+    for, the emit path the fan-out and the publisher."""
     from config.celery import app
 
+    if not kicks:
+        return 0
     try:
-        if not cache.add(flag, 1, KICK_FLAG_SECONDS):
-            return False  # a task is already queued and will see this work
-        app.send_task(task, args=args or [])
-        return True
+        pipe = _redis().pipeline(transaction=False)
+        for flag, _task, _args in kicks:
+            pipe.set(_flag_key(flag), 1, nx=True, ex=KICK_FLAG_SECONDS)
+        added = pipe.execute()
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            cache.delete(flag)  # or no kick could be sent until the flag expires
-        logger.warning("could not enqueue %s; the outbox sweep will retry", task, extra={"error": str(exc)[:200]})
-        return False
+        logger.warning("could not enqueue outbox tasks; the sweep will retry", extra={"error": str(exc)[:200]})
+        return 0
+    sent = 0
+    for (flag, task, args), was_added in zip(kicks, added, strict=True):
+        if not was_added:
+            continue
+        try:
+            app.send_task(task, args=args)
+            sent += 1
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                _redis().delete(_flag_key(flag))  # or no kick could be sent until the flag expires
+            logger.warning("could not enqueue %s; the outbox sweep will retry", task, extra={"error": str(exc)[:200]})
+    return sent
 
 
 class _Throttle:
@@ -113,24 +145,33 @@ def kick_endpoint(endpoint_id: Any) -> bool:
     return _kick(endpoint_flag(endpoint_id), DELIVER_TASK, [str(endpoint_id)])
 
 
+def kick_endpoints(endpoint_ids: Any) -> int:
+    return _kick_many([(endpoint_flag(pk), DELIVER_TASK, [str(pk)]) for pk in endpoint_ids])
+
+
+def kick_after_emit() -> int:
+    """The fan-out and (with RabbitMQ) the publisher, in one Redis round trip."""
+    kicks: list[tuple[str, str, list[Any]]] = [(dispatch_flag(), DISPATCH_TASK, [])]
+    if settings.RABBITMQ_URL:
+        kicks.append((publish_flag(), PUBLISH_TASK, []))
+    return _kick_many(kicks)
+
+
 def clear_flag(flag: str) -> None:
     """Called by a task as it starts: work committed from now on needs (and gets) a new kick."""
     try:
-        cache.delete(flag)
+        _redis().delete(_flag_key(flag))
     except Exception:
         logger.warning("could not clear kick flag %s", flag)
 
 
 # Seconds: the most a committed event waits for its kick (see _Throttle).
 KICK_WINDOW = 0.02
-_throttled_dispatch = _Throttle(lambda: kick_dispatch(), KICK_WINDOW)
-_throttled_publish = _Throttle(lambda: kick_publish(), KICK_WINDOW)
+_throttled_kick = _Throttle(lambda: kick_after_emit(), KICK_WINDOW)
 
 
 def on_event_committed(event: Event) -> None:
-    _throttled_dispatch()
-    if event.publish_pending:
-        _throttled_publish()
+    _throttled_kick()
 
 
 def sweep(*, settle_seconds: float = 2.0) -> dict[str, int]:

@@ -6,15 +6,18 @@ events.publisher and always starts from committed ``Event`` rows (the outbox).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from config.logs import get_correlation_id
@@ -37,19 +40,49 @@ def register_after_commit(hook: Callable[[Event], None]) -> None:
 
 
 def emit(*, tenant: Tenant | Any, type: EventType | str, payload: dict[str, Any]) -> Event:
-    """Write the Event row in the caller's transaction; dispatch it after that transaction commits."""
-    event_type = EventType(type)
-    event = Event.objects.create(
+    """Write the Event row in the caller's transaction; dispatch it after that transaction commits.
+
+    Every change on the platform calls this, so the row is written with one prepared-once INSERT
+    rather than through Model.save() (whose per-field preparation cost more than the statement).
+    """
+    event = Event(
         tenant_id=getattr(tenant, "pk", tenant),
-        type=event_type.value,
+        event_id=uuid.uuid4(),
+        type=EventType(type).value,
         payload=payload,
         correlation_id=get_correlation_id() or "",
+        created_at=timezone.now(),
         dispatch_pending=True,
         publish_pending=bool(settings.RABBITMQ_URL),
     )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _insert_event_sql(),
+            [
+                event.tenant_id,
+                event.event_id,
+                event.type,
+                json.dumps(payload),
+                event.correlation_id,
+                event.created_at,
+                event.dispatch_pending,
+                event.publish_pending,
+            ],
+        )
+        event.pk = cursor.fetchone()[0]
+    event._state.adding = False
+    event._state.db = connection.alias
     if _after_commit_hooks:
         transaction.on_commit(lambda: _dispatch(event), robust=True)
     return event
+
+
+@functools.cache
+def _insert_event_sql() -> str:
+    return (
+        f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608
+        "dispatch_pending, publish_pending) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s) RETURNING id"
+    )
 
 
 def _dispatch(event: Event) -> None:
@@ -123,8 +156,6 @@ def _validate_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 def _store_headers(*, tenant: Tenant, endpoint: WebhookEndpoint, headers: dict[str, str]) -> None:
-    import json
-
     if headers:
         secret_store.tenant_secret_set(tenant=tenant, name=endpoint.headers_secret_name, value=json.dumps(headers))
     else:
@@ -272,7 +303,7 @@ def webhook_deliveries_replay(
         )
     if count:
         logger.info("webhook deliveries replayed", extra={"tenant_id": str(tenant.pk), "count": count})
-        transaction.on_commit(lambda: [outbox.kick_endpoint(endpoint_id) for endpoint_id in endpoint_ids])
+        transaction.on_commit(lambda: outbox.kick_endpoints(endpoint_ids))
     return count
 
 

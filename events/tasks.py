@@ -9,6 +9,7 @@ from celery import shared_task
 from events import delivery, outbox, publisher
 
 DRAIN_BUDGET_SECONDS = 1.0
+DISPATCH_BATCH = 500
 _OPTIONS = {"acks_late": True, "ignore_result": True, "max_retries": 0}
 
 
@@ -18,9 +19,10 @@ def dispatch_events() -> int:
     outbox.clear_flag(outbox.dispatch_flag())
     total = 0
     for _ in range(200):
-        handled = delivery.dispatch_pending_events()
+        handled = delivery.dispatch_pending_events(batch_size=DISPATCH_BATCH)
         total += handled
-        if handled == 0:
+        if handled < DISPATCH_BATCH:
+            # All caught up: events committed since this task cleared its flag kicked a new one.
             return total
     outbox.kick_dispatch()  # a very large backlog: let other tasks in between
     return total

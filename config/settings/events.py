@@ -30,6 +30,8 @@ WEBHOOK_RETRY_JITTER = env_float("WEBHOOK_RETRY_JITTER", 0.1)
 WEBHOOK_DISABLE_AFTER_HOURS = env_float("WEBHOOK_DISABLE_AFTER_HOURS", 24.0)
 # Development and tests only: allow loopback / private / link-local destinations.
 WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
+# CA bundle that receivers' HTTPS certificates must chain to (PEM file); empty: certifi's public roots.
+WEBHOOK_CA_BUNDLE = os.environ.get("WEBHOOK_CA_BUNDLE", "")
 # Deliveries one drain task claims and sends over one kept-alive connection before recording them.
 WEBHOOK_CLAIM_BATCH = env_int("WEBHOOK_CLAIM_BATCH", 20)
 # After a rotation, the previous signing secret also signs requests for this long.

@@ -25,6 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = "https://shop.example"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    """Each test drives its sockets in an event loop of its own (async_to_sync), while the Redis
+    channel layer object is process-wide: its per-channel asyncio locks, taken by a backup cleaner
+    that a finished loop cancelled, would be awaited from the next test's loop ("bound to a different
+    event loop"). daphne runs one loop per process, so this only concerns tests: a fresh layer each."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def make_webchat_channel() -> Callable[..., Channel]:
     def make(tenant: Tenant, origins: list[str] | None = None, **config: Any) -> Channel:

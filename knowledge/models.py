@@ -5,9 +5,10 @@ Design (measured and explained in docs/knowledge.md):
   embedded it, so tenants on different models (and a tenant migrating between models) share one
   table. The vector leg scores in the application (knowledge.vectors), because the embedded
   pgvector 0.8.2 build dies with SIGILL on this CPU for any vector of more than 16 dimensions.
-- ``ChunkTerm`` holds BM25 postings (lexeme, term frequency, chunk length) produced by PostgreSQL's
-  own text search parser and the tenant's language configuration; ``LexicalStats`` keeps the
-  per-tenant corpus size and total length, updated in the same transaction as the postings.
+- ``ChunkTerm`` holds BM25 postings (lexeme, term frequency, chunk length, impact) produced by
+  PostgreSQL's own text search parser and the tenant's language configuration; ``TermStats`` the
+  tenant's document frequency per lexeme and ``LexicalStats`` its corpus size and total length, all
+  updated in the same transaction as the postings.
 """
 
 from __future__ import annotations
@@ -100,18 +101,48 @@ class Chunk(TenantOwned):
         return f"{self.document_id}#{self.position}"
 
 
+class RealField(models.FloatField):
+    """A 4-byte ``real`` column (Django's FloatField is 8-byte ``double precision``)."""
+
+    def db_type(self, connection: object) -> str:
+        return "real"
+
+
 class ChunkTerm(TenantOwned):
-    """One BM25 posting: lexeme ``term`` occurs ``tf`` times in ``chunk`` (of ``doc_len`` lexemes)."""
+    """One BM25 posting: lexeme ``term`` occurs ``tf`` times in ``chunk`` (of ``doc_len`` lexemes).
+
+    ``impact`` is the posting's BM25 term-frequency component (tf saturation and length
+    normalisation) with the tenant's average length when it was written: only the order in which the
+    keyword leg reads a term's postings (best first); scores are computed from ``tf`` and ``doc_len``
+    with the current statistics.
+    """
 
     pk = models.CompositePrimaryKey("tenant", "chunk", "term")
     chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="+", db_index=False)
     term = models.CharField(max_length=200)
     tf = models.PositiveIntegerField()
     doc_len = models.PositiveIntegerField()
+    impact = RealField(db_default=0)
 
     class Meta:
-        # Covering index: the keyword leg scores from index-only scans of (tenant, term).
-        indexes = [models.Index(fields=["tenant", "term"], include=["chunk", "tf", "doc_len"], name="chunkterm_term")]
+        # Covering index, impact-ordered: the keyword leg reads a term's best postings first from
+        # index-only scans of (tenant, term) and can stop after a budget of them.
+        indexes = [
+            models.Index(
+                fields=["tenant", "term", "-impact"], include=["chunk", "tf", "doc_len"], name="chunkterm_impact"
+            )
+        ]
+
+
+class TermStats(TenantOwned):
+    """Document frequency of a lexeme in the tenant's keyword index (BM25's df), kept with the postings."""
+
+    pk = models.CompositePrimaryKey("tenant", "term")
+    term = models.CharField(max_length=200)
+    df = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name_plural = "term stats"
 
 
 class LexicalStats(TenantOwned):

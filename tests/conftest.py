@@ -94,6 +94,29 @@ def live_worker(transactional_db: Any) -> Iterator[Any]:
         loglevel="WARNING",
     ) as worker:
         yield worker
+    # The worker's threads keep their database connections between tasks (as in production, where
+    # they live as long as the process); these threads are gone now, their sessions are not.
+    terminate_other_sessions()
+
+
+def terminate_other_sessions() -> int:
+    """End every other session on the test database (threads that ended without closing theirs)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_droppable(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Before pytest-django drops the test database: no session of a finished thread may hold it."""
+    yield
+    with django_db_blocker.unblock():
+        terminate_other_sessions()
 
 
 def _routed_queues() -> list[str]:

@@ -13,6 +13,8 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
 KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 16)
 # Candidates fetched by each leg (keyword, vector) before fusion.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
+# Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
+KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)
 # BM25 parameters of the keyword leg.
 KNOWLEDGE_BM25_K1 = env_float("KNOWLEDGE_BM25_K1", 0.9)
 KNOWLEDGE_BM25_B = env_float("KNOWLEDGE_BM25_B", 0.4)

@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from events.models import Event
 from knowledge import retrieval
-from knowledge.models import Chunk, ChunkTerm, Document, LexicalStats
+from knowledge.models import Chunk, ChunkTerm, Document, LexicalStats, TermStats
 from tests.knowledge.conftest import make_docx, make_pdf, wait_for_status
 
 POLICY_MD = b"""# Returns policy
@@ -138,6 +138,7 @@ def test_delete_removes_chunks_postings_file_and_emits(
     assert not Document.objects.filter(pk=document.pk).exists()
     assert Chunk.objects.for_tenant(tenant).count() == 0
     assert ChunkTerm.objects.for_tenant(tenant).count() == 0
+    assert TermStats.objects.for_tenant(tenant).count() == 0
     assert LexicalStats.objects.get(tenant=tenant).chunk_count == 0
     assert not default_storage.exists(document.storage_name)
     assert Event.objects.for_tenant(tenant).filter(type="document.deleted").count() == 1
@@ -174,11 +175,13 @@ def test_deleting_the_tenant_removes_documents_chunks_postings_and_files(tenant:
     document = indexing.index_document(document_id=response.json()["id"])
     assert document is not None and document.status == "indexed"
     assert ChunkTerm.objects.for_tenant(tenant).exists()
+    assert TermStats.objects.for_tenant(tenant).exists()
 
     tenant_delete(tenant=tenant)
 
     assert not Document.objects.filter(pk=document.pk).exists()
     assert not Chunk.objects.filter(tenant_id=tenant.pk).exists()
     assert not ChunkTerm.objects.filter(tenant_id=tenant.pk).exists()
+    assert not TermStats.objects.filter(tenant_id=tenant.pk).exists()
     assert not LexicalStats.objects.filter(tenant_id=tenant.pk).exists()
     assert not default_storage.exists(document.storage_name)

@@ -43,8 +43,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def daphne_command(sock: socket.socket) -> list[str]:
-    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), "--proxy-headers", "config.asgi:application"]
+def daphne_command(sock: socket.socket, env: dict[str, str] | None = None) -> list[str]:
+    """daphne on the shared socket. Its per-request access log (a formatted line on stdout for every
+    request, ~5% of a busy process's CPU) is off unless DAPHNE_ACCESS_LOG names a file or ``-``."""
+    access_log = (env or os.environ).get("DAPHNE_ACCESS_LOG", "")
+    logging = ["--access-log", access_log] if access_log else ["-v", "0"]
+    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), "--proxy-headers", *logging, "config.asgi:application"]
 
 
 def start_daphne(
@@ -52,7 +56,7 @@ def start_daphne(
 ) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
-            daphne_command(sock), cwd=ROOT, env=env, pass_fds=[sock.fileno()], stdout=stdout, stderr=stderr
+            daphne_command(sock, env), cwd=ROOT, env=env, pass_fds=[sock.fileno()], stdout=stdout, stderr=stderr
         )
         for _ in range(processes)
     ]
@@ -138,10 +142,16 @@ def run() -> int:
         sock = listening_socket(host, int(port))
         children.extend(start_daphne(sock, int(env.get("WEB_CONCURRENCY", "2")), env))
         sock.close()  # the daphne processes hold it
+        # Turns wait on the LLM, the Graph API and the database: threads keep many in flight. Their
+        # Python work is bound by one interpreter lock per process, so there are WORKER_PROCESSES of
+        # them (default: one per core, at most 2), WORKER_CONCURRENCY threads each.
+        worker_processes = int(env.get("WORKER_PROCESSES") or min(2, os.cpu_count() or 1))
         commands = {
-            # Turns wait on the LLM, the Graph API and the database: threads keep many in flight.
-            "worker": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default", "-P", "threads",
-                       "-c", env.get("WORKER_CONCURRENCY", "8"), "-n", "main@%h", "--loglevel", "WARNING"],
+            f"worker{k}": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default", "-P", "threads",
+                           "-c", env.get("WORKER_CONCURRENCY", "4"), "-n", f"main{k}@%h", "--loglevel", "WARNING"]
+            for k in range(max(1, worker_processes))
+        }  # fmt: skip
+        commands |= {
             # Indexing is CPU-bound (parsing, embedding): its own process, so an upload never delays a turn.
             "indexing": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "indexing", "-c",
                          env.get("INDEXING_WORKER_CONCURRENCY", "1"), "-n", "indexing@%h", "--loglevel", "WARNING"],

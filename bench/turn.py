@@ -240,9 +240,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--turns", type=int, default=600, help="measured turns")
     parser.add_argument("--users", type=int, default=12, help="concurrent simulated users (closed loop)")
-    parser.add_argument("--worker-concurrency", type=int, default=8)
+    parser.add_argument("--worker-concurrency", type=int, default=4, help="threads per worker (`make run`: 4)")
     parser.add_argument("--worker-pool", default="threads", help="as the turns worker of `make run` (threads)")
-    parser.add_argument("--worker-processes", type=int, default=1, help="turns worker processes (`make run`: 1)")
+    parser.add_argument(
+        "--worker-processes", type=int, default=2, help="turns worker processes (`make run`: one per core, at most 2)"
+    )
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")

@@ -47,10 +47,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady load (default 20)")
     parser.add_argument("--until", choices=["auto", "reply", "ack"], default="auto")
     parser.add_argument(
-        "--workers", type=int, default=8, help="Celery worker concurrency for --until reply (`make run`: 8 threads)"
+        "--workers", type=int, default=4, help="threads per Celery worker for --until reply (`make run`: 4)"
     )
     parser.add_argument("--worker-pool", default="threads", help="Celery pool, as the turns worker of `make run`")
-    parser.add_argument("--worker-processes", type=int, default=1, help="turns worker processes (`make run`: 1)")
+    parser.add_argument(
+        "--worker-processes", type=int, default=2, help="turns worker processes (`make run`: one per core, at most 2)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a round trip counts as lost")
     parser.add_argument(
         "--rag",

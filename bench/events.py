@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+from bench._cpu import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,77 +74,6 @@ def _receiver(port: int) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.serve_forever()
-
-
-class _CpuMeter:
-    """CPU seconds (user + system) spent by each part of the path while the bench runs.
-
-    Samples every process of interest a few times a second (a PostgreSQL backend may end before the
-    last sample: its last sampled value counts). Groups: this process's emitter threads (thread CPU),
-    the webhooks workers, the receiver, the PostgreSQL backends of the bench database, PostgreSQL's
-    shared background processes (WAL writer, checkpointer, ...: shared with anything else using the
-    server), Redis and RabbitMQ (shared too).
-    """
-
-    def __init__(self, db_name: str, pids: dict[str, list[int]]) -> None:
-        self.db_name = db_name
-        self.pids = pids
-        self.first: dict[int, tuple[str, float]] = {}
-        self.last: dict[int, float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _group(self, proc: Any) -> str | None:
-        for group, pids in self.pids.items():
-            if proc.pid in pids:
-                return group
-        name = proc.info["name"] or ""
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if name == "postgres" or cmdline.startswith("postgres:"):
-            if self.db_name in cmdline:
-                return "postgres: bench db backends"
-            if "[local]" in cmdline or "127.0.0.1" in cmdline or " idle" in cmdline:
-                return None  # another database's backend
-            return "postgres: shared background"
-        if name.startswith("redis-server"):
-            return "redis (shared)"
-        if name.startswith("beam.smp"):
-            return "rabbitmq (shared)"
-        return None
-
-    def _sample(self, initial: bool = False) -> None:
-        import psutil
-
-        for proc in psutil.process_iter(["name", "cmdline"]):
-            try:
-                if proc.pid not in self.first:
-                    group = self._group(proc)
-                    if group is None:
-                        continue
-                    times = proc.cpu_times()
-                    # A process that appeared during the run spent all its CPU in the run.
-                    self.first[proc.pid] = (group, times.user + times.system if initial else 0.0)
-                times = proc.cpu_times()
-                self.last[proc.pid] = times.user + times.system
-            except Exception:
-                continue
-
-    def _loop(self) -> None:
-        while not self.stop.wait(0.5):
-            self._sample()
-
-    def start(self) -> None:
-        self._sample(initial=True)
-        self.thread.start()
-
-    def finish(self) -> dict[str, float]:
-        self.stop.set()
-        self.thread.join()
-        self._sample()
-        groups: dict[str, float] = {}
-        for pid, (group, first) in self.first.items():
-            groups[group] = groups.get(group, 0.0) + max(0.0, self.last.get(pid, first) - first)
-        return groups
 
 
 def _free_port() -> int:
@@ -283,13 +214,15 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
     print(f"emitting {args.events} events for {args.tenants} tenants from {args.emitters} threads ...", flush=True)
     committed: dict[str, float] = {}
     emitter_cpu: list[float] = []
-    meter = _CpuMeter(
-        db_name,
+    meter = CpuMeter(
         {
             "webhooks workers": [c.pid for c in children],
             "receiver": [receiver.pid or 0],
             "bench process": [os.getpid()],
         },
+        postgres_database=db_name,
+        rabbitmq=True,
+        postgres_shared=True,
     )
     meter.start()
     started = time.time()
@@ -325,7 +258,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
         if len(first_seen) >= args.events and published_done:
             break
         time.sleep(0.2)
-    cpu = meter.finish()
+    cpu = meter.stop()
     delays = [first_seen[i] - committed[i] for i in committed if i in first_seen]
     print(f"emit ({args.emitters} threads, one transaction per event): {args.events / emitted_in:.0f} events/s")
     if first_seen:

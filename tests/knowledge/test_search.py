@@ -161,20 +161,25 @@ def test_openai_compatible_embedder_uses_the_tenants_secret_and_records_its_mode
     assert results and all(r.scores["vector"] != 0 for r in results)
 
 
-def test_embedding_endpoint_refusing_the_key_is_a_clear_error(local_http_server: Any, tenant: Any) -> None:
-    server = local_http_server(EmbeddingsEndpoint)
-    tenant_secret_set(tenant=tenant, name="embed-key", value="sk-wrong")
-    tenant = tenant_update(
+def _with_embedding_endpoint(tenant: Any, url: str, *, api_key: str) -> Any:
+    """The tenant embeds through an OpenAI-compatible endpoint at ``url`` (model 'm') with this key."""
+    tenant_secret_set(tenant=tenant, name="embed-key", value=api_key)
+    return tenant_update(
         tenant=tenant,
         settings={
             "embedding": {
                 "provider": "openai_compatible",
                 "model": "m",
-                "baseUrl": f"{server.url}/v1",
+                "baseUrl": f"{url}/v1",
                 "apiKeySecret": "embed-key",
             }
         },
     )
+
+
+def test_embedding_endpoint_refusing_the_key_is_a_clear_error(local_http_server: Any, tenant: Any) -> None:
+    server = local_http_server(EmbeddingsEndpoint)
+    tenant = _with_embedding_endpoint(tenant, server.url, api_key="sk-wrong")
 
     try:
         get_embedder(tenant=tenant).embed_passages(["hello"])
@@ -209,18 +214,7 @@ def test_an_embedding_endpoint_answering_malformed_vectors_is_a_clear_error(
         b'{"object": "list", "data": [{"index": 0}]}',
         b'{"object": "list", "data": []}',
     ]
-    tenant_secret_set(tenant=tenant, name="embed-key", value="sk-tenant-key")
-    tenant = tenant_update(
-        tenant=tenant,
-        settings={
-            "embedding": {
-                "provider": "openai_compatible",
-                "model": "m",
-                "baseUrl": f"{server.url}/v1",
-                "apiKeySecret": "embed-key",
-            }
-        },
-    )
+    tenant = _with_embedding_endpoint(tenant, server.url, api_key="sk-tenant-key")
     embedder = get_embedder(tenant=tenant)
     messages = []
     for texts in (["a", "b"], ["a"], ["a"]):

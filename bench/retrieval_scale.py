@@ -20,6 +20,7 @@ matrices (the cold load is reported separately):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import io
 import sys
@@ -37,6 +38,61 @@ def zipf_sizes(total: int, tenants: int) -> list[int]:
     sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
     sizes[0] += total - sizes.sum()
     return sizes.tolist()
+
+
+class StageTimer:
+    """Where a hybrid search spends its time: wall time of each stage of ``hybrid_search`` per query
+    (the stage functions are wrapped while ``installed``), "other" being the rest of the search."""
+
+    STAGES = {
+        "version check": ("knowledge.retrieval", "index_for"),
+        "vector leg": ("knowledge.vectors", "VectorIndex.nearest"),
+        "keyword SQL": ("knowledge.retrieval", "keyword_search"),
+        "feedback": ("knowledge.retrieval", "_feedback_rerank"),
+        "materialise": ("knowledge.retrieval", "_materialise"),
+    }
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+        self.rows: list[dict[str, float]] = []
+
+    def start(self) -> None:
+        self.current = dict.fromkeys(self.STAGES, 0.0)
+
+    def stop(self, total_ms: float) -> None:
+        self.current["other"] = total_ms - sum(self.current.values())
+        self.rows.append(self.current)
+
+    def take(self) -> dict[str, list[float]]:
+        rows, self.rows = self.rows, []
+        return {name: [r[name] for r in rows] for name in rows[0]} if rows else {}
+
+    @contextlib.contextmanager
+    def installed(self):  # type: ignore[no-untyped-def]
+        import importlib
+
+        undo = []
+        for name, (module_name, attr) in self.STAGES.items():
+            owner: object = importlib.import_module(module_name)
+            *path, leaf = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            original = getattr(owner, leaf)
+
+            def wrapper(*args, __original=original, __name=name, **kwargs):  # type: ignore[no-untyped-def]
+                t = time.perf_counter()
+                try:
+                    return __original(*args, **kwargs)
+                finally:
+                    self.current[__name] = self.current.get(__name, 0.0) + (time.perf_counter() - t) * 1000
+
+            setattr(owner, leaf, wrapper)
+            undo.append((owner, leaf, original))
+        try:
+            yield
+        finally:
+            for owner, leaf, original in undo:
+                setattr(owner, leaf, original)
 
 
 def main(argv: list[str]) -> int:
@@ -144,19 +200,26 @@ def main(argv: list[str]) -> int:
     queries = [(tenants[i], *make_query(tenants[i])) for i in picks]
     largest = [(tenants[0], *make_query(tenants[0])) for _ in range(max(50, args.queries // 5))]
 
+    stages = StageTimer()
+
     def timed(batch: list) -> tuple[list[float], int]:
         latencies, short = [], 0
         for tenant, text, vec in batch:
+            stages.start()
             t = time.perf_counter()
             results = hybrid_search(tenant=tenant, query=text, k=5, query_vector=vec, min_relevance=0)
             latencies.append((time.perf_counter() - t) * 1000)
+            stages.stop(latencies[-1])
             short += len(results) < 5
         return latencies, short
 
     timed(queries[:20])  # warm connections and plans
     gc.freeze()  # as the platform's workers do after start-up (config.celery): no full GC pass over start-up objects
-    all_lat, short = timed(queries)
-    big_lat, big_short = timed(largest)
+    with stages.installed():
+        all_lat, short = timed(queries)
+        all_stages = stages.take()
+        big_lat, big_short = timed(largest)
+        big_stages = stages.take()
 
     recalls = []
     for tenant, _, vec in queries[:100]:
@@ -173,7 +236,7 @@ def main(argv: list[str]) -> int:
     depth = settings.KNOWLEDGE_CANDIDATES
 
     def keyword_leg(batch: list) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {"client": [], "server": [], "r10": [], "r100": []}
+        out: dict[str, list[float]] = {"client": [], "server": [], "planning": [], "r10": [], "r100": []}
         for tenant, text, _ in batch:
             t = time.perf_counter()
             hits = keyword_search(tenant_id=tenant.pk, query=text, config="simple", limit=depth)
@@ -182,21 +245,26 @@ def main(argv: list[str]) -> int:
             for cut, key in ((10, "r10"), (depth, "r100")):
                 want = {h.chunk_id for h in exact[:cut]}
                 out[key].append(len(want & {h.chunk_id for h in hits[:cut]}) / len(want) if want else 1.0)
-            out["server"].append(server_ms(tenant, text))
+            execution, planning = server_ms(tenant, text)
+            out["server"].append(execution)
+            out["planning"].append(planning)
         return out
 
-    def server_ms(tenant: Tenant, text: str) -> float:
+    def server_ms(tenant: Tenant, text: str) -> tuple[float, float]:
+        """The keyword SQL's execution and planning time in the server, best of 3 each."""
         params = {
             "cfg": "simple", "query": text, "tenant": tenant.pk, "k1": float(settings.KNOWLEDGE_BM25_K1),
             "b": float(settings.KNOWLEDGE_BM25_B), "ids": [], "prune": lexical.IDF_PRUNE_RATIO,
             "per_term": max(lexical.POSTINGS_PER_TERM, depth), "pool": depth * lexical.RESCORE_FACTOR,
         }  # fmt: skip
-        best = float("inf")
+        best, planning = float("inf"), float("inf")
         with connection.cursor() as cursor:
             for _ in range(3):
                 cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + lexical._BM25_SQL, params)
-                best = min(best, float(cursor.fetchone()[0][0]["Execution Time"]))
-        return best
+                plan = cursor.fetchone()[0][0]
+                best = min(best, float(plan["Execution Time"]))
+                planning = min(planning, float(plan["Planning Time"]))
+        return best, planning
 
     kw_all = keyword_leg(queries)
     kw_big = keyword_leg(largest)
@@ -229,6 +297,12 @@ def main(argv: list[str]) -> int:
     print(
         f"hybrid top-5, largest tenant:               p50 {np.percentile(big_lat, 50):.1f} ms  p95 {np.percentile(big_lat, 95):.1f} ms  ({len(big_lat)} queries)"
     )
+    for label, table in (("all tenants", all_stages), ("largest tenant", big_stages)):
+        print(
+            f"  stages, {label}: "
+            + "; ".join(f"{name} {np.percentile(v, 50):.1f}/{np.percentile(v, 95):.1f}" for name, v in table.items())
+            + " ms (p50/p95)"
+        )
     print(f"vector-leg recall@10 vs exact in-tenant search: {np.mean(recalls):.3f}")
     print(f"queries with fewer than k=5 results: {short + big_short} of {len(all_lat) + len(big_lat)}")
     print(
@@ -241,7 +315,8 @@ def main(argv: list[str]) -> int:
     for label, kw in (("all tenants", kw_all), ("largest tenant", kw_big)):
         print(
             f"  {label:15s} client p50 {np.percentile(kw['client'], 50):.1f} p95 {np.percentile(kw['client'], 95):.1f} ms;"
-            f" server p50 {np.percentile(kw['server'], 50):.1f} p95 {np.percentile(kw['server'], 95):.1f} ms;"
+            f" server p50 {np.percentile(kw['server'], 50):.1f} p95 {np.percentile(kw['server'], 95):.1f} ms"
+            f" (+ planning p50 {np.percentile(kw['planning'], 50):.1f} p95 {np.percentile(kw['planning'], 95):.1f} ms);"
             f" recall@10 {np.mean(kw['r10']):.3f} @{depth} {np.mean(kw['r100']):.3f} vs exhaustive BM25"
         )
     print(f"hybrid top-5 on the largest tenant, overlap with an exhaustive keyword leg: {np.mean(agreement):.3f}")

@@ -95,7 +95,14 @@ class Chunk(TenantOwned):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "document", "position"], name="chunk_unique_position"),
         ]
-        indexes = [models.Index(fields=["tenant", "embedding_model"], name="chunk_tenant_model")]
+        # The vector leg reads a tenant's embedded chunk ids of one model from this index alone.
+        indexes = [
+            models.Index(
+                fields=["tenant", "embedding_model", "id"],
+                condition=models.Q(embedding__isnull=False),
+                name="chunk_embedded",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.position}"

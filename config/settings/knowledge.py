@@ -13,10 +13,9 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
 KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 16)
 # Candidates fetched by each leg (keyword, vector) before fusion.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
-# Vector leg: a tenant with at least this many vectors (of one model) is searched through an inverted
-# file (k-means lists, the closest lists read until this fraction of its rows is scored); below, exact.
-KNOWLEDGE_VECTOR_PARTITION_MIN = env_int("KNOWLEDGE_VECTOR_PARTITION_MIN", 20000)
-KNOWLEDGE_VECTOR_PROBE_FRACTION = env_float("KNOWLEDGE_VECTOR_PROBE_FRACTION", 0.08)
+# Vector leg: a tenant with at least this many vectors (of one model) is ranked on a reduced (PCA)
+# copy of its vectors and the best candidates re-ranked exactly; below, every search is exact.
+KNOWLEDGE_VECTOR_REDUCE_MIN = env_int("KNOWLEDGE_VECTOR_REDUCE_MIN", 20000)
 # Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
 KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)
 # BM25 parameters of the keyword leg.

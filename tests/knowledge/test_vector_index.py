@@ -1,6 +1,6 @@
-"""The vector leg of a large tenant: searched through k-means lists (an inverted file) instead of a
-full scan, it must still find what the exact search finds, always return k results when the tenant
-has k vectors, see a vector write at once, and never see another tenant's vectors."""
+"""The vector leg of a large tenant: ranked on a reduced (PCA) copy of its vectors and re-ranked
+exactly, it must still find what the exact search finds with true cosines, always return k results
+when the tenant has k vectors, see a vector write at once, and never see another tenant's vectors."""
 
 from __future__ import annotations
 
@@ -44,19 +44,18 @@ def store(tenant: Any, matrix: np.ndarray) -> list[int]:
 
 
 @pytest.fixture
-def partitioned(settings: Any) -> Any:
-    settings.KNOWLEDGE_VECTOR_PARTITION_MIN = 1000
-    settings.KNOWLEDGE_VECTOR_PROBE_FRACTION = 0.1
+def reduced(settings: Any) -> Any:
+    settings.KNOWLEDGE_VECTOR_REDUCE_MIN = 1000
     return settings
 
 
-def test_partitioned_search_finds_the_exact_neighbours(partitioned: Any, tenant: Any) -> None:
+def test_reduced_search_finds_the_exact_neighbours(reduced: Any, tenant: Any) -> None:
     matrix = clustered(4000, seed=1)
     ids = store(tenant, matrix)
     rng = np.random.default_rng(2)
 
     index = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-    assert index.partitions is not None and len(index.partitions.centroids) == 63  # about sqrt(4000) lists
+    assert index.reduced is not None and index.reduced.shape == (4000, 64)  # ranked on 64 of 384 dimensions
     recalls = []
     for row in rng.choice(len(ids), size=40, replace=False):
         query = matrix[row] + rng.normal(scale=0.02, size=DIM).astype(np.float32)
@@ -70,9 +69,8 @@ def test_partitioned_search_finds_the_exact_neighbours(partitioned: Any, tenant:
     assert np.mean(recalls) >= 0.95
 
 
-def test_partitioned_search_returns_k_whatever_the_probe_budget(partitioned: Any, tenant: Any) -> None:
-    partitioned.KNOWLEDGE_VECTOR_PROBE_FRACTION = 0.0001  # would read a single list
-    ids = store(tenant, clustered(1500, seed=3))
+def test_reduced_search_returns_k(reduced: Any, tenant: Any) -> None:
+    ids = store(tenant, clustered(5000, seed=3))
     query = clustered(1, seed=4)[0]
 
     got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=query, limit=300)
@@ -85,10 +83,10 @@ def test_partitioned_search_returns_k_whatever_the_probe_budget(partitioned: Any
 
 
 def test_a_new_vector_is_found_at_once_and_other_tenants_are_never_searched(
-    partitioned: Any, tenant: Any, other_tenant: Any
+    reduced: Any, tenant: Any, other_tenant: Any
 ) -> None:
     mine = store(tenant, clustered(1200, seed=5))
-    vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)  # loaded and partitioned before the write
+    vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)  # loaded (and reduced) before the write
     theirs = clustered(1200, seed=6)
     their_ids = store(other_tenant, theirs)
     target = theirs[7]  # the other tenant holds the exact vector asked for
@@ -101,14 +99,14 @@ def test_a_new_vector_is_found_at_once_and_other_tenants_are_never_searched(
     assert not {i for i, _ in got} & set(their_ids)
 
 
-def test_vectors_added_batch_by_batch_are_appended_and_a_removal_reloads(partitioned: Any, tenant: Any) -> None:
+def test_vectors_added_batch_by_batch_are_appended_and_a_removal_reloads(reduced: Any, tenant: Any) -> None:
     first = store(tenant, clustered(1100, seed=8))
     loaded = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
     batches = [clustered(16, seed=9 + n) for n in range(3)]
     added = [store(tenant, batch) for batch in batches]  # as a document being embedded, 16 at a time
 
     refreshed = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-    assert refreshed.partitions is loaded.partitions  # appended to the loaded lists, not partitioned again
+    assert refreshed.projection is loaded.projection  # appended, projected on the loaded directions
     for ids, batch in zip(added, batches, strict=True):
         assert [refreshed.nearest(v, 1)[0][0] for v in batch] == ids
     assert len(loaded.nearest(batches[0][0], 2000)) == 1100  # a search already holding the old state is unchanged
@@ -117,5 +115,5 @@ def test_vectors_added_batch_by_batch_are_appended_and_a_removal_reloads(partiti
     vectors.bump_version(tenant_id=tenant.pk)
     after = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
 
-    assert after.partitions is None  # 48 vectors left: under the partitioning threshold, exact again
+    assert after.reduced is None  # 48 vectors left: under the threshold, exact again
     assert {i for i, _ in after.nearest(batches[1][0], 100)} == {i for ids in added for i in ids}

@@ -232,8 +232,6 @@ IDF_PRUNE_RATIO = 0.05
 # Postings read per query term, best impact first. A term with more postings than this in the tenant
 # contributes its best ones to candidate generation; the candidates are then scored exactly.
 POSTINGS_PER_TERM = 3000
-# Candidates (best partial scores) that get their exact BM25, per chunk asked for.
-RESCORE_FACTOR = 4
 
 _BM25_SQL = """
 WITH q AS (
@@ -329,7 +327,7 @@ def keyword_search(
         "prune": IDF_PRUNE_RATIO,
         # At least ``limit`` postings per term: one matching term alone then fills the top ``limit``.
         "per_term": None if exhaustive else max(budget, limit),
-        "pool": limit * RESCORE_FACTOR,
+        "pool": limit * int(settings.KNOWLEDGE_KEYWORD_RESCORE_FACTOR),
     }
     with connection.cursor() as cursor:
         cursor.execute(_BM25_SQL, params)

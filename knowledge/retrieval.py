@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_search, text_search_config
-from knowledge.models import Chunk
 from knowledge.vectors import VectorIndex, index_for
 
 if TYPE_CHECKING:
@@ -210,27 +209,31 @@ def _relevance(candidate: _Candidate, keyword_on: bool, vector_on: bool, low: fl
 def _materialise(tenant: Tenant, results: list[tuple[_Candidate, float, float]]) -> list[RetrievedChunk]:
     if not results:
         return []
-    rows = {
-        c.pk: c
-        for c in Chunk.objects.for_tenant(tenant)
-        .filter(pk__in=[r[0].chunk_id for r in results])
-        .select_related("document")
-        .only("id", "content", "page", "section", "position", "document__id", "document__title")
-    }
+    with connection.cursor() as cursor:  # one statement: the ORM's query building cost as much as the query
+        cursor.execute(
+            """
+            SELECT c.id, c.content, c.page, c.section, c.position, d.id, d.title
+            FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id AND d.tenant_id = c.tenant_id
+            WHERE c.tenant_id = %s AND c.id = ANY(%s)
+            """,
+            [tenant.pk, [r[0].chunk_id for r in results]],
+        )
+        rows = {row[0]: row for row in cursor.fetchall()}
     out: list[RetrievedChunk] = []
     for candidate, fused, relevance in results:
         row = rows.get(candidate.chunk_id)
         if row is None:  # deleted between ranking and loading
             continue
+        chunk_id, content, page, section, position, document_id, title = row
         out.append(
             RetrievedChunk(
-                chunk_id=row.pk,
-                document_id=row.document.pk,
-                document_title=row.document.title,
-                content=row.content,
-                page=row.page,
-                section=row.section,
-                position=row.position,
+                chunk_id=chunk_id,
+                document_id=document_id,
+                document_title=title,
+                content=content,
+                page=page,
+                section=section,
+                position=position,
                 score=round(relevance, 4),
                 scores={
                     "keyword": round(candidate.bm25, 4),

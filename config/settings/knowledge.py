@@ -18,6 +18,8 @@ KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
 KNOWLEDGE_VECTOR_REDUCE_MIN = env_int("KNOWLEDGE_VECTOR_REDUCE_MIN", 20000)
 # Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
 KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)
+# ... and when a list was cut, how many of the best partial scores (per chunk asked for) get their exact BM25.
+KNOWLEDGE_KEYWORD_RESCORE_FACTOR = env_int("KNOWLEDGE_KEYWORD_RESCORE_FACTOR", 2)
 # BM25 parameters of the keyword leg.
 KNOWLEDGE_BM25_K1 = env_float("KNOWLEDGE_BM25_K1", 0.9)
 KNOWLEDGE_BM25_B = env_float("KNOWLEDGE_BM25_B", 0.4)

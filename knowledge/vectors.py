@@ -217,8 +217,8 @@ def index_for(*, tenant_id: Any, model_id: str) -> VectorIndex:
 def _refresh(
     cached: tuple[VectorIndex, _Storage | None] | None, tenant_id: Any, model_id: str, version: int
 ) -> tuple[VectorIndex, _Storage | None]:
-    if cached is not None and cached[1] is not None:
-        old, storage = cached
+    if cached is not None and (storage := cached[1]) is not None:
+        old = cached[0]
         current = _embedded_ids(tenant_id, model_id)
         added = current[~np.isin(current, old.ids, assume_unique=True)]
         if len(current) - len(added) == len(old.ids):  # nothing removed: fetch what was added
@@ -267,7 +267,7 @@ def _parse(data: bytes, *, with_vector: bool) -> tuple[np.ndarray, np.ndarray]:
     body = memoryview(data)[_HEADER : len(data) - 2]  # minus the trailer (-1 as int16)
     if not len(body):
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    fields = [("count", ">i2"), ("id_length", ">i4"), ("id", ">i8")]
+    fields: list[tuple[Any, ...]] = [("count", ">i2"), ("id_length", ">i4"), ("id", ">i8")]
     dims = 0
     if with_vector:
         dims = int.from_bytes(body[14:18], "big", signed=True) // 4

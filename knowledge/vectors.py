@@ -12,7 +12,7 @@ of a large tenant is memory-bound (193,000 x 384 float32 = 296 MB read per query
 larger tenant's matrix also gets a reduced copy when it is loaded: the rows' coordinates on their
 principal directions (mean removed, PCA over a sample; d/6 dimensions, 64 for e5-small). A search
 ranks every row on the reduced copy (a sixth of the memory traffic), re-ranks the best
-``max(1000, 10 x limit, n / 100)`` exactly on the full vectors and returns true cosines. Measured on
+``max(1000, 10 x limit, n / 40)`` exactly on the full vectors and returns true cosines. Measured on
 real e5 vectors (docs/knowledge.md): recall@10 0.99 against the exact scan, where an inverted file
 (k-means lists) reading 8 % of the rows reached only 0.78, e5's vectors sharing one narrow cone.
 Every row is ranked, so a search returns k results whenever the tenant has k vectors.
@@ -98,7 +98,7 @@ class VectorIndex:
             return []
         query = np.asarray(vector, dtype=np.float32)
         limit = min(limit, n)
-        pool = max(1000, 10 * limit, n // 100)
+        pool = max(1000, 10 * limit, n // 40)
         if self.projection is None or self.reduced is None or exact or pool >= n:
             rows = None
             scores = self.vectors @ query

@@ -286,15 +286,11 @@ def main(argv: list[str]) -> int:
 
     def server_ms(tenant: Tenant, text: str) -> tuple[float, float]:
         """The keyword SQL's execution and planning time in the server, best of 3 each."""
-        params = {
-            "cfg": "simple", "query": text, "tenant": tenant.pk, "k1": float(settings.KNOWLEDGE_BM25_K1),
-            "b": float(settings.KNOWLEDGE_BM25_B), "ids": [], "prune": lexical.IDF_PRUNE_RATIO,
-            "per_term": max(lexical.POSTINGS_PER_TERM, depth), "pool": depth * settings.KNOWLEDGE_KEYWORD_RESCORE_FACTOR,
-        }  # fmt: skip
+        sql, params = lexical.keyword_query(tenant_id=tenant.pk, query=text, config="simple", limit=depth)
         best, planning = float("inf"), float("inf")
         with connection.cursor() as cursor:
             for _ in range(3):
-                cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + lexical._BM25_SQL, params)
+                cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
                 plan = cursor.fetchone()[0][0]
                 best = min(best, float(plan["Execution Time"]))
                 planning = min(planning, float(plan["Planning Time"]))
@@ -373,7 +369,8 @@ def main(argv: list[str]) -> int:
     )
     print(f"e5 query embedding (not included above): {embed_ms:.1f} ms/query")
     print(
-        f"keyword leg alone (top {depth}, budget {lexical.POSTINGS_PER_TERM} postings/term), client / server execution:"
+        f"keyword leg alone (top {depth}, budget {settings.KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM} postings/term),"
+        " client / server execution:"
     )
     for label, kw in (("all tenants", kw_all), ("largest tenant", kw_big)):
         print(

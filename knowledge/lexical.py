@@ -229,9 +229,6 @@ def rebuild_postings(*, tenant: Tenant) -> int:
 
 # Query terms whose idf is below this share of the query's highest idf are not scored (see SQL).
 IDF_PRUNE_RATIO = 0.05
-# Postings read per query term, best impact first. A term with more postings than this in the tenant
-# contributes its best ones to candidate generation; the candidates are then scored exactly.
-POSTINGS_PER_TERM = 3000
 
 _BM25_SQL = """
 WITH q AS (
@@ -298,6 +295,31 @@ GROUP BY pool.chunk_id
 """
 
 
+def keyword_query(
+    *,
+    tenant_id: Any,
+    query: str,
+    config: str,
+    limit: int,
+    include_ids: list[int] | None = None,
+    exhaustive: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters ``keyword_search`` runs (the benchmarks EXPLAIN the same statement)."""
+    budget = int(settings.KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM)
+    return _BM25_SQL, {
+        "cfg": config,
+        "query": query,
+        "tenant": tenant_id,
+        "k1": float(settings.KNOWLEDGE_BM25_K1),
+        "b": float(settings.KNOWLEDGE_BM25_B),
+        "ids": include_ids or [],
+        "prune": IDF_PRUNE_RATIO,
+        # At least ``limit`` postings per term: one matching term alone then fills the top ``limit``.
+        "per_term": None if exhaustive else max(budget, limit),
+        "pool": limit * int(settings.KNOWLEDGE_KEYWORD_RESCORE_FACTOR),
+    }
+
+
 def keyword_search(
     *,
     tenant_id: Any,
@@ -311,26 +333,16 @@ def keyword_search(
     candidates) when they match at all. Best first.
 
     Exact when no kept query term has more postings in the tenant than the budget
-    (``KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM``, default ``POSTINGS_PER_TERM``, never under ``limit``)
-    or with ``exhaustive=True`` (every posting read: the benchmarks' reference). Otherwise the top
-    ``limit`` is taken from the chunks with the best partial scores over each term's best postings,
-    scored exactly: the cost of a query is bounded by the budget, not by the tenant's size
-    (docs/knowledge.md measures its recall against the exhaustive ranking)."""
-    budget = int(settings.KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM)
-    params = {
-        "cfg": config,
-        "query": query,
-        "tenant": tenant_id,
-        "k1": float(settings.KNOWLEDGE_BM25_K1),
-        "b": float(settings.KNOWLEDGE_BM25_B),
-        "ids": include_ids or [],
-        "prune": IDF_PRUNE_RATIO,
-        # At least ``limit`` postings per term: one matching term alone then fills the top ``limit``.
-        "per_term": None if exhaustive else max(budget, limit),
-        "pool": limit * int(settings.KNOWLEDGE_KEYWORD_RESCORE_FACTOR),
-    }
+    (``KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM``, never under ``limit``) or with ``exhaustive=True``
+    (every posting read: the benchmarks' reference). Otherwise the top ``limit`` is taken from the
+    chunks with the best partial scores over each term's best postings, scored exactly: the cost of
+    a query is bounded by the budget, not by the tenant's size (docs/knowledge.md measures its
+    recall against the exhaustive ranking)."""
+    sql, params = keyword_query(
+        tenant_id=tenant_id, query=query, config=config, limit=limit, include_ids=include_ids, exhaustive=exhaustive
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_BM25_SQL, params)
+        cursor.execute(sql, params)
         hits = [KeywordHit(int(r[0]), float(r[1]), min(float(r[2] or 0), 1.0)) for r in cursor.fetchall()]
     hits.sort(key=lambda h: (-h.bm25, h.chunk_id))
     wanted = set(include_ids or ())

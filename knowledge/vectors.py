@@ -90,16 +90,16 @@ class VectorIndex:
     projection: Projection | None = None
     reduced: np.ndarray | None = None  # (n, r): the rows projected, when the tenant is large
 
-    def nearest(self, vector: np.ndarray, limit: int, *, exact: bool = False) -> list[tuple[int, float]]:
+    def nearest(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
         """The ``limit`` chunks closest to ``vector`` by cosine, best first (exact, or the best of the
-        reduced ranking re-ranked exactly for a large tenant unless ``exact``: see the module docstring)."""
+        reduced ranking re-ranked exactly for a large tenant: see the module docstring)."""
         n = len(self.ids)
         if not n or self.vectors.shape[1] != vector.shape[0] or limit <= 0:
             return []
         query = np.asarray(vector, dtype=np.float32)
         limit = min(limit, n)
         pool = max(1000, 10 * limit, n // 40)
-        if self.projection is None or self.reduced is None or exact or pool >= n:
+        if self.projection is None or self.reduced is None or pool >= n:
             rows = None
             scores = self.vectors @ query
         else:

@@ -94,7 +94,7 @@ def _prepare_env(db_name: str) -> tuple[dict[str, str], str]:
     env.setdefault("SECRET_KEY_ID", "bench")
     env.setdefault("SECRET_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     env["REDIS_KEY_PREFIX"] = f"bench{os.getpid()}"
-    env["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "true"
+    env["EGRESS_ALLOW_PRIVATE_TARGETS"] = "true"
     env["EVENTS_EXCHANGE"] = f"metachat.bench.{os.getpid()}"
     env["LOG_LEVEL"] = "WARNING"
     if not env.get("RABBITMQ_URL") and embedded.port_open("127.0.0.1", 5672):

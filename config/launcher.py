@@ -223,7 +223,7 @@ def test_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("SECRET_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     env.setdefault("ADMIN_API_KEY", "adm_test_" + secrets.token_urlsafe(16))
     env.setdefault("REDIS_KEY_PREFIX", f"test{os.getpid()}")
-    env.setdefault("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+    env.setdefault("EGRESS_ALLOW_PRIVATE_TARGETS", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
     started = resolve_services(env, prefer_local_redis=True)
     return env, started

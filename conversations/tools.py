@@ -3,8 +3,8 @@
 Tenant functions (``TenantFunction`` rows) are HTTPS endpoints: the model's arguments are parsed and
 validated against the function's JSON schema *before* anything leaves the platform, the request is
 signed (``X-MetaChat-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`` with the function's
-signing secret), private/loopback/link-local targets are refused after DNS resolution (unless
-``WEBHOOK_ALLOW_PRIVATE_TARGETS``), redirects are not followed and the timeout is the function's.
+signing secret) and sent through the egress guard (``config.egress``: private/loopback/link-local
+targets refused at connect time, no redirects, the answer's size capped); the timeout is the function's.
 Built-ins: ``search_knowledge`` (the tenant's documents) and ``request_human`` (handoff).
 Every failure becomes a result the model can read (``{"error": ...}``), never an exception.
 """
@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import jsonschema
 import requests
 from django.conf import settings
 
+from config import egress
 from conversations.llm.base import ContextPassage, ToolCall
 
 if TYPE_CHECKING:
@@ -39,17 +37,11 @@ BUILTIN_NAMES = frozenset({SEARCH_KNOWLEDGE, REQUEST_HUMAN})
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 SIGNATURE_HEADER = "X-MetaChat-Signature"
 
-_session = requests.Session()
-
 
 class FunctionDefinitionError(ValueError):
     def __init__(self, errors: dict[str, list[str]]):
         self.errors = errors
         super().__init__("; ".join(f"{k}: {', '.join(v)}" for k, v in errors.items()))
-
-
-class TargetRefused(Exception):
-    """The endpoint may not be called (scheme, private address, unresolvable)."""
 
 
 @dataclass
@@ -85,8 +77,8 @@ def validate_definition(*, name: str, parameters: Any, endpoint_url: str, timeou
             if parameters and parameters.get("type", "object") != "object":
                 errors["parameters"] = ["the top-level schema must have type 'object'"]
     try:
-        check_scheme(endpoint_url)
-    except TargetRefused as exc:
+        egress.check_url(endpoint_url, https_only=True)
+    except egress.EgressRefused as exc:
         errors["endpoint_url"] = [str(exc)]
     if not 0.1 <= float(timeout_seconds) <= 60:
         errors["timeout_seconds"] = ["between 0.1 and 60 seconds"]
@@ -140,46 +132,6 @@ def tool_specs(*, functions: list[TenantFunction], search: bool, handoff: bool) 
     return specs
 
 
-# --- SSRF guard -----------------------------------------------------------------------------------------
-
-
-def _allow_private() -> bool:
-    return bool(getattr(settings, "WEBHOOK_ALLOW_PRIVATE_TARGETS", False))
-
-
-def check_scheme(url: str) -> None:
-    parsed = urlparse(url or "")
-    if not parsed.hostname:
-        raise TargetRefused("not an absolute URL")
-    if parsed.scheme == "https" or (parsed.scheme == "http" and _allow_private()):
-        return
-    raise TargetRefused("the endpoint must use https")
-
-
-def check_target(url: str) -> None:
-    """Refuse private, loopback, link-local, multicast and reserved destinations (after DNS)."""
-    check_scheme(url)
-    if _allow_private():
-        return
-    parsed = urlparse(url)
-    try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError:
-        raise TargetRefused(f"cannot resolve {parsed.hostname}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-            or not address.is_global
-        ):
-            raise TargetRefused(f"{parsed.hostname} resolves to a private or reserved address")
-
-
 # --- running calls ----------------------------------------------------------------------------------------
 
 
@@ -206,22 +158,6 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def _post(url: str, *, body: bytes, headers: dict[str, str], timeout: float) -> requests.Response:
-    """Through the events area's guarded transport when installed: it re-checks the addresses at
-    connect time (closing the gap between our DNS check and the connection) and ignores proxies."""
-    try:
-        from events.transport import DestinationRefused
-        from events.transport import post as guarded_post
-    except ImportError:
-        return _session.post(
-            url, data=body, headers=headers, timeout=(min(3.0, timeout), timeout), allow_redirects=False
-        )
-    try:
-        return guarded_post(url, body=body, headers=headers, timeout=timeout)
-    except DestinationRefused as exc:
-        raise TargetRefused(str(exc)) from None
-
-
 def call_function(
     *, tenant: Tenant, function: TenantFunction, arguments: dict[str, Any], conversation_id: str, call_id: str
 ) -> ToolResult:
@@ -232,10 +168,6 @@ def call_function(
     def done(**kwargs: Any) -> ToolResult:
         return ToolResult(duration_ms=int((time.monotonic() - started) * 1000), arguments=arguments, **kwargs)
 
-    try:
-        check_target(function.endpoint_url)
-    except TargetRefused as exc:
-        return done(ok=False, content={"error": f"the function endpoint was refused: {exc}"}, error=str(exc))
     body = json.dumps(
         {
             "function": function.name,
@@ -268,9 +200,17 @@ def call_function(
     except SecretError as exc:
         return done(ok=False, content={"error": "the function is misconfigured"}, error=f"secret: {exc}")
     try:
-        response = _post(function.endpoint_url, body=body, headers=headers, timeout=function.timeout_seconds)
-    except TargetRefused as exc:
+        response = egress.post(
+            function.endpoint_url,
+            body=body,
+            headers=headers,
+            timeout=function.timeout_seconds,
+            max_bytes=settings.FUNCTION_MAX_RESPONSE_CHARS * 4,
+        )
+    except egress.EgressRefused as exc:
         return done(ok=False, content={"error": f"the function endpoint was refused: {exc}"}, error=str(exc))
+    except egress.ResponseTooLarge as exc:
+        return done(ok=False, content={"error": f"the function endpoint's {exc}"}, error=str(exc))
     except requests.Timeout:
         error = f"the function endpoint did not answer within {function.timeout_seconds:g} s"
         return done(ok=False, content={"error": error}, error=error)

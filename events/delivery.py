@@ -33,7 +33,7 @@ from django.db import connection, transaction
 from django.db.models import JSONField
 from django.utils import timezone
 
-from config import metrics
+from config import egress, metrics
 from events import outbox, signing, transport
 from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint, message_body
 from events.services import emit
@@ -301,7 +301,7 @@ def _send_batch(
     keys = [signing.secret_key(secret) for secret in secrets]
     try:
         receiver, target = transport.webhook_connection(endpoint.url)
-    except transport.DestinationRefused as exc:
+    except egress.EgressRefused as exc:
         failed = AttemptResult(
             delivery=deliveries[0], started_at=now or clock(), duration_ms=0, error=str(exc), unreachable=True
         )
@@ -348,7 +348,7 @@ def _attempt(
             result.error = f"HTTP {answer.status_code}: redirects are not followed"
         elif not result.success:
             result.error = f"HTTP {answer.status_code}"
-    except transport.DestinationRefused as exc:
+    except egress.EgressRefused as exc:
         result.error, result.unreachable = str(exc), True
     except transport.WebhookTimeout:
         result.error, result.unreachable = f"no answer within {timeout:g} s", True

@@ -20,8 +20,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from config import egress
 from config.logs import get_correlation_id
-from events import signing, transport
+from events import signing
 from events.models import Event, WebhookDelivery, WebhookEndpoint
 from events.types import EventType
 from tenants import secrets as secret_store
@@ -123,8 +124,8 @@ _RESERVED_HEADERS = {
 
 def _validate_url(url: str) -> str:
     try:
-        transport.check_url(url)
-    except transport.DestinationRefused as exc:
+        egress.check_url(url)
+    except egress.EgressRefused as exc:
         raise WebhookError("validation_error", "Invalid webhook URL.", {"url": [str(exc)]}) from None
     return url
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from django.conf import settings
 
+from config import egress
+
 if TYPE_CHECKING:
     from tenants.models import Tenant
 
@@ -105,6 +107,7 @@ class OpenAIEmbedder:
         base_url: str | None,
         dimensions: int | None,
         with_key: Callable[[Callable[[str], Any]], Any],
+        guarded: bool,
         timeout: float = 30.0,
     ):
         self.provider = provider
@@ -112,6 +115,7 @@ class OpenAIEmbedder:
         self.base_url = base_url or None
         self._dimensions = dimensions
         self._with_key = with_key
+        self.guarded = guarded
         self.timeout = timeout
         self.model_id = f"{provider}:{model}" + (f"@{dimensions}" if dimensions else "")
 
@@ -126,7 +130,7 @@ class OpenAIEmbedder:
             from config.openai_clients import client_for
 
             # One pooled HTTP client per endpoint and key, shared with the chat provider.
-            client = client_for(api_key=key or "none", base_url=self.base_url).with_options(
+            client = client_for(api_key=key or "none", base_url=self.base_url, guarded=self.guarded).with_options(
                 timeout=self.timeout, max_retries=2
             )
             kwargs: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
@@ -139,6 +143,11 @@ class OpenAIEmbedder:
 
         try:
             response = self._with_key(call)
+        except (openai.APIConnectionError, egress.ResponseTooLarge) as exc:
+            refusal = egress.refusal_in(exc)
+            if refusal is not None:
+                raise EmbeddingError(f"embedding endpoint refused: {refusal}") from None
+            raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}") from None
         except openai.APIStatusError as exc:
             raise EmbeddingError(
                 f"embedding endpoint answered HTTP {exc.status_code} for model '{self.model}'"
@@ -223,26 +232,37 @@ _local: LocalE5Embedder | None = None
 _cached: dict[str, CachedEmbedder] = {}
 
 
-def _env_key(fn: Callable[[str], T]) -> T:
+def _deployment_key(fn: Callable[[str], T]) -> T:
     return fn(settings.EMBEDDING_API_KEY)
 
 
+def _no_key(fn: Callable[[str], T]) -> T:
+    return fn("")
+
+
 def get_embedder(*, tenant: Tenant | None = None) -> Embedder:
-    """The tenant's embedder (its ``embedding`` settings), else the deployment default from the env."""
+    """The tenant's embedder (its ``embedding`` settings), else the deployment default from the env.
+
+    The deployment's key (EMBEDDING_API_KEY) goes only to the deployment's endpoint (EMBEDDING_BASE_URL,
+    or OpenAI's when unset). A tenant that sets its own base URL brings its own key as a tenant secret
+    (or sends none, e.g. to Ollama), and its endpoint is reached through the egress guard."""
     global _local
     config = tenant.config.embedding if tenant is not None else None
     provider: str = config.provider if config is not None else "default"
+    secret = ""
+    own_endpoint = False
     if provider == "default":
-        provider, model, base_url, dims, secret = (
+        provider, model, base_url, dims = (
             settings.EMBEDDING_PROVIDER,
             settings.EMBEDDING_MODEL,
             settings.EMBEDDING_BASE_URL,
             settings.EMBEDDING_DIMENSIONS,
-            "",
         )
     else:
         assert config is not None
-        model, base_url, dims, secret = config.model, config.base_url, config.dimensions, config.api_key_secret
+        model, dims, secret = config.model, config.dimensions, config.api_key_secret
+        own_endpoint = bool(config.base_url) and config.base_url != settings.EMBEDDING_BASE_URL
+        base_url = config.base_url or settings.EMBEDDING_BASE_URL
     embedder: Embedder
     if provider == "local":
         _local = _local or LocalE5Embedder()
@@ -250,7 +270,12 @@ def get_embedder(*, tenant: Tenant | None = None) -> Embedder:
     elif provider in ("openai", "openai_compatible"):
         if provider == "openai_compatible" and not (base_url and model):
             raise EmbeddingError("an OpenAI-compatible embedder needs a base URL and a model name")
-        with_key: Callable[[Callable[[str], Any]], Any] = _env_key
+        if own_endpoint:
+            try:
+                egress.check_url(base_url)
+            except egress.EgressRefused as exc:
+                raise EmbeddingError(f"embedding endpoint refused: {exc}") from None
+        with_key: Callable[[Callable[[str], Any]], Any] = _no_key if own_endpoint else _deployment_key
         if secret and tenant is not None:
             from tenants.secrets import with_tenant_secret
 
@@ -260,9 +285,10 @@ def get_embedder(*, tenant: Tenant | None = None) -> Embedder:
         embedder = OpenAIEmbedder(
             provider=provider,
             model=model or "text-embedding-3-small",
-            base_url=base_url or (None if provider == "openai" else base_url),
+            base_url=base_url or None,
             dimensions=dims,
             with_key=with_key,
+            guarded=own_endpoint,
             timeout=settings.EMBEDDING_TIMEOUT_SECONDS,
         )
     else:

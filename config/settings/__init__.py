@@ -3,6 +3,7 @@
 from config.settings.base import *  # noqa: F403
 from config.settings.channels import *  # noqa: F403
 from config.settings.conversations import *  # noqa: F403
+from config.settings.egress import *  # noqa: F403
 from config.settings.events import *  # noqa: F403
 from config.settings.knowledge import *  # noqa: F403
 from config.settings.secrets import *  # noqa: F403

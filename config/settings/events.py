@@ -7,7 +7,7 @@ and, when ``RABBITMQ_URL`` is set (base settings), a durable topic exchange.
 
 import os
 
-from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_bool, env_float, env_int
+from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_float, env_int
 
 # --- RabbitMQ publishing --------------------------------------------------------------------------
 EVENTS_EXCHANGE = os.environ.get("EVENTS_EXCHANGE", "metachat.events")
@@ -28,8 +28,6 @@ WEBHOOK_RETRY_SCHEDULE = [
 WEBHOOK_RETRY_JITTER = env_float("WEBHOOK_RETRY_JITTER", 0.1)
 # An endpoint whose every attempt has failed for this long is disabled (and the tenant told).
 WEBHOOK_DISABLE_AFTER_HOURS = env_float("WEBHOOK_DISABLE_AFTER_HOURS", 24.0)
-# Development and tests only: allow loopback / private / link-local destinations.
-WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
 # CA bundle that receivers' HTTPS certificates must chain to (PEM file); empty: certifi's public roots.
 WEBHOOK_CA_BUNDLE = os.environ.get("WEBHOOK_CA_BUNDLE", "")
 # Deliveries one drain task claims and sends over one kept-alive connection before recording them.

@@ -25,6 +25,10 @@ NO_KEY = "not-needed"  # what the openai client sends to endpoints that do not c
 
 
 def provider_for_tenant(tenant: Tenant) -> LLMProvider:
+    """The tenant's LLM. The deployment's key (OPENAI_API_KEY) goes only to the deployment's endpoint
+    (OPENAI_BASE_URL, or OpenAI's when unset): a tenant that sets its own base URL brings its own key
+    as a tenant secret, and its endpoint is reached through the egress guard."""
+    from config import egress
     from config.openai_clients import client_for
     from conversations.llm.openai_provider import OpenAIProvider
 
@@ -34,13 +38,21 @@ def provider_for_tenant(tenant: Tenant) -> LLMProvider:
     if cfg.provider == "default":
         if not settings.OPENAI_API_KEY:
             return _offline
-        client = client_for(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None)
+        client = client_for(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None, guarded=False)
         return OpenAIProvider(client=client, model=cfg.model or settings.LLM_MODEL, name="default")
-    base_url = cfg.base_url or (settings.OPENAI_BASE_URL if cfg.provider == "openai_compatible" else "")
+    own_endpoint = bool(cfg.base_url) and cfg.base_url != settings.OPENAI_BASE_URL
+    base_url = cfg.base_url or settings.OPENAI_BASE_URL
     if cfg.provider == "openai_compatible" and not base_url:
         raise LLMError(
             "llm.provider is openai_compatible but no llm.baseUrl is set", retryable=False, code="llm_config"
         )
+    if own_endpoint:
+        try:
+            egress.check_url(cfg.base_url)  # before the client's retries; every connection checks again
+        except egress.EgressRefused as exc:
+            raise LLMError(
+                f"the LLM endpoint is not allowed ({exc})", retryable=False, code="llm_egress_refused"
+            ) from None
     model = cfg.model or settings.LLM_MODEL
     if cfg.api_key_secret:
         from tenants.secrets import SecretError, with_tenant_secret
@@ -50,20 +62,22 @@ def provider_for_tenant(tenant: Tenant) -> LLMProvider:
             client = with_tenant_secret(
                 tenant=tenant,
                 name=cfg.api_key_secret,
-                fn=lambda key: client_for(api_key=key, base_url=base_url or None),
+                fn=lambda key: client_for(api_key=key, base_url=base_url or None, guarded=own_endpoint),
             )
         except SecretError as exc:
             raise LLMError(f"LLM API key unavailable: {exc}", retryable=False, code="llm_config") from None
-    elif cfg.provider == "openai" and settings.OPENAI_API_KEY and not cfg.base_url:
-        client = client_for(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None)
+    elif cfg.provider == "openai" and settings.OPENAI_API_KEY and not own_endpoint:
+        client = client_for(api_key=settings.OPENAI_API_KEY, base_url=base_url or None, guarded=False)
     elif cfg.provider == "openai":
         raise LLMError(
-            "llm.provider is openai but neither llm.apiKeySecret nor OPENAI_API_KEY is set",
+            "llm.provider is openai with its own llm.baseUrl but no llm.apiKeySecret"
+            if own_endpoint
+            else "llm.provider is openai but neither llm.apiKeySecret nor OPENAI_API_KEY is set",
             retryable=False,
             code="llm_config",
         )
     else:
-        client = client_for(api_key=NO_KEY, base_url=base_url)
+        client = client_for(api_key=NO_KEY, base_url=base_url, guarded=own_endpoint)
     return OpenAIProvider(client=client, model=model, name=cfg.provider)
 
 

@@ -6,16 +6,30 @@ through the real ``openai`` client: its timeout and its retries on 429/5xx/conne
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 
+from config import egress
 from conversations.llm.base import Completion, CompletionRequest, LLMError, ToolCall, Usage
+
+_SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# What can go wrong while a response is read: the SDK's own errors, the HTTP client's (a stream cut
+# mid-way) and the egress guard's size cap.
+READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, egress.ResponseTooLarge)
 
 
 def _llm_error(exc: Exception) -> LLMError:
-    """Name what went wrong without echoing the request (it may contain the key in odd proxies)."""
+    """Name what went wrong by status and a short, safe reason: never the upstream body, which a tenant's
+    endpoint controls (it would reach transcripts and API answers) and odd proxies fill with the request."""
+    refusal = egress.refusal_in(exc)
+    if isinstance(refusal, egress.EgressRefused):
+        return LLMError(f"the LLM endpoint is not allowed ({refusal})", retryable=False, code="llm_egress_refused")
+    if isinstance(refusal, egress.ResponseTooLarge):
+        return LLMError(f"the LLM provider's {refusal}", retryable=False, code="llm_response_too_large")
     if isinstance(exc, openai.APITimeoutError):
         return LLMError("the LLM provider timed out", retryable=True, code="llm_timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -26,13 +40,15 @@ def _llm_error(exc: Exception) -> LLMError:
         return LLMError(f"the LLM provider refused the API key ({exc.status_code})", retryable=False, code="llm_auth")
     if isinstance(exc, openai.APIStatusError):
         retryable = exc.status_code >= 500 or exc.status_code == 429
-        body: Any = exc.body
-        message = str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
+        reason = getattr(exc, "code", None)
+        reason = reason if isinstance(reason, str) and _SAFE_CODE.fullmatch(reason) else ""
         return LLMError(
-            f"the LLM provider answered {exc.status_code}" + (f": {message}" if message else ""),
+            f"the LLM provider answered {exc.status_code}" + (f" ({reason})" if reason else ""),
             retryable=retryable,
             code="llm_http_error",
         )
+    if isinstance(exc, httpx2.HTTPError):
+        return LLMError("the LLM provider's answer broke off", retryable=True, code="llm_unreachable")
     return LLMError(f"the LLM provider failed: {type(exc).__name__}", retryable=True)
 
 
@@ -65,7 +81,7 @@ class OpenAIProvider:
     def complete(self, request: CompletionRequest) -> Completion:
         try:
             response = self.client.chat.completions.create(**self._params(request))
-        except openai.OpenAIError as exc:
+        except READ_ERRORS as exc:
             raise _llm_error(exc) from None
         if not response.choices:
             raise LLMError("the LLM provider answered no choices", retryable=True, code="llm_empty")
@@ -94,7 +110,7 @@ class OpenAIProvider:
         params["stream_options"] = {"include_usage": True}
         try:
             chunks = self.client.chat.completions.create(**params)
-        except openai.OpenAIError as exc:
+        except READ_ERRORS as exc:
             raise _llm_error(exc) from None
         return OpenAIStream(chunks, model=self.model)
 
@@ -120,7 +136,7 @@ class OpenAIStream:
         except StopIteration:
             self._done = True
             return False
-        except openai.OpenAIError as exc:
+        except READ_ERRORS as exc:
             self._done = True
             raise _llm_error(exc) from None
         if getattr(chunk, "usage", None):

@@ -29,7 +29,7 @@ def _turn_settings(settings: Any) -> Iterator[None]:
     settings.LLM_TIMEOUT_SECONDS = 5
     settings.OPENAI_API_KEY = ""
     settings.OPENAI_BASE_URL = ""
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
     reset_clients()
     yield
     reset_clients()

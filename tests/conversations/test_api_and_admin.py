@@ -119,7 +119,7 @@ def test_functions_api_validates_schema_and_endpoint_and_shows_the_secret_once(t
     assert response.status_code == 400
     assert response.json()["error"]["details"]["parameters"][0].startswith("not a valid JSON schema")
 
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = False
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
     response = tenant_api.post(
         base, {**good, "name": "plain", "endpoint_url": "http://orders.example.com/"}, format="json"
     )

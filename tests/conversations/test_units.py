@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 
+from config.egress import EgressRefused, check_url
 from conversations import handoff, state
 from conversations.llm import estimate_cost
 from conversations.llm.base import CompletionRequest, ContextPassage
 from conversations.llm.offline import OfflineAnswerer
-from conversations.tools import TargetRefused, check_target
 
 
 @pytest.mark.parametrize(
@@ -81,17 +81,17 @@ def test_offline_answerer_without_passages_says_so_and_offers_a_person():
     ],
 )
 def test_tool_endpoints_on_private_addresses_are_refused(url, settings):
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = False
-    with pytest.raises(TargetRefused):
-        check_target(url)
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
+    with pytest.raises(EgressRefused):
+        check_url(url)
 
 
 def test_plain_http_is_refused_unless_private_targets_are_allowed(settings):
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = False
-    with pytest.raises(TargetRefused, match="must use https"):
-        check_target("http://example.com/hook")
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True
-    check_target("http://127.0.0.1:9/hook")
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
+    with pytest.raises(EgressRefused, match="must use https"):
+        check_url("http://example.com/hook", https_only=True)
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
+    check_url("http://127.0.0.1:9/hook", https_only=True)
 
 
 def test_cost_uses_the_price_table_and_dated_snapshots_of_a_model(settings):

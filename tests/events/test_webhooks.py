@@ -269,7 +269,7 @@ def test_unreachable_receiver_is_a_failed_attempt_with_a_reason(tenant, receiver
     ],
 )
 def test_private_loopback_and_link_local_urls_are_refused(tenant, tenant_api, settings, url):
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = False
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
 
     response = tenant_api.post(f"/api/tenants/{tenant.pk}/webhooks/", {"url": url}, format="json")
 
@@ -282,7 +282,7 @@ def test_private_loopback_and_link_local_urls_are_refused(tenant, tenant_api, se
 def test_delivery_to_a_name_resolving_to_loopback_is_refused_at_connect_time(tenant, receiver, settings):
     port = receiver.url.split(":")[2].split("/")[0]
     make_endpoint(tenant, f"http://localhost:{port}/hooks/metachat")  # allowed when configured (tests)
-    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = False
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
     emit(tenant=tenant, type=EventType.MESSAGE_SENT, payload={})
 
     run(timezone.now())

@@ -22,11 +22,13 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
 
 from channels_app.adapters.base import SendError
+from config import egress
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +152,46 @@ class GraphClient:
         return self._request("GET", self.url(path), params=params)
 
     def download(self, url: str, *, with_token: bool = True) -> tuple[bytes, str]:
-        """GET a media URL (WhatsApp needs the bearer token; Messenger CDN URLs do not)."""
-        response = self._send("GET", url, with_token=with_token)
-        return response.content, response.headers.get("Content-Type", "application/octet-stream")
+        """GET a media URL (WhatsApp needs the bearer token; Messenger CDN URLs do not), streamed and cut
+        at CHANNEL_MEDIA_MAX_BYTES.
+
+        A webhook's media URL is whatever the (possibly hostile) sender signed: it is fetched only from
+        the Graph API's own origin or a host in CHANNEL_MEDIA_HOSTS (Meta's CDNs), the latter through
+        the egress guard (checked address, no proxies, no redirects). The token goes to no other host.
+        """
+        limit = settings.CHANNEL_MEDIA_MAX_BYTES
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) == urlsplit(self.config.base_url)[:2]:
+            response = self._send("GET", url, with_token=with_token, stream=True)
+            try:
+                content = response.raw.read(limit + 1, decode_content=True) or b""
+            finally:
+                response.close()
+            if len(content) > limit:
+                raise SendError(f"media over the limit of {limit} bytes", code="too_large", permanent=True)
+            return content, response.headers.get("Content-Type", "application/octet-stream")
+        if parts.scheme != "https" or not egress.host_allowed(parts.hostname or "", settings.CHANNEL_MEDIA_HOSTS):
+            raise SendError(
+                f"media host refused: {parts.hostname or '(none)'} is not one of CHANNEL_MEDIA_HOSTS",
+                code="media_host_refused",
+                permanent=True,
+            )
+        headers = {"Authorization": f"Bearer {self._token}"} if with_token else {}
+        try:
+            answer = egress.fetch(url, headers=headers, timeout=self.config.timeout, max_bytes=limit)
+        except egress.EgressRefused as exc:
+            raise SendError(f"media host refused: {exc}", code="media_host_refused", permanent=True) from None
+        except egress.ResponseTooLarge:
+            raise SendError(f"media over the limit of {limit} bytes", code="too_large", permanent=True) from None
+        except requests.RequestException as exc:
+            raise SendError(f"media download failed: {type(exc).__name__}", permanent=False) from None
+        if answer.status_code >= 300:
+            raise SendError(
+                f"media download answered HTTP {answer.status_code}",
+                code=answer.status_code,
+                permanent=answer.status_code < 500,
+            )
+        return answer.content, answer.headers.get("Content-Type", "application/octet-stream")
 
     def _request(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         response = self._send(method, url, **kwargs)

@@ -143,7 +143,7 @@ class OpenAIEmbedder:
 
         try:
             response = self._with_key(call)
-        except (openai.APIConnectionError, egress.ResponseTooLarge) as exc:
+        except (openai.APIConnectionError, egress.ResponseTooLarge, egress.EgressRefused) as exc:
             refusal = egress.refusal_in(exc)
             if refusal is not None:
                 raise EmbeddingError(f"embedding endpoint refused: {refusal}") from None

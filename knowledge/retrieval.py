@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ from knowledge.vectors import VectorIndex, index_for
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 2000
 RRF_K = 60
@@ -96,13 +99,14 @@ def hybrid_search(
 
     with transaction.atomic():
         if vector_weight > 0:
-            embedder = embedder or get_embedder(tenant=tenant)
-            calibration = embedder.calibration
             try:
+                embedder = embedder or get_embedder(tenant=tenant)
+                calibration = embedder.calibration
                 vector = query_vector if query_vector is not None else embedder.embed_query(query)
-            except EmbeddingError:
-                vector = None  # the keyword leg still answers; the failure is logged by the embedder
-            if vector is not None:
+            except EmbeddingError as exc:
+                vector = None  # the keyword leg still answers
+                logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})
+            if vector is not None and embedder is not None:
                 index = index_for(tenant_id=tenant.pk, model_id=embedder.model_id)
                 for chunk_id, cosine in index.nearest(vector, depth):
                     pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)

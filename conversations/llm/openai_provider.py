@@ -18,8 +18,8 @@ from conversations.llm.base import Completion, CompletionRequest, LLMError, Tool
 
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What can go wrong while a response is read: the SDK's own errors, the HTTP client's (a stream cut
-# mid-way) and the egress guard's size cap.
-READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, egress.ResponseTooLarge)
+# mid-way) and the egress guard's refusals and size cap.
+READ_ERRORS = (openai.OpenAIError, httpx2.HTTPError, egress.ResponseTooLarge, egress.EgressRefused)
 
 
 def _llm_error(exc: Exception) -> LLMError:

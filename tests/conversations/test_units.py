@@ -88,7 +88,7 @@ def test_tool_endpoints_on_private_addresses_are_refused(url, settings):
 
 def test_plain_http_is_refused_unless_private_targets_are_allowed(settings):
     settings.EGRESS_ALLOW_PRIVATE_TARGETS = False
-    with pytest.raises(EgressRefused, match="must use https"):
+    with pytest.raises(EgressRefused, match="the endpoint must use https"):
         check_url("http://example.com/hook", https_only=True)
     settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
     check_url("http://127.0.0.1:9/hook", https_only=True)

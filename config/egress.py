@@ -115,10 +115,14 @@ def check_url(url: str, *, https_only: bool = False, resolve: bool = True) -> No
         port = parts.port
     except ValueError:
         raise EgressRefused("the URL is not well formed") from None
+    if (
+        https_only
+        and parts.scheme != "https"
+        and not (parts.scheme == "http" and settings.EGRESS_ALLOW_PRIVATE_TARGETS)
+    ):
+        raise EgressRefused("the endpoint must use https")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EgressRefused("the URL must be http:// or https:// with a host name")
-    if https_only and parts.scheme == "http" and not settings.EGRESS_ALLOW_PRIVATE_TARGETS:
-        raise EgressRefused("the endpoint must use https")
     if parts.username or parts.password:
         raise EgressRefused("credentials in the URL are not allowed; use a secret")
     if any(ch.isspace() or ord(ch) < 32 for ch in url):

@@ -7,11 +7,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import models
+from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from channels_app import services
+from channels_app import services, webchat
 from channels_app.models import Channel, InboundEvent, UnroutedWebhook, new_widget_key
 from tenants.admin_scoping import TenantScopedAdmin
 
@@ -79,6 +79,8 @@ class ChannelAdmin(TenantScopedAdmin):
             obj.external_id = new_widget_key()  # the public key the embed snippet carries
         super().save_model(request, obj, form, change)
         services.clear_route_cache()
+        if obj.type == Channel.Type.WEBCHAT and not obj.is_active:
+            transaction.on_commit(lambda: webchat.close_channel_sockets(channel_id=obj.pk))
         credentials = {k: v for k, v in form.credentials().items() if v}
         if credentials:
             services.channel_set_credentials(channel=obj, credentials=credentials)

@@ -1,18 +1,24 @@
 """The web chat WebSocket: ``/ws/webchat/?token=<session token>`` (protocol in docs/webchat.md).
 
-At connect the token and the Origin are checked (refusals are sent as an ``error`` frame, then the
-socket is closed with 4401 for token problems or 4403 for origin/switched-off chat, so the widget
-knows whether to fetch a new session). Then the socket joins its visitor's channel-layer group, which
-is where replies, typing and handoff notices arrive from whichever process produces them.
+At connect the token and the Origin are checked and the socket takes a place among its visitor's
+open sockets (refusals are sent as an ``error`` frame, then the socket is closed with 4401 for token
+problems, 4403 for origin/switched-off chat, 4429 for too many sockets of one visitor, so the widget
+knows whether to fetch a new session or to wait). Then the socket joins its visitor's channel-layer
+group, where replies, typing and handoff notices arrive from whichever process produces them, and its
+channel's group, where the notice that the channel was switched off arrives (the socket then closes
+with 4403).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 # connection, so one slow insert does not queue every other visitor's message behind it.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -36,30 +43,63 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
+def _close_code(status: int) -> int:
+    return {401: CLOSE_UNAUTHORIZED, 429: CLOSE_TOO_MANY}.get(status, CLOSE_FORBIDDEN)
+
+
 class WebchatConsumer(AsyncJsonWebsocketConsumer):
     session: webchat.SocketSession | None = None
     group: str | None = None
+    channel_group: str | None = None
+    _lease: asyncio.Task | None = None
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         token = (query.get("token") or [""])[0]
         origin = _header(self.scope, b"origin")
         try:
-            self.session = await database_sync_to_async(webchat.socket_authenticate, thread_sensitive=False)(
-                token=token, origin=origin
+            self.session = await database_sync_to_async(webchat.socket_open, thread_sensitive=False)(
+                token=token, origin=origin, socket_name=self.channel_name
             )
         except webchat.WebchatError as exc:
             logger.info("web chat connection refused", extra={"code": exc.code, "origin": origin[:200]})
             await self.accept()
-            await self.send_json({"type": "error", "code": exc.code, "message": exc.message})
-            await self.close(code=CLOSE_UNAUTHORIZED if exc.status == 401 else CLOSE_FORBIDDEN)
+            frame = {"type": "error", "code": exc.code, "message": exc.message}
+            await self.send_json({**frame, "details": exc.details} if exc.details else frame)
+            await self.close(code=_close_code(exc.status))
             return
+        self._lease = asyncio.create_task(self._keep_lease())
         self.group = visitor_group(
             channel_external_id=self.session.channel.external_id, visitor_id=self.session.visitor_id
         )
+        self.channel_group = webchat.channel_group(self.session.channel.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(self.channel_group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "ready", "visitor_id": self.session.visitor_id})
+
+    async def _keep_lease(self) -> None:
+        assert self.session is not None
+        renew = sync_to_async(webchat.socket_renew, thread_sensitive=False)
+        while True:
+            await asyncio.sleep(webchat.SOCKET_LEASE_SECONDS / 3)
+            await renew(channel=self.session.channel, visitor_id=self.session.visitor_id, socket_name=self.channel_name)
+
+    async def _leave(self) -> None:
+        """Give up this socket's groups and its place among the visitor's sockets (once)."""
+        if self._lease is not None:
+            self._lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease
+            self._lease = None
+            assert self.session is not None
+            await sync_to_async(webchat.socket_release, thread_sensitive=False)(
+                channel=self.session.channel, visitor_id=self.session.visitor_id, socket_name=self.channel_name
+            )
+        for group in (self.group, self.channel_group):
+            if group:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.group = self.channel_group = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch minus its ``close_old_connections`` thread hop before every handler:
@@ -72,12 +112,11 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def disconnect(self, code: int) -> None:
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._leave()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
-        if self.session is None:
-            return
+        if self.session is None or self.group is None:
+            return  # refused at connect, or closed since (the frame crossed the close)
         limit = int(webchat.setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000))
         if text_data is None:
             await self.send_error("invalid_frame", "Frames must be JSON text.")
@@ -122,6 +161,8 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
             )
         except webchat.WebchatError as exc:
             await self.send_error(exc.code, exc.message, client_message_id=client_message_id, details=exc.details)
+            if exc.code == "channel_inactive":
+                await self._close_switched_off()
             return
         finally:
             correlation_id.reset(token)
@@ -163,3 +204,14 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
     async def webchat_event(self, message: dict[str, Any]) -> None:
         """Everything pushed to the visitor's group (channels_app.adapters.webchat) goes out as is."""
         await self.send_json(message["event"])
+
+    async def webchat_channel_closed(self, message: dict[str, Any]) -> None:
+        """The channel was switched off or deleted (webchat.close_channel_sockets): say so and close."""
+        if self.group is None:
+            return
+        await self.send_error(message["code"], message["message"])
+        await self._close_switched_off()
+
+    async def _close_switched_off(self) -> None:
+        await self._leave()
+        await self.close(code=CLOSE_FORBIDDEN)

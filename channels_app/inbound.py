@@ -51,6 +51,26 @@ def needs_preparation(normalized: dict) -> bool:
     return any((m.get("media_id") or m.get("url")) and not m.get("storage_path") for m in normalized.get("media") or [])
 
 
+def json_depth_exceeds(value: Any, *, body: bytes, limit: int) -> bool:
+    """True if the parsed ``value`` nests lists/objects more than ``limit`` deep (the top level is 1).
+
+    What is stored is serialised again (``record_inbound``), deeper in the call stack than where it was
+    parsed: a payload just under the parser's recursion limit would fail there instead, as a 500.
+    ``body`` gives a cheap way out: a body with at most ``limit`` brackets cannot nest deeper (an
+    everyday Meta payload has a dozen or two), so only larger ones are walked.
+    """
+    if body.count(b"{") + body.count(b"[") <= limit or not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def status_dedupe_key(update: StatusUpdate) -> str:
     return f"{update.message_id or 'watermark'}:{update.status}:{update.watermark or ''}"
 

@@ -125,7 +125,9 @@ class InboundEvent(TenantOwned):
 class UnroutedWebhook(models.Model):
     """A well-signed or unverifiable webhook payload that matched no channel, kept for inspection.
 
-    Not tenant-owned (no tenant could be found); visible to superusers only.
+    Not tenant-owned (no tenant could be found); visible to superusers only. Anyone can send one, so
+    only the first UNROUTED_WEBHOOK_MAX_STORED_BYTES of the body are kept, with the size and SHA-256
+    of the whole; rows go after UNROUTED_WEBHOOK_RETENTION_DAYS (channels_app.unrouted).
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -133,11 +135,17 @@ class UnroutedWebhook(models.Model):
     reason = models.CharField(max_length=200)
     external_ids = models.JSONField(default=list)
     body = models.TextField()
+    body_bytes = models.PositiveIntegerField(default=0)
+    body_sha256 = models.CharField(max_length=64, blank=True, default="")
+    body_truncated = models.BooleanField(default=False)
     headers = models.JSONField(default=dict)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [models.Index(fields=["platform", "received_at"], name="unrouted_platform_time")]
+        indexes = [
+            models.Index(fields=["platform", "received_at"], name="unrouted_platform_time"),
+            models.Index(fields=["received_at"], name="unrouted_received_at"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.platform} webhook for {', '.join(self.external_ids) or 'nothing'} ({self.reason})"

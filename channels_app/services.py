@@ -24,7 +24,7 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
-from channels_app import inbound
+from channels_app import inbound, unrouted, webchat
 from channels_app.adapters.base import (
     Media,
     NormalizedMessage,
@@ -34,7 +34,7 @@ from channels_app.adapters.base import (
     StatusUpdate,
     get_adapter,
 )
-from channels_app.models import Channel, ChannelSecret, InboundEvent, UnroutedWebhook
+from channels_app.models import Channel, ChannelSecret, InboundEvent
 from config import metrics
 from config.errors import error_body
 from config.health import CheckResult, register_check
@@ -114,6 +114,8 @@ def channel_update(*, channel: Channel, **changes: Any) -> Channel:
         setattr(channel, key, value)
     channel.save()
     clear_route_cache()
+    if channel.type == Channel.Type.WEBCHAT and not channel.is_active:
+        transaction.on_commit(lambda: webchat.close_channel_sockets(channel_id=channel.pk))
     return channel
 
 
@@ -143,8 +145,11 @@ def channel_credential_names(*, channel: Channel) -> list[str]:
 
 
 def channel_delete(*, channel: Channel) -> None:
+    channel_id = channel.pk
     channel.delete()
     clear_route_cache()
+    if channel.type == Channel.Type.WEBCHAT:
+        transaction.on_commit(lambda: webchat.close_channel_sockets(channel_id=channel_id))
 
 
 def channel_disable_sending(*, channel: Channel, reason: str) -> bool:
@@ -272,31 +277,19 @@ def find_routes(*, platform: str, external_ids: list[str]) -> dict[str, Route]:
     return found
 
 
-_SAFE_HEADERS = ("content-type", "content-length", "user-agent", "x-hub-signature-256", "x-hub-signature")
+def _too_deeply_nested() -> WebhookOutcome:
+    # A 4xx, not 200: no sender can be known (nothing parsed, nothing verified), and Meta's own
+    # payloads are a few levels deep, so no genuine delivery ends here to be retried.
+    limit = settings.WEBHOOK_MAX_JSON_DEPTH
+    return WebhookOutcome(400, "too_deeply_nested", f"The body is nested deeper than {limit} levels.")
 
 
-def keep_unrouted(
-    *, platform: str, reason: str, external_ids: list[str], body: bytes, headers: Mapping[str, str]
-) -> None:
-    """Keep a payload no channel can take, for a superuser to inspect. Never processed."""
-    UnroutedWebhook.objects.create(
-        platform=platform,
-        reason=reason[:200],
-        external_ids=external_ids,
-        body=body.decode("utf-8", errors="replace"),
-        headers={k: headers[k] for k in _SAFE_HEADERS if headers.get(k)},
-    )
-    logger.warning(
-        "unrouted webhook kept for inspection",
-        extra={"platform": platform, "reason": reason, "external_ids": external_ids[:20]},
-    )
-
-
-def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str]) -> WebhookOutcome:
+def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str], source: str = "") -> WebhookOutcome:
     """Verify, route and store one webhook POST; the caller answers with the outcome's status.
 
     Nothing is stored unless every channel the payload addresses verifies the signature with its own
     app secret. Inbound items are stored idempotently and enqueued after commit (channels_app.inbound).
+    ``source`` is the sender's address, which bounds how many unrouted payloads it may have kept.
     """
     if len(body) > settings.WEBHOOK_MAX_BODY_BYTES:
         return WebhookOutcome(413, "payload_too_large", f"Body over {settings.WEBHOOK_MAX_BODY_BYTES} bytes.")
@@ -304,6 +297,10 @@ def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str]) -
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return WebhookOutcome(400, "invalid_json", "The body is not valid JSON.", {"error": str(exc)[:200]})
+    except RecursionError:  # deeper than the parser itself goes
+        return _too_deeply_nested()
+    if inbound.json_depth_exceeds(payload, body=body, limit=settings.WEBHOOK_MAX_JSON_DEPTH):
+        return _too_deeply_nested()
     if not isinstance(payload, dict):
         return WebhookOutcome(400, "invalid_payload", "The body must be a JSON object.")
     adapter = get_adapter(platform)
@@ -312,12 +309,19 @@ def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str]) -
     unknown = [ext for ext in external_ids if ext not in routes]
     if not routes:
         reason = "unknown ids" if external_ids else "no routable id in payload"
-        keep_unrouted(platform=platform, reason=reason, external_ids=external_ids, body=body, headers=headers)
-        return WebhookOutcome(200, "unrouted", "No channel for this payload; kept for inspection.")
+        kept = unrouted.keep(
+            platform=platform, reason=reason, external_ids=external_ids, body=body, headers=headers, source=source
+        )
+        return WebhookOutcome(200, "unrouted", "No channel for this payload.", {"kept": kept})
     for ext, route in routes.items():
         if route.verify is None:
-            keep_unrouted(
-                platform=platform, reason="channel has no app secret", external_ids=[ext], body=body, headers=headers
+            unrouted.keep(
+                platform=platform,
+                reason="channel has no app secret",
+                external_ids=[ext],
+                body=body,
+                headers=headers,
+                source=source,
             )
             return WebhookOutcome(401, "channel_not_configured", "The channel has no app secret to verify with.")
         if not route.verify(body, headers):
@@ -328,8 +332,13 @@ def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str]) -
             return WebhookOutcome(401, "invalid_signature", "Missing or invalid X-Hub-Signature-256.")
     parsed = adapter.parse(payload)
     if unknown:
-        keep_unrouted(
-            platform=platform, reason="unknown ids beside known ones", external_ids=unknown, body=body, headers=headers
+        unrouted.keep(
+            platform=platform,
+            reason="unknown ids beside known ones",
+            external_ids=unknown,
+            body=body,
+            headers=headers,
+            source=source,
         )
     stored = _store(routes, parsed)
     if parsed.ignored:
@@ -368,10 +377,12 @@ def _store(routes: dict[str, Route], parsed: ParsedPayload) -> int:
     return stored
 
 
-def webhook_answer(*, platform: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+def webhook_answer(
+    *, platform: str, body: bytes, headers: Mapping[str, str], source: str = ""
+) -> tuple[int, dict[str, Any]]:
     """``receive_webhook`` counted in the metrics, as (status, JSON body): the Django view and the ASGI
     fast path (channels_app.webhook_asgi) answer Meta exactly alike."""
-    outcome = receive_webhook(platform=platform, body=body, headers=headers)
+    outcome = receive_webhook(platform=platform, body=body, headers=headers, source=source)
     metrics.incr("webhook_requests_total", platform=platform, outcome=outcome.code)
     if outcome.status != 200:
         return outcome.status, error_body(outcome.code, outcome.message, outcome.details or None)

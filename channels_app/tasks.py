@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from channels_app import inbound
+from channels_app import inbound, unrouted
 from channels_app.adapters.base import SendError
 
 
@@ -55,3 +55,9 @@ def prepare_inbound_message(self, inbound_id: int) -> bool:
         )
     except SendError as exc:
         raise self.retry(exc=exc, countdown=(exc.retry_after or 2) * (2**self.request.retries)) from None
+
+
+@shared_task(name="channels_app.purge_unrouted_webhooks", acks_late=True, ignore_result=True)
+def purge_unrouted_webhooks() -> int:
+    """Deleting what is past its retention is idempotent: a rerun finds nothing left."""
+    return unrouted.purge()

@@ -25,11 +25,15 @@ from urllib.parse import urlsplit
 
 import jwt
 import redis
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from channels_app.adapters.webchat import WebchatAdapter, clean_sources, wire_message_id
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
+from config import metrics
+from tenants import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -254,9 +258,24 @@ class WebchatSession:
         }
 
 
-def session_start(*, widget_key: str, origin: str, visitor_token: str = "") -> WebchatSession:
-    """Issue a session for a new or returning visitor of the widget, with the visitor's recent history."""
+def session_start(*, widget_key: str, origin: str, client: str, visitor_token: str = "") -> WebchatSession:
+    """Issue a session for a new or returning visitor of the widget, with the visitor's recent history.
+
+    ``client`` is the caller's address (tenants.ratelimit.client_address): sessions are limited per
+    widget and address (checked before any database work) and per widget from every address."""
+    _session_rate_limit(
+        group="webchat.sessions.address",
+        key=f"{widget_key}|{client}",
+        limit=int(settings.WEBCHAT_SESSIONS_PER_ADDRESS_PER_MINUTE),
+        message="Too many chat sessions from your network",
+    )
     channel = channel_for_widget(widget_key=widget_key)
+    _session_rate_limit(
+        group="webchat.sessions.channel",
+        key=str(channel.pk),
+        limit=int(settings.WEBCHAT_SESSIONS_PER_CHANNEL_PER_MINUTE),
+        message="This chat is starting too many sessions",
+    )
     check_origin(channel=channel, origin=origin)
     visitor_id = visitor_from_token(channel=channel, visitor_token=visitor_token) if visitor_token else None
     resumed = visitor_id is not None
@@ -273,6 +292,18 @@ def session_start(*, widget_key: str, origin: str, visitor_token: str = "") -> W
         channel=channel,
         history=history,
     )
+
+
+def _session_rate_limit(*, group: str, key: str, limit: int, message: str) -> None:
+    verdict = ratelimit.hit(group=group, key=key, limit=limit)
+    if not verdict.allowed:
+        metrics.incr("webchat_refusals_total", reason=group)
+        raise WebchatError(
+            "rate_limited",
+            f"{message}; try again in {verdict.retry_after} s.",
+            status=429,
+            details={"retry_after": verdict.retry_after, "limit": verdict.limit},
+        )
 
 
 # --- inbound messages ---------------------------------------------------------------------------------
@@ -300,6 +331,7 @@ def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str
             f"The message has {len(text)} characters; the limit is {limit}.",
             details={"limit": limit},
         )
+    ensure_channel_still_open(channel)
     _rate_limit(channel=channel, visitor_id=visitor_id)
     parsed = _adapter.parse(
         {
@@ -319,34 +351,27 @@ def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str
     )
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+def ensure_channel_still_open(channel: Channel) -> None:
+    """Read again whether the channel (and its tenant) is on: a socket opened before it was switched off
+    must not have messages stored, whichever way it was switched off and whether or not the close
+    notice (``close_channel_sockets``) reached the socket's process."""
+    if not Channel.objects.filter(pk=channel.pk, is_active=True, tenant__is_active=True).exists():
+        raise WebchatError("channel_inactive", "This chat is switched off.", status=403)
 
 
 def _rate_limit(*, channel: Channel, visitor_id: str) -> None:
-    """A fixed one-minute window per visitor in Redis, shared by every server process."""
-    limit = int(setting("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30))
-    if limit <= 0:
-        return
-    now = time.time()
-    window = int(now // 60)
-    key = f"{settings.REDIS_KEY_PREFIX}:webchat:rl:{channel.pk}:{visitor_id}:{window}"
-    try:
-        pipe = _redis().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 65)
-        count, _ = pipe.execute()
-    except redis.RedisError as exc:  # the cache being down must not stop the chat
-        logger.warning("web chat rate limit skipped: redis unavailable", extra={"error": str(exc)})
-        return
-    if count > limit:
-        retry_after = max(1, int((window + 1) * 60 - now + 0.999))
+    """Messages per visitor per minute (the one rate limiter, shared by every server process)."""
+    verdict = ratelimit.hit(
+        group="webchat.messages",
+        key=f"{channel.pk}|{visitor_id}",
+        limit=int(setting("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30)),
+    )
+    if not verdict.allowed:
         raise WebchatError(
             "rate_limited",
-            f"Too many messages; wait {retry_after} s.",
+            f"Too many messages; wait {verdict.retry_after} s.",
             status=429,
-            details={"retry_after": retry_after, "limit": limit},
+            details={"retry_after": verdict.retry_after, "limit": verdict.limit},
         )
 
 
@@ -438,3 +463,109 @@ def socket_authenticate(*, token: str, origin: str) -> SocketSession:
     return SocketSession(
         tenant_id=claims.tenant_id, channel=channel, visitor_id=claims.visitor_id, expires_at=claims.expires_at
     )
+
+
+def socket_open(*, token: str, origin: str, socket_name: str) -> SocketSession:
+    """``socket_authenticate``, then a place among the visitor's open sockets (``socket_claim``)."""
+    session = socket_authenticate(token=token, origin=origin)
+    if not socket_claim(channel=session.channel, visitor_id=session.visitor_id, socket_name=socket_name):
+        limit = int(settings.WEBCHAT_MAX_SOCKETS_PER_VISITOR)
+        metrics.incr("webchat_refusals_total", reason="webchat.sockets")
+        raise WebchatError(
+            "too_many_connections",
+            f"This visitor already has {limit} chat connections open; close a tab and try again.",
+            status=429,
+            details={"limit": limit},
+        )
+    return session
+
+
+# Open sockets per visitor: a sorted set per (channel, visitor) in Redis, shared by every server
+# process, of socket names scored by when their lease ends. A socket renews its lease while it lives
+# (the consumer, every third of it) and removes itself when it closes; the lease is what frees the
+# places of the sockets of a process that died without closing them.
+SOCKET_LEASE_SECONDS = 90
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+
+
+def _sockets_key(channel: Channel, visitor_id: str) -> str:
+    digest = hashlib.sha256(f"{channel.pk}\x00{visitor_id}".encode()).hexdigest()[:40]
+    return f"{settings.REDIS_KEY_PREFIX}:webchat:sockets:{digest}"
+
+
+def socket_claim(*, channel: Channel, visitor_id: str, socket_name: str) -> bool:
+    """Count this socket among the visitor's open sockets; False (and not counted) if that would make
+    more than WEBCHAT_MAX_SOCKETS_PER_VISITOR."""
+    limit = int(settings.WEBCHAT_MAX_SOCKETS_PER_VISITOR)
+    if limit <= 0:
+        return True
+    key = _sockets_key(channel, visitor_id)
+    now = time.time()
+    try:
+        pipe = _redis().pipeline(transaction=True)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zadd(key, {socket_name: now + SOCKET_LEASE_SECONDS})
+        pipe.zcard(key)
+        pipe.expire(key, SOCKET_LEASE_SECONDS)
+        count = pipe.execute()[2]
+        if count <= limit:
+            return True
+        _redis().zrem(key, socket_name)
+    except redis.RedisError as exc:  # the cache being down must not stop the chat
+        logger.warning("web chat socket count skipped: redis unavailable", extra={"error": str(exc)})
+        metrics.incr("ratelimit_unavailable_total", group="webchat.sockets")
+        return True
+    return False
+
+
+def socket_renew(*, channel: Channel, visitor_id: str, socket_name: str) -> None:
+    key = _sockets_key(channel, visitor_id)
+    try:
+        pipe = _redis().pipeline(transaction=False)
+        pipe.zadd(key, {socket_name: time.time() + SOCKET_LEASE_SECONDS})
+        pipe.expire(key, SOCKET_LEASE_SECONDS)
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("web chat socket lease not renewed: redis unavailable", extra={"error": str(exc)})
+
+
+def socket_release(*, channel: Channel, visitor_id: str, socket_name: str) -> None:
+    try:
+        _redis().zrem(_sockets_key(channel, visitor_id), socket_name)
+    except redis.RedisError as exc:  # the lease frees the place later
+        logger.warning("web chat socket not released: redis unavailable", extra={"error": str(exc)})
+
+
+# --- switching a channel off --------------------------------------------------------------------------
+
+# The consumer's handler for the close notice ("webchat.channel_closed" -> webchat_channel_closed).
+CHANNEL_CLOSED_EVENT_TYPE = "webchat.channel_closed"
+
+
+def channel_group(channel_id: Any) -> str:
+    """Channel-layer group of every open socket of one web chat channel (all visitors, all processes)."""
+    return f"webchat.channel.{hashlib.sha256(str(channel_id).encode()).hexdigest()[:40]}"
+
+
+def close_channel_sockets(*, channel_id: Any) -> None:
+    """Close every open socket of a web chat channel that was switched off or deleted: each gets an
+    ``error`` frame (``channel_inactive``) and the close code 4403. Call it after the change commits.
+    If the notice is lost (Redis down), the sockets still have every message refused
+    (``ensure_channel_still_open``), and closed at their next one."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            channel_group(channel_id),
+            {"type": CHANNEL_CLOSED_EVENT_TYPE, "code": "channel_inactive", "message": "This chat is switched off."},
+        )
+    except (redis.RedisError, OSError) as exc:
+        logger.warning(
+            "web chat sockets not told the channel is off: channel layer unavailable",
+            extra={"channel_id": str(channel_id), "error": str(exc)},
+        )

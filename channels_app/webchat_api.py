@@ -1,8 +1,9 @@
 """POST /api/webchat/sessions/: the public endpoint the widget calls to start (or resume) a chat.
 
 Public by design (the widget key is printed in the tenant's web page); what protects it is the
-Origin check against the channel's allowed origins, the short token life and the per-visitor
-message rate limit. The widget runs on the tenant's site, so the endpoint answers CORS itself.
+Origin check against the channel's allowed origins, the session limits per widget and client address
+and per widget (429 with Retry-After), the short token life and the per-visitor message rate limit.
+The widget runs on the tenant's site, so the endpoint answers CORS itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rest_framework.views import APIView
 
 from channels_app import webchat
 from config.errors import ApiError
+from tenants.ratelimit import request_client_address
 
 
 class SessionCreateSerializer(serializers.Serializer):
@@ -50,6 +52,7 @@ class WebchatSessionView(APIView):
             400: OpenApiResponse(description="invalid body"),
             403: OpenApiResponse(description="origin_required, origin_not_allowed or channel_inactive"),
             404: OpenApiResponse(description="unknown_widget"),
+            429: OpenApiResponse(description="rate_limited: too many sessions from this address or on this widget"),
         },
         auth=[],
         summary="Start or resume a web chat session (public; Origin checked)",
@@ -62,9 +65,13 @@ class WebchatSessionView(APIView):
                 widget_key=body.validated_data["widget_key"],
                 origin=request.META.get("HTTP_ORIGIN", ""),
                 visitor_token=body.validated_data["visitor_token"],
+                client=request_client_address(request),
             )
         except webchat.WebchatError as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+            error = ApiError(exc.status, exc.code, exc.message, exc.details)
+            if "retry_after" in exc.details:
+                error.wait = exc.details["retry_after"]  # DRF's exception handler sends it as Retry-After
+            raise error from None
         return Response(session.as_response(), status=status.HTTP_201_CREATED)
 
     @extend_schema(exclude=True)

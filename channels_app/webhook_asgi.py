@@ -37,6 +37,7 @@ from channels_app import services
 from config import metrics
 from config.errors import error_body
 from config.logs import correlation_id, incoming_or_new_correlation_id
+from tenants.ratelimit import scope_client_address
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +55,18 @@ ASGIApp = Any
 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
 
 
-def _answer(platform: str, body: bytes, headers: CaseInsensitiveMapping) -> tuple[int, dict[str, Any]]:
+def _answer(platform: str, body: bytes, headers: CaseInsensitiveMapping, source: str) -> tuple[int, dict[str, Any]]:
     if connection.connection is not None:
         connection.health_check_done = True  # type: ignore[attr-defined]  # our query is the check (docstring)
     try:
         try:
-            return services.webhook_answer(platform=platform, body=body, headers=headers)
+            return services.webhook_answer(platform=platform, body=body, headers=headers, source=source)
         except (OperationalError, InterfaceError):
             if connection.in_atomic_block or connection.is_usable():
                 raise  # not a lost connection: a real error, answered 500
             logger.warning("webhook database connection was lost; retrying on a new one", extra={"platform": platform})
             connection.close()
-            return services.webhook_answer(platform=platform, body=body, headers=headers)
+            return services.webhook_answer(platform=platform, body=body, headers=headers, source=source)
     finally:
         # What Django's request_finished does: drop a connection past its age or after an error.
         close_old_connections()
@@ -88,7 +89,7 @@ class WebhookFastPath:
         cid = incoming_or_new_correlation_id(headers.get("X-Request-ID"))
         token = correlation_id.set(cid)
         try:
-            status, body = await self._handle(platform, headers, receive)
+            status, body = await self._handle(platform, headers, receive, scope_client_address(scope))
         finally:
             correlation_id.reset(token)
         await send(
@@ -104,7 +105,9 @@ class WebhookFastPath:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, platform: str, headers: CaseInsensitiveMapping, receive: Any) -> tuple[int, bytes]:
+    async def _handle(
+        self, platform: str, headers: CaseInsensitiveMapping, receive: Any, source: str
+    ) -> tuple[int, bytes]:
         limit = settings.WEBHOOK_MAX_BODY_BYTES
         try:
             declared = int(headers.get("Content-Length") or 0)
@@ -128,7 +131,7 @@ class WebhookFastPath:
         if platform == "_bare":  # the ingest benchmark's baseline: same path, no work
             return 200, b'{"status": "ok"}'
         try:
-            call = functools.partial(_answer, platform, b"".join(chunks), headers)
+            call = functools.partial(_answer, platform, b"".join(chunks), headers, source)
             context = contextvars.copy_context()  # the correlation id goes with the work
             answer = await asyncio.get_running_loop().run_in_executor(_executor, context.run, call)
         except Exception:

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 
 from channels_app import services
 from config import metrics
+from tenants.ratelimit import request_client_address
 
 
 def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
@@ -36,7 +37,9 @@ def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
         # Read the stream ourselves: Django's request.body refuses bodies over
         # DATA_UPLOAD_MAX_MEMORY_SIZE with a 400, and the limit here is the webhook's own.
         body = request.read(settings.WEBHOOK_MAX_BODY_BYTES + 1)
-        status, answer = services.webhook_answer(platform=platform, body=body, headers=request.headers)
+        status, answer = services.webhook_answer(
+            platform=platform, body=body, headers=request.headers, source=request_client_address(request)
+        )
     return JsonResponse(answer, status=status)
 
 

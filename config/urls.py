@@ -4,6 +4,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health, metrics
+from tenants import admin_login
+
+# Failed admin logins are throttled (tenants.admin_login); the throttled view answers 429 when locked.
+admin.site.login_form = admin_login.ThrottledAdminLoginForm
 
 urlpatterns = [
     path("api/health", health.health_view, name="health"),
@@ -18,6 +22,7 @@ urlpatterns = [
     path("webhooks/", include("channels_app.webhook_urls")),
     path("api/", include("channels_app.webchat_urls")),
     path("", include("channels_app.page_urls")),
+    path("admin/login/", admin_login.login_view, name="admin-login"),
     path("admin/", admin.site.urls),
 ]
 

@@ -45,3 +45,23 @@ WEBHOOK_BENCH_BARE_ENDPOINT = env_bool("WEBHOOK_BENCH_BARE_ENDPOINT", False)
 # Publish inbound tasks from a background thread so webhook acknowledgements never wait on the broker
 # (a publish lost with a crashing process is re-enqueued by the pending sweep).
 CHANNELS_ASYNC_ENQUEUE = env_bool("CHANNELS_ASYNC_ENQUEUE", True)
+
+# Meta's payloads are about 8 levels deep; a body nested deeper than this answers 400 before it is
+# routed (a 50,000-deep body would otherwise exhaust the parser's recursion).
+WEBHOOK_MAX_JSON_DEPTH = env_int("WEBHOOK_MAX_JSON_DEPTH", 64)
+
+# Unrouted webhooks (no channel for their ids; unverifiable, so anyone can send them) are kept for a
+# superuser to inspect, within bounds (docs/channels.md "Abuse limits"):
+# the first bytes of a body are stored, with its size and SHA-256; the rest is not.
+UNROUTED_WEBHOOK_MAX_STORED_BYTES = env_int("UNROUTED_WEBHOOK_MAX_STORED_BYTES", 64 * 1024)
+# Kept per minute from one source address, and from all sources together; above either, the payload
+# is answered as usual but only counted (metric unrouted_webhooks_dropped_total) and logged.
+UNROUTED_WEBHOOKS_PER_ADDRESS_PER_MINUTE = env_int("UNROUTED_WEBHOOKS_PER_ADDRESS_PER_MINUTE", 30)
+UNROUTED_WEBHOOKS_PER_MINUTE = env_int("UNROUTED_WEBHOOKS_PER_MINUTE", 300)
+# Days a kept unrouted webhook stays; beat purges older ones hourly (manage.py purge_unrouted_webhooks).
+UNROUTED_WEBHOOK_RETENTION_DAYS = env_int("UNROUTED_WEBHOOK_RETENTION_DAYS", 7)
+CELERY_BEAT_SCHEDULE["purge-unrouted-webhooks"] = {
+    "task": "channels_app.purge_unrouted_webhooks",
+    "schedule": 3600.0,
+}
+CELERY_TASK_ROUTES["channels_app.purge_unrouted_webhooks"] = {"queue": "default"}

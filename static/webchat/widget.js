@@ -47,6 +47,7 @@
     timer: null,
     started: false,
     holdUntil: 0, // rate limited: no sends before this time (ms)
+    refusal: "", // why the server last refused or closed the connection, shown while waiting to retry
     maxChars: 4000,
     rendered: {}, // message id -> element
     typingTimer: null,
@@ -259,6 +260,7 @@
       case "ready":
         state.ready = true;
         state.attempt = 0;
+        state.refusal = "";
         setStatus("Online", "online");
         refreshPendingLabels();
         flush();
@@ -313,7 +315,8 @@
   function onError(frame) {
     var id = frame.client_message_id;
     if (!id) {
-      setStatus(frame.message || "Error", "error");
+      state.refusal = frame.message || "Error";
+      setStatus(state.refusal, "error");
       return;
     }
     var node = state.rendered[id];
@@ -338,13 +341,15 @@
   }
 
   // --- session and socket ---------------------------------------------------------------------------
-  function scheduleReconnect(extraDelay) {
+  // refusal: the server's reason, kept on screen until the retry (a refused session or socket).
+  function scheduleReconnect(extraDelay, refusal) {
     clearTimeout(state.timer);
     if (state.stopped) return;
     var base = Math.min(30000, 1000 * Math.pow(2, state.attempt));
     var delay = (extraDelay || 0) + base * (0.5 + Math.random() / 2);
     state.attempt = Math.min(state.attempt + 1, 10);
-    setStatus(navigator.onLine === false ? "Offline — your messages will be sent when you are back" : "Reconnecting…", "offline");
+    if (refusal) setStatus(refusal, "error");
+    else setStatus(navigator.onLine === false ? "Offline — your messages will be sent when you are back" : "Reconnecting…", "offline");
     refreshPendingLabels();
     state.timer = setTimeout(connect, delay);
   }
@@ -387,9 +392,11 @@
         openSocket(body);
       } else {
         var message = body && body.error ? body.error.message : "The chat is unavailable (" + xhr.status + ").";
-        setStatus(message, "error");
-        // 4xx are configuration problems (origin, key): retry slowly in case they get fixed.
-        scheduleReconnect(xhr.status >= 400 && xhr.status < 500 ? 30000 : 0);
+        var details = (body && body.error && body.error.details) || {};
+        // 429: too many sessions, wait as told; other 4xx are configuration problems (origin, key):
+        // retry slowly in case they get fixed.
+        if (xhr.status === 429) scheduleReconnect((details.retry_after || 30) * 1000, message);
+        else scheduleReconnect(xhr.status >= 400 && xhr.status < 500 ? 30000 : 0, message);
       }
     };
     xhr.onerror = xhr.ontimeout = function () { scheduleReconnect(0); };
@@ -414,12 +421,17 @@
       if (state.socket !== socket) return;
       state.ready = false;
       state.socket = null;
-      // 4401: token refused (expired, invalid) -> a new session at once; anything else: backoff.
+      // 4401: token refused (expired, invalid) -> a new session at once; 4403 (origin, chat switched
+      // off) and 4429 (too many open tabs of this visitor): wait, showing why; anything else: backoff.
+      var refusal = state.refusal;
+      state.refusal = "";
       if (event.code === 4401 && state.attempt < 2) {
         state.attempt += 1;
         connect();
+      } else if (event.code === 4403 || event.code === 4429) {
+        scheduleReconnect(30000, refusal);
       } else {
-        scheduleReconnect(event.code === 4403 ? 30000 : 0);
+        scheduleReconnect(0);
       }
     };
   }

@@ -13,25 +13,29 @@ releasing the lock, so nothing is stranded. The holder waits until the contact h
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from channels_app.models import Channel, InboundEvent
-from config import metrics
 from conversations.models import Conversation
-from conversations.pipeline import completion, finish, handoff_check, intake, reply, resolve, retrieval, typing
+from conversations.pipeline import (
+    completion,
+    failure,
+    finish,
+    handoff_check,
+    intake,
+    reply,
+    resolve,
+    retrieval,
+    typing,
+)
 from conversations.pipeline.turn import Turn
-from events.services import emit
-from events.types import EventType
-
-logger = logging.getLogger(__name__)
 
 STAGES = (
     resolve.run,
@@ -70,6 +74,7 @@ def contact_lock(channel_id: Any, sender_external_id: str) -> Iterator[bool]:
 
 def run_stages(turn: Turn) -> Turn:
     for stage in STAGES:
+        turn.stage = stage.__module__.rsplit(".", 1)[-1]
         stage(turn)
     return turn
 
@@ -127,27 +132,11 @@ def _drain(channel: Channel, sender: str) -> int:
 def _run_guarded(turn: Turn) -> None:
     try:
         run_stages(turn)
-    except OperationalError:
+    except (OperationalError, InterfaceError):
         raise  # the database is away: the task retries, the events are still pending
     except Exception as exc:
-        # A bug or bad data: the events are marked failed (visible, retriable), the drain goes on.
-        logger.exception("turn failed", extra={"inbound_ids": [e.pk for e in turn.inbound_events]})
-        reason = f"{type(exc).__name__}: {exc}"[:2000]
-        metrics.incr("turns_total", platform=turn.channel.type, outcome="error")
-        with transaction.atomic():
-            InboundEvent.objects.filter(pk__in=[e.pk for e in turn.inbound_events]).update(
-                status=InboundEvent.Status.FAILED, error=reason, processed_at=timezone.now()
-            )
-            emit(
-                tenant=turn.tenant,
-                type=EventType.MESSAGE_FAILED,
-                payload={
-                    "conversation_id": str(turn.conversation.pk) if turn.conversation else None,
-                    "inbound_event_ids": [e.pk for e in turn.inbound_events],
-                    "stage": "pipeline",
-                    "message": reason,
-                },
-            )
+        # A bug or bad data: recorded, the user told, and the drain goes on (failure.py).
+        failure.handle_crash(turn, exc)
 
 
 def process_inbound(*, inbound_event_id: int) -> int:

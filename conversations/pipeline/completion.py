@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -97,6 +98,22 @@ def _wants_stream(turn: Turn, provider: LLMProvider) -> bool:
     return bool(turn.config.llm.stream and provider.supports_streaming and outbound.can_stream(turn.channel))
 
 
+@dataclass
+class ToolLoop:
+    """The function-calling loop of one turn. Kept on the turn because a streamed round whose model
+    writes some text and then calls tools is read by the reply stage, which hands the calls back here
+    (``continue_after_stream``)."""
+
+    provider: LLMProvider
+    messages: list[dict[str, Any]]
+    functions: dict[str, TenantFunction]
+    tool_specs: list[dict[str, Any]]
+    deadline: float
+    stream: bool
+    rounds: int = 0
+    offered: bool = False  # tools were offered to the round being answered
+
+
 def run(turn: Turn) -> None:
     if not turn.answering:
         return
@@ -104,15 +121,38 @@ def run(turn: Turn) -> None:
     try:
         provider = provider_for_tenant(turn.tenant)
         turn.provider_name, turn.model = provider.name, provider.model
-        _loop(turn, provider)
+        turn.tool_loop = _start(turn, provider)
+        _rounds(turn, turn.tool_loop)
     except LLMError as exc:
-        turn.failure = exc
-        turn.reply_text = FALLBACK_TEXT
-        turn.reply_stream = None
+        fail(turn, exc)
     turn.time("llm_ms", started)
 
 
-def _loop(turn: Turn, provider: LLMProvider) -> None:
+def fail(turn: Turn, exc: LLMError) -> None:
+    """The provider stayed down: the fallback reply, and the failure the finish stage records."""
+    turn.failure = exc
+    turn.reply_text = FALLBACK_TEXT
+    turn.reply_stream = None
+
+
+def continue_after_stream(turn: Turn, answer: Completion) -> bool:
+    """A streamed round's whole answer, once the reply stage has shown its text. When the model called
+    tools after that text, they run now and the loop goes on: True, and the next answer is in
+    ``turn.reply_stream`` (streamed) or ``turn.reply_text``. False: ``answer`` is the final one."""
+    loop = turn.tool_loop
+    if loop is None or not answer.tool_calls or not loop.offered:
+        return False
+    started = time.monotonic()
+    try:
+        if _take(turn, loop, answer):
+            _rounds(turn, loop)
+    except LLMError as exc:
+        fail(turn, exc)
+    turn.time("llm_ms", started)
+    return True
+
+
+def _start(turn: Turn, provider: LLMProvider) -> ToolLoop:
     config = turn.config
     functions: dict[str, TenantFunction] = {}
     tool_specs: list[dict[str, Any]] = []
@@ -125,15 +165,25 @@ def _loop(turn: Turn, provider: LLMProvider) -> None:
         {"role": "system", "content": system_prompt(turn, tools_offered=bool(tool_specs))},
         *history(turn),
     ]
-    deadline = turn.started + settings.TURN_MAX_SECONDS
-    stream = _wants_stream(turn, provider)
-    rounds = 0
+    return ToolLoop(
+        provider=provider,
+        messages=messages,
+        functions=functions,
+        tool_specs=tool_specs,
+        deadline=turn.started + settings.TURN_MAX_SECONDS,
+        stream=_wants_stream(turn, provider),
+    )
+
+
+def _rounds(turn: Turn, loop: ToolLoop) -> None:
+    """LLM rounds until a final answer (or a streamed one, which the reply stage reads)."""
     while True:
-        offer = tool_specs if rounds < settings.MAX_TOOL_ROUNDS and time.monotonic() < deadline else []
-        request = _request(turn, messages, offer)
+        offer = loop.tool_specs if loop.rounds < settings.MAX_TOOL_ROUNDS and time.monotonic() < loop.deadline else []
+        loop.offered = bool(offer)
+        request = _request(turn, loop.messages, offer)
         llm_started = time.monotonic()
-        if stream:
-            handle = provider.stream(request)
+        if loop.stream:
+            handle = loop.provider.stream(request)
             handle.start()
             turn.time("llm_wait_ms", llm_started)
             if handle.has_text:
@@ -141,46 +191,54 @@ def _loop(turn: Turn, provider: LLMProvider) -> None:
                 return
             completion = handle.completion()
         else:
-            completion = provider.complete(request)
+            completion = loop.provider.complete(request)
             turn.time("llm_wait_ms", llm_started)
-        turn.usage.add(completion.usage)
-        turn.model = completion.model or turn.model
-        if not completion.tool_calls or not offer:
-            finish_text(turn, completion)
+        if not _take(turn, loop, completion):
             return
-        rounds += 1
-        messages.append(tool_call_message(completion.text, completion.tool_calls))
-        for call in completion.tool_calls:
-            tool_started = time.monotonic()
-            result = tools.run_tool_call(
-                tenant=turn.tenant,
-                call=call,
-                functions=functions,
-                conversation_id=str(turn.conversation.pk) if turn.conversation else "",
-                marker_start=len(turn.passages) + 1,
-                search_enabled=config.enable_rag,
-                handoff_enabled=config.enable_human_handoff,
-            )
-            turn.time("tools_ms", tool_started)
-            turn.passages.extend(result.passages)
-            turn.tool_records.append(
-                {
-                    "call_id": call.id,
-                    "name": call.name,
-                    "arguments_raw": call.arguments[:4000],
-                    "arguments": result.arguments,
-                    "ok": result.ok,
-                    "error": result.error,
-                    "result": result.content,
-                    "status_code": result.status_code,
-                    "duration_ms": result.duration_ms,
-                    "round": rounds,
-                }
-            )
-            messages.append(tool_result_message(call.id, result.content))
-            if result.handoff_reason:
-                handoff_check.escalate(turn, reason=result.handoff_reason)
-                return
+
+
+def _take(turn: Turn, loop: ToolLoop, completion: Completion) -> bool:
+    """Account one round's answer: the final text, or its tool calls run. True: another round follows."""
+    config = turn.config
+    turn.usage.add(completion.usage)
+    turn.model = completion.model or turn.model
+    if not completion.tool_calls or not loop.offered:
+        finish_text(turn, completion)
+        return False
+    loop.rounds += 1
+    loop.messages.append(tool_call_message(completion.text, completion.tool_calls))
+    for call in completion.tool_calls:
+        tool_started = time.monotonic()
+        result = tools.run_tool_call(
+            tenant=turn.tenant,
+            call=call,
+            functions=loop.functions,
+            conversation_id=str(turn.conversation.pk) if turn.conversation else "",
+            marker_start=len(turn.passages) + 1,
+            search_enabled=config.enable_rag,
+            handoff_enabled=config.enable_human_handoff,
+        )
+        turn.time("tools_ms", tool_started)
+        turn.passages.extend(result.passages)
+        turn.tool_records.append(
+            {
+                "call_id": call.id,
+                "name": call.name,
+                "arguments_raw": call.arguments[:4000],
+                "arguments": result.arguments,
+                "ok": result.ok,
+                "error": result.error,
+                "result": result.content,
+                "status_code": result.status_code,
+                "duration_ms": result.duration_ms,
+                "round": loop.rounds,
+            }
+        )
+        loop.messages.append(tool_result_message(call.id, result.content))
+        if result.handoff_reason:
+            handoff_check.escalate(turn, reason=result.handoff_reason)
+            return False
+    return True
 
 
 def finish_text(turn: Turn, completion: Completion) -> None:

@@ -89,10 +89,16 @@ def _record(turn: Turn) -> None:
             reply.completion_tokens = turn.usage.completion_tokens
             reply.cost_usd = cost
             reply.timings = turn.timings
-            reply.payload = {**reply.payload, "sources": turn.sources, "model": turn.model}
+            reply.payload = {
+                **reply.payload,
+                "sources": turn.sources,
+                "model": turn.model,
+                "handoff": bool(turn.handoff_reason),
+                "fallback": turn.failure is not None,
+            }
             if turn.send_error:
                 reply.status = Message.Status.FAILED
-                reply.error = {"stage": "send", "message": turn.send_error}
+                reply.error = {"stage": "send", **turn.send_failure, "message": turn.send_error}
             else:
                 reply.status = Message.Status.SENT
             reply.save(
@@ -111,7 +117,7 @@ def _record(turn: Turn) -> None:
                 emit(
                     tenant=turn.tenant,
                     type=EventType.MESSAGE_FAILED,
-                    payload={**base, "stage": "send", "message": turn.send_error},
+                    payload={**base, "stage": "send", **turn.send_failure, "message": turn.send_error},
                 )
             else:
                 emit(

@@ -24,44 +24,54 @@ from events.types import EventType
 logger = logging.getLogger(__name__)
 
 
+def _store_tool_records(turn: Turn) -> None:
+    """The turn's tool calls not stored yet, each with ``tool.called`` (the caller's transaction)."""
+    conversation = turn.conversation
+    assert conversation is not None
+    records = turn.tool_records[turn.tool_records_stored :]
+    if not records:
+        return
+    tool_messages = Message.objects.bulk_create(
+        [
+            Message(
+                tenant_id=turn.tenant.pk,
+                conversation=conversation,
+                channel=turn.channel,
+                direction=Message.Direction.OUTBOUND,
+                sender=Message.Sender.TOOL,
+                kind="tool_call",
+                content=record["name"],
+                payload=record,
+                status=Message.Status.STORED,
+                error={"message": record["error"]} if record["error"] else {},
+                timings={"duration_ms": record["duration_ms"]},
+            )
+            for record in records
+        ]
+    )
+    turn.tool_records_stored = len(turn.tool_records)
+    for message, record in zip(tool_messages, records, strict=True):
+        emit(
+            tenant=turn.tenant,
+            type=EventType.TOOL_CALLED,
+            payload={
+                "conversation_id": str(conversation.pk),
+                "message_id": message.pk,
+                "name": record["name"],
+                "arguments": record["arguments"],
+                "ok": record["ok"],
+                "error": record["error"],
+                "status_code": record["status_code"],
+                "duration_ms": record["duration_ms"],
+            },
+        )
+
+
 def _store_pending(turn: Turn) -> Message:
     conversation = turn.conversation
     assert conversation is not None
     with transaction.atomic():
-        if turn.tool_records:
-            tool_messages = Message.objects.bulk_create(
-                [
-                    Message(
-                        tenant_id=turn.tenant.pk,
-                        conversation=conversation,
-                        channel=turn.channel,
-                        direction=Message.Direction.OUTBOUND,
-                        sender=Message.Sender.TOOL,
-                        kind="tool_call",
-                        content=record["name"],
-                        payload=record,
-                        status=Message.Status.STORED,
-                        error={"message": record["error"]} if record["error"] else {},
-                        timings={"duration_ms": record["duration_ms"]},
-                    )
-                    for record in turn.tool_records
-                ]
-            )
-            for message, record in zip(tool_messages, turn.tool_records, strict=True):
-                emit(
-                    tenant=turn.tenant,
-                    type=EventType.TOOL_CALLED,
-                    payload={
-                        "conversation_id": str(conversation.pk),
-                        "message_id": message.pk,
-                        "name": record["name"],
-                        "arguments": record["arguments"],
-                        "ok": record["ok"],
-                        "error": record["error"],
-                        "status_code": record["status_code"],
-                        "duration_ms": record["duration_ms"],
-                    },
-                )
+        _store_tool_records(turn)
         return Message.objects.create(
             tenant_id=turn.tenant.pk,
             conversation=conversation,
@@ -113,10 +123,15 @@ def run(turn: Turn) -> None:
             )
     except SendError as exc:
         turn.send_error = str(exc)
+        turn.send_failure = {"code": exc.code, "permanent": exc.permanent}
+        if exc.details.get("reason"):
+            turn.send_failure["reason"] = exc.details["reason"]
         logger.warning("reply not delivered", extra={"message_id": message.pk, "error": str(exc), "code": exc.code})
     except Exception as exc:  # an adapter bug must still leave a visible failed message
         turn.send_error = f"{type(exc).__name__}: {exc}"
+        turn.send_failure = {"code": "internal_error", "permanent": False}
         logger.exception("reply not delivered", extra={"message_id": message.pk})
+    turn.delivered = not turn.send_error
     if result is not None and result.platform_message_ids:
         message.platform_message_id = result.platform_message_ids[0]
         if len(result.platform_message_ids) > 1:
@@ -126,31 +141,46 @@ def run(turn: Turn) -> None:
 
 
 def _send_stream(turn: Turn, message: Message, recipient_id: str) -> SendResult:
-    stream = turn.reply_stream
-    assert stream is not None
-    try:
-        result = outbound.stream_text(
-            channel=turn.channel,
-            recipient_id=recipient_id,
-            chunks=turn.stream_deltas(),
-            message_id=message.pk,
-        )
-        answer = stream.completion()
-    except LLMError as exc:
-        # The provider broke off mid-answer: say so with the fallback, keep the messages for a retry.
-        turn.failure = exc
+    """Stream the answer into the reply's bubble. A model that wrote some text and then called tools
+    goes on (the calls run, the next answer rewrites the same bubble); a stream that breaks off is
+    replaced by the fallback, never left standing as if it were the whole answer."""
+    while True:
+        stream = turn.reply_stream
+        assert stream is not None
+        try:
+            result = outbound.stream_text(
+                channel=turn.channel,
+                recipient_id=recipient_id,
+                chunks=turn.stream_deltas(),
+                message_id=message.pk,
+            )
+            answer = stream.completion()
+        except LLMError as exc:
+            # The provider broke off mid-answer: say so with the fallback, keep the messages for a retry.
+            completion.fail(turn, exc)
+            return outbound.send_text(
+                channel=turn.channel, recipient_id=recipient_id, text=turn.reply_text, message_id=message.pk
+            )
         turn.reply_stream = None
-        turn.reply_text = completion.FALLBACK_TEXT
-        return outbound.send_text(
-            channel=turn.channel, recipient_id=recipient_id, text=turn.reply_text, message_id=message.pk
-        )
+        if not completion.continue_after_stream(turn, answer):
+            break
+        with transaction.atomic():
+            _store_tool_records(turn)
+        if turn.reply_stream is None:
+            # A whole answer (a round that did not stream, the handoff notice, the fallback).
+            return outbound.send_text(
+                channel=turn.channel,
+                recipient_id=recipient_id,
+                text=turn.reply_text,
+                sources=turn.sources,
+                message_id=message.pk,
+            )
     turn.usage.add(answer.usage)
     turn.model = answer.model or turn.model
     streamed = answer.text
     completion.finish_text(turn, answer)
     # What the user saw is the streamed text; the sources go alongside where the channel shows them.
     turn.reply_text = streamed.strip() or turn.reply_text
-    turn.reply_stream = None
     if turn.sources:
         outbound.send_notice(
             channel=turn.channel,

@@ -12,6 +12,7 @@ from conversations.llm.base import ContextPassage, LLMError, LLMStream, Usage
 if TYPE_CHECKING:
     from channels_app.models import Channel, InboundEvent
     from conversations.models import Contact, Conversation, Message
+    from conversations.pipeline.completion import ToolLoop
     from tenants.models import Tenant
     from tenants.settings_schema import TenantSettings
 
@@ -23,6 +24,7 @@ class Turn:
     sender_external_id: str
     inbound_events: list[InboundEvent] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    stage: str = ""  # the stage running (named in the record of a turn that crashed)
 
     # resolve
     ignore_reason: str = ""  # set: messages are recorded, nothing is answered
@@ -42,13 +44,18 @@ class Turn:
     model: str = ""
     usage: Usage = field(default_factory=Usage)
     tool_records: list[dict[str, Any]] = field(default_factory=list)
+    tool_records_stored: int = 0
     reply_text: str = ""
     reply_stream: LLMStream | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
     failure: LLMError | None = None
+    tool_loop: ToolLoop | None = None
     # reply
     reply_message: Message | None = None
+    delivered: bool = False  # the channel accepted the reply (a later crash must not answer again)
     send_error: str = ""
+    # What a tenant's system needs to act on a refused send: code, permanent, reason (outside_window).
+    send_failure: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -64,5 +71,11 @@ class Turn:
         self.timings[name] = round(self.timings.get(name, 0.0) + (time.monotonic() - since) * 1000, 2)
 
     def stream_deltas(self) -> Iterator[str]:
-        assert self.reply_stream is not None
-        yield from self.reply_stream.deltas()
+        """The streamed text as it arrives. A stream that ends without a finish reason was cut off (a
+        close-delimited body ends like a whole one): LLMError, so that the channel never shows the
+        part as a complete answer."""
+        stream = self.reply_stream
+        assert stream is not None
+        yield from stream.deltas()
+        if not stream.completion().finish_reason:
+            raise LLMError("the LLM provider's answer broke off", retryable=True, code="llm_incomplete")

@@ -155,8 +155,8 @@ def function_create(
     validate_definition(name=name, parameters=parameters, endpoint_url=endpoint_url, timeout_seconds=timeout_seconds)
     if TenantFunction.objects.for_tenant(tenant).filter(name=name).exists():
         raise FunctionDefinitionError({"name": [f"a function named '{name}' already exists"]})
-    if auth_secret_name and not secret_service.tenant_secret_exists(tenant=tenant, name=auth_secret_name):
-        raise FunctionDefinitionError({"auth_secret_name": [f"the tenant has no secret named '{auth_secret_name}'"]})
+    if auth_secret_name and (problem := secret_service.secret_reference_problem(tenant=tenant, name=auth_secret_name)):
+        raise FunctionDefinitionError({"auth_secret_name": [problem]})
     signing_secret = "whsec_" + random_secrets.token_urlsafe(32)
     with transaction.atomic():
         secret_name = _signing_secret_name(name)
@@ -199,12 +199,10 @@ def function_update(*, tenant: Tenant, function: TenantFunction, **changes: Any)
         endpoint_url=function.endpoint_url,
         timeout_seconds=function.timeout_seconds,
     )
-    if function.auth_secret_name and not secret_service.tenant_secret_exists(
-        tenant=tenant, name=function.auth_secret_name
+    if function.auth_secret_name and (
+        problem := secret_service.secret_reference_problem(tenant=tenant, name=function.auth_secret_name)
     ):
-        raise FunctionDefinitionError(
-            {"auth_secret_name": [f"the tenant has no secret named '{function.auth_secret_name}'"]}
-        )
+        raise FunctionDefinitionError({"auth_secret_name": [problem]})
     function.save()
     return function
 

@@ -11,7 +11,7 @@ from tenants import secrets as secret_service
 from tenants import services
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import ApiKey, Membership, Tenant, TenantSecret
-from tenants.settings_schema import TenantSettingsError, validate_tenant_settings
+from tenants.settings_schema import TenantSettingsError, secret_references
 
 
 class TenantForm(forms.ModelForm):
@@ -21,7 +21,11 @@ class TenantForm(forms.ModelForm):
 
     def clean_settings(self) -> dict:
         try:
-            return validate_tenant_settings(self.cleaned_data.get("settings") or {})
+            return services.tenant_settings_validate(
+                tenant=self.instance if self.instance.pk else None,
+                settings=self.cleaned_data.get("settings") or {},
+                base=None,
+            )
         except TenantSettingsError as exc:
             raise forms.ValidationError([f"{k}: {', '.join(v)}" for k, v in exc.errors.items()]) from None
 
@@ -44,6 +48,10 @@ class TenantAdmin(admin.ModelAdmin):
         if not request.user.is_superuser:
             fields += ["slug", "is_active", "rate_limit_per_minute"]
         return fields
+
+    def get_prepopulated_fields(self, request: HttpRequest, obj: Any = None) -> dict[str, Any]:
+        # The slug is read-only for owners; prepopulating a field the form lacks fails the change form.
+        return super().get_prepopulated_fields(request, obj) if request.user.is_superuser else {}
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.is_superuser)
@@ -112,6 +120,14 @@ class TenantSecretForm(forms.ModelForm):
         model = TenantSecret
         fields = ["tenant", "name"]
 
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        try:
+            secret_service.check_tenant_namespace(name)
+        except secret_service.ReservedSecretName as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return name
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if not self.instance.pk and not data.get("value"):
@@ -125,6 +141,19 @@ class TenantSecretAdmin(TenantScopedAdmin):
     list_display = ["name", "tenant", "key_id", "updated_at"]
     search_fields = ["name"]
     readonly_fields = ["key_id", "created_at", "updated_at"]
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        # The platform's own webhook and function secrets are managed by those features only.
+        queryset = super().get_queryset(request)
+        for prefix in secret_service.INTERNAL_SECRET_PREFIXES:
+            queryset = queryset.exclude(name__istartswith=prefix)
+        return queryset
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A secret the tenant's settings name stays until the setting changes (the API answers 409).
+        if obj is not None and obj.name in secret_references(obj.tenant.settings or {}).values():
+            return False
+        return super().has_delete_permission(request, obj)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*self.readonly_fields, "tenant", "name"] if obj else self.readonly_fields

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
@@ -12,8 +11,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError
-from events.services import emit
-from events.types import EventType
 from tenants import secrets as secret_service
 from tenants import services
 from tenants.auth import IsAdminKey, Principal, TenantScopedMixin
@@ -182,15 +179,27 @@ class SecretWriteSerializer(serializers.Serializer):
     value = serializers.CharField(max_length=16384, trim_whitespace=False, write_only=True)
 
 
-SECRET_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,120}"
+SECRET_NAME_PATTERN = secret_service.SECRET_NAME_PATTERN
+
+
+def _reserved(exc: secret_service.ReservedSecretName) -> ApiError:
+    # 403 for every method on a reserved name, whether or not such a secret exists: the answer says
+    # why (the prefixes are documented) and nothing about the tenant's webhooks or functions.
+    return ApiError(403, "reserved_secret_name", str(exc))
 
 
 class SecretListView(TenantScopedMixin, generics.GenericAPIView):
     serializer_class = SecretSerializer
 
-    @extend_schema(responses=SecretSerializer(many=True), summary="List secret names (never values)")
+    @extend_schema(
+        responses=SecretSerializer(many=True),
+        summary="List secret names (never values); the platform's own webhook and function secrets are not listed",
+    )
     def get(self, request: Request, tenant_id: Any) -> Response:
-        page = self.paginate_queryset(TenantSecret.objects.for_tenant(self.tenant).order_by("name"))
+        rows = TenantSecret.objects.for_tenant(self.tenant).order_by("name")
+        for prefix in secret_service.INTERNAL_SECRET_PREFIXES:
+            rows = rows.exclude(name__istartswith=prefix)
+        page = self.paginate_queryset(rows)
         return self.get_paginated_response(SecretSerializer(page, many=True).data)
 
 
@@ -199,16 +208,20 @@ class SecretDetailView(TenantScopedMixin, APIView):
     def put(self, request: Request, tenant_id: Any, name: str) -> Response:
         data = SecretWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            created = not secret_service.tenant_secret_exists(tenant=self.tenant, name=name)
-            row = secret_service.tenant_secret_set(tenant=self.tenant, name=name, value=data.validated_data["value"])
-            emit(tenant=self.tenant, type=EventType.SECRET_UPDATED, payload={"name": name, "key_id": row.key_id})
+        try:
+            row, created = services.tenant_secret_put(tenant=self.tenant, name=name, value=data.validated_data["value"])
+        except secret_service.ReservedSecretName as exc:
+            raise _reserved(exc) from None
         return Response(SecretSerializer(row).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses={204: None}, summary="Delete a secret")
+    @extend_schema(responses={204: None}, summary="Delete a secret (409 while a setting names it)")
     def delete(self, request: Request, tenant_id: Any, name: str) -> Response:
-        with transaction.atomic():
-            if not secret_service.tenant_secret_delete(tenant=self.tenant, name=name):
-                raise ApiError(404, "not_found", "No such secret.")
-            emit(tenant=self.tenant, type=EventType.SECRET_DELETED, payload={"name": name})
+        try:
+            services.tenant_secret_remove(tenant=self.tenant, name=name)
+        except secret_service.ReservedSecretName as exc:
+            raise _reserved(exc) from None
+        except secret_service.SecretNotFound:
+            raise ApiError(404, "not_found", "No such secret.") from None
+        except services.SecretInUse as exc:
+            raise ApiError(409, "secret_in_use", str(exc), {"used_by": exc.used_by}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)

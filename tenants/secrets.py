@@ -195,6 +195,46 @@ def _apply(row: Any, sealed: Sealed) -> None:
 
 # --- tenant secrets ---------------------------------------------------------------------------------
 
+# The platform keeps its own secrets among the tenant's: webhook endpoints (events.models:
+# ``webhook.<id>.signing``, ``.signing.previous``, ``.headers``) and functions (conversations.services:
+# ``function.<name>.signing``). These prefixes are reserved: the generic secrets API cannot create,
+# overwrite or delete such a name, and no setting may reference one, or a tenant could have a signing
+# secret sent to a URL of its choosing as an API key. Compared case-insensitively so a look-alike
+# (``Webhook.x.signing``) cannot be mistaken for one by a human reading the list either.
+INTERNAL_SECRET_PREFIXES = ("webhook.", "function.")
+# What a tenant may name its own secrets (the API's URL pattern and the settings' references).
+SECRET_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,120}"
+
+
+class ReservedSecretName(SecretError):
+    pass
+
+
+def is_internal_secret_name(name: str) -> bool:
+    return name.lower().startswith(INTERNAL_SECRET_PREFIXES)
+
+
+def check_tenant_namespace(name: str) -> None:
+    """Raise ReservedSecretName when ``name`` belongs to the platform's internal secrets."""
+    if is_internal_secret_name(name):
+        prefixes = " or ".join(f"'{p}'" for p in INTERNAL_SECRET_PREFIXES)
+        raise ReservedSecretName(
+            f"secret names starting with {prefixes} are reserved for the platform's own webhook and function "
+            "signing secrets; choose another name"
+        )
+
+
+def secret_reference_problem(*, tenant: Tenant | None, name: str) -> str | None:
+    """Why a setting of ``tenant`` may not name the secret ``name`` (None when it may): it must be one of
+    the tenant's own secrets, and exist now rather than fail at the first call that needs it."""
+    try:
+        check_tenant_namespace(name)
+    except ReservedSecretName as exc:
+        return str(exc)
+    if tenant is None or not tenant_secret_exists(tenant=tenant, name=name):
+        return f"the tenant has no secret named '{name}'"
+    return None
+
 
 def tenant_secret_set(*, tenant: Tenant, name: str, value: str) -> TenantSecret:
     """Create or replace a tenant secret. The plaintext is encrypted before any database write."""

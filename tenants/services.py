@@ -18,8 +18,14 @@ from django.utils.text import slugify
 
 from events.services import emit
 from events.types import EventType
-from tenants.models import ApiKey, Membership, Tenant
-from tenants.settings_schema import default_tenant_settings, validate_tenant_settings
+from tenants import secrets as secret_store
+from tenants.models import ApiKey, Membership, Tenant, TenantSecret
+from tenants.settings_schema import (
+    TenantSettingsError,
+    default_tenant_settings,
+    secret_references,
+    validate_tenant_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +51,22 @@ def unique_slug(name: str, slug: str | None = None) -> str:
     return candidate
 
 
+def tenant_settings_validate(*, tenant: Tenant | None, settings: Any, base: dict[str, Any] | None) -> dict[str, Any]:
+    """Settings as they will be saved: the schema's strict rules, then every secret they name must be one
+    of the tenant's own (a tenant being created has none yet). Raises TenantSettingsError by field path."""
+    full = validate_tenant_settings(settings, base=base)
+    problems = {
+        path: [problem]
+        for path, name in secret_references(full).items()
+        if (problem := secret_store.secret_reference_problem(tenant=tenant, name=name))
+    }
+    if problems:
+        raise TenantSettingsError(problems)
+    return full
+
+
 def tenant_create(*, name: str, slug: str | None = None, settings: dict[str, Any] | None = None) -> Tenant:
-    full_settings = validate_tenant_settings(settings or {}, base=default_tenant_settings())
+    full_settings = tenant_settings_validate(tenant=None, settings=settings or {}, base=default_tenant_settings())
     return Tenant.objects.create(name=name, slug=unique_slug(name, slug), settings=full_settings)
 
 
@@ -65,7 +85,10 @@ def tenant_update(
             tenant.name = name
             changed.append("name")
         if settings is not None:
-            tenant.settings = validate_tenant_settings(settings, base=tenant.settings)
+            # Under the tenant's row lock, so a secret deleted meanwhile (tenant_secret_remove takes the
+            # same lock) cannot leave the saved settings naming a secret that is gone.
+            Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+            tenant.settings = tenant_settings_validate(tenant=tenant, settings=settings, base=tenant.settings)
             tenant.__dict__.pop("config", None)
             changed.append("settings")
         if is_active is not None:
@@ -78,6 +101,41 @@ def tenant_update(
             tenant.save()
             emit(tenant=tenant, type=EventType.TENANT_UPDATED, payload={"fields": changed})
     return tenant
+
+
+# --- the tenant's own secrets (the generic secrets API) ----------------------------------------------------
+
+
+class SecretInUse(Exception):
+    """The secret is named by the tenant's settings; ``used_by`` lists the setting paths."""
+
+    def __init__(self, name: str, used_by: list[str]):
+        self.used_by = used_by
+        super().__init__(f"secret '{name}' is used by {', '.join(used_by)}; change that setting first")
+
+
+def tenant_secret_put(*, tenant: Tenant, name: str, value: str) -> tuple[TenantSecret, bool]:
+    """Create or replace one of the tenant's own secrets; (row, created). Raises ReservedSecretName."""
+    secret_store.check_tenant_namespace(name)
+    with transaction.atomic():
+        created = not secret_store.tenant_secret_exists(tenant=tenant, name=name)
+        row = secret_store.tenant_secret_set(tenant=tenant, name=name, value=value)
+        emit(tenant=tenant, type=EventType.SECRET_UPDATED, payload={"name": name, "key_id": row.key_id})
+    return row, created
+
+
+def tenant_secret_remove(*, tenant: Tenant, name: str) -> None:
+    """Delete one of the tenant's own secrets. Raises ReservedSecretName, SecretNotFound, or SecretInUse
+    while a setting names it (deleting it would break that provider at its next call, not now)."""
+    secret_store.check_tenant_namespace(name)
+    with transaction.atomic():
+        settings = Tenant.objects.select_for_update().values_list("settings", flat=True).get(pk=tenant.pk)
+        used_by = sorted(f"settings.{path}" for path, ref in secret_references(settings or {}).items() if ref == name)
+        if used_by:
+            raise SecretInUse(name, used_by)
+        if not secret_store.tenant_secret_delete(tenant=tenant, name=name):
+            raise secret_store.SecretNotFound(f"tenant has no secret named '{name}'")
+        emit(tenant=tenant, type=EventType.SECRET_DELETED, payload={"name": name})
 
 
 def tenant_delete(*, tenant: Tenant) -> None:

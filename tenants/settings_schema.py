@@ -3,14 +3,78 @@
 Stored as camelCase JSON (the seed's wire names). ``validate_tenant_settings`` returns the complete
 settings with defaults filled in, or raises ``TenantSettingsError`` with one message per field path
 (``ragConfig.hybridWeights.keyword``) so the API can answer a field-level error.
+
+Strict on input, tolerant on read. What a tenant saves is validated in pydantic's strict mode (no
+coercion: ``"5"`` and ``true`` are not integers; an integer is still a valid float), with lengths,
+reserved secret names and endpoint URLs checked, the URLs against the egress address rules
+(``config.egress.check_url``, which resolves the host). What is read back at turn time
+(``parse_tenant_settings``) is parsed leniently, without DNS; a stored value that breaks a rule added
+after it was saved is replaced by its default for that read and logged, so a tenant saved under older
+rules keeps answering (``manage.py check_tenant_settings`` lists such tenants).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import logging
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from config.egress import EgressRefused, check_url
+from tenants.secrets import SECRET_NAME_PATTERN, ReservedSecretName, check_tenant_namespace
+
+logger = logging.getLogger(__name__)
+
+# Validation context flag: the settings are being saved (strict types, URLs resolved and checked).
+SAVING = "saving"
+MAX_URL_LENGTH = 2048
+MAX_MODEL_NAME_LENGTH = 200
+
+
+def _saving(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(SAVING))
+
+
+def _endpoint_url(value: str, info: ValidationInfo) -> str:
+    """An LLM or embedding base URL: http(s), a host, no credentials, and (when saved) an address a
+    tenant may reach. The calls themselves go through the egress guard again."""
+    if value:
+        try:
+            check_url(value, resolve=_saving(info))
+        except EgressRefused as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _secret_reference(value: str) -> str:
+    if value:
+        try:
+            check_tenant_namespace(value)
+        except ReservedSecretName as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+EndpointUrl = Annotated[str, StringConstraints(max_length=MAX_URL_LENGTH), AfterValidator(_endpoint_url)]
+ModelName = Annotated[str, StringConstraints(max_length=MAX_MODEL_NAME_LENGTH)]
+# Empty = no secret; otherwise a name the secrets API accepts, outside the reserved namespaces.
+SecretReference = Annotated[
+    str, StringConstraints(max_length=120, pattern=rf"^(|{SECRET_NAME_PATTERN})$"), AfterValidator(_secret_reference)
+]
+# BCP 47 tags are at most 35 characters in practice (RFC 5646 section 4.4.1).
+LanguageTag = Annotated[str, StringConstraints(max_length=35)]
 
 
 class _Schema(BaseModel):
@@ -41,10 +105,10 @@ class LlmConfig(_Schema):
     """Which LLM answers for this tenant. ``default`` = the deployment's (OPENAI_* env or offline)."""
 
     provider: Literal["default", "offline", "openai", "openai_compatible"] = "default"
-    model: str = ""
-    base_url: str = ""
+    model: ModelName = ""
+    base_url: EndpointUrl = ""
     # Name of the TenantSecret holding the API key (never the key itself).
-    api_key_secret: str = ""
+    api_key_secret: SecretReference = ""
     temperature: float = Field(0.3, ge=0, le=2)
     max_tokens: int = Field(600, ge=16, le=16000)
     stream: bool = True
@@ -54,16 +118,16 @@ class EmbeddingConfig(_Schema):
     """Which embedder indexes and searches this tenant's documents. ``default`` = deployment's."""
 
     provider: Literal["default", "local", "openai", "openai_compatible"] = "default"
-    model: str = ""
-    base_url: str = ""
+    model: ModelName = ""
+    base_url: EndpointUrl = ""
     dimensions: int | None = Field(None, ge=8, le=4096)
-    api_key_secret: str = ""
+    api_key_secret: SecretReference = ""
 
 
 class TenantSettings(_Schema):
     brand_name: str = Field("Your Business", min_length=1, max_length=120)
     tone: str = Field("friendly", min_length=1, max_length=60)
-    locale: list[str] = Field(default_factory=lambda: ["en"], min_length=1, max_length=20)
+    locale: list[LanguageTag] = Field(default_factory=lambda: ["en"], min_length=1, max_length=20)
     enable_rag: bool = True
     enable_function_calling: bool = True
     enable_human_handoff: bool = True
@@ -75,8 +139,6 @@ class TenantSettings(_Schema):
     @field_validator("locale")
     @classmethod
     def _locales(cls, value: list[str]) -> list[str]:
-        import re
-
         for item in value:
             if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", item):
                 raise ValueError(f"'{item}' is not a language tag such as 'en' or 'pt-BR'")
@@ -107,12 +169,14 @@ def _field_errors(exc: ValidationError) -> dict[str, list[str]]:
 
 
 def validate_tenant_settings(data: Any, *, base: dict | None = None) -> dict[str, Any]:
-    """Validate ``data`` (merged over ``base``, nested dicts merged) and return full camelCase settings."""
+    """Validate ``data`` (merged over ``base``, nested dicts merged) strictly, as it is being saved, and
+    return full camelCase settings. Secret references are checked against the tenant by
+    ``tenants.services.tenant_settings_validate``."""
     if not isinstance(data, dict):
         raise TenantSettingsError({"settings": ["must be a JSON object"]})
     merged = _deep_merge(base or {}, data)
     try:
-        parsed = TenantSettings.model_validate(merged)
+        parsed = TenantSettings.model_validate(merged, strict=True, context={SAVING: True})
     except ValidationError as exc:
         raise TenantSettingsError(_field_errors(exc)) from None
     return parsed.model_dump(by_alias=True)
@@ -123,8 +187,66 @@ def default_tenant_settings() -> dict[str, Any]:
 
 
 def parse_tenant_settings(data: dict[str, Any]) -> TenantSettings:
-    """Typed access for services: ``parse_tenant_settings(tenant.settings).rag_config.top_k``."""
-    return TenantSettings.model_validate(data or {})
+    """Typed access for services: ``parse_tenant_settings(tenant.settings).rag_config.top_k``.
+
+    Lenient: a stored value that fails today's rules falls back to its default (logged with its path),
+    so settings saved under older rules never stop a turn. The value itself is never logged."""
+    current: dict[str, Any] = dict(data or {})
+    dropped: list[str] = []
+    # Each pass removes every failing field. A model-level error (both hybrid weights 0) names the
+    # object, which the next pass drops whole; the schema's nesting depth bounds the passes.
+    for _ in range(4):
+        try:
+            parsed = TenantSettings.model_validate(current)
+            break
+        except ValidationError as exc:
+            for error in exc.errors():
+                path = _removable_path(error["loc"])
+                dropped.append(".".join(path) or "settings")
+                current = _without(current, path)
+    else:
+        parsed = TenantSettings()
+    if dropped:
+        logger.warning(
+            "stored tenant settings break the current rules; defaults used for these fields",
+            extra={"settings_fields": sorted(set(dropped))},
+        )
+    return parsed
+
+
+def secret_references(settings: dict[str, Any]) -> dict[str, str]:
+    """The tenant secrets these (camelCase) settings name, by field path: ``{"llm.apiKeySecret": name}``."""
+    references: dict[str, str] = {}
+    for section in ("llm", "embedding"):
+        value = settings.get(section)
+        name = value.get("apiKeySecret") if isinstance(value, dict) else None
+        if isinstance(name, str) and name:
+            references[f"{section}.apiKeySecret"] = name
+    return references
+
+
+def _removable_path(loc: tuple[int | str, ...]) -> list[str]:
+    """The dict keys leading to the failing value; an error inside a list removes the whole list."""
+    path: list[str] = []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        path.append(part)
+    return path
+
+
+def _without(data: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    if not path:
+        return {}
+    out = dict(data)
+    head, rest = path[0], path[1:]
+    if not rest:
+        out.pop(head, None)
+    elif isinstance(out.get(head), dict):
+        out[head] = _without(out[head], rest)
+    else:
+        out.pop(head, None)
+    return out
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

@@ -3,6 +3,12 @@
 The id comes from the ``X-Request-ID`` request header (when it is a sane token) or is generated, is
 echoed back on the response, is attached to every log record, and travels with every Celery task
 published while it is set (as the ``correlation_id`` message header).
+
+Credentials never reach a log line: every record the JSON formatter writes (message, extra fields,
+the ``request`` Django attaches to its 4xx/5xx warnings, tracebacks) goes through ``redact``, which
+replaces the values of sensitive query-string parameters (``hub.verify_token=``, ``api_key=``,
+``access_token=``, ...) and sensitive headers (Authorization, X-API-Key, X-Hub-Signature*, Cookie)
+with ``***``, wherever they appear: a URL, a header dict, the repr of a request.
 """
 
 from __future__ import annotations
@@ -30,6 +36,55 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+REDACTED = "***"
+# Query parameters whose values are credentials: any name ending in token/key/secret/password/signature
+# (hub.verify_token, access_token, api_key, client_secret, ...) and the bare short forms.
+_SENSITIVE_PARAM = re.compile(
+    r"(?i)(?<![\w.\-])([\w.\-]*(?:token|api[_\-]?key|secret|passw(?:or)?d|signature)|key|sig|pwd)=[^&\s\"'<>\\#]*"
+)
+# Headers whose values are credentials, as a WSGI/ASGI name, an HTTP name or a dict key; the value runs
+# to the end of the quoted string or the line.
+_SENSITIVE_HEADER = re.compile(
+    r"(?i)(?<![\w\-])((?:HTTP_)?(?:(?:proxy[_\-])?authorization|x[_\-]api[_\-]key|x[_\-]hub[_\-]signature(?:[_\-]256)?"
+    r"|x[_\-]metachat[_\-]signature|(?:set[_\-])?cookie))(['\"]?\s*[:=]\s*(?:b?['\"])?)[^'\"\\\r\n]+"
+)
+_SENSITIVE_KEY = re.compile(
+    r"(?i)^(?:HTTP_)?(?:(?:proxy[_\-])?authorization|x[_\-]api[_\-]key|x[_\-]hub[_\-]signature(?:[_\-]256)?"
+    r"|x[_\-]metachat[_\-]signature|(?:set[_\-])?cookie|[\w.\-]*(?:token|api[_\-]?key|secret|passw(?:or)?d))$"
+)
+
+
+# Substrings without which neither pattern can match: most log text is skipped in a few hundred ns.
+_HEADER_WORDS = ("authorization", "api_key", "api-key", "signature", "cookie")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the values of credential query parameters and headers replaced by ``***``."""
+    if "=" in text:
+        text = _SENSITIVE_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    lowered = text.lower()
+    if any(word in lowered for word in _HEADER_WORDS):
+        text = _SENSITIVE_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return text
+
+
+def redact(value: Any) -> Any:
+    """A JSON-ready copy of ``value`` with credentials redacted: strings through ``redact_text``,
+    dict entries under a sensitive name replaced whole, anything else by its redacted ``str``."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if _SENSITIVE_KEY.match(str(k)) and v not in (None, "") else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    return redact_text(str(value))
+
+
 def new_correlation_id() -> str:
     return uuid.uuid4().hex
 
@@ -50,7 +105,8 @@ class CorrelationIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; ``extra={...}`` fields are kept as top-level keys."""
+    """One JSON object per line; ``extra={...}`` fields are kept as top-level keys. Credentials are
+    redacted from every field (see ``redact``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -68,7 +124,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             payload["traceback"] = "".join(traceback.format_exception(*record.exc_info))
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return json.dumps(redact(payload), ensure_ascii=False)
 
 
 class RequestIdMiddleware:

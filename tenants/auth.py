@@ -1,6 +1,8 @@
 """API authentication (admin key / tenant keys) and tenant scoping for API views.
 
-Keys arrive as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. The global admin key (from
+Keys arrive as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, never in the URL: a request
+carrying one there (``?api_key=``, ``?key=``, ...) is refused with a message saying where it goes, since
+URLs end up in access logs, proxies and browser history. The global admin key (from
 ``ADMIN_API_KEY``) reaches everything; a tenant key reaches only its own tenant, and every other
 tenant's URL answers 404, exactly as a tenant that does not exist.
 """
@@ -37,6 +39,10 @@ class Principal:
         return self.is_admin or (self.tenant is not None and str(self.tenant.pk) == str(tenant_id))
 
 
+# Query parameters a client might put an API key in; their presence alone refuses the request.
+KEY_QUERY_PARAMETERS = ("api_key", "apikey", "key", "access_token")
+
+
 def key_from_request(request: Any) -> str:
     header = request.META.get("HTTP_X_API_KEY", "")
     if header:
@@ -52,6 +58,11 @@ class ApiKeyAuthentication(BaseAuthentication):
         from tenants.services import api_key_authenticate
 
         key = key_from_request(request)
+        if any(name in request.query_params for name in KEY_QUERY_PARAMETERS):
+            raise exceptions.AuthenticationFailed(
+                "API keys are not accepted in the URL (logs and browser history keep URLs): send the X-API-Key "
+                "header or Authorization: Bearer, and treat a key that was sent in a URL as exposed."
+            )
         if not key:
             return None
         admin_key = settings.ADMIN_API_KEY

@@ -13,7 +13,9 @@ from django.utils.html import format_html
 
 from channels_app import services, webchat
 from channels_app.models import Channel, InboundEvent, UnroutedWebhook, new_widget_key
-from tenants.admin_scoping import TenantScopedAdmin
+from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
+from tenants.models import Tenant
+from tenants.secrets import with_channel_secret
 
 
 class ChannelForm(forms.ModelForm):
@@ -33,8 +35,48 @@ class ChannelForm(forms.ModelForm):
         model = Channel
         fields = ["tenant", "type", "name", "is_active", "external_id", "config"]
 
+    request: HttpRequest  # set by ChannelAdmin.get_form
+    claim: services.ExternalIdClaim | None = None
+
     def credentials(self) -> dict[str, str]:
         return {name: self.cleaned_data.get(name) or "" for name in services.CREDENTIAL_NAMES}
+
+    def clean(self) -> dict[str, Any]:
+        """Tenant staff claim a WhatsApp/Messenger id as the API does (Meta must confirm the token);
+        superusers (the operator, e.g. settling a "contact support" case) assign ids directly."""
+        data = super().clean() or {}
+        channel_type, external_id = data.get("type") or self.instance.type, data.get("external_id") or ""
+        tenant_ids = user_tenant_ids(self.request)
+        if (
+            tenant_ids is None
+            or channel_type not in services.META_PLATFORMS
+            or not external_id
+            or external_id == self.instance.external_id
+        ):
+            return data
+        tenant = data.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
+        if tenant is None and len(tenant_ids) == 1:
+            tenant = Tenant.objects.get(pk=tenant_ids[0])
+        if tenant is None:
+            return data  # the tenant field reports it missing
+        token = data.get("access_token") or (
+            with_channel_secret(
+                channel=self.instance, fn=lambda values: values.get("access_token", ""), missing_ok=True
+            )
+            if self.instance.pk
+            else ""
+        )
+        try:
+            self.claim = services.external_id_claim_verify(
+                tenant=tenant,
+                type=channel_type,
+                external_id=external_id,
+                access_token=token or "",
+                exclude_pk=self.instance.pk,
+            )
+        except services.ChannelError as exc:
+            self.add_error("access_token" if exc.field == "credentials.access_token" else "external_id", str(exc))
+        return data
 
 
 @admin.register(Channel)
@@ -74,10 +116,18 @@ class ChannelAdmin(TenantScopedAdmin):
             return "-"
         return ", ".join(services.channel_credential_names(channel=obj)) or "none"
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change, **kwargs)
+        form.request = request  # type: ignore[attr-defined]  # a class made for this call (modelform_factory)
+        return form
+
     def save_model(self, request: HttpRequest, obj: Channel, form: Any, change: bool) -> None:
         if obj.type == Channel.Type.WEBCHAT and not obj.external_id:
             obj.external_id = new_widget_key()  # the public key the embed snippet carries
-        super().save_model(request, obj, form, change)
+        with transaction.atomic():
+            if form.claim is not None:
+                services.external_id_claim_apply(form.claim)
+            super().save_model(request, obj, form, change)
         services.clear_route_cache()
         if obj.type == Channel.Type.WEBCHAT and not obj.is_active:
             transaction.on_commit(lambda: webchat.close_channel_sockets(channel_id=obj.pk))

@@ -62,7 +62,10 @@ class ChannelCreateSerializer(serializers.Serializer):
         required=False,
         allow_blank=True,
         default="",
-        help_text="WhatsApp phone_number_id or Messenger page id (web chat: generated widget key).",
+        help_text=(
+            "WhatsApp phone_number_id or Messenger page id (web chat: generated widget key). Meta must confirm "
+            "that credentials.access_token can read it (docs/channels.md, 'Claiming an id')."
+        ),
     )
     is_active = serializers.BooleanField(required=False, default=True)
     config = serializers.JSONField(
@@ -90,8 +93,9 @@ class ChannelUpdateSerializer(serializers.Serializer):
 
 
 def _channel_error(exc: services.ChannelError) -> ApiError:
-    status_code = 409 if exc.code == "conflict" else 400
-    code = "conflict" if exc.code == "conflict" else "validation_error"
+    status_code, code = {"conflict": (409, "conflict"), "unavailable": (503, "graph_api_unavailable")}.get(
+        exc.code, (400, "validation_error")
+    )
     return ApiError(status_code, code, str(exc), {exc.field: [str(exc)]} if exc.field else None)
 
 
@@ -116,7 +120,7 @@ class ChannelListView(TenantScopedMixin, generics.GenericAPIView):
         if values["type"] == Channel.Type.WEBCHAT and not values["external_id"]:
             values["external_id"] = new_widget_key()
         try:
-            channel = services.channel_create(tenant=self.tenant, **values)
+            channel = services.channel_create(tenant=self.tenant, verify_claim=True, **values)
         except services.ChannelError as exc:
             raise _channel_error(exc) from None
         return Response(ChannelSerializer(channel).data, status=status.HTTP_201_CREATED)
@@ -144,7 +148,12 @@ class ChannelDetailView(_ChannelLookup, APIView):
         credentials = values.pop("credentials", None)
         try:
             if values:
-                services.channel_update(channel=channel, **values)
+                services.channel_update(
+                    channel=channel,
+                    verify_claim=True,
+                    access_token=(credentials or {}).get("access_token", ""),
+                    **values,
+                )
             if credentials:
                 services.channel_set_credentials(channel=channel, credentials=credentials)
         except services.ChannelError as exc:

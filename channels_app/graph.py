@@ -243,3 +243,16 @@ class GraphClient:
         assert last_error is not None
         last_error.retry_after = backoff_delay(cfg.max_attempts, base=cfg.backoff_base, cap=cfg.backoff_max) + 1
         raise last_error
+
+    def read_object_id(self, path: str, *, fields: str) -> str | None:
+        """``GET /{path}?fields=...`` with this token: the ``id`` Meta answers, or None when Meta refuses
+        (the token cannot see that object, or the token is invalid). Throttling, 5xx and connection
+        errors raise SendError (transient): whether the token can see it is then unknown."""
+        try:
+            body = self.get(path, {"fields": fields})
+        except SendError as exc:
+            if exc.permanent:
+                return None
+            raise
+        found = body.get("id")
+        return str(found) if isinstance(found, str | int) else None

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from channels_app.models import Channel, ChannelSecret
 from tenants.secrets import with_channel_secret
+
+
+@pytest.fixture(autouse=True)
+def _graph_confirms_the_number(graph):
+    """Channels take an id only once Meta confirms the token reads it (tests/security/test_channel_claims.py)."""
+    graph.profiles["1122334455667"] = {"display_phone_number": "15550001111"}
 
 
 def create_whatsapp(api, tenant, **overrides):
@@ -56,10 +64,10 @@ def test_update_name_and_one_credential_keeps_the_others(tenant, tenant_api):
 
 
 def test_credentials_endpoint_is_write_only(tenant, tenant_api):
-    channel_id = create_whatsapp(tenant_api, tenant, credentials={}).json()["id"]
+    channel_id = create_whatsapp(tenant_api, tenant, credentials={"access_token": "EAAtoken"}).json()["id"]
     url = f"/api/tenants/{tenant.pk}/channels/{channel_id}/credentials/"
     response = tenant_api.put(url, {"app_secret": "fresh"}, format="json")
-    assert response.status_code == 200 and response.json()["credentials_set"] == ["app_secret"]
+    assert response.status_code == 200 and response.json()["credentials_set"] == ["access_token", "app_secret"]
     assert tenant_api.get(url).status_code == 405
     assert tenant_api.put(url, {}, format="json").status_code == 400
 

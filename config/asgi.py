@@ -13,11 +13,17 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from channels_app.routing import websocket_urlpatterns  # noqa: E402
 from channels_app.webhook_asgi import WebhookFastPath  # noqa: E402
+from config import ingress  # noqa: E402
+
+# daphne buffers a whole request body before calling the application: bodies are bounded in its
+# request class, at the socket (see config.ingress); the middleware below holds for other servers.
+ingress.install_daphne_guard()
 
 application = ProtocolTypeRouter(
     {
-        # Meta's webhook POSTs skip Django's middleware stack (see channels_app.webhook_asgi).
-        "http": WebhookFastPath(ASGIStaticFilesHandler(django_asgi_app)),
+        # Every body is bounded first, the webhooks' included; then Meta's webhook POSTs skip Django's
+        # middleware stack (see channels_app.webhook_asgi).
+        "http": ingress.BodyLimitMiddleware(WebhookFastPath(ASGIStaticFilesHandler(django_asgi_app))),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

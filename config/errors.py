@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ _DEFAULT_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -50,8 +58,24 @@ _DEFAULT_CODES = {
 }
 
 
+def _suspicious_request(exc: SuspiciousOperation) -> ApiError:
+    """What Django refuses while reading a request (raised from ``request.data`` inside a view)."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return ApiError(413, "payload_too_large", f"The request body is over {limit} bytes.", {"limit": limit})
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return ApiError(400, "validation_error", str(exc))
+    return ApiError(400, "invalid_request", "The request is malformed.")
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, Http404):
+    # Imported here: rest_framework.views loads the parser classes, and config.ingress (one of them)
+    # imports this module.
+    from rest_framework.views import exception_handler
+
+    if isinstance(exc, SuspiciousOperation):
+        exc = _suspicious_request(exc)
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
@@ -82,32 +106,54 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
 
 
 class JsonErrorMiddleware:
-    """Django-level 404/405/500 on API and webhook paths answer JSON too (not the HTML error pages)."""
+    """Django-level errors on API and webhook paths answer JSON too, not its HTML pages: 404, 405, a
+    CSRF 403, a 400 for a request Django found suspicious, a 500 (a deliberate plain-text answer stays)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        content_type = response.get("Content-Type", "")
         if (
             request.path.startswith(JSON_PATH_PREFIXES)
-            and response.status_code in (404, 405, 500)
-            and not response.get("Content-Type", "").startswith("application/json")
+            and response.status_code >= 400
+            and (content_type.startswith("text/html") or response.status_code in (404, 405, 500))
+            and not content_type.startswith("application/json")
             and not getattr(response, "streaming", False)
         ):
-            code = {404: "not_found", 405: "method_not_allowed", 500: "internal_error"}[response.status_code]
-            message = {
-                404: "No such resource.",
-                405: f"Method {request.method} is not allowed here.",
-                500: "Internal error; it has been logged.",
-            }[response.status_code]
-            return json_error(response.status_code, code, message)
+            return _as_json(request, response)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if request.path.startswith(JSON_PATH_PREFIXES) and not isinstance(exception, Http404):
-            logger.exception("unhandled error", extra={"path": request.path})
-            return json_error(
-                status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal error; it has been logged."
-            )
-        return None
+        if not request.path.startswith(JSON_PATH_PREFIXES) or isinstance(exception, Http404):
+            return None
+        if isinstance(exception, SuspiciousOperation):
+            error = _suspicious_request(exception)
+            logger.warning("suspicious request refused: %s", type(exception).__name__, extra={"path": request.path})
+            return json_error(error.status_code, error.error_code, str(error.detail), error.details)
+        logger.exception("unhandled error", extra={"path": request.path})
+        return json_error(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal error; it has been logged."
+        )
+
+
+_MESSAGES = {
+    400: "The request is malformed.",
+    403: "Forbidden.",
+    404: "No such resource.",
+    500: "Internal error; it has been logged.",
+}
+
+
+def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    status_code = response.status_code
+    if status_code == 405:
+        message = f"Method {request.method} is not allowed here."
+    else:
+        message = _MESSAGES.get(status_code) or HTTPStatus(status_code).phrase + "."
+    code = _DEFAULT_CODES.get(status_code) or ("internal_error" if status_code >= 500 else "error")
+    answer = json_error(status_code, code, message)
+    if response.has_header("Allow"):
+        answer["Allow"] = response["Allow"]
+    return answer

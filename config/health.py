@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from config.errors import json_error
 
 
 @dataclass
@@ -98,6 +101,11 @@ def run_checks() -> tuple[str, dict[str, Any]]:
     return status, results
 
 
+@csrf_exempt  # a POST is answered 405 below, not with the CSRF middleware's HTML page
 def health_view(request: HttpRequest) -> JsonResponse:
+    if request.method not in ("GET", "HEAD"):
+        refused = json_error(405, "method_not_allowed", f"Method {request.method} is not allowed here; use GET.")
+        refused["Allow"] = "GET, HEAD"
+        return refused
     status, checks = run_checks()
     return JsonResponse({"status": status, "checks": checks}, status=503 if status == "unhealthy" else 200)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from config.errors import ApiError
+from config.ingress import CappedTemporaryFileUploadHandler
 from knowledge import retrieval, services
 from knowledge.models import Document
 from tenants.auth import TenantScopedMixin
@@ -81,6 +84,10 @@ class DocumentListView(TenantScopedMixin, generics.GenericAPIView):
         "identical content. 413 over the size limit, 415 for an unsupported type.",
     )
     def post(self, request: Request, tenant_id: Any) -> Response:
+        # Streamed to a temporary file and cut at the limit as it arrives, never whole in memory.
+        request._request.upload_handlers = [
+            CappedTemporaryFileUploadHandler(request._request, limit=settings.KNOWLEDGE_MAX_UPLOAD_BYTES)
+        ]
         if "file" not in request.FILES:
             raise ApiError(
                 400, "validation_error", "Send the document as multipart field 'file'.", {"file": ["required"]}
@@ -98,14 +105,18 @@ class DocumentListView(TenantScopedMixin, generics.GenericAPIView):
         return Response(data, status=status.HTTP_200_OK if data["duplicate"] else status.HTTP_201_CREATED)
 
 
-class DocumentDetailView(TenantScopedMixin, generics.GenericAPIView):
-    serializer_class = DocumentSerializer
+class DocumentLookupMixin(TenantScopedMixin):
+    kwargs: dict[str, Any]
 
     def get_object(self) -> Document:
         document = Document.objects.for_tenant(self.tenant).filter(pk=self.kwargs["document_id"]).first()
         if document is None:
             raise ApiError(404, "not_found", "Document not found.")
         return document
+
+
+class DocumentDetailView(DocumentLookupMixin, generics.GenericAPIView):
+    serializer_class = DocumentSerializer
 
     @extend_schema(responses=DocumentSerializer, summary="A document with its indexing status")
     def get(self, request: Request, tenant_id: Any, document_id: Any) -> Response:
@@ -117,7 +128,9 @@ class DocumentDetailView(TenantScopedMixin, generics.GenericAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class DocumentReindexView(DocumentDetailView):
+class DocumentReindexView(DocumentLookupMixin, APIView):
+    """An action: POST only; it must not inherit the document's GET and DELETE."""
+
     @extend_schema(request=None, responses={202: DocumentSerializer}, summary="Index the document again")
     def post(self, request: Request, tenant_id: Any, document_id: Any) -> Response:
         document = services.document_reindex(document=self.get_object())

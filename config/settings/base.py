@@ -83,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.errors.JsonErrorMiddleware",
+    "config.ingress.RejectNulMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -193,7 +194,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["tenants.ratelimit.TenantRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "config.ingress.BoundedJSONParser",
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
@@ -240,6 +241,16 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 1024)
+
+# --- Ingress (config/ingress.py): every request body is bounded before and while it is read -------------
+# Bodies: DATA_UPLOAD_MAX_MEMORY_SIZE for the API and admin, WEBHOOK_MAX_BODY_BYTES for /webhooks/,
+# KNOWLEDGE_MAX_UPLOAD_BYTES for an authenticated document upload; over it: 413 before reading.
+# A request (headers and body) must arrive within this time, extended by one second for every
+# REQUEST_READ_MIN_BYTES_PER_SECOND bytes received (a slow upload that moves finishes); else 408.
+REQUEST_READ_TIMEOUT_SECONDS = env_float("REQUEST_READ_TIMEOUT_SECONDS", 10.0)
+REQUEST_READ_MIN_BYTES_PER_SECOND = env_int("REQUEST_READ_MIN_BYTES_PER_SECOND", 16 * 1024)
+# JSON bodies nested deeper than this are answered 400 (the parser would raise RecursionError near 1,000).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 64)
 
 # --- i18n / misc ------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

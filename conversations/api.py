@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from config.errors import ApiError
 from conversations import selectors, services
 from conversations.models import Contact, Conversation, Message, TenantFunction
-from conversations.state import InvalidTransition
+from conversations.state import ALLOWED, InvalidTransition
 from conversations.tools import FunctionDefinitionError
 from tenants.auth import TenantScopedMixin
 
@@ -252,7 +252,8 @@ class _TransitionView(ConversationMixin, APIView):
         try:
             operation(tenant=self.tenant, conversation=conversation, actor="api")
         except InvalidTransition as exc:
-            raise ApiError(409, "invalid_transition", str(exc), {"state": exc.current}) from None
+            allowed = sorted(ALLOWED[exc.current])
+            raise ApiError(409, "invalid_transition", str(exc), {"state": exc.current, "allowed": allowed}) from None
         return Response(ConversationSerializer(conversation).data)
 
 
@@ -310,13 +311,17 @@ class FunctionListView(TenantScopedMixin, generics.GenericAPIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class FunctionDetailView(TenantScopedMixin, APIView):
+class FunctionLookupMixin(TenantScopedMixin):
+    kwargs: dict[str, Any]
+
     def function(self) -> TenantFunction:
         found = TenantFunction.objects.for_tenant(self.tenant).filter(pk=self.kwargs["function_id"]).first()
         if found is None:
             raise ApiError(404, "not_found", "No such function.")
         return found
 
+
+class FunctionDetailView(FunctionLookupMixin, APIView):
     @extend_schema(responses=FunctionSerializer, summary="Read a function")
     def get(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
         return Response(FunctionSerializer(self.function()).data)
@@ -337,7 +342,9 @@ class FunctionDetailView(TenantScopedMixin, APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class FunctionRotateSecretView(FunctionDetailView):
+class FunctionRotateSecretView(FunctionLookupMixin, APIView):
+    """An action: POST only; it must not inherit the function's GET, PATCH and DELETE."""
+
     @extend_schema(request=None, summary="Rotate the signing secret (the new one is shown once)")
     def post(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
         secret = services.function_rotate_signing_secret(tenant=self.tenant, function=self.function())

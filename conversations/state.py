@@ -4,6 +4,13 @@
      ▲            │  (agent replies)          │
      └────────────┴──── return to bot ◄───────┘  (or the user writes again after "resolved")
 
+``ALLOWED`` is the whole table; any other move raises ``InvalidTransition`` (the API answers 409
+``invalid_transition``). Besides the picture: an agent may take a conversation over from the bot by
+replying, staff may resolve one at any time, and an agent's reply reopens a resolved one for the
+agent. Refused: asking for a human when a human already owns the conversation (``agent``) or when it
+is closed (``resolved``: it reopens when the user writes again, or when it is returned to the bot).
+Moving to the state a conversation is already in is a no-op, not an error (a retried request).
+
 Every transition is made under a row lock, recorded as ``conversation.updated`` and, on escalation,
 ``human_handoff.requested``. Returning to the bot moves the LLM's context boundary past everything
 said so far, so a resumed bot does not loop back into the old escalation.
@@ -23,11 +30,11 @@ from events.types import EventType
 
 State = Conversation.State
 
-ALLOWED: dict[str, set[str]] = {
-    State.BOT: {State.HANDOFF_REQUESTED, State.AGENT, State.RESOLVED},
-    State.HANDOFF_REQUESTED: {State.AGENT, State.RESOLVED, State.BOT},
-    State.AGENT: {State.RESOLVED, State.BOT, State.HANDOFF_REQUESTED},
-    State.RESOLVED: {State.BOT, State.AGENT, State.HANDOFF_REQUESTED},
+ALLOWED: dict[str, frozenset[str]] = {
+    State.BOT: frozenset({State.HANDOFF_REQUESTED, State.AGENT, State.RESOLVED}),
+    State.HANDOFF_REQUESTED: frozenset({State.AGENT, State.RESOLVED, State.BOT}),
+    State.AGENT: frozenset({State.RESOLVED, State.BOT}),
+    State.RESOLVED: frozenset({State.BOT, State.AGENT}),
 }
 
 

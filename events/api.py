@@ -252,7 +252,7 @@ class WebhookDeliveryListView(WebhookScopedMixin, generics.GenericAPIView):
         return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
 
 
-class WebhookDeliveryDetailView(WebhookScopedMixin, APIView):
+class WebhookDeliveryLookupMixin(WebhookScopedMixin):
     def get_delivery(self, webhook_id: Any, delivery_id: int) -> WebhookDelivery:
         endpoint = self.get_endpoint(webhook_id)
         delivery = (
@@ -265,12 +265,16 @@ class WebhookDeliveryDetailView(WebhookScopedMixin, APIView):
             raise ApiError(404, "not_found", "No such delivery.")
         return delivery
 
+
+class WebhookDeliveryDetailView(WebhookDeliveryLookupMixin, APIView):
     @extend_schema(responses=WebhookDeliveryDetailSerializer, summary="A delivery with its attempts")
     def get(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
         return Response(WebhookDeliveryDetailSerializer(self.get_delivery(webhook_id, delivery_id)).data)
 
 
-class WebhookDeliveryReplayView(WebhookDeliveryDetailView):
+class WebhookDeliveryReplayView(WebhookDeliveryLookupMixin, APIView):
+    """An action: POST only; it must not inherit the delivery's GET."""
+
     @extend_schema(request=None, responses=WebhookDeliverySerializer, summary="Replay a dead delivery")
     def post(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
         delivery = self.get_delivery(webhook_id, delivery_id)

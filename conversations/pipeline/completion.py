@@ -34,6 +34,24 @@ FALLBACK_TEXT = (
 MARKER_RE = re.compile(r"\[(\d{1,2})\]")
 
 
+def storable(value: Any) -> Any:
+    """``value`` (text, or JSON-like data) without what PostgreSQL's text and jsonb refuse: NUL
+    characters, and lone surrogates (from a JSON escape), which become "?". A model or a tenant's
+    function can produce both, and the reply or tool record would then fail to store."""
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            value = value.encode(errors="replace").decode()
+        return value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
 def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 4
 
@@ -221,29 +239,31 @@ def _take(turn: Turn, loop: ToolLoop, completion: Completion) -> bool:
         turn.time("tools_ms", tool_started)
         turn.passages.extend(result.passages)
         turn.tool_records.append(
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments_raw": call.arguments[:4000],
-                "arguments": result.arguments,
-                "ok": result.ok,
-                "error": result.error,
-                "result": result.content,
-                "status_code": result.status_code,
-                "duration_ms": result.duration_ms,
-                "round": loop.rounds,
-            }
+            storable(
+                {
+                    "call_id": call.id,
+                    "name": call.name,
+                    "arguments_raw": call.arguments[:4000],
+                    "arguments": result.arguments,
+                    "ok": result.ok,
+                    "error": result.error,
+                    "result": result.content,
+                    "status_code": result.status_code,
+                    "duration_ms": result.duration_ms,
+                    "round": loop.rounds,
+                }
+            )
         )
         loop.messages.append(tool_result_message(call.id, result.content))
         if result.handoff_reason:
-            handoff_check.escalate(turn, reason=result.handoff_reason)
+            handoff_check.escalate(turn, reason=storable(result.handoff_reason))
             return False
     return True
 
 
 def finish_text(turn: Turn, completion: Completion) -> None:
     """Final text and its sources: the passages the answer cites (offline: those it quotes)."""
-    text = completion.text.strip()
+    text = storable(completion.text).strip()
     by_marker = {p.marker: p for p in turn.passages}
     if completion.cited_markers:
         cited = [by_marker[m] for m in completion.cited_markers if m in by_marker]

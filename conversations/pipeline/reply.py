@@ -177,7 +177,7 @@ def _send_stream(turn: Turn, message: Message, recipient_id: str) -> SendResult:
             )
     turn.usage.add(answer.usage)
     turn.model = answer.model or turn.model
-    streamed = answer.text
+    streamed = completion.storable(answer.text)
     completion.finish_text(turn, answer)
     # What the user saw is the streamed text; the sources go alongside where the channel shows them.
     turn.reply_text = streamed.strip() or turn.reply_text

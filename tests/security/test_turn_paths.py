@@ -296,6 +296,38 @@ def test_a_crashing_stage_fails_the_turn_visibly_tells_the_user_and_the_next_mes
     wait_until(lambda: Message.objects.filter(sender="user", status="processed").count() == 1)
 
 
+# --- NUL bytes from the model or a tenant's function (PostgreSQL text and jsonb refuse them) --------------
+
+
+def test_an_llm_answer_holding_nul_bytes_is_sent_and_stored_without_them(live_worker, whatsapp, graph, llm):
+    llm.default = lambda body: {"content": "We open at 9\u0000 am.\ud800"}
+
+    deliver(whatsapp, text="When do you open?")
+
+    wait_until(lambda: graph.texts)
+    assert graph.text_bodies() == ["We open at 9 am.?"]  # a lone surrogate cannot be stored either
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    assert reply.content == "We open at 9 am.?"
+
+
+def test_a_function_result_holding_nul_bytes_is_stored_without_them_and_the_turn_answers(
+    live_worker, tenant, whatsapp, graph, llm, local_http_server
+):
+    endpoint = FunctionEndpoint(answer={"status": "ship\u0000ped", "lines": ["a\u0000b"]})
+    make_function(tenant, local_http_server(function_handler(endpoint)).url + "/orders")
+    llm.replies = [{"tool_calls": [("get_order_status", '{"order_id": "A\\u000042"}')]}]
+    llm.default = lambda body: {"content": "It has shipped."}
+
+    deliver(whatsapp, text="Where is order A42?")
+
+    wait_until(lambda: graph.texts)
+    assert graph.text_bodies() == ["It has shipped."]
+    tool = wait_until(lambda: Message.objects.filter(sender="tool").first())
+    assert tool.payload["result"] == {"status": "shipped", "lines": ["ab"]}
+    assert tool.payload["arguments"] == {"order_id": "A42"}
+    assert [p["arguments"] for p in event_payloads("tool.called")] == [{"order_id": "A42"}]
+
+
 # --- the LLM client's retries -------------------------------------------------------------------------
 
 

@@ -7,9 +7,15 @@ Adding SMS or Telegram means one new module and one line in ``ADAPTERS``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+# What channels_app.inbound stores must fit: InboundEvent.dedupe_key and sender_external_id are 255
+# characters, and a status's dedupe key is "<message id>:<status>:<watermark>".
+MAX_ID_CHARS = 200
+MAX_STATUS_CHARS = 32
 
 
 @dataclass
@@ -83,6 +89,64 @@ class ParsedPayload:
     messages: list[NormalizedMessage] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # why parts were skipped (echo, other field, ...)
+
+
+class InvalidPayload(ValueError):
+    """A payload an adapter cannot read at all (webhook payloads never raise it: their bad parts are
+    skipped with a reason in ``ParsedPayload.ignored``)."""
+
+
+def storable(value: Any) -> Any:
+    """``value`` as PostgreSQL jsonb accepts it: no NUL in strings, no NaN or infinity (JSON payloads
+    may carry both: ``"\\u0000"``, ``NaN``), so a hostile but signed webhook cannot make the insert fail."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(str(key)): storable(item) for key, item in value.items()}
+    return value
+
+
+def finite_float(value: Any, scale: float = 1.0) -> float:
+    """A timestamp from a payload in seconds, 0.0 when it is no finite number."""
+    try:
+        number = float(value) / scale
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def keep_storable(parsed: ParsedPayload) -> ParsedPayload:
+    """Make every item storable, and move those whose ids cannot be stored to ``ignored`` (with why)."""
+    messages: list[NormalizedMessage] = []
+    for message in parsed.messages:
+        _clean_fields(message, skip={"media"})
+        for media in message.media:
+            _clean_fields(media)
+        if len(message.message_id) > MAX_ID_CHARS or len(message.sender_id) > MAX_ID_CHARS:
+            parsed.ignored.append(f"{message.type} message with an id over {MAX_ID_CHARS} characters")
+        else:
+            messages.append(message)
+    statuses: list[StatusUpdate] = []
+    for status in parsed.statuses:
+        _clean_fields(status)
+        if len(status.message_id) > MAX_ID_CHARS or len(status.recipient_id) > MAX_ID_CHARS:
+            parsed.ignored.append(f"status update with an id over {MAX_ID_CHARS} characters")
+        elif len(status.status) > MAX_STATUS_CHARS:
+            parsed.ignored.append(f"status update with a status over {MAX_STATUS_CHARS} characters")
+        else:
+            statuses.append(status)
+    parsed.messages, parsed.statuses = messages, statuses
+    return parsed
+
+
+def _clean_fields(item: Any, skip: frozenset[str] | set[str] = frozenset()) -> None:
+    for name, value in vars(item).items():
+        if name not in skip and not isinstance(value, bool | int):
+            setattr(item, name, storable(value))
 
 
 @dataclass

@@ -7,8 +7,16 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 
-from channels_app.adapters.base import Media, NormalizedMessage, ParsedPayload, SendResult, StatusUpdate
-from channels_app.adapters.meta import MetaSignatureVerifier, split_text
+from channels_app.adapters.base import (
+    Media,
+    NormalizedMessage,
+    ParsedPayload,
+    SendResult,
+    StatusUpdate,
+    finite_float,
+    keep_storable,
+)
+from channels_app.adapters.meta import MetaSignatureVerifier, as_dict, dicts, split_text
 from channels_app.graph import GraphClient
 
 # Messenger attachment types -> our Media kinds ("file" stays "file": no caption, any mime type).
@@ -25,10 +33,7 @@ class _EventBase(TypedDict):
 
 
 def _seconds(ms: Any) -> float:
-    try:
-        return float(ms) / 1000.0
-    except (TypeError, ValueError):
-        return 0.0
+    return finite_float(ms, scale=1000.0)
 
 
 class MessengerAdapter:
@@ -62,8 +67,7 @@ class MessengerAdapter:
 
     @staticmethod
     def _entries(payload: dict[str, Any]) -> list[dict[str, Any]]:
-        entries = payload.get("entry") if isinstance(payload, dict) else None
-        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        return dicts(payload.get("entry") if isinstance(payload, dict) else None)
 
     def parse(self, payload: dict[str, Any]) -> ParsedPayload:
         parsed = ParsedPayload()
@@ -74,13 +78,12 @@ class MessengerAdapter:
             page_id = str(entry.get("id", ""))
             if entry.get("standby"):
                 parsed.ignored.append(f"standby events of page {page_id} (another app owns the thread)")
-            for event in entry.get("messaging") or []:
-                if isinstance(event, dict):
-                    self._event(page_id, event, parsed)
-        return parsed
+            for event in dicts(entry.get("messaging")):
+                self._event(page_id, event, parsed)
+        return keep_storable(parsed)
 
     def _event(self, page_id: str, ev: dict[str, Any], parsed: ParsedPayload) -> None:
-        sender = str((ev.get("sender") or {}).get("id", ""))
+        sender = str(as_dict(ev.get("sender")).get("id", ""))
         timestamp = _seconds(ev.get("timestamp"))
         base: _EventBase = {
             "platform": self.platform,
@@ -126,7 +129,11 @@ class MessengerAdapter:
         elif isinstance(ev.get("delivery"), dict):
             d = ev["delivery"]
             watermark = _seconds(d.get("watermark")) if d.get("watermark") is not None else None
-            for mid in d.get("mids") or [""]:
+            mids = d.get("mids")
+            # Each status keeps the event without the mids list: with it, n mids stored n copies of
+            # the list (a signed body of 100,000 mids would serialise to gigabytes).
+            raw = {**ev, "delivery": {k: v for k, v in d.items() if k != "mids"}}
+            for mid in mids if isinstance(mids, list) and mids else [""]:
                 parsed.statuses.append(
                     StatusUpdate(
                         platform=self.platform,
@@ -136,7 +143,7 @@ class MessengerAdapter:
                         timestamp=timestamp,
                         recipient_id=sender,
                         watermark=watermark,
-                        raw=ev,
+                        raw=raw,
                     )
                 )
         elif isinstance(ev.get("read"), dict):
@@ -162,19 +169,18 @@ class MessengerAdapter:
             message_id=str(message.get("mid", "")),
             type="text",
             text=str(message.get("text", "")),
-            context_message_id=str((message.get("reply_to") or {}).get("mid", "")),
+            context_message_id=str(as_dict(message.get("reply_to")).get("mid", "")),
             raw=ev,
         )
         if isinstance(message.get("quick_reply"), dict):
             msg.type = "quick_reply"
             msg.reply = {"payload": str(message["quick_reply"].get("payload", "")), "title": msg.text}
             return msg
-        attachments = [a for a in message.get("attachments") or [] if isinstance(a, dict)]
+        attachments = dicts(message.get("attachments"))
         unsupported: list[str] = []
         for att in attachments:
             kind = str(att.get("type", ""))
-            raw_payload = att.get("payload")
-            payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
+            payload = as_dict(att.get("payload"))
             if kind in ATTACHMENT_KINDS:
                 is_sticker = kind == "image" and (payload.get("sticker_id") or message.get("sticker_id"))
                 msg.media.append(

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from typing import Any
 
 SHA256_HEADER = "x-hub-signature-256"
 SHA1_HEADER = "x-hub-signature"
@@ -36,6 +37,17 @@ class MetaSignatureVerifier:
         if sig1 and accept_sha1:
             return _matches(self._sha1, body, sig1, "sha1=")
         return False
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A payload part that should be an object, or {} when it is anything else (the sender is Meta,
+    or whoever holds the app secret: a part of the wrong type is skipped, never a crash)."""
+    return value if isinstance(value, dict) else {}
+
+
+def dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a payload part that should be a list of objects."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

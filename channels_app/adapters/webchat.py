@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import math
 import os
 import threading
 import time
@@ -25,7 +26,15 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from channels_app.adapters.base import Media, NormalizedMessage, ParsedPayload, SendError, SendResult
+from channels_app.adapters.base import (
+    InvalidPayload,
+    Media,
+    NormalizedMessage,
+    ParsedPayload,
+    SendError,
+    SendResult,
+    keep_storable,
+)
 
 PLATFORM = "webchat"
 # The consumer's handler for every event pushed to a visitor group ("webchat.event" -> webchat_event).
@@ -90,17 +99,28 @@ class WebchatAdapter:
         optionally timestamp and page_url. The client message id is the dedupe key, so a message
         resent after a reconnect is stored once.
         """
+        fields = {
+            name: payload.get(name) for name in ("channel_external_id", "client_message_id", "visitor_id", "text")
+        }
+        wrong = sorted(name for name, value in fields.items() if not isinstance(value, str) or not value)
+        if wrong:
+            raise InvalidPayload(f"web chat frame without {', '.join(wrong)} as non-empty text")
+        timestamp = payload.get("timestamp")
+        if timestamp is None:
+            timestamp = time.time()
+        elif isinstance(timestamp, bool) or not isinstance(timestamp, int | float) or not math.isfinite(timestamp):
+            raise InvalidPayload("web chat frame timestamp is not a finite number of seconds")
         message = NormalizedMessage(
             platform=PLATFORM,
-            channel_external_id=payload["channel_external_id"],
-            message_id=payload["client_message_id"],
-            sender_id=payload["visitor_id"],
-            timestamp=float(payload.get("timestamp") or time.time()),
+            channel_external_id=fields["channel_external_id"],
+            message_id=fields["client_message_id"],
+            sender_id=fields["visitor_id"],
+            timestamp=float(timestamp),
             type="text",
-            text=payload["text"],
+            text=fields["text"],
             raw={k: payload[k] for k in ("client_message_id", "page_url") if payload.get(k)},
         )
-        return ParsedPayload(messages=[message])
+        return keep_storable(ParsedPayload(messages=[message]))
 
     # --- outbound ----------------------------------------------------------------------------------
 

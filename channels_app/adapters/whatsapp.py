@@ -7,37 +7,38 @@ from typing import Any
 
 from django.conf import settings
 
-from channels_app.adapters.base import Media, NormalizedMessage, ParsedPayload, SendResult, StatusUpdate
-from channels_app.adapters.meta import MetaSignatureVerifier, split_text
+from channels_app.adapters.base import (
+    Media,
+    NormalizedMessage,
+    ParsedPayload,
+    SendResult,
+    StatusUpdate,
+    finite_float,
+    keep_storable,
+)
+from channels_app.adapters.meta import MetaSignatureVerifier, as_dict, dicts, split_text
 from channels_app.graph import GraphClient
 
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
-
-
-def _ts(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def _first_error(errors: Any) -> dict[str, Any] | None:
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None
     error = errors[0]
-    error_data = error.get("error_data")
-    data: dict[str, Any] = error_data if isinstance(error_data, dict) else {}
+    data = as_dict(error.get("error_data"))
     return {
         "code": error.get("code"),
-        "title": error.get("title", ""),
-        "message": error.get("message", ""),
-        "details": data.get("details", ""),
+        "title": str(error.get("title", "")),
+        "message": str(error.get("message", "")),
+        "details": str(data.get("details", "")),
     }
 
 
 def _contact_text(contact: dict[str, Any]) -> str:
-    name = (contact.get("name") or {}).get("formatted_name") or (contact.get("name") or {}).get("first_name", "")
-    phones = ", ".join(p.get("phone", "") for p in contact.get("phones", []) if isinstance(p, dict) and p.get("phone"))
+    name_parts = as_dict(contact.get("name"))
+    name = str(name_parts.get("formatted_name") or name_parts.get("first_name", ""))
+    phones = ", ".join(str(p["phone"]) for p in dicts(contact.get("phones")) if p.get("phone"))
     return f"{name} ({phones})" if phones else name
 
 
@@ -81,35 +82,28 @@ class WhatsAppAdapter:
             if field != "messages":
                 parsed.ignored.append(f"field '{field}' of entry {entry.get('id', '?')}")
                 continue
-            pnid = str((value.get("metadata") or {}).get("phone_number_id", ""))
+            pnid = str(as_dict(value.get("metadata")).get("phone_number_id", ""))
             names: dict[str, str] = {}
-            for contact in value.get("contacts") or []:
-                if not isinstance(contact, dict):
-                    continue
-                name = (contact.get("profile") or {}).get("name", "")
+            for contact in dicts(value.get("contacts")):
+                name = str(as_dict(contact.get("profile")).get("name", ""))
                 for key in ("wa_id", "user_id"):
                     if contact.get(key):
                         names[str(contact[key])] = name
-            for message in value.get("messages") or []:
-                if isinstance(message, dict):
-                    parsed.messages.append(self._message(pnid, message, names))
-            for status in value.get("statuses") or []:
-                if isinstance(status, dict):
-                    parsed.statuses.append(self._status(pnid, status))
+            for message in dicts(value.get("messages")):
+                parsed.messages.append(self._message(pnid, message, names))
+            for status in dicts(value.get("statuses")):
+                parsed.statuses.append(self._status(pnid, status))
             if value.get("errors") and not value.get("messages") and not value.get("statuses"):
                 parsed.ignored.append(f"errors without messages: {_first_error(value.get('errors'))}")
-        return parsed
+        return keep_storable(parsed)
 
     @staticmethod
     def _changes(payload: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         out = []
         entries = payload.get("entry") if isinstance(payload, dict) else None
-        for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            for change in entry.get("changes") or []:
-                if isinstance(change, dict):
-                    out.append((entry, change))
+        for entry in dicts(entries):
+            for change in dicts(entry.get("changes")):
+                out.append((entry, change))
         return out
 
     def _message(self, pnid: str, m: dict[str, Any], names: dict[str, str]) -> NormalizedMessage:
@@ -121,14 +115,13 @@ class WhatsAppAdapter:
             channel_external_id=pnid,
             message_id=str(m.get("id", "")),
             sender_id=sender,
-            timestamp=_ts(m.get("timestamp")),
+            timestamp=finite_float(m.get("timestamp")),
             type=kind,
             sender_name=names.get(sender) or names.get(str(m.get("from_user_id", ""))) or "",
-            context_message_id=str((m.get("context") or {}).get("id", "")),
+            context_message_id=str(as_dict(m.get("context")).get("id", "")),
             raw=m,
         )
-        raw_body = m.get(kind)
-        body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
+        body = as_dict(m.get(kind))
         if kind == "text":
             msg.text = str(body.get("body", ""))
         elif kind in MEDIA_KINDS:
@@ -153,7 +146,7 @@ class WhatsAppAdapter:
             coords = f"{body.get('latitude')}, {body.get('longitude')}"
             msg.text = f"Location: {label} ({coords})" if label else f"Location: {coords}"
         elif kind == "contacts":
-            msg.contacts = [c for c in m.get("contacts") or [] if isinstance(c, dict)]
+            msg.contacts = dicts(m.get("contacts"))
             msg.text = "Shared contacts: " + "; ".join(_contact_text(c) for c in msg.contacts)
         elif kind == "interactive":
             sub = str(body.get("type", ""))
@@ -191,7 +184,7 @@ class WhatsAppAdapter:
             channel_external_id=pnid,
             message_id=str(s.get("id", "")),
             status=str(s.get("status", "")),
-            timestamp=_ts(s.get("timestamp")),
+            timestamp=finite_float(s.get("timestamp")),
             recipient_id=str(s.get("recipient_id") or s.get("recipient_user_id") or ""),
             error=_first_error(s.get("errors")),
             raw=s,

@@ -224,7 +224,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_the_reply_is_sent_exactly_once
     wait_until(lambda: len(graph.texts) == 2, timeout=30)
     assert graph.text_bodies() == ["LLM answer to: Where is my parcel?", "LLM answer to: Thanks!"]
     assert len(llm.requests) == 3
-    wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").count() == 2)
+    wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").count() == 2, timeout=30)
     assert Message.objects.filter(sender="assistant").count() == 2
     assert InboundEvent.objects.get(pk=inbound.pk).status == "processed"
 
@@ -237,7 +237,7 @@ def test_worker_database_sessions_killed_mid_turn_the_turn_is_retried_once_and_l
 ):
     llm.replies = [{"hold": True}]
     deliver(whatsapp, text="First question?")
-    wait_until(lambda: llm.requests)
+    wait_until(lambda: llm.requests, timeout=30)
 
     # Every session of the worker (its turn's included) ends while the turn waits for the LLM.
     assert terminate_other_sessions() >= 1
@@ -246,10 +246,10 @@ def test_worker_database_sessions_killed_mid_turn_the_turn_is_retried_once_and_l
     wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == ["LLM answer to: First question?"]
     assert len(llm.requests) == 2  # the turn ran again from its pending inbound event
-    wait_until(lambda: Message.objects.filter(sender="user", status="processed").count() == 1)
+    wait_until(lambda: Message.objects.filter(sender="user", status="processed").count() == 1, timeout=30)
 
     deliver(whatsapp, text="Second question?")
-    wait_until(lambda: Event.objects.filter(type="message.sent").count() == 2)
+    wait_until(lambda: Event.objects.filter(type="message.sent").count() == 2, timeout=30)
     # Sessions killed between turns: the next turn reconnects.
     assert terminate_other_sessions() >= 1
     deliver(whatsapp, text="Third question?")
@@ -260,7 +260,7 @@ def test_worker_database_sessions_killed_mid_turn_the_turn_is_retried_once_and_l
         "LLM answer to: Second question?",
         "LLM answer to: Third question?",
     ]
-    wait_until(lambda: Event.objects.filter(type="message.sent").count() == 3)
+    wait_until(lambda: Event.objects.filter(type="message.sent").count() == 3, timeout=30)
     assert Message.objects.filter(sender="assistant").count() == 3
     assert set(InboundEvent.objects.values_list("status", flat=True)) == {"processed"}
 
@@ -282,11 +282,11 @@ def test_llm_answering_500_then_hanging_gets_the_fallback_within_the_timeout_and
     wait_until(lambda: graph.texts, timeout=2 * 2 + 8 + 5)
     assert graph.text_bodies() == [FALLBACK_TEXT]
     assert len(llm.requests) == 2
-    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first())
+    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first(), timeout=30)
     assert user_message.error == {"code": "llm_timeout", "message": "the LLM provider timed out", "retryable": True}
 
     deliver(whatsapp, text="Are you back?")  # the endpoint is healthy again
-    wait_until(lambda: len(graph.texts) == 2)
+    wait_until(lambda: len(graph.texts) == 2, timeout=30)
     assert graph.text_bodies()[1] == "LLM answer to: Are you back?"
     assert len(llm.requests) == 3
 
@@ -372,7 +372,7 @@ def test_redis_restarted_loses_nothing_messages_sent_meanwhile_are_answered(
         "LLM answer to: While Redis is down?",
         "LLM answer to: After the restart?",
     ]
-    wait_until(lambda: set(InboundEvent.objects.values_list("status", flat=True)) == {"processed"})
+    wait_until(lambda: set(InboundEvent.objects.values_list("status", flat=True)) == {"processed"}, timeout=30)
 
 
 # --- RabbitMQ unreachable for 30 s ------------------------------------------------------------------------
@@ -506,4 +506,4 @@ def test_rabbitmq_unreachable_for_30_s_the_events_of_that_time_are_published_aft
         str(i) for i in Event.objects.filter(tenant_id=tenant.pk).order_by("id").values_list("event_id", flat=True)
     ]
     assert [json.loads(body)["id"] for _, _, body in before + after] == written  # all of them, once, in order
-    wait_until(lambda: not Event.objects.filter(publish_pending=True).exists())
+    wait_until(lambda: not Event.objects.filter(publish_pending=True).exists(), timeout=30)

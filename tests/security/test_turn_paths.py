@@ -128,7 +128,7 @@ def test_reply_outside_the_24_hour_window_fails_permanently_with_its_reason_and_
 
     deliver(whatsapp, text="Are you still there?")
 
-    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="failed").first())
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="failed").first(), timeout=30)
     assert reply.content == "LLM answer to: Are you still there?"
     assert reply.error == {
         "stage": "send",
@@ -138,7 +138,7 @@ def test_reply_outside_the_24_hour_window_fails_permanently_with_its_reason_and_
         "message": "outside the customer service window (131047): Re-engagement message",
     }
     assert len(graph.texts) == 1  # permanent: not retried
-    failed = wait_until(lambda: event_payloads("message.failed"))
+    failed = wait_until(lambda: event_payloads("message.failed"), timeout=30)
     assert failed == [
         {
             "conversation_id": str(reply.conversation_id),
@@ -199,7 +199,7 @@ def test_expired_token_disables_the_channel_once_and_later_replies_are_not_attem
 
     deliver(channel, text="Hello?")
 
-    wait_until(lambda: Message.objects.filter(sender="assistant", status="failed").exists())
+    wait_until(lambda: Message.objects.filter(sender="assistant", status="failed").exists(), timeout=30)
     channel.refresh_from_db()
     assert channel.sending_disabled_reason == reason
     assert event_payloads("channel.disabled") == [{"channel_id": str(channel.pk), "type": "whatsapp", "reason": reason}]
@@ -217,7 +217,7 @@ def test_expired_token_disables_the_channel_once_and_later_replies_are_not_attem
     deliver(channel, text="Anyone?")
 
     second = wait_until(
-        lambda: Message.objects.filter(sender="assistant", status="failed").exclude(pk=first.pk).first()
+        lambda: Message.objects.filter(sender="assistant", status="failed").exclude(pk=first.pk).first(), timeout=30
     )
     assert second.error == disabled_error
     assert len(ExpiredTokenGraph.requests) == 1  # nothing more reached Meta
@@ -257,9 +257,9 @@ def test_a_crashing_stage_fails_the_turn_visibly_tells_the_user_and_the_next_mes
 ):
     deliver(whatsapp, text=f"Tell me about {POISON}")
 
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == [FALLBACK_TEXT]
-    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first())
+    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first(), timeout=30)
     error = {
         "code": "turn_error",
         "stage": "reply",
@@ -270,7 +270,7 @@ def test_a_crashing_stage_fails_the_turn_visibly_tells_the_user_and_the_next_mes
     inbound = InboundEvent.objects.get()
     assert inbound.status == "failed"
     assert inbound.error.startswith("ProgrammingError: reply row refused (test fault)")
-    failed = wait_until(lambda: event_payloads("message.failed"))
+    failed = wait_until(lambda: event_payloads("message.failed"), timeout=30)
     assert failed == [
         {
             "conversation_id": str(user_message.conversation_id),
@@ -289,11 +289,11 @@ def test_a_crashing_stage_fails_the_turn_visibly_tells_the_user_and_the_next_mes
     # The worker is still there, and the poisoned message does not come back with the next one.
     deliver(whatsapp, text="What are your opening hours?")
 
-    wait_until(lambda: len(graph.texts) == 2)
+    wait_until(lambda: len(graph.texts) == 2, timeout=30)
     assert graph.text_bodies()[1] == "LLM answer to: What are your opening hours?"
     assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": "What are your opening hours?"}
     assert Message.objects.get(pk=user_message.pk).status == "failed"
-    wait_until(lambda: Message.objects.filter(sender="user", status="processed").count() == 1)
+    wait_until(lambda: Message.objects.filter(sender="user", status="processed").count() == 1, timeout=30)
 
 
 # --- NUL bytes from the model or a tenant's function (PostgreSQL text and jsonb refuse them) --------------
@@ -304,9 +304,9 @@ def test_an_llm_answer_holding_nul_bytes_is_sent_and_stored_without_them(live_wo
 
     deliver(whatsapp, text="When do you open?")
 
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == ["We open at 9 am.?"]  # a lone surrogate cannot be stored either
-    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first(), timeout=30)
     assert reply.content == "We open at 9 am.?"
 
 
@@ -320,9 +320,9 @@ def test_a_function_result_holding_nul_bytes_is_stored_without_them_and_the_turn
 
     deliver(whatsapp, text="Where is order A42?")
 
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == ["It has shipped."]
-    tool = wait_until(lambda: Message.objects.filter(sender="tool").first())
+    tool = wait_until(lambda: Message.objects.filter(sender="tool").first(), timeout=30)
     assert tool.payload["result"] == {"status": "shipped", "lines": ["ab"]}
     assert tool.payload["arguments"] == {"order_id": "A42"}
     assert [p["arguments"] for p in event_payloads("tool.called")] == [{"order_id": "A42"}]
@@ -341,10 +341,10 @@ def test_llm_throttling_and_server_errors_are_retried_as_llm_max_retries_says(
 
     deliver(whatsapp, text="Is it busy?")
 
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == ["Answered after the retries."]
     assert len(llm.requests) == retries + 1
-    wait_until(lambda: Message.objects.filter(sender="user", status="processed").exists())
+    wait_until(lambda: Message.objects.filter(sender="user", status="processed").exists(), timeout=30)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -356,10 +356,10 @@ def test_llm_failing_beyond_llm_max_retries_gets_the_fallback_and_keeps_the_mess
 
     deliver(whatsapp, text="Is it down?")
 
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     assert graph.text_bodies() == [FALLBACK_TEXT]
     assert len(llm.requests) == retries + 1
-    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first())
+    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first(), timeout=30)
     assert (user_message.error["code"], user_message.error["retryable"]) == ("llm_http_error", True)
     assert [p["stage"] for p in event_payloads("message.failed")] == ["llm"]
 
@@ -520,7 +520,7 @@ def test_streamed_tool_calls_are_assembled_run_and_the_answer_streams_after_them
         "arguments": '{"order_id": "A42"}',
     }
     assert json.loads(second["messages"][-1]["content"]) == {"status": "shipped"}
-    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first(), timeout=30)
     assert reply.content == "Order A42 has shipped."
     assert Message.objects.get(sender="tool").payload["arguments"] == {"order_id": "A42"}
 
@@ -543,7 +543,7 @@ def test_text_streamed_before_tool_calls_does_not_end_the_turn_the_tools_run_and
     assert len({f["id"] for f in frames if f["type"].startswith("stream")}) == 1  # one bubble, rewritten
     assert [json.loads(c["raw"])["arguments"] for c in endpoint.calls] == [{"order_id": "A42"}]
     assert len(streaming_llm.requests) == 2
-    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first(), timeout=30)
     assert reply.content == "Order A42 has shipped."
     assert (reply.prompt_tokens, reply.completion_tokens) == (100, 20)  # both rounds
     tool = Message.objects.get(sender="tool")
@@ -565,9 +565,9 @@ def test_a_stream_breaking_off_is_not_kept_as_the_answer_the_user_gets_the_fallb
     assert "".join(f["delta"] for f in frames if f["type"] == "stream_delta") == "Our opening hours"
     # The same bubble is rewritten with the fallback: the partial answer never ends as if complete.
     assert (frames[-1]["id"], frames[-1]["text"]) == (frames[1]["id"], FALLBACK_TEXT)
-    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first(), timeout=30)
     assert (reply.content, reply.payload["fallback"]) == (FALLBACK_TEXT, True)
-    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first())
+    user_message = wait_until(lambda: Message.objects.filter(sender="user", status="failed").first(), timeout=30)
     assert user_message.error["retryable"] is True
     assert [p["stage"] for p in event_payloads("message.failed")] == ["llm"]
 
@@ -594,10 +594,10 @@ def test_tenant_llm_endpoint_gets_exactly_the_tenant_secret_key_and_never_the_de
     assert response.status_code == 200, response.content
 
     deliver(whatsapp, text="Who answers?")
-    wait_until(lambda: graph.texts)
+    wait_until(lambda: graph.texts, timeout=30)
     deliver(whatsapp, text="And again?")
 
-    wait_until(lambda: len(graph.texts) == 2)
+    wait_until(lambda: len(graph.texts) == 2, timeout=30)
     assert graph.text_bodies() == ["Answered by the tenant's own model."] * 2
     assert [r["_headers"]["authorization"] for r in own.requests] == ["Bearer sk-tenant-own-key"] * 2
     assert [r["model"] for r in own.requests] == ["own-model"] * 2

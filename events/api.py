@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
@@ -44,9 +45,14 @@ class EventListView(TenantScopedMixin, generics.GenericAPIView):
             queryset = queryset.filter(type__in=types)
         for param, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
             if params.get(param):
-                moment = parse_datetime(params[param])
+                try:
+                    moment = parse_datetime(params[param])
+                except ValueError:
+                    moment = None
                 if moment is None:
                     raise ApiError(400, "validation_error", "Invalid date-time.", {param: ["use ISO 8601"]})
+                # In UTC: PostgreSQL refuses offsets beyond ±15:59 that ISO 8601 (and parse_datetime) allow.
+                moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
                 queryset = queryset.filter(**{lookup: moment})
         return queryset
 

@@ -4,8 +4,9 @@ They are unverifiable (no channel, so no app secret), so each bound holds whoeve
 - size: the first UNROUTED_WEBHOOK_MAX_STORED_BYTES of the body are stored, with the size and SHA-256
   of the whole body (enough to tell two payloads apart or match one against Meta's logs);
 - rate: UNROUTED_WEBHOOKS_PER_ADDRESS_PER_MINUTE per source address and UNROUTED_WEBHOOKS_PER_MINUTE
-  in all (the one rate limiter, tenants.ratelimit); above either, nothing is stored, the drop is
-  counted (``unrouted_webhooks_dropped_total{platform, limit}``) and logged;
+  in all (tenants.ratelimit, one round trip a payload); above either, nothing is stored and each drop is
+  counted (``unrouted_webhooks_dropped_total{platform, limit}``); the first drop of a window is also
+  logged, with the source (a log line per drop would hand the flood on to the logs);
 - time: rows older than UNROUTED_WEBHOOK_RETENTION_DAYS are deleted by ``purge`` (beat, hourly, and
   ``manage.py purge_unrouted_webhooks``).
 The sender's answer does not change with any of this (200 ``unrouted``): Meta retries anything else.
@@ -41,13 +42,21 @@ def keep(
     source: str = "",
 ) -> bool:
     """Store an excerpt of the payload unless its source or everyone is over the rate cap; True if stored."""
-    refused_by = _over_rate_cap(source or "unknown")
+    refused_by, verdict = _over_rate_cap(source or "unknown")
     if refused_by:
         metrics.incr("unrouted_webhooks_dropped_total", platform=platform, limit=refused_by)
-        logger.warning(
-            "unrouted webhook dropped: over the rate cap",
-            extra={"platform": platform, "limit": refused_by, "source": source, "bytes": len(body)},
-        )
+        if verdict.count == verdict.limit + 1:
+            logger.warning(
+                "unrouted webhooks dropped until the rate cap's window ends; counted in "
+                "unrouted_webhooks_dropped_total",
+                extra={
+                    "platform": platform,
+                    "limit": refused_by,
+                    "per_minute": verdict.limit,
+                    "source": source,
+                    "window_ends_in": verdict.retry_after,
+                },
+            )
         return False
     cap = int(settings.UNROUTED_WEBHOOK_MAX_STORED_BYTES)
     UnroutedWebhook.objects.create(
@@ -68,15 +77,17 @@ def keep(
     return True
 
 
-def _over_rate_cap(source: str) -> str:
-    """The name of the cap this payload is over ("address" or "global"), or "" if it may be stored."""
-    per_address = ratelimit.hit(
+def _over_rate_cap(source: str) -> tuple[str, ratelimit.Verdict]:
+    """The cap this payload is over ("address" or "global", or "" if it may be stored), with its count."""
+    per_address = ratelimit.hit_pipelined(
         group="webhooks.unrouted.address", key=source, limit=int(settings.UNROUTED_WEBHOOKS_PER_ADDRESS_PER_MINUTE)
     )
     if not per_address.allowed:
-        return "address"
-    overall = ratelimit.hit(group="webhooks.unrouted", key="all", limit=int(settings.UNROUTED_WEBHOOKS_PER_MINUTE))
-    return "" if overall.allowed else "global"
+        return "address", per_address
+    overall = ratelimit.hit_pipelined(
+        group="webhooks.unrouted", key="all", limit=int(settings.UNROUTED_WEBHOOKS_PER_MINUTE)
+    )
+    return ("" if overall.allowed else "global"), overall
 
 
 def purge(*, older_than: timedelta | None = None, progress: Callable[[int], None] | None = None) -> int:

@@ -360,8 +360,8 @@ def ensure_channel_still_open(channel: Channel) -> None:
 
 
 def _rate_limit(*, channel: Channel, visitor_id: str) -> None:
-    """Messages per visitor per minute (the one rate limiter, shared by every server process)."""
-    verdict = ratelimit.hit(
+    """Messages per visitor per minute (in Redis, shared by every server process; one round trip)."""
+    verdict = ratelimit.hit_pipelined(
         group="webchat.messages",
         key=f"{channel.pk}|{visitor_id}",
         limit=int(setting("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30)),

@@ -1,8 +1,8 @@
-"""Settings of the platform's one rate limiter and of who a client is (from the environment; see
+"""Settings of the platform's rate limiter and of who a client is (from the environment; see
 docs/channels.md "Abuse limits"). The limits themselves live beside the area they protect (web chat
 in webchat.py, unrouted webhooks in channels.py, the API in base.py); the admin login's are here."""
 
-from config.settings.base import env_int
+from config.settings.base import env_bool, env_int
 
 # Reverse proxies in front of daphne that append the address they saw to X-Forwarded-For. 0 (the
 # default): no header is believed and a client is its TCP peer (daphne's scope client); N: the client
@@ -14,6 +14,9 @@ TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 # django-ratelimit keeps its counters in this cache: the Redis one of CACHES (shared by every process,
 # INCR is atomic), never a per-process or database cache.
 RATELIMIT_USE_CACHE = "default"
+# django-ratelimit's switch, honoured by every limit of the platform (tenants.ratelimit): false turns
+# them all off (a load test; never in production).
+RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", True)
 
 # Admin login: after this many failed logins of one username from one client address within the
 # window, that username is locked out from that address (the right password too) until the window ends.

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from channels_app import webchat
-from config.errors import ApiError
+from config.errors import ApiError, error_body
 from tenants.ratelimit import request_client_address
 
 
@@ -68,10 +68,13 @@ class WebchatSessionView(APIView):
                 client=request_client_address(request),
             )
         except webchat.WebchatError as exc:
-            error = ApiError(exc.status, exc.code, exc.message, exc.details)
-            if "retry_after" in exc.details:
-                error.wait = exc.details["retry_after"]  # DRF's exception handler sends it as Retry-After
-            raise error from None
+            if exc.status == status.HTTP_429_TOO_MANY_REQUESTS:
+                return Response(
+                    error_body(exc.code, exc.message, exc.details),
+                    status=exc.status,
+                    headers={"Retry-After": str(exc.details["retry_after"])},
+                )
+            raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
         return Response(session.as_response(), status=status.HTTP_201_CREATED)
 
     @extend_schema(exclude=True)

@@ -162,6 +162,7 @@ def processes(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[..., P
         started.append(process)
         return process
 
+    start.directory = tmp_path  # type: ignore[attr-defined]
     yield start
     for process in started:
         process.stop()
@@ -175,7 +176,7 @@ def celery_worker(
     cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,webhooks", "-P", "threads",
            "-c", str(threads), "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]  # fmt: skip
     if beat:
-        cmd += ["-B", "-s", str(ROOT / "var" / f"test-beat-{uuid.uuid4().hex}")]
+        cmd += ["-B", "-s", str(start.directory / f"beat-{name}")]  # type: ignore[attr-defined]
     return start(name, cmd, **env)
 
 

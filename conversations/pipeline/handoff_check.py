@@ -29,9 +29,18 @@ def run(turn: Turn) -> None:
 
 
 def escalate(turn: Turn, *, reason: str) -> None:
-    """Move to ``handoff_requested`` and make the reply the handoff notice."""
+    """Move to ``handoff_requested`` and make the reply the handoff notice.
+
+    A human may have taken the conversation (or staff resolved it) while this turn ran: then the bot
+    stays silent, as it would had the turn started a moment later, instead of failing the turn."""
     assert turn.conversation is not None
-    state.transition(conversation=turn.conversation, to=Conversation.State.HANDOFF_REQUESTED, reason=reason)
+    try:
+        state.transition(conversation=turn.conversation, to=Conversation.State.HANDOFF_REQUESTED, reason=reason)
+    except state.InvalidTransition as exc:
+        turn.silent_reason = f"no handoff: {exc}"
+        turn.reply_text = ""
+        turn.reply_stream = None
+        return
     turn.handoff_reason = reason
     turn.reply_text = handoff.notice_text(turn.language)
     turn.reply_stream = None

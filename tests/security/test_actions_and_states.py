@@ -136,3 +136,24 @@ def test_asking_for_a_human_on_a_closed_or_human_owned_conversation_answers_409(
     conversation.refresh_from_db()
     assert conversation.state == state
     assert Event.objects.count() == events_before
+
+
+def test_a_turn_asking_for_a_human_after_an_agent_took_over_stays_silent(tenant, conversation_in):
+    """The turn read the conversation while the bot owned it; an agent replied before its keyword
+    escalated: the refused move silences the bot instead of failing the turn."""
+    from conversations.pipeline import handoff_check
+    from conversations.pipeline.turn import Turn
+
+    conversation = conversation_in("agent")
+    stale = Conversation.objects.get(pk=conversation.pk)
+    stale.state = "bot"
+    turn = Turn(tenant=tenant, channel=conversation.channel, sender_external_id="ext-agent", conversation=stale)
+    turn.reply_text = "draft"
+
+    handoff_check.escalate(turn, reason="keyword: human")
+
+    assert turn.silent_reason == "no handoff: a conversation in state 'agent' cannot go to 'handoff_requested'"
+    assert (turn.handoff_reason, turn.reply_text, turn.answering) == ("", "", False)
+    conversation.refresh_from_db()
+    assert conversation.state == "agent"
+    assert not Event.objects.filter(type="human_handoff.requested").exists()

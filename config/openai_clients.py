@@ -38,7 +38,9 @@ def client_for(*, api_key: str, base_url: str | None, guarded: bool) -> openai.O
             api_key=api_key,
             base_url=base_url or None,
             timeout=settings.LLM_TIMEOUT_SECONDS,
-            max_retries=settings.LLM_MAX_RETRIES,
+            # Chat retries are the provider's own (LLM_MAX_RETRIES, within the turn's deadline);
+            # embedders set theirs per call.
+            max_retries=0,
             http_client=egress.openai_http_client(timeout=settings.LLM_TIMEOUT_SECONDS) if guarded else None,
         )
         _clients[cache_key] = client

@@ -84,6 +84,9 @@ class CompletionRequest:
     brand_name: str = ""
     handoff_hint: str = ""  # e.g. 'write "human" to reach a person' (offline answerer)
     locale: str = "en"
+    # time.monotonic() by which the answer must have started (the turn's TURN_MAX_SECONDS): no attempt
+    # starts after it and each attempt's timeout is cut to what is left. None: LLM_TIMEOUT_SECONDS.
+    deadline: float | None = None
 
 
 class LLMError(Exception):

@@ -1,17 +1,23 @@
 """OpenAI and every OpenAI-compatible endpoint (Azure OpenAI's v1 API, Ollama, vLLM, LM Studio, ...),
-through the real ``openai`` client: its timeout and its retries on 429/5xx/connection errors
-(exponential backoff) are configured from settings, and whatever still fails becomes an LLMError.
+through the real ``openai`` client. Retries on 429/5xx/connection errors are made here, not by the
+SDK, so that they respect the turn's deadline: at most LLM_MAX_RETRIES more attempts, with exponential
+backoff (0.5 s doubling, at most 8 s, or the answer's Retry-After), each attempt's timeout
+LLM_TIMEOUT_SECONDS cut to the time the turn has left, and none started after it. Whatever still
+fails becomes an LLMError.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import openai
+from django.conf import settings
 
 from config import egress
 from conversations.llm.base import Completion, CompletionRequest, LLMError, ToolCall, Usage
@@ -52,6 +58,19 @@ def _llm_error(exc: Exception) -> LLMError:
     return LLMError(f"the LLM provider failed: {type(exc).__name__}", retryable=True)
 
 
+def _retry_delay(exc: Exception, attempt: int) -> float:
+    """The answer's Retry-After (up to 60 s), else 0.5 s doubling per attempt up to 8 s, with jitter."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after", "") if response is not None else ""
+    try:
+        asked = float(header)
+    except ValueError:
+        asked = -1.0
+    if 0 <= asked <= 60:
+        return asked
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
+
+
 class OpenAIProvider:
     supports_tools = True
     supports_streaming = True
@@ -78,11 +97,28 @@ class OpenAIProvider:
             "extra_body": body,
         }
 
+    def _create(self, request: CompletionRequest, params: dict[str, Any]) -> Any:
+        """``chat.completions.create`` with retries within the request's deadline."""
+        attempts = settings.LLM_MAX_RETRIES + 1
+        for attempt in range(attempts):
+            timeout = float(settings.LLM_TIMEOUT_SECONDS)
+            if request.deadline is not None:
+                timeout = min(timeout, request.deadline - time.monotonic())
+                if timeout <= 0.05:
+                    raise LLMError("the turn's time ran out waiting for the LLM provider", code="llm_timeout")
+            try:
+                return self.client.chat.completions.create(**params, timeout=timeout)
+            except READ_ERRORS as exc:
+                error = _llm_error(exc)
+                delay = _retry_delay(exc, attempt)
+                too_late = request.deadline is not None and time.monotonic() + delay >= request.deadline
+                if not error.retryable or attempt == attempts - 1 or too_late:
+                    raise error from None
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def complete(self, request: CompletionRequest) -> Completion:
-        try:
-            response = self.client.chat.completions.create(**self._params(request))
-        except READ_ERRORS as exc:
-            raise _llm_error(exc) from None
+        response = self._create(request, self._params(request))
         if not response.choices:
             raise LLMError("the LLM provider answered no choices", retryable=True, code="llm_empty")
         choice = response.choices[0]
@@ -108,11 +144,7 @@ class OpenAIProvider:
         params = self._params(request)
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
-        try:
-            chunks = self.client.chat.completions.create(**params)
-        except READ_ERRORS as exc:
-            raise _llm_error(exc) from None
-        return OpenAIStream(chunks, model=self.model)
+        return OpenAIStream(self._create(request, params), model=self.model)
 
 
 class OpenAIStream:

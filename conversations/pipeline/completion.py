@@ -107,6 +107,7 @@ def _request(turn: Turn, messages: list[dict[str, Any]], tool_specs: list[dict[s
         brand_name=config.brand_name,
         handoff_hint=handoff.keyword_hint(config.human_handoff_keywords) if config.enable_human_handoff else "",
         locale=turn.language,
+        deadline=turn.started + settings.TURN_MAX_SECONDS,
     )
 
 

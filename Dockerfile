@@ -15,4 +15,4 @@ RUN pip install '.[s3]'
 COPY . .
 RUN python -c "import compileall; compileall.compile_dir('.', quiet=1)" && mkdir -p /data
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "config.asgi:application"]
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]

@@ -48,7 +48,7 @@ def daphne_command(sock: socket.socket, env: dict[str, str] | None = None) -> li
     request, ~5% of a busy process's CPU) is off unless DAPHNE_ACCESS_LOG names a file or ``-``."""
     access_log = (env or os.environ).get("DAPHNE_ACCESS_LOG", "")
     logging = ["--access-log", access_log] if access_log else ["-v", "0"]
-    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), "--proxy-headers", *logging, "config.asgi:application"]
+    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), *logging, "config.asgi:application"]
 
 
 def start_daphne(

@@ -20,6 +20,7 @@ from channels_app import webchat
 from channels_app.models import Channel, InboundEvent, new_widget_key
 from channels_app.routing import websocket_urlpatterns
 from tenants.models import Tenant
+from tests.webchat.conftest import daphne_servers  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -233,3 +234,25 @@ def test_a_message_on_a_socket_of_a_switched_off_tenant_is_refused_and_not_store
     }
     assert code == 4403
     assert not InboundEvent.objects.filter(channel=channel).exists()
+
+
+def test_a_forged_x_forwarded_for_buys_no_sessions_from_the_server_make_run_starts(
+    daphne_servers,  # noqa: F811
+    channel,
+):
+    """daphne started as ``make run`` starts it: with ``--proxy-headers`` it took the client's own
+    X-Forwarded-For as the peer address, so every forged header was a new visitor."""
+    import requests
+
+    server = daphne_servers(env={"WEBCHAT_SESSIONS_PER_ADDRESS_PER_MINUTE": "2", "TRUSTED_PROXY_COUNT": "0"})
+    statuses = [
+        requests.post(
+            f"{server.url}{URL}",
+            json={"widget_key": channel.external_id},
+            headers={"Origin": ORIGIN, "X-Forwarded-For": f"10.0.0.{n}"},
+            timeout=10,
+        ).status_code
+        for n in range(1, 6)
+    ]
+
+    assert_capped(statuses, 2)

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,15 +96,21 @@ class DaphneServer:
 
 
 def start_daphne(port: int, log_dir: Path, env: dict[str, str] | None = None) -> DaphneServer:
+    """daphne as ``make run`` starts it (config.launcher.daphne_command, on an inherited socket)."""
+    from config.launcher import daphne_command, listening_socket
+
     log_path = log_dir / f"daphne-{port}.log"
     log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=ROOT,
-        env={**server_env(), **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server_env_ = {**server_env(), **(env or {})}
+    with listening_socket("127.0.0.1", port) as sock:
+        process = subprocess.Popen(
+            daphne_command(sock, server_env_),
+            cwd=ROOT,
+            env=server_env_,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+        )
     log.close()
     deadline = time.monotonic() + 60
     while True:

@@ -7,4 +7,11 @@ class ChannelsAppConfig(AppConfig):
     verbose_name = "Channels"
 
     def ready(self) -> None:
-        from channels_app import services  # noqa: F401  (registers the channels health check)
+        from channels_app import (
+            services,  # noqa: F401  (registers the channels health check)
+            webchat,
+        )
+        from events import bus
+        from events.types import EventType
+
+        bus.subscribe(EventType.TENANT_UPDATED, webchat.close_tenant_sockets)

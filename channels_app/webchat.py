@@ -551,6 +551,16 @@ def channel_group(channel_id: Any) -> str:
     return f"webchat.channel.{hashlib.sha256(str(channel_id).encode()).hexdigest()[:40]}"
 
 
+def close_tenant_sockets(event: Any) -> None:
+    """Event-bus subscriber of ``tenant.updated``: when a tenant is switched off, its web chat sockets
+    close as a switched-off channel's do (the tenants area knows nothing of sockets)."""
+    if "is_active" not in (event.payload or {}).get("fields", []):
+        return
+    channels = Channel.objects.filter(tenant_id=event.tenant_id, tenant__is_active=False, type=Channel.Type.WEBCHAT)
+    for channel_id in channels.values_list("pk", flat=True):
+        close_channel_sockets(channel_id=channel_id)
+
+
 def close_channel_sockets(*, channel_id: Any) -> None:
     """Close every open socket of a web chat channel that was switched off or deleted: each gets an
     ``error`` frame (``channel_inactive``) and the close code 4403. Call it after the change commits.

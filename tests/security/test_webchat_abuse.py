@@ -209,12 +209,36 @@ def test_switching_the_channel_off_closes_its_open_sockets(channel, tenant, tena
     assert codes == [4403, 4403]
 
 
-def test_a_message_on_a_socket_of_a_switched_off_tenant_is_refused_and_not_stored(channel, tenant, admin_api):
+def test_switching_the_tenant_off_closes_its_open_sockets(channel, tenant, admin_api):
     async def scenario() -> tuple[int, dict, int]:
         socket = communicator(token_for(channel))
         await socket.connect()
         assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
-        # The operator switches the whole tenant off; nothing tells this socket.
+        response = await sync_to_async(admin_api.patch)(
+            f"/api/tenants/{tenant.pk}/", {"is_active": False}, format="json"
+        )
+        frame = await socket.receive_json_from(timeout=5)
+        code = (await close_frame(socket))["code"]
+        return response.status_code, frame, code
+
+    status, frame, code = async_to_sync(scenario)()
+
+    assert status == 200
+    assert frame == {"type": "error", "code": "channel_inactive", "message": "This chat is switched off."}
+    assert code == 4403
+
+
+def test_a_message_on_a_socket_of_a_switched_off_tenant_is_refused_and_not_stored(
+    channel, tenant, admin_api, monkeypatch
+):
+    # The notice to the sockets is lost (best effort, e.g. the channel layer was down): the socket stays
+    # open until its next message, which is refused.
+    monkeypatch.setattr(webchat, "close_channel_sockets", lambda channel_id: None)
+
+    async def scenario() -> tuple[int, dict, int]:
+        socket = communicator(token_for(channel))
+        await socket.connect()
+        assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
         response = await sync_to_async(admin_api.patch)(
             f"/api/tenants/{tenant.pk}/", {"is_active": False}, format="json"
         )

@@ -1,24 +1,35 @@
 """The indexing run of one document: parse, chunk, store (keyword-searchable), embed progressively.
 
-1. Claim the document (status ``processing``, a new ``index_generation``).
-2. Parse and chunk the stored file; a file that cannot be read ends as ``failed`` with its reason.
+0. Which document: an indexing task does not index the document it was queued for but claims the
+   fairest pending one (``claim_next``): of the tenants with documents waiting, the one whose latest
+   claim is oldest (never served first), and that tenant's document queued first. One task is queued
+   per pending document, so the work is the same as first-come-first-served; only the order changes,
+   and one tenant's bulk import no longer delays another tenant's single document.
+1. Claim the document (status ``processing``, a new ``index_generation``, ``claimed_at``).
+2. Parse and chunk the stored file under the parsing limits (knowledge.parsers.Limits); a file that
+   cannot be read, or crosses a limit, ends as ``failed`` with its reason.
 3. In one transaction: replace the document's chunks, their BM25 postings and the tenant's lexical
    statistics. From this commit the document is keyword-searchable.
 4. Embed the chunks in batches; each batch is committed with its vectors and the progress counter,
    so the vector leg uses what is ready. The next batch is embedded while the previous one is written.
 5. Mark ``indexed`` and emit ``document.indexed``.
 A run that finds a newer generation (a re-index started meanwhile) or a deleted document stops.
+A run that passes KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS (checked between embedding batches; in a
+prefork worker Celery's soft limit also interrupts it) ends ``failed``; one whose worker died
+(killed, out of memory, hard time limit) is failed by ``fail_stalled``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from config import metrics
@@ -28,7 +39,7 @@ from knowledge.chunking import chunk_blocks
 from knowledge.embedders import Embedder, get_embedder
 from knowledge.lexical import remove_postings, store_postings, text_search_config
 from knowledge.models import Chunk, Document
-from knowledge.parsers import ParseError, parse
+from knowledge.parsers import Limits, ParseError, parse
 from knowledge.vectors import bump_version, write_vectors
 
 logger = logging.getLogger(__name__)
@@ -38,33 +49,119 @@ class Superseded(Exception):
     """A newer indexing run (or a delete) took over this document."""
 
 
-def index_document(*, document_id: Any, force: bool = False) -> Document | None:
-    """Index one document. Raises EmbeddingError (transient: the task retries); other failures are
-    recorded on the document as ``failed`` with a readable reason."""
+class TimeLimitReached(Exception):
+    """The run passed KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS."""
+
+
+def time_limit_reason() -> str:
+    return (
+        f"Indexing took longer than {settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS} s (the limit) and was stopped; "
+        "split the document into smaller files."
+    )
+
+
+# Tenants with documents ready to index, the least recently served first (a tenant never served
+# before comes first), then by how long their oldest document waits. Reads the pending partial
+# index (document_pending_queue) and one probe of (tenant_id, claimed_at) per tenant.
+_READY_TENANTS_SQL = """
+SELECT ready.tenant_id
+FROM (
+    SELECT tenant_id, min(queued_at) AS first_queued
+    FROM knowledge_document
+    WHERE status = 'pending' AND queued_at <= %s
+    GROUP BY tenant_id
+) AS ready
+ORDER BY (
+    SELECT max(served.claimed_at) FROM knowledge_document AS served WHERE served.tenant_id = ready.tenant_id
+) ASC NULLS FIRST, ready.first_queued
+LIMIT 20
+"""
+
+
+def claim_next(*, now: datetime | None = None) -> Document | None:
+    """Claim the fairest pending document (see the module's docstring), or None when none is ready.
+
+    Rows another worker is claiming at the same moment are skipped (``SKIP LOCKED``), so concurrent
+    tasks never wait on each other or claim one document twice.
+    """
+    now = now or timezone.now()
     with transaction.atomic():
-        document = Document.objects.select_for_update().select_related("tenant").filter(pk=document_id).first()
+        with connection.cursor() as cursor:
+            cursor.execute(_READY_TENANTS_SQL, [now])
+            tenant_ids = [row[0] for row in cursor.fetchall()]
+        for tenant_id in tenant_ids:
+            # of=self: the joined tenant row must not be locked too, or a second claimer would skip
+            # every document of that tenant while the first one holds its claim.
+            document = (
+                Document.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("tenant")
+                .filter(tenant_id=tenant_id, status=Document.Status.PENDING, queued_at__lte=now)
+                .order_by("queued_at", "created_at")
+                .first()
+            )
+            if document is not None:
+                _start_run(document, now=now)
+                return document
+    return None
+
+
+def index_document(*, document_id: Any, force: bool = False) -> Document | None:
+    """Index this one document now, whatever the queue holds (tests, benchmarks, commands).
+
+    Raises EmbeddingError (transient); other failures are recorded on the document as ``failed``."""
+    with transaction.atomic():
+        document = (
+            Document.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=document_id).first()
+        )
         if document is None:
             return None
         if document.status == Document.Status.INDEXED and not force:
             return document  # a redelivered task: nothing to do
-        document.index_generation += 1
-        document.status = Document.Status.PROCESSING
-        document.error = ""
-        document.chunks_embedded = 0
-        document.save(update_fields=["index_generation", "status", "error", "chunks_embedded", "updated_at"])
+        _start_run(document, now=timezone.now())
+    return run(document=document)
+
+
+def _start_run(document: Document, *, now: datetime) -> None:
+    document.index_generation += 1
+    document.status = Document.Status.PROCESSING
+    document.error = ""
+    document.chunks_embedded = 0
+    document.claimed_at = now
+    document.index_attempts += 1
+    document.save(
+        update_fields=[
+            "index_generation",
+            "status",
+            "error",
+            "chunks_embedded",
+            "claimed_at",
+            "index_attempts",
+            "updated_at",
+        ]
+    )
+
+
+def run(*, document: Document) -> Document | None:
+    """The indexing run of a claimed document (status ``processing``, this run's generation).
+
+    Raises EmbeddingError and database errors (transient: see ``requeue_after_error``); other failures
+    are recorded on the document as ``failed`` with a readable reason."""
+    started = time.monotonic()
     generation = document.index_generation
     tenant = document.tenant
     embedder = get_embedder(tenant=tenant)
+    limits = Limits.from_settings(started=started)
     try:
         with default_storage.open(document.storage_name, "rb") as handle:
             data = handle.read()
-        parsed = parse(data, document.format)
+        parsed = parse(data, document.format, limits=limits)
         drafts = chunk_blocks(
             parsed.blocks,
             count_tokens=embedder.count_tokens,
             max_tokens=settings.KNOWLEDGE_CHUNK_TOKENS,
             overlap_tokens=settings.KNOWLEDGE_CHUNK_OVERLAP_TOKENS,
         )
+        limits.check_time()  # chunking (tokenising) counts against the parsing budget
         if not drafts:
             raise ParseError("No text could be extracted from the file.")
     except ParseError as exc:
@@ -112,6 +209,7 @@ def index_document(*, document_id: Any, force: bool = False) -> Document | None:
             document_id=document.pk,
             generation=generation,
             items=[(c.pk, d.embedding_text) for c, d in zip(chunks, drafts, strict=True)],
+            deadline=started + settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS,
         )
         with transaction.atomic():
             document = _lock_generation(document.pk, generation)
@@ -131,20 +229,31 @@ def index_document(*, document_id: Any, force: bool = False) -> Document | None:
             )
         metrics.incr("documents_indexed_total", outcome="indexed")
         return document
+    except TimeLimitReached:
+        mark_failed(document_id=document.pk, reason=time_limit_reason(), generation=generation)
+        return None
     except Superseded:
-        logger.info("indexing superseded", extra={"document_id": str(document_id), "generation": generation})
+        logger.info("indexing superseded", extra={"document_id": str(document.pk), "generation": generation})
         return None
 
 
 def _lock_generation(document_id: Any, generation: int) -> Document:
+    """The document locked, if this run still owns it: same generation, still ``processing`` (a
+    re-index made it pending again, a delete removed it, a newer run took it over)."""
     document = Document.objects.select_for_update().filter(pk=document_id).first()
-    if document is None or document.index_generation != generation:
+    if document is None or document.index_generation != generation or document.status != Document.Status.PROCESSING:
         raise Superseded
     return document
 
 
 def _embed_progressively(
-    *, embedder: Embedder, tenant_id: Any, document_id: Any, generation: int, items: list[tuple[int, str]]
+    *,
+    embedder: Embedder,
+    tenant_id: Any,
+    document_id: Any,
+    generation: int,
+    items: list[tuple[int, str]],
+    deadline: float,
 ) -> None:
     size = max(1, settings.KNOWLEDGE_EMBED_BATCH)
     batches = [items[i : i + size] for i in range(0, len(items), size)]
@@ -155,6 +264,8 @@ def _embed_progressively(
         pending = pool.submit(embedder.embed_passages, [t for _, t in batches[0]])
         for index, batch in enumerate(batches):
             vectors = pending.result()
+            if time.monotonic() > deadline:
+                raise TimeLimitReached
             if index + 1 < len(batches):
                 pending = pool.submit(embedder.embed_passages, [t for _, t in batches[index + 1]])
             with transaction.atomic():
@@ -168,9 +279,16 @@ def _embed_progressively(
 
 
 def mark_failed(*, document_id: Any, reason: str, generation: int | None = None) -> None:
+    """Record the failure; with ``generation``, only if that run still owns the document."""
     with transaction.atomic():
-        document = Document.objects.select_for_update().select_related("tenant").filter(pk=document_id).first()
-        if document is None or (generation is not None and document.index_generation != generation):
+        document = (
+            Document.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=document_id).first()
+        )
+        if document is None:
+            return
+        if generation is not None and (
+            document.index_generation != generation or document.status != Document.Status.PROCESSING
+        ):
             return
         document.status = Document.Status.FAILED
         document.error = reason[:2000]
@@ -182,3 +300,65 @@ def mark_failed(*, document_id: Any, reason: str, generation: int | None = None)
         )
     metrics.incr("documents_indexed_total", outcome="failed")
     logger.warning("document indexing failed", extra={"document_id": str(document_id), "reason": reason})
+
+
+def requeue_after_error(*, document_id: Any, generation: int, error: str) -> int | None:
+    """A transient failure (embedder or database unavailable): the document waits in the queue again
+    for a backoff (15 s doubling, at most 10 min), or ends ``failed`` after KNOWLEDGE_INDEX_MAX_ATTEMPTS.
+
+    Returns the backoff in seconds when requeued: the caller queues one task for then (the one that
+    failed was this document's)."""
+    with transaction.atomic():
+        try:
+            document = _lock_generation(document_id, generation)
+        except Superseded:
+            return None
+        if document.index_attempts >= settings.KNOWLEDGE_INDEX_MAX_ATTEMPTS:
+            mark_failed(
+                document_id=document_id,
+                reason=f"Indexing failed after {document.index_attempts} attempts: {error}",
+                generation=generation,
+            )
+            return None
+        backoff = min(15 * 2 ** max(0, document.index_attempts - 1), 600)
+        document.status = Document.Status.PENDING
+        document.queued_at = timezone.now() + timedelta(seconds=backoff)
+        document.error = f"Retrying in {backoff} s: {error}"[:2000]
+        document.save(update_fields=["status", "queued_at", "error", "updated_at"])
+    logger.warning("indexing will be retried", extra={"document_id": str(document_id), "backoff": backoff})
+    return backoff
+
+
+def stall_timeout() -> timedelta:
+    """How long after its claim a run still ``processing`` is known to be dead: past the hard limit,
+    which kills a prefork child, with a minute to spare."""
+    return timedelta(seconds=settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS + 60)
+
+
+def fail_stalled(*, now: datetime | None = None) -> int:
+    """Fail the runs whose worker died (killed, out of memory, hard time limit): they would stay
+    ``processing`` forever. The generation moves on, so a run that was only stuck stops when it wakes."""
+    cutoff = (now or timezone.now()) - stall_timeout()
+    failed = 0
+    stalled = Document.objects.filter(status=Document.Status.PROCESSING, claimed_at__lt=cutoff)
+    for document_id in stalled.values_list("pk", flat=True)[:100]:
+        with transaction.atomic():
+            document = (
+                Document.objects.select_for_update(skip_locked=True)
+                .filter(pk=document_id, status=Document.Status.PROCESSING, claimed_at__lt=cutoff)
+                .first()
+            )
+            if document is None:
+                continue
+            document.index_generation += 1
+            document.save(update_fields=["index_generation", "updated_at"])
+            mark_failed(
+                document_id=document_id,
+                reason=(
+                    "Indexing stopped without finishing (the worker was stopped, ran out of memory or passed the "
+                    f"hard time limit of {settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS} s). "
+                    "Re-index the document to try again, or split it into smaller files."
+                ),
+            )
+            failed += 1
+    return failed

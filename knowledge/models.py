@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 from tenants.scoping import TenantOwned
 
@@ -51,6 +52,12 @@ class Document(TenantOwned):
     embedding_model = models.CharField(max_length=200, blank=True, default="")
     # Bumped by every indexing run; a run that finds a newer generation stops (a re-index won).
     index_generation = models.PositiveIntegerField(default=0)
+    # The indexing queue (knowledge.indexing.claim_next): a pending document may be claimed from
+    # ``queued_at`` on (later after a transient failure); ``claimed_at`` is when its current run
+    # started; the tenant whose latest claim is oldest is served first.
+    queued_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    index_attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     keyword_ready_at = models.DateTimeField(null=True, blank=True)
@@ -58,10 +65,22 @@ class Document(TenantOwned):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "sha256"], name="document_unique_tenant_sha256")]
+        constraints = [
+            # Empty files all share one digest and are never duplicates of each other.
+            models.UniqueConstraint(
+                fields=["tenant", "sha256"], condition=models.Q(size_bytes__gt=0), name="document_unique_tenant_sha256"
+            )
+        ]
         indexes = [
             models.Index(fields=["tenant", "status"], name="document_tenant_status"),
             models.Index(fields=["tenant", "created_at"], name="document_tenant_created"),
+            models.Index(
+                fields=["tenant", "queued_at"], condition=models.Q(status="pending"), name="document_pending_queue"
+            ),
+            models.Index(fields=["tenant", "claimed_at"], name="document_tenant_claimed"),
+            models.Index(
+                fields=["tenant", "claimed_at"], condition=models.Q(status="processing"), name="document_processing"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -12,13 +12,14 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from events.services import emit
 from events.types import EventType
 from knowledge.lexical import remove_postings
 from knowledge.models import Document
-from knowledge.parsers import EXTENSIONS, detect_format
+from knowledge.parsers import EXTENSIONS, SNIFF_BYTES, ContentMismatch, content_format, detect_format
 from knowledge.vectors import bump_version
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class UnsupportedDocumentType(DocumentError):
     code = "unsupported_media_type"
 
 
+EMPTY_FILE = "The file is empty."
+
+
 def safe_filename(name: str) -> str:
     """The file's base name, reduced to safe characters: it can never leave the tenant's folder."""
     base = os.path.basename((name or "").replace("\\", "/")).strip()
@@ -58,8 +62,11 @@ def safe_filename(name: str) -> str:
 def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "") -> Document:
     """Store the file under ``{tenant_id}/documents/`` and enqueue its indexing after commit.
 
-    The same content uploaded again by the tenant returns the existing document (``is_duplicate``
-    is set on it) without storing or indexing anything twice.
+    The format is the one the content has (PDF and DOCX by their signatures), whatever the name
+    says; binary content that is none of the formats is refused (415). The same content uploaded
+    again by the tenant returns the existing document (``is_duplicate`` is set on it) without
+    storing or indexing anything twice. An empty file is never a duplicate: it is stored as a
+    ``failed`` document saying it is empty.
     """
     filename = safe_filename(getattr(file, "name", "") or "")
     fmt = detect_format(filename=filename, content_type=getattr(file, "content_type", "") or "")
@@ -72,12 +79,17 @@ def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "
     limit = settings.KNOWLEDGE_MAX_UPLOAD_BYTES
     if size > limit:
         raise DocumentTooLarge(f"The file is {size} bytes; the limit is {limit} bytes.")
+    file.seek(0)
+    try:
+        fmt = content_format(file.read(SNIFF_BYTES), fmt)
+    except ContentMismatch as exc:
+        raise UnsupportedDocumentType(str(exc)) from None
     digest = hashlib.sha256()
     file.seek(0)
     for piece in file.chunks():
         digest.update(piece)
     sha256 = digest.hexdigest()
-    existing = Document.objects.for_tenant(tenant).filter(sha256=sha256).first()
+    existing = Document.objects.for_tenant(tenant).filter(sha256=sha256, size_bytes__gt=0).first() if size else None
     if existing is not None:
         existing.is_duplicate = True  # type: ignore[attr-defined]
         return existing
@@ -98,6 +110,7 @@ def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "
                 size_bytes=size,
                 sha256=sha256,
                 storage_name=stored,
+                **({"status": Document.Status.FAILED, "error": EMPTY_FILE} if not size else {}),
             )
             emit(
                 tenant=tenant,
@@ -111,7 +124,14 @@ def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "
                     "sha256": sha256,
                 },
             )
-            _enqueue_indexing(document, force=False)
+            if size:
+                _enqueue_indexing(document)
+            else:
+                emit(
+                    tenant=tenant,
+                    type=EventType.DOCUMENT_FAILED,
+                    payload={"document_id": str(document.pk), "title": title, "reason": EMPTY_FILE},
+                )
     except IntegrityError:
         # The same content arrived concurrently and won the unique constraint: answer with that one.
         default_storage.delete(stored)
@@ -127,20 +147,30 @@ def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "
     return document
 
 
-def _enqueue_indexing(document: Document, *, force: bool) -> None:
+def _enqueue_indexing(document: Document) -> None:
+    """One more turn of the indexing queue, after commit: the task claims the fairest pending document."""
     from knowledge.tasks import index_document_task
 
     document_id = str(document.pk)
-    transaction.on_commit(lambda: index_document_task.delay(document_id, force=force))
+    transaction.on_commit(lambda: index_document_task.delay(document_id))
 
 
 def document_reindex(*, document: Document) -> Document:
-    """Index the document again (after a change of embedding model or chunking settings)."""
+    """Index the document again (after a change of embedding model or chunking settings).
+
+    It goes to the back of its tenant's queue; a run of it in progress stops at its next step (it
+    finds the document pending again), so the new run starts from the current file and settings."""
+    now = timezone.now()
     with transaction.atomic():
-        Document.objects.filter(pk=document.pk).update(status=Document.Status.PENDING, error="")
-        document.status = Document.Status.PENDING
-        document.error = ""
-        _enqueue_indexing(document, force=True)
+        Document.objects.filter(pk=document.pk).update(
+            status=Document.Status.PENDING,
+            error="",
+            queued_at=now,
+            index_attempts=0,
+            updated_at=now,
+        )
+        document.refresh_from_db()
+        _enqueue_indexing(document)
     return document
 
 

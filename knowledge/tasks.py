@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from knowledge import indexing
@@ -13,18 +15,54 @@ from knowledge.embedders import EmbeddingError
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="knowledge.index_document", acks_late=True, max_retries=4)
-def index_document_task(self, document_id: str, force: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """Idempotent: an indexed document is left alone unless ``force`` (a re-index)."""
+@shared_task(
+    bind=True,
+    name="knowledge.index_document",
+    acks_late=True,
+    max_retries=None,
+    # Real in a prefork worker (make run, docker compose): the soft limit interrupts a run stuck in
+    # one long call, the hard limit replaces a child that does not return at all. A threads pool
+    # ignores both; the run's own deadline checks (parsers, embedding loop) apply in every pool.
+    soft_time_limit=settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS,
+    time_limit=settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS,
+)
+def index_document_task(self, document_id: str | None = None, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """One turn of the indexing queue: index the fairest pending document (indexing.claim_next).
+
+    One task is queued per document that becomes pending (upload, re-index, retry); ``document_id``
+    names that document for the logs only and ``force`` is accepted from tasks queued by earlier
+    versions. Idempotent: a redelivered task finds its document claimed or indexed and takes the
+    next pending one, if any; an indexed document is indexed again only when re-indexed.
+    """
     try:
-        indexing.index_document(document_id=document_id, force=force)
-    except (EmbeddingError, OperationalError, InterfaceError) as exc:
-        # Transient (embedding endpoint or database down, rate limited): retry with backoff, then
-        # record the failure. The indexing run starts over: it is idempotent.
-        if self.request.retries >= self.max_retries:
-            indexing.mark_failed(document_id=document_id, reason=f"Indexing failed after retries: {exc}")
-            return
+        indexing.fail_stalled()
+        document = indexing.claim_next()
+    except (OperationalError, InterfaceError) as exc:
+        # The database is unavailable: this turn of the queue is kept for later.
         raise self.retry(exc=exc, countdown=min(15 * 2**self.request.retries, 600)) from None
+    if document is None:
+        return
+    generation = document.index_generation
+    try:
+        indexing.run(document=document)
+    except SoftTimeLimitExceeded:
+        indexing.mark_failed(document_id=document.pk, reason=indexing.time_limit_reason(), generation=generation)
+    except (EmbeddingError, OperationalError, InterfaceError) as exc:
+        # Transient (embedding endpoint or database down, rate limited): the document waits in the
+        # queue for a backoff, then a task queued for that moment claims it (or a fairer one).
+        backoff = indexing.requeue_after_error(document_id=document.pk, generation=generation, error=str(exc))
+        if backoff is not None:
+            index_document_task.apply_async(args=[str(document.pk)], countdown=backoff)
     except Exception as exc:
-        logger.exception("indexing crashed", extra={"document_id": document_id})
-        indexing.mark_failed(document_id=document_id, reason=f"Indexing failed unexpectedly ({type(exc).__name__}).")
+        logger.exception("indexing crashed", extra={"document_id": str(document.pk), "queued_for": document_id})
+        indexing.mark_failed(
+            document_id=document.pk,
+            reason=f"Indexing failed unexpectedly ({type(exc).__name__}).",
+            generation=generation,
+        )
+
+
+@shared_task(name="knowledge.fail_stalled_indexing", acks_late=True)
+def fail_stalled_indexing_task() -> int:
+    """Beat: fail runs whose worker died while the queue is idle (every indexing task checks too)."""
+    return indexing.fail_stalled()

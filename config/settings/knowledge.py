@@ -2,10 +2,33 @@
 
 import os
 
-from config.settings.base import CELERY_TASK_ROUTES, env_float, env_int
+from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_float, env_int
 
 # Uploads: larger files are refused with 413.
 KNOWLEDGE_MAX_UPLOAD_BYTES = env_int("KNOWLEDGE_MAX_UPLOAD_MB", 25) * 1024 * 1024
+# Parsing limits: a file over one ends as a "failed" document saying which limit it crossed.
+# Extracted text (all formats); ~1,000 pages of prose, ~750k e5 tokens.
+KNOWLEDGE_MAX_TEXT_CHARS = env_int("KNOWLEDGE_MAX_TEXT_CHARS", 3_000_000)
+# Paragraphs (blocks) per document, all formats.
+KNOWLEDGE_MAX_PARAGRAPHS = env_int("KNOWLEDGE_MAX_PARAGRAPHS", 50_000)
+KNOWLEDGE_PDF_MAX_PAGES = env_int("KNOWLEDGE_PDF_MAX_PAGES", 2_000)
+# HTML is parsed into a tree (~300 bytes per element): tags counted before parsing.
+KNOWLEDGE_HTML_MAX_ELEMENTS = env_int("KNOWLEDGE_HTML_MAX_ELEMENTS", 200_000)
+# DOCX (a ZIP): entries and total declared size checked before inflating anything; the document
+# part's XML is streamed and stopped at KNOWLEDGE_DOCX_MAX_XML_MB; table cells counted as read.
+KNOWLEDGE_DOCX_MAX_ENTRIES = env_int("KNOWLEDGE_DOCX_MAX_ENTRIES", 2_000)
+KNOWLEDGE_DOCX_MAX_UNCOMPRESSED_MB = env_int("KNOWLEDGE_DOCX_MAX_UNCOMPRESSED_MB", 200)
+KNOWLEDGE_DOCX_MAX_XML_MB = env_int("KNOWLEDGE_DOCX_MAX_XML_MB", 50)
+KNOWLEDGE_DOCX_MAX_TABLE_CELLS = env_int("KNOWLEDGE_DOCX_MAX_TABLE_CELLS", 200_000)
+# Time budget of parsing + chunking one document (checked inside the loops: works in every pool).
+KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS = env_int("KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS", 120)
+# Time budget of one whole indexing run (parse, chunk, embed). Checked between embedding batches
+# and, in a prefork worker, also enforced by Celery's soft time limit; the hard limit (this + 120 s)
+# kills a prefork child stuck in C code. Either way the document ends "failed".
+KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS = env_int("KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS", 1800)
+KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS = KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS + 120
+# Attempts of one document when the embedder or the database is unavailable (then "failed").
+KNOWLEDGE_INDEX_MAX_ATTEMPTS = env_int("KNOWLEDGE_INDEX_MAX_ATTEMPTS", 5)
 # Chunking: target size in the embedder's tokens, and the overlap carried into the next chunk.
 KNOWLEDGE_CHUNK_TOKENS = env_int("KNOWLEDGE_CHUNK_TOKENS", 512)
 KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
@@ -42,3 +65,6 @@ EMBEDDING_TIMEOUT_SECONDS = env_float("EMBEDDING_TIMEOUT_SECONDS", 30.0)
 EMBEDDING_CACHE_DIR = os.environ.get("EMBEDDING_CACHE_DIR", "")
 
 CELERY_TASK_ROUTES.update({"knowledge.*": {"queue": "indexing"}})
+# A run whose worker died (killed, out of memory, hard time limit) ends "failed" instead of
+# "processing" forever; each indexing task checks too, this covers an idle queue.
+CELERY_BEAT_SCHEDULE["knowledge-fail-stalled-indexing"] = {"task": "knowledge.fail_stalled_indexing", "schedule": 300.0}

@@ -62,6 +62,16 @@ def start_daphne(
     ]
 
 
+def indexing_worker_command(env: dict[str, str]) -> list[str]:
+    """The indexing worker. Indexing is CPU-bound (parsing, embedding): its own process, so an upload
+    never delays a turn. Prefork, because only there do the indexing task's Celery time limits hold:
+    the soft limit interrupts a run stuck in one long call, the hard limit replaces a child that never
+    returns (a threads pool ignores both; the run's own deadline checks work in any pool)."""
+    concurrency = env.get("INDEXING_WORKER_CONCURRENCY", "1")
+    return [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "indexing", "-P", "prefork",
+            "-c", concurrency, "-n", "indexing@%h", "--loglevel", "WARNING"]  # fmt: skip
+
+
 def ensure_local_secret_key(env: dict[str, str]) -> None:
     if env.get("SECRET_ENCRYPTION_KEY"):
         return
@@ -152,9 +162,7 @@ def run() -> int:
             for k in range(max(1, worker_processes))
         }  # fmt: skip
         commands |= {
-            # Indexing is CPU-bound (parsing, embedding): its own process, so an upload never delays a turn.
-            "indexing": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "indexing", "-c",
-                         env.get("INDEXING_WORKER_CONCURRENCY", "1"), "-n", "indexing@%h", "--loglevel", "WARNING"],
+            "indexing": indexing_worker_command(env),
             "webhooks": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "webhooks", "-P", "threads",
                          "-c", env.get("WEBHOOK_WORKER_CONCURRENCY", "8"), "-n", "webhooks@%h", "--loglevel", "WARNING"],
             "beat": [PY, "-m", "celery", "-A", "config", "--quiet", "beat", "-s", beat_schedule, "--loglevel", "WARNING"],

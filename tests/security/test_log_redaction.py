@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from channels_app import services as channel_services
 from config.logs import JsonFormatter
@@ -23,7 +25,11 @@ VERIFY_TOKEN = "vt-canary-6f1d0c2e9b"
 @pytest.fixture
 def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """``log_lines()``: the JSON lines the configured root handler (settings.LOGGING) wrote so far."""
-    (handler,) = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
+    if not handlers:  # an earlier test's in-process Celery worker took the root logger over
+        logging.config.dictConfig(settings.LOGGING)
+        handlers = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
+    (handler,) = handlers
     assert isinstance(handler, logging.StreamHandler)
     buffer = io.StringIO()
     previous = handler.setStream(buffer)

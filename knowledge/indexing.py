@@ -53,6 +53,12 @@ class TimeLimitReached(Exception):
     """The run passed KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS."""
 
 
+def hard_time_limit_seconds() -> int:
+    """Celery's hard limit of an indexing task: the soft limit and two minutes for the run to record
+    its failure; past it a prefork child is killed."""
+    return settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS + 120
+
+
 def time_limit_reason() -> str:
     return (
         f"Indexing took longer than {settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS} s (the limit) and was stopped; "
@@ -332,7 +338,7 @@ def requeue_after_error(*, document_id: Any, generation: int, error: str) -> int
 def stall_timeout() -> timedelta:
     """How long after its claim a run still ``processing`` is known to be dead: past the hard limit,
     which kills a prefork child, with a minute to spare."""
-    return timedelta(seconds=settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS + 60)
+    return timedelta(seconds=hard_time_limit_seconds() + 60)
 
 
 def fail_stalled(*, now: datetime | None = None) -> int:
@@ -356,7 +362,7 @@ def fail_stalled(*, now: datetime | None = None) -> int:
                 document_id=document_id,
                 reason=(
                     "Indexing stopped without finishing (the worker was stopped, ran out of memory or passed the "
-                    f"hard time limit of {settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS} s). "
+                    f"hard time limit of {hard_time_limit_seconds()} s). "
                     "Re-index the document to try again, or split it into smaller files."
                 ),
             )

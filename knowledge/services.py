@@ -149,10 +149,10 @@ def document_upload(*, tenant: Tenant, file: UploadedFile | File, title: str = "
 
 def _enqueue_indexing(document: Document) -> None:
     """One more turn of the indexing queue, after commit: the task claims the fairest pending document."""
-    from knowledge.tasks import index_document_task
+    from knowledge.tasks import queue_indexing_turn
 
     document_id = str(document.pk)
-    transaction.on_commit(lambda: index_document_task.delay(document_id))
+    transaction.on_commit(lambda: queue_indexing_turn(document_id))
 
 
 def document_reindex(*, document: Document) -> Document:

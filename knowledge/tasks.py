@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
     # Real in a prefork worker (make run, docker compose): the soft limit interrupts a run stuck in
     # one long call, the hard limit replaces a child that does not return at all. A threads pool
     # ignores both; the run's own deadline checks (parsers, embedding loop) apply in every pool.
+    # queue_indexing_turn sends them with each message too (a message's limits win over these).
     soft_time_limit=settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS,
-    time_limit=settings.KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS,
+    time_limit=indexing.hard_time_limit_seconds(),
 )
 def index_document_task(self, document_id: str | None = None, force: bool = False) -> None:  # type: ignore[no-untyped-def]
     """One turn of the indexing queue: index the fairest pending document (indexing.claim_next).
@@ -52,7 +53,7 @@ def index_document_task(self, document_id: str | None = None, force: bool = Fals
         # queue for a backoff, then a task queued for that moment claims it (or a fairer one).
         backoff = indexing.requeue_after_error(document_id=document.pk, generation=generation, error=str(exc))
         if backoff is not None:
-            index_document_task.apply_async(args=[str(document.pk)], countdown=backoff)
+            queue_indexing_turn(str(document.pk), countdown=backoff)
     except Exception as exc:
         logger.exception("indexing crashed", extra={"document_id": str(document.pk), "queued_for": document_id})
         indexing.mark_failed(
@@ -60,6 +61,18 @@ def index_document_task(self, document_id: str | None = None, force: bool = Fals
             reason=f"Indexing failed unexpectedly ({type(exc).__name__}).",
             generation=generation,
         )
+
+
+def queue_indexing_turn(document_id: str, *, countdown: int | None = None) -> None:
+    """One more turn of the indexing queue, for a document that became pending. Celery puts the
+    sender's time limits in the message and the worker obeys those: they are read from the settings
+    now, not from the task's defaults fixed when this module was imported."""
+    index_document_task.apply_async(
+        args=[document_id],
+        countdown=countdown,
+        soft_time_limit=settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS,
+        time_limit=indexing.hard_time_limit_seconds(),
+    )
 
 
 @shared_task(name="knowledge.fail_stalled_indexing", acks_late=True)

@@ -23,10 +23,10 @@ KNOWLEDGE_DOCX_MAX_TABLE_CELLS = env_int("KNOWLEDGE_DOCX_MAX_TABLE_CELLS", 200_0
 # Time budget of parsing + chunking one document (checked inside the loops: works in every pool).
 KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS = env_int("KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS", 120)
 # Time budget of one whole indexing run (parse, chunk, embed). Checked between embedding batches
-# and, in a prefork worker, also enforced by Celery's soft time limit; the hard limit (this + 120 s)
-# kills a prefork child stuck in C code. Either way the document ends "failed".
+# and, in a prefork worker, also enforced by Celery's soft time limit; the hard limit (this + 120 s,
+# knowledge.indexing.hard_time_limit_seconds) kills a prefork child stuck in C code. Either way the
+# document ends "failed".
 KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS = env_int("KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS", 1800)
-KNOWLEDGE_INDEX_HARD_TIME_LIMIT_SECONDS = KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS + 120
 # Attempts of one document when the embedder or the database is unavailable (then "failed").
 KNOWLEDGE_INDEX_MAX_ATTEMPTS = env_int("KNOWLEDGE_INDEX_MAX_ATTEMPTS", 5)
 # Chunking: target size in the embedder's tokens, and the overlap carried into the next chunk.

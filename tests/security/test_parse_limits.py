@@ -8,6 +8,9 @@ document. File types are decided by the content, and an empty file is never anot
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -66,6 +69,15 @@ def paragraphs(count: int, text: bytes = LOREM) -> Callable[[Any], None]:
         member.write(block * (count % 1000))
 
     return write
+
+
+def long_warranty() -> bytes:
+    """2.8 M characters of distinct clauses: under the text limit, seconds of chunking."""
+    clauses = (
+        " ".join(f"Clause {p}.{n}: the warranty covers pump {p * 31 + n} for {n % 5 + 1} years." for n in range(30))
+        for p in range(1300)
+    )
+    return "\n\n".join(clauses).encode()
 
 
 def document_error(tenant_api: Any, tenant: Any, document_id: str) -> tuple[str, str]:
@@ -160,7 +172,7 @@ def test_parsing_over_its_time_limit_fails_and_the_worker_indexes_the_next_docum
     live_worker: Any, upload: Any, tenant: Any, tenant_api: Any, settings: Any
 ) -> None:
     settings.KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS = 1
-    slow = upload("manual.pdf", make_pdf([f"Page {n} of the manual." for n in range(1500)]))
+    slow = upload("warranty.txt", long_warranty())  # the e5 tokenizer chunks it in ~5 s on an idle machine
     after = upload("after.md", b"# Opening hours\n\nThe Lisbon shop opens at nine.")
 
     assert document_error(tenant_api, tenant, slow.json()["id"]) == (
@@ -186,6 +198,61 @@ def test_indexing_over_its_time_limit_stops_and_the_worker_indexes_the_next_docu
     settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS = 600
     after = upload("after.md", b"# Opening hours\n\nThe Lisbon shop opens at nine.")
     assert wait_for_status(after.json()["id"]).status == Document.Status.INDEXED
+
+
+@pytest.fixture
+def prefork_indexing_worker(transactional_db: Any, media_root: Any) -> Iterator[Callable[[dict[str, str]], Any]]:
+    """``start(env)``: the indexing worker as `make run` starts it (a prefork process), on the test
+    database and media folder, with ``env`` added to its environment."""
+    from urllib.parse import urlparse, urlunparse
+
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+    from config.launcher import indexing_worker_command
+
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start(extra: dict[str, str]) -> Any:
+        env = dict(os.environ)
+        url = urlparse(settings.DATABASE_URL)
+        env["DATABASE_URL"] = urlunparse(url._replace(path="/" + connection.settings_dict["NAME"]))
+        env["MEDIA_ROOT"] = str(media_root)
+        env.update(extra)
+        command = indexing_worker_command(env)
+        name = f"prefork-test-{os.getpid()}@%h"
+        command[command.index("indexing@%h")] = name
+        worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers.append(worker)
+        deadline = time.monotonic() + 60
+        while not app.control.ping(destination=[name.replace("%h", os.uname().nodename)], timeout=1.0):
+            assert worker.poll() is None and time.monotonic() < deadline, "the prefork worker did not start"
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+def test_celery_soft_time_limit_stops_a_run_in_the_prefork_worker(
+    prefork_indexing_worker: Any, upload: Any, tenant: Any, tenant_api: Any, settings: Any
+) -> None:
+    # Parsing and chunking may take 600 s, the whole run 2 s, and the run checks its own deadline only
+    # between embedding batches: only Celery's soft limit can stop it before that, while the e5
+    # tokenizer chunks these 2.8 M characters (~5 s on an idle machine).
+    settings.KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS = 2  # the uploader's: Celery sends the limits with the task
+    prefork_indexing_worker({"KNOWLEDGE_INDEX_TIME_LIMIT_SECONDS": "2", "KNOWLEDGE_PARSE_TIME_LIMIT_SECONDS": "600"})
+    response = upload("warranty.txt", long_warranty())
+
+    assert document_error(tenant_api, tenant, response.json()["id"]) == (
+        "failed",
+        "Indexing took longer than 2 s (the limit) and was stopped; split the document into smaller files.",
+    )
+    assert (
+        Document.objects.get(pk=response.json()["id"]).keyword_ready_at is None
+    )  # stopped before its chunks were stored
 
 
 def test_a_run_whose_worker_died_ends_failed_instead_of_processing_forever(

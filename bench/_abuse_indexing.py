@@ -12,7 +12,7 @@ b. Tenant A has 1,400 documents queued (the worker busy with them); tenant B upl
    the time until B's document is keyword-searchable, and how many of A's documents were indexed
    meanwhile. Target: <= 30 s.
 
-    python -m bench.abuse_indexing
+    python -m bench._abuse_indexing (or all of it: python -m bench.abuse)
 """
 
 from __future__ import annotations

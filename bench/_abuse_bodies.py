@@ -10,7 +10,7 @@ Nothing is written to the database: both requests are refused before any view ru
 
 Targets: RSS +<= 50 MB after each; the stalled connection closed within 10 s.
 
-    python -m bench.abuse_bodies
+    python -m bench._abuse_bodies (or all of it: python -m bench.abuse)
 """
 
 from __future__ import annotations

@@ -226,10 +226,6 @@ _publisher = _Publisher()
 atexit.register(_publisher.flush)
 
 
-def flush_enqueued(timeout: float = 5.0) -> bool:
-    return _publisher.flush(timeout)
-
-
 def dispatch(items: Iterable[list]) -> int:
     """Fan a batch of ``[task, inbound id, correlation id]`` out into one task each (in a worker)."""
     from config.celery import app

@@ -6,7 +6,8 @@ adds up its increments in memory and a background thread writes them in one pipe
 every METRICS_FLUSH_SECONDS (1 s; 0 writes each increment at once), so a hot path such as the
 webhook receiver pays a dict update rather than a Redis round trip per request; a scrape flushes
 the scraping process first and sees the others' counts at most that interval late. Gauges are
-computed at scrape time by registered callables (queue depths, backlog sizes read from PostgreSQL).
+computed at scrape time by callables each app registers from its ``ready()`` (its own tables' backlog
+sizes), so this module knows no app.
 A metrics failure never breaks the caller: it is logged and dropped.
 
 The endpoint needs the admin API key (``Authorization: Bearer $ADMIN_API_KEY``, which Prometheus'
@@ -174,20 +175,3 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         ):
             return HttpResponse("admin API key required\n", status=401, content_type="text/plain")
     return HttpResponse(render(), content_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def _core_gauges() -> Iterable[Sample]:
-    from django.db.models import Count
-
-    from channels_app.models import InboundEvent
-    from conversations.models import Conversation
-    from events.models import Event
-
-    for row in InboundEvent.objects.values("status", "kind").annotate(n=Count("id")):
-        yield "metachat_inbound_events", {"status": row["status"], "kind": row["kind"]}, row["n"]
-    for state_row in Conversation.objects.values("state").annotate(n=Count("id")):
-        yield "metachat_conversations", {"state": state_row["state"]}, state_row["n"]
-    yield "metachat_events_total_rows", {}, Event.objects.count()
-
-
-register_gauge("metachat_core", "Inbound events by status, conversations by state, event log size", _core_gauges)

@@ -9,10 +9,13 @@ class EventsConfig(AppConfig):
         # After every commit that emitted an event: in-process subscribers, then the outbox kicks
         # (webhook fan-out, RabbitMQ). Explicit registration, not Django signals.
         from config.health import register_check
+        from config.metrics import register_gauge
         from events import bus, outbox
         from events.health import check_outbox
+        from events.metrics import event_log_gauge
         from events.services import register_after_commit
 
         register_after_commit(bus.publish_committed)
         register_after_commit(outbox.on_event_committed)
         register_check("event_outbox", check_outbox)
+        register_gauge("metachat_events_total_rows", "Rows in the event log", event_log_gauge)

@@ -286,10 +286,10 @@ def main(argv: list[str]) -> int:
     from django.test.utils import CaptureQueriesContext
 
     from channels_app.models import Channel
+    from channels_app.secrets import channel_secret_set
     from conversations.models import Conversation, Message
     from tenants import services as tenant_services
     from tenants.models import Tenant
-    from tenants.secrets import channel_secret_set
 
     tenant = Tenant.objects.filter(slug=f"bench-turn-{args.embedder}").first() or tenant_services.tenant_create(
         name="Bench turn", slug=f"bench-turn-{args.embedder}"

@@ -13,9 +13,9 @@ from django.utils.html import format_html
 
 from channels_app import services, webchat
 from channels_app.models import Channel, InboundEvent, UnroutedWebhook, new_widget_key
+from channels_app.secrets import with_channel_secret
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import Tenant
-from tenants.secrets import with_channel_secret
 
 
 class ChannelForm(forms.ModelForm):

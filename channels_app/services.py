@@ -36,13 +36,14 @@ from channels_app.adapters.base import (
 )
 from channels_app.graph import GraphClient
 from channels_app.models import Channel, ChannelSecret, InboundEvent
+from channels_app.secrets import channel_secret_names, channel_secret_set, with_channel_secret
 from config import metrics
 from config.errors import error_body
 from config.health import CheckResult, register_check
 from events.services import emit
 from events.types import EventType
 from tenants.models import Tenant
-from tenants.secrets import SecretError, channel_secret_set, with_channel_secret
+from tenants.secrets import SecretError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def channel_set_credentials(*, channel: Channel, credentials: dict[str, str]) ->
 
 
 def channel_credential_names(*, channel: Channel) -> list[str]:
-    return with_channel_secret(channel=channel, fn=lambda values: sorted(values), missing_ok=True) or []
+    return channel_secret_names(channel=channel)
 
 
 def channel_delete(*, channel: Channel) -> None:

@@ -7,6 +7,12 @@ class TenantsConfig(AppConfig):
 
     def ready(self) -> None:
         # Stop start-up at once, naming the variable, when the secret key ring is missing or malformed.
-        from tenants.secrets import key_ring
+        from tenants.models import TenantSecret
+        from tenants.secrets import SecretRepository, key_ring, register_secret_repository, tenant_secret_aad
 
         key_ring()
+        register_secret_repository(
+            SecretRepository(
+                kind="tenant", model=TenantSecret, aad=lambda row: tenant_secret_aad(row.tenant_id, row.name)
+            )
+        )

@@ -1,27 +1,30 @@
-"""SecretService: AES-256-GCM encryption of tenant and channel credentials, with a key ring.
+"""SecretService: AES-256-GCM encryption with a key ring, and the tenant's own secrets.
 
 Plaintext only ever exists inside a ``with_*_secret`` callback: the decrypted bytes live in a
 bytearray that is overwritten with zeros when the callback returns. (Python cannot scrub the ``str``
 handed to the callback; callers must not keep or log it.) Errors name key ids, never values.
+
+This module stores only ``TenantSecret`` rows. An app that keeps encrypted rows of its own (channel
+credentials: ``channels_app.secrets``) seals and opens them with ``seal`` / ``open_sealed`` and
+registers a ``SecretRepository`` from its ``ready()``, through which ``rotate_secrets`` re-encrypts
+them; the base never imports an app above it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import models, transaction
 
 if TYPE_CHECKING:
-    from channels_app.models import Channel, ChannelSecret
     from tenants.models import Tenant, TenantSecret
 
 T = TypeVar("T")
@@ -174,23 +177,48 @@ def scrub(buffer: bytearray) -> None:
         buffer[i] = 0
 
 
-# --- associated data: binds a ciphertext to its row --------------------------------------------------
+# --- sealed rows: what every table of encrypted secrets carries -------------------------------------
 
 
-def tenant_secret_aad(tenant_id: Any, name: str) -> bytes:
-    return f"tenant-secret|{tenant_id}|{name}".encode()
+class SealedRow(Protocol):
+    ciphertext: str
+    iv: str
+    tag: str
+    key_id: str
 
 
-def channel_secret_aad(channel_id: Any) -> bytes:
-    return f"channel-secret|{channel_id}".encode()
-
-
-def _sealed_of(row: TenantSecret | ChannelSecret) -> Sealed:
+def sealed_of(row: SealedRow) -> Sealed:
     return Sealed(ciphertext=row.ciphertext, iv=row.iv, tag=row.tag, key_id=row.key_id)
 
 
-def _apply(row: Any, sealed: Sealed) -> None:
+def store_sealed(row: SealedRow, sealed: Sealed) -> None:
+    """Put ``sealed`` on the row (the caller saves it)."""
     row.ciphertext, row.iv, row.tag, row.key_id = sealed.ciphertext, sealed.iv, sealed.tag, sealed.key_id
+
+
+@dataclass(frozen=True)
+class SecretRepository:
+    """A table of sealed rows that an app owns, for rotation to re-encrypt.
+
+    ``model`` has the ``SealedRow`` fields and ``updated_at``; ``aad`` gives a row's associated data,
+    which binds its ciphertext to that row (a ciphertext copied to another row fails authentication).
+    """
+
+    kind: str  # how the rotation report counts its rows: "tenant", "channel"
+    model: type[models.Model]
+    aad: Callable[[Any], bytes]
+
+
+_repositories: dict[str, SecretRepository] = {}
+
+
+def register_secret_repository(repository: SecretRepository) -> None:
+    """Called from the owning app's ``ready()``; registering a kind again replaces it."""
+    _repositories[repository.kind] = repository
+
+
+def secret_repositories() -> list[SecretRepository]:
+    return list(_repositories.values())
 
 
 # --- tenant secrets ---------------------------------------------------------------------------------
@@ -208,6 +236,10 @@ SECRET_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,120}"
 
 class ReservedSecretName(SecretError):
     pass
+
+
+def tenant_secret_aad(tenant_id: Any, name: str) -> bytes:
+    return f"tenant-secret|{tenant_id}|{name}".encode()
 
 
 def is_internal_secret_name(name: str) -> bool:
@@ -249,7 +281,7 @@ def tenant_secret_set(*, tenant: Tenant, name: str, value: str) -> TenantSecret:
         row = TenantSecret.objects.select_for_update().filter(tenant=tenant, name=name).first()
         if row is None:
             row = TenantSecret(tenant=tenant, name=name)
-        _apply(row, sealed)
+        store_sealed(row, sealed)
         row.save()
     return row
 
@@ -274,69 +306,11 @@ def with_tenant_secret(*, tenant: Tenant, name: str, fn: Callable[[str], T]) -> 
     row = TenantSecret.objects.filter(tenant=tenant, name=name).first()
     if row is None:
         raise SecretNotFound(f"tenant has no secret named '{name}'")
-    buffer = open_sealed(_sealed_of(row), aad=tenant_secret_aad(row.tenant_id, row.name))
+    buffer = open_sealed(sealed_of(row), aad=tenant_secret_aad(row.tenant_id, row.name))
     try:
         return fn(buffer.decode())
     finally:
         scrub(buffer)
-
-
-# --- channel secrets (one encrypted JSON object per channel) ------------------------------------------
-
-
-def channel_secret_set(*, channel: Channel, values: dict[str, str], merge: bool = True) -> ChannelSecret:
-    """Store the channel's credentials (app_secret, access_token, verify_token, ...), encrypted.
-
-    With ``merge`` the given keys replace those already stored and the others are kept, so a
-    write-only form can update one credential without re-entering the rest.
-    """
-    from channels_app.models import ChannelSecret
-
-    with transaction.atomic():
-        row = ChannelSecret.objects.select_for_update().filter(channel=channel).first()
-        current: dict[str, str] = {}
-        if row is not None and merge:
-            buffer = open_sealed(_sealed_of(row), aad=channel_secret_aad(channel.pk))
-            try:
-                current = json.loads(buffer.decode())
-            finally:
-                scrub(buffer)
-        current.update({k: v for k, v in values.items() if v is not None})
-        plaintext = bytearray(json.dumps(current).encode())
-        current.clear()
-        try:
-            sealed = seal(plaintext, aad=channel_secret_aad(channel.pk))
-        finally:
-            scrub(plaintext)
-        if row is None:
-            row = ChannelSecret(channel=channel, tenant_id=channel.tenant_id)
-        _apply(row, sealed)
-        row.save()
-    return row
-
-
-def channel_secret_names(*, channel: Channel) -> list[str]:
-    """Which credentials are set (names only)."""
-    return with_channel_secret(channel=channel, fn=lambda values: sorted(values), missing_ok=True) or []
-
-
-def with_channel_secret(*, channel: Channel, fn: Callable[[dict[str, str]], T], missing_ok: bool = False) -> T | None:
-    """Call ``fn(credentials_dict)`` and scrub the decrypted buffer afterwards."""
-    from channels_app.models import ChannelSecret
-
-    row = ChannelSecret.objects.filter(channel=channel).first()
-    if row is None:
-        if missing_ok:
-            return None
-        raise SecretNotFound("channel has no stored credentials")
-    buffer = open_sealed(_sealed_of(row), aad=channel_secret_aad(row.channel_id))
-    values: dict[str, str] = {}
-    try:
-        values = json.loads(buffer.decode())
-        return fn(values)
-    finally:
-        scrub(buffer)
-        values.clear()
 
 
 # --- rotation ------------------------------------------------------------------------------------------
@@ -344,52 +318,48 @@ def with_channel_secret(*, channel: Channel, fn: Callable[[dict[str, str]], T], 
 
 @dataclass
 class RotationReport:
-    tenant_secrets: int = 0
-    channel_secrets: int = 0
+    rotated_by_kind: dict[str, int] = field(default_factory=dict)  # every registered kind, in order
     already_current: int = 0
 
     @property
     def rotated(self) -> int:
-        return self.tenant_secrets + self.channel_secrets
+        return sum(self.rotated_by_kind.values())
 
 
 def rotate_secrets(*, batch_size: int = 200, progress: Callable[[int, int], None] | None = None) -> RotationReport:
-    """Re-encrypt every secret not under the active key. Idempotent and resumable.
+    """Re-encrypt every secret of every registered repository not under the active key. Idempotent and
+    resumable.
 
     Each row is re-read under ``SELECT ... FOR UPDATE`` and re-encrypted in its own short
     transaction, so a concurrent write (which already uses the active key) is never overwritten with
     stale content, and a crash leaves every row readable (old or new key) to be finished by a re-run.
     """
-    from channels_app.models import ChannelSecret
-    from tenants.models import TenantSecret
-
     ring = key_ring()
-    report = RotationReport()
-    models_and_aad: list[tuple[Any, Callable[[Any], bytes], str]] = [
-        (TenantSecret, lambda r: tenant_secret_aad(r.tenant_id, r.name), "tenant_secrets"),
-        (ChannelSecret, lambda r: channel_secret_aad(r.channel_id), "channel_secrets"),
-    ]
-    total = sum(m.objects.exclude(key_id=ring.active_id).count() for m, _, _ in models_and_aad)
-    report.already_current = sum(m.objects.filter(key_id=ring.active_id).count() for m, _, _ in models_and_aad)
+    repositories = secret_repositories()
+    report = RotationReport(rotated_by_kind={repository.kind: 0 for repository in repositories})
+    rows = [repository.model._default_manager for repository in repositories]
+    total = sum(manager.exclude(key_id=ring.active_id).count() for manager in rows)
+    report.already_current = sum(manager.filter(key_id=ring.active_id).count() for manager in rows)
     done = 0
-    for model, aad_of, counter in models_and_aad:
+    for repository, manager in zip(repositories, rows, strict=True):
         while True:
-            ids = list(model.objects.exclude(key_id=ring.active_id).values_list("pk", flat=True)[:batch_size])
+            ids = list(manager.exclude(key_id=ring.active_id).values_list("pk", flat=True)[:batch_size])
             if not ids:
                 break
             for pk in ids:
                 with transaction.atomic():
-                    row = model.objects.select_for_update().filter(pk=pk).first()
+                    # The model is only known to have the SealedRow fields (see SecretRepository).
+                    row: Any = manager.select_for_update().filter(pk=pk).first()
                     if row is None or row.key_id == ring.active_id:
                         continue
-                    aad = aad_of(row)
-                    buffer = open_sealed(_sealed_of(row), aad=aad, ring=ring)
+                    aad = repository.aad(row)
+                    buffer = open_sealed(sealed_of(row), aad=aad, ring=ring)
                     try:
-                        _apply(row, seal(buffer, aad=aad, ring=ring))
+                        store_sealed(row, seal(buffer, aad=aad, ring=ring))
                     finally:
                         scrub(buffer)
                     row.save(update_fields=["ciphertext", "iv", "tag", "key_id", "updated_at"])
-                setattr(report, counter, getattr(report, counter) + 1)
+                report.rotated_by_kind[repository.kind] += 1
                 done += 1
                 if progress:
                     progress(done, total)

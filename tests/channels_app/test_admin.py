@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 
 from channels_app.models import UnroutedWebhook
-from tenants.secrets import with_channel_secret
+from channels_app.secrets import with_channel_secret
 from tenants.services import staff_user_create
 from tests.channels_app.conftest import WA_SECRET, WA_TOKEN
 

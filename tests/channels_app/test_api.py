@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from channels_app.models import Channel, ChannelSecret
-from tenants.secrets import with_channel_secret
+from channels_app.secrets import with_channel_secret
 
 
 @pytest.fixture(autouse=True)

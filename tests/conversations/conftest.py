@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from channels_app.models import Channel
+from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
-from tenants.secrets import channel_secret_set
 from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
 
 APP_SECRET = "test-app-secret"

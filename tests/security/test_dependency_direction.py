@@ -7,8 +7,38 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from channels_app.models import Channel
+from channels_app.models import Channel, ChannelSecret
+from channels_app.secrets import channel_secret_set, with_channel_secret
 from conversations.models import Contact, Conversation
+from tenants import secrets
+from tenants.models import TenantSecret
+
+
+def sealed_as_before(plaintext: bytes, aad: bytes) -> dict[str, str]:
+    """What the code before issue #18 stored: AES-GCM over the plaintext with this associated data,
+    spelled out here so that a change of the associated data cannot go unnoticed."""
+    sealed = secrets.seal(plaintext, aad=aad)
+    return {"ciphertext": sealed.ciphertext, "iv": sealed.iv, "tag": sealed.tag, "key_id": sealed.key_id}
+
+
+@pytest.mark.django_db
+def test_rows_written_before_the_move_still_decrypt_and_merge(tenant):
+    channel = Channel.objects.create(tenant=tenant, type="whatsapp", name="wa", external_id="7002")
+    ChannelSecret.objects.create(
+        tenant=tenant,
+        channel=channel,
+        **sealed_as_before(
+            b'{"app_secret": "old-app", "access_token": "old-tok"}', f"channel-secret|{channel.pk}".encode()
+        ),
+    )
+    TenantSecret.objects.create(
+        tenant=tenant, name="openai", **sealed_as_before(b"sk-old", f"tenant-secret|{tenant.pk}|openai".encode())
+    )
+
+    channel_secret_set(channel=channel, values={"access_token": "new-tok"})
+
+    assert with_channel_secret(channel=channel, fn=dict) == {"app_secret": "old-app", "access_token": "new-tok"}
+    assert secrets.with_tenant_secret(tenant=tenant, name="openai", fn=lambda value: value) == "sk-old"
 
 
 @pytest.mark.django_db

@@ -31,11 +31,11 @@ from django.conf import settings
 from django.db import connection
 
 from channels_app.models import Channel, InboundEvent
+from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
 from conversations.models import Message
 from conversations.pipeline.completion import FALLBACK_TEXT
 from events.models import Event
-from tenants.secrets import channel_secret_set
 from tests.conftest import terminate_other_sessions, wait_until
 from tests.conversations.conftest import APP_SECRET, deliver, whatsapp_payload
 from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler

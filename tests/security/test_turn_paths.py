@@ -25,12 +25,12 @@ from channels_app.adapters.base import NormalizedMessage
 from channels_app.adapters.webchat import visitor_group
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
+from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
 from conversations import services as conversation_services
 from conversations.models import Message
 from conversations.pipeline.completion import FALLBACK_TEXT
 from events.models import Event
-from tenants.secrets import channel_secret_set
 from tests.conftest import wait_until
 from tests.conversations.conftest import APP_SECRET, deliver
 from tests.conversations.servers import (

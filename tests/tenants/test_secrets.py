@@ -14,6 +14,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 
+from channels_app import secrets as channel_secrets
 from channels_app.models import Channel, ChannelSecret
 from events.models import Event
 from tenants import secrets
@@ -67,13 +68,13 @@ def test_every_write_uses_a_fresh_nonce(tenant):
 @pytest.mark.django_db
 def test_channel_credentials_round_trip_and_merge(tenant):
     channel = Channel.objects.create(tenant=tenant, type="whatsapp", name="wa", external_id="111")
-    secrets.channel_secret_set(channel=channel, values={"app_secret": CANARY, "access_token": "tok-1"})
-    secrets.channel_secret_set(channel=channel, values={"access_token": "tok-2"})
+    channel_secrets.channel_secret_set(channel=channel, values={"app_secret": CANARY, "access_token": "tok-1"})
+    channel_secrets.channel_secret_set(channel=channel, values={"access_token": "tok-2"})
 
-    values = secrets.with_channel_secret(channel=channel, fn=dict)
+    values = channel_secrets.with_channel_secret(channel=channel, fn=dict)
 
     assert values == {"app_secret": CANARY, "access_token": "tok-2"}
-    assert secrets.channel_secret_names(channel=channel) == ["access_token", "app_secret"]
+    assert channel_secrets.channel_secret_names(channel=channel) == ["access_token", "app_secret"]
     assert CANARY not in ChannelSecret.objects.get(channel=channel).ciphertext
 
 
@@ -109,13 +110,13 @@ def test_a_ciphertext_moved_to_another_row_does_not_decrypt(tenant, other_tenant
 def test_channel_ciphertext_moved_to_another_channel_is_refused(tenant):
     a = Channel.objects.create(tenant=tenant, type="messenger", name="a", external_id="p1")
     b = Channel.objects.create(tenant=tenant, type="messenger", name="b", external_id="p2")
-    secrets.channel_secret_set(channel=a, values={"app_secret": CANARY})
-    secrets.channel_secret_set(channel=b, values={"app_secret": "other"})
+    channel_secrets.channel_secret_set(channel=a, values={"app_secret": CANARY})
+    channel_secrets.channel_secret_set(channel=b, values={"app_secret": "other"})
     sa = ChannelSecret.objects.get(channel=a)
     ChannelSecret.objects.filter(channel=b).update(ciphertext=sa.ciphertext, iv=sa.iv, tag=sa.tag)
 
     with pytest.raises(secrets.SecretIntegrityError):
-        secrets.with_channel_secret(channel=b, fn=dict)
+        channel_secrets.with_channel_secret(channel=b, fn=dict)
 
 
 @pytest.mark.django_db
@@ -189,7 +190,7 @@ def test_rotation_moves_every_row_to_the_new_key_and_the_old_key_can_go(tenant, 
     for i in range(5):
         secrets.tenant_secret_set(tenant=tenant, name=f"s{i}", value=f"{CANARY}-{i}")
     channel = Channel.objects.create(tenant=tenant, type="whatsapp", name="wa", external_id="42")
-    secrets.channel_secret_set(channel=channel, values={"app_secret": CANARY})
+    channel_secrets.channel_secret_set(channel=channel, values={"app_secret": CANARY})
 
     key_ring_settings("new", new, previous=f"old:{old}")
     out = StringIO()
@@ -203,7 +204,7 @@ def test_rotation_moves_every_row_to_the_new_key_and_the_old_key_can_go(tenant, 
     assert "rotated 6 secret(s) (5 tenant, 1 channel)" in out.getvalue()
     assert "rotated 0 secret(s)" in again.getvalue()
     assert secrets.with_tenant_secret(tenant=tenant, name="s3", fn=lambda v: v) == f"{CANARY}-3"
-    assert secrets.with_channel_secret(channel=channel, fn=dict) == {"app_secret": CANARY}
+    assert channel_secrets.with_channel_secret(channel=channel, fn=dict) == {"app_secret": CANARY}
 
 
 @pytest.mark.django_db
@@ -227,7 +228,7 @@ def test_rotation_resumes_after_an_interruption(tenant, key_ring_settings):
     report = secrets.rotate_secrets()
 
     assert mixed == ["new", "new", "old", "old"]
-    assert report.tenant_secrets == 2
+    assert report.rotated_by_kind["tenant"] == 2
     assert [secrets.with_tenant_secret(tenant=tenant, name=f"s{i}", fn=lambda v: v) for i in range(4)] == list("0123")
 
 

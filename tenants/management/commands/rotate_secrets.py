@@ -7,8 +7,8 @@ from tenants.secrets import key_ring, rotate_secrets
 
 class Command(BaseCommand):
     help = (
-        "Re-encrypt every tenant and channel secret still under an old key id with the active key "
-        "(SECRET_KEY_ID). Idempotent and resumable; safe while the platform serves."
+        "Re-encrypt every secret (tenant and channel: each registered repository) still under an old key id "
+        "with the active key (SECRET_KEY_ID). Idempotent and resumable; safe while the platform serves."
     )
 
     def add_arguments(self, parser):
@@ -28,9 +28,10 @@ class Command(BaseCommand):
         report = rotate_secrets(batch_size=batch_size, progress=progress)
         if report.rotated:
             self.stdout.write("")
+        by_kind = ", ".join(f"{count} {kind}" for kind, count in report.rotated_by_kind.items())
         self.stdout.write(
             self.style.SUCCESS(
-                f"rotated {report.rotated} secret(s) ({report.tenant_secrets} tenant, {report.channel_secrets} "
-                f"channel); {report.already_current} already under '{ring.active_id}'"
+                f"rotated {report.rotated} secret(s) ({by_kind}); {report.already_current} already under "
+                f"'{ring.active_id}'"
             )
         )

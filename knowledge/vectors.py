@@ -32,6 +32,12 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection
+from psycopg import sql as pgsql
+
+from knowledge.models import Chunk, LexicalStats
+
+CHUNK = Chunk._meta.db_table
+STATS = LexicalStats._meta.db_table
 
 
 def to_bytes(vector: np.ndarray) -> bytes:
@@ -42,11 +48,11 @@ def write_vectors(*, tenant_id: Any, ids: list[int], vectors: np.ndarray, model_
     """Store vectors on their chunks and bump the tenant's vector version (caller's transaction)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            UPDATE knowledge_chunk c SET embedding = v.e, embedding_model = %s
+            f"""
+            UPDATE {CHUNK} c SET embedding = v.e, embedding_model = %s
             FROM unnest(%s::bigint[], %s::bytea[]) AS v(id, e)
             WHERE c.id = v.id AND c.tenant_id = %s
-            """,
+            """,  # noqa: S608 (our table)
             [model_id, ids, [to_bytes(v) for v in vectors], tenant_id],
         )
     bump_version(tenant_id=tenant_id)
@@ -55,11 +61,11 @@ def write_vectors(*, tenant_id: Any, ids: list[int], vectors: np.ndarray, model_
 def bump_version(*, tenant_id: Any) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            INSERT INTO knowledge_lexicalstats (tenant_id, chunk_count, total_length, vector_version)
+            f"""
+            INSERT INTO {STATS} (tenant_id, chunk_count, total_length, vector_version)
             VALUES (%s, 0, 0, 1)
-            ON CONFLICT (tenant_id) DO UPDATE SET vector_version = knowledge_lexicalstats.vector_version + 1
-            """,
+            ON CONFLICT (tenant_id) DO UPDATE SET vector_version = {STATS}.vector_version + 1
+            """,  # noqa: S608 (our table)
             [tenant_id],
         )
 
@@ -190,7 +196,7 @@ _lock = threading.Lock()
 
 def _current_version(tenant_id: Any) -> int:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT vector_version FROM knowledge_lexicalstats WHERE tenant_id = %s", [tenant_id])
+        cursor.execute(f"SELECT vector_version FROM {STATS} WHERE tenant_id = %s", [tenant_id])  # noqa: S608 (our table)
         row = cursor.fetchone()
     return int(row[0]) if row else 0
 
@@ -237,25 +243,31 @@ def _refresh(
 
 def _embedded_ids(tenant_id: Any, model_id: str) -> np.ndarray:
     """Ids of the tenant's chunks with a vector of this model, ascending (index-only scan)."""
-    sql = "SELECT id FROM knowledge_chunk WHERE tenant_id = %s AND embedding_model = %s AND embedding IS NOT NULL"
-    return _parse(_copy_out(sql + " ORDER BY id", [tenant_id, model_id]), with_vector=False)[0]
+    query = f"SELECT id FROM {CHUNK} WHERE tenant_id = %s AND embedding_model = %s AND embedding IS NOT NULL"  # noqa: S608
+    return _parse(_copy_out(query + " ORDER BY id", [tenant_id, model_id]), with_vector=False)[0]
 
 
 def _fetch(tenant_id: Any, model_id: str, only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of the tenant's chunks embedded by this model (or of the ``only`` ids among them)."""
-    sql = (
-        "SELECT id, embedding FROM knowledge_chunk"
+    query = (
+        f"SELECT id, embedding FROM {CHUNK}"  # noqa: S608 (our table)
         " WHERE tenant_id = %s AND embedding_model = %s AND embedding IS NOT NULL"
     )
     params: list[Any] = [tenant_id, model_id]
     if only is not None:
-        sql, params = sql + " AND id = ANY(%s)", [*params, only.tolist()]
-    return _parse(_copy_out(sql + " ORDER BY id", params), with_vector=True)
+        query, params = query + " AND id = ANY(%s)", [*params, only.tolist()]
+    return _parse(_copy_out(query + " ORDER BY id", params), with_vector=True)
 
 
-def _copy_out(sql: str, params: list[Any]) -> bytes:
-    with connection.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
-        return b"".join(bytes(block) for block in copy)
+def _copy_out(query: str, params: list[Any]) -> bytes:
+    """The binary COPY of ``query`` (``%s`` placeholders). The parameters are bound client-side into one
+    statement because Django's debug cursor (DEBUG, or a test capturing queries) takes a statement only:
+    passing them to ``copy()`` failed there, and the search answered without its vector leg."""
+    with connection.cursor() as cursor:
+        template = pgsql.SQL(f"COPY ({query}) TO STDOUT (FORMAT BINARY)".replace("%s", "{}"))
+        statement = template.format(*map(pgsql.Literal, params)).as_string(cursor.cursor)
+        with cursor.copy(statement) as copy:
+            return b"".join(bytes(block) for block in copy)
 
 
 _HEADER = 19  # PGCOPY signature (11) + flags (4) + header extension length (4)

@@ -2,11 +2,13 @@
 
 Messages and tools use the OpenAI chat-completions shapes (role/content/tool_calls, JSON-schema
 function tools) because every provider we support speaks them; the offline answerer reads the
-retrieved passages and the user's question from the request instead.
+retrieved passages and the user's question from the request instead. The helpers at the end build
+those shapes (tool calls and their results, the sources line), so the pipeline needs no provider's module.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,3 +124,33 @@ class LLMProvider(Protocol):
     def complete(self, request: CompletionRequest) -> Completion: ...
 
     def stream(self, request: CompletionRequest) -> LLMStream: ...
+
+
+def sources_line(passages: list[ContextPassage]) -> str:
+    """The line that closes an answer: the cited passages' labels, each once, in citation order."""
+    labels: list[str] = []
+    for passage in passages:
+        label = passage.label()
+        if label not in labels:
+            labels.append(label)
+    return "Sources: " + "; ".join(labels)
+
+
+def tool_call_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
+    """The assistant message that carries tool calls, as the next request must repeat it."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+        ],
+    }
+
+
+def tool_result_message(call_id: str, result: Any) -> dict[str, Any]:
+    """A tool's result as the message the next request carries after the call."""
+    return {
+        "role": "tool",
+        "tool_call_id": call_id,
+        "content": result if isinstance(result, str) else json.dumps(result),
+    }

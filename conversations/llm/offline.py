@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from conversations.llm.base import Completion, CompletionRequest, ContextPassage, Usage
+from conversations.llm.base import Completion, CompletionRequest, ContextPassage, Usage, sources_line
 from conversations.textnorm import words
 
 SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -207,15 +207,6 @@ def select_sentences(query: str, passages: list[ContextPassage]) -> list[tuple[C
     for _, p_index, s_index, passage, sentence in best:
         groups.setdefault(p_index, (passage, []))[1].append((s_index, sentence))
     return [(passage, [s for _, s in sorted(items)]) for _, (passage, items) in sorted(groups.items())]
-
-
-def sources_line(passages: list[ContextPassage]) -> str:
-    labels: list[str] = []
-    for passage in passages:
-        label = passage.label()
-        if label not in labels:
-            labels.append(label)
-    return "Sources: " + "; ".join(labels)
 
 
 class OfflineAnswerer:

@@ -8,7 +8,6 @@ fails becomes an LLMError.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -222,22 +221,3 @@ class OpenAIStream:
         return Completion(
             text="".join(self._text), tool_calls=calls, usage=self._usage, model=self._model, finish_reason=self._finish
         )
-
-
-def tool_call_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
-    """The assistant message that carries tool calls, as the next request must repeat it."""
-    return {
-        "role": "assistant",
-        "content": text or None,
-        "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-        ],
-    }
-
-
-def tool_result_message(call_id: str, result: Any) -> dict[str, Any]:
-    return {
-        "role": "tool",
-        "tool_call_id": call_id,
-        "content": result if isinstance(result, str) else json.dumps(result),
-    }

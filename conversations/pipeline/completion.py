@@ -20,9 +20,14 @@ from django.conf import settings
 
 from conversations import handoff, tools
 from conversations.llm import LLMError, provider_for_tenant
-from conversations.llm.base import Completion, CompletionRequest, LLMProvider
-from conversations.llm.offline import sources_line
-from conversations.llm.openai_provider import tool_call_message, tool_result_message
+from conversations.llm.base import (
+    Completion,
+    CompletionRequest,
+    LLMProvider,
+    sources_line,
+    tool_call_message,
+    tool_result_message,
+)
 from conversations.models import Message, TenantFunction
 from conversations.pipeline import handoff_check
 from conversations.pipeline.turn import Turn

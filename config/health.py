@@ -19,6 +19,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import json_error
+from config.redis_clients import redis_client
 
 
 @dataclass
@@ -49,13 +50,7 @@ def check_postgres() -> CheckResult:
 
 
 def check_redis() -> CheckResult:
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    redis_client().ping()
     return CheckResult(ok=True, detail={})
 
 

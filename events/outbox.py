@@ -10,18 +10,17 @@ events and deliveries still waiting (broker down, worker crash, lost task) and k
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from config.redis_clients import redis_client
 from events.models import Event, WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -31,13 +30,6 @@ PUBLISH_TASK = "events.publish_events"
 DELIVER_TASK = "events.deliver_endpoint"
 # A queued task clears its flag when it starts; the expiry only matters if it never runs.
 KICK_FLAG_SECONDS = 15
-
-
-@functools.lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    """One client for the kick flags, kept for the process (Django's cache builds a new client,
-    with its table of ~200 response callbacks, for every operation)."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
 
 
 def _flag_key(flag: str) -> str:
@@ -57,7 +49,7 @@ def _kick_many(kicks: list[tuple[str, str, list[Any]]]) -> int:
     if not kicks:
         return 0
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         for flag, _task, _args in kicks:
             pipe.set(_flag_key(flag), 1, nx=True, ex=KICK_FLAG_SECONDS)
         added = pipe.execute()
@@ -73,7 +65,7 @@ def _kick_many(kicks: list[tuple[str, str, list[Any]]]) -> int:
             sent += 1
         except Exception as exc:
             with contextlib.suppress(Exception):
-                _redis().delete(_flag_key(flag))  # or no kick could be sent until the flag expires
+                redis_client().delete(_flag_key(flag))  # or no kick could be sent until the flag expires
             logger.warning("could not enqueue %s; the outbox sweep will retry", task, extra={"error": str(exc)[:200]})
     return sent
 
@@ -160,7 +152,7 @@ def kick_after_emit() -> int:
 def clear_flag(flag: str) -> None:
     """Called by a task as it starts: work committed from now on needs (and gets) a new kick."""
     try:
-        _redis().delete(_flag_key(flag))
+        redis_client().delete(_flag_key(flag))
     except Exception:
         logger.warning("could not clear kick flag %s", flag)
 

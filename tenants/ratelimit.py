@@ -27,7 +27,6 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -38,6 +37,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from config import metrics
+from config.redis_clients import redis_client
 from tenants.auth import Principal
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,6 @@ def hit(*, group: str, key: str, limit: int, period: int = WINDOW_SECONDS, incre
     )
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
-
-
 def hit_pipelined(*, group: str, key: str, limit: int, period: int = WINDOW_SECONDS) -> Verdict:
     """Count one event like ``hit``, in one Redis round trip (windows aligned on the epoch). As with
     ``hit``, the rate is part of the key: a changed limit starts a fresh count."""
@@ -92,7 +87,7 @@ def hit_pipelined(*, group: str, key: str, limit: int, period: int = WINDOW_SECO
     window = int(now // period)
     name = f"{settings.REDIS_KEY_PREFIX}:rl:{group}:{limit}/{period}:{key}:{window}"
     try:
-        pipe = _redis().pipeline()
+        pipe = redis_client().pipeline()
         pipe.incr(name)
         pipe.expire(name, period + 5)
         count, _ = pipe.execute()

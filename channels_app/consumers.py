@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from channels_app import webchat
 from channels_app.adapters.webchat import GROUP_EVENT_TYPE, visitor_group
@@ -117,7 +118,7 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         if self.session is None or self.group is None:
             return  # refused at connect, or closed since (the frame crossed the close)
-        limit = int(webchat.setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000))
+        limit = int(settings.WEBCHAT_MAX_MESSAGE_CHARS)
         if text_data is None:
             await self.send_error("invalid_frame", "Frames must be JSON text.")
             return

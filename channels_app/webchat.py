@@ -19,7 +19,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ from channels_app.adapters.webchat import WebchatAdapter, clean_sources, wire_me
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
 from config import metrics
+from config.redis_clients import redis_client
 from tenants import ratelimit
 
 logger = logging.getLogger(__name__)
@@ -42,15 +42,6 @@ TOKEN_AUDIENCE = "webchat"
 _VISITOR_ID = re.compile(r"^v_[A-Za-z0-9_-]{16,64}$")
 _CLIENT_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 _adapter = WebchatAdapter()
-
-
-def setting(name: str, default: Any) -> Any:
-    if hasattr(settings, name):
-        return getattr(settings, name)
-    # Until config/settings/__init__.py star-imports the web chat module, read it directly (env-driven).
-    from config.settings import webchat as webchat_settings
-
-    return getattr(webchat_settings, name, default)
 
 
 class WebchatError(Exception):
@@ -68,7 +59,7 @@ class WebchatError(Exception):
 
 
 def _jwt_key() -> bytes:
-    explicit = setting("WEBCHAT_JWT_SECRET", "")
+    explicit = settings.WEBCHAT_JWT_SECRET
     if explicit:
         return explicit.encode()
     # Derived, not SECRET_KEY itself: a web chat token can never be confused with a Django signature.
@@ -157,7 +148,7 @@ class TokenClaims:
 
 def token_issue(*, channel: Channel, visitor_id: str, now: float | None = None) -> tuple[str, int]:
     now = int(time.time() if now is None else now)
-    expires_at = now + int(setting("WEBCHAT_JWT_TTL_SECONDS", 600))
+    expires_at = now + int(settings.WEBCHAT_JWT_TTL_SECONDS)
     claims = {
         "iss": TOKEN_ISSUER,
         "aud": TOKEN_AUDIENCE,
@@ -253,7 +244,7 @@ class WebchatSession:
             "widget": {
                 "title": str(config.get("title") or self.channel.tenant.name),
                 "greeting": str(config.get("greeting") or ""),
-                "max_message_chars": int(setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000)),
+                "max_message_chars": int(settings.WEBCHAT_MAX_MESSAGE_CHARS),
             },
         }
 
@@ -324,7 +315,7 @@ def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str
         )
     if not isinstance(text, str) or not text.strip():
         raise WebchatError("empty_message", "The message is empty.")
-    limit = int(setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000))
+    limit = int(settings.WEBCHAT_MAX_MESSAGE_CHARS)
     if len(text) > limit:
         raise WebchatError(
             "message_too_long",
@@ -364,7 +355,7 @@ def _rate_limit(*, channel: Channel, visitor_id: str) -> None:
     verdict = ratelimit.hit_pipelined(
         group="webchat.messages",
         key=f"{channel.pk}|{visitor_id}",
-        limit=int(setting("WEBCHAT_RATE_LIMIT_PER_MINUTE", 30)),
+        limit=int(settings.WEBCHAT_RATE_LIMIT_PER_MINUTE),
     )
     if not verdict.allowed:
         raise WebchatError(
@@ -387,7 +378,7 @@ def visitor_history(*, channel: Channel, visitor_id: str, limit: int | None = No
     """
     from conversations.models import Message
 
-    limit = int(limit or setting("WEBCHAT_HISTORY_LIMIT", 50))
+    limit = int(limit or settings.WEBCHAT_HISTORY_LIMIT)
     inbound = list(
         InboundEvent.objects.for_tenant(channel.tenant_id)
         .filter(channel=channel, sender_external_id=visitor_id, kind=InboundEvent.Kind.MESSAGE)
@@ -487,11 +478,6 @@ def socket_open(*, token: str, origin: str, socket_name: str) -> SocketSession:
 SOCKET_LEASE_SECONDS = 90
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
-
-
 def _sockets_key(channel: Channel, visitor_id: str) -> str:
     digest = hashlib.sha256(f"{channel.pk}\x00{visitor_id}".encode()).hexdigest()[:40]
     return f"{settings.REDIS_KEY_PREFIX}:webchat:sockets:{digest}"
@@ -506,7 +492,7 @@ def socket_claim(*, channel: Channel, visitor_id: str, socket_name: str) -> bool
     key = _sockets_key(channel, visitor_id)
     now = time.time()
     try:
-        pipe = _redis().pipeline(transaction=True)
+        pipe = redis_client().pipeline(transaction=True)
         pipe.zremrangebyscore(key, "-inf", now)
         pipe.zadd(key, {socket_name: now + SOCKET_LEASE_SECONDS})
         pipe.zcard(key)
@@ -514,7 +500,7 @@ def socket_claim(*, channel: Channel, visitor_id: str, socket_name: str) -> bool
         count = pipe.execute()[2]
         if count <= limit:
             return True
-        _redis().zrem(key, socket_name)
+        redis_client().zrem(key, socket_name)
     except redis.RedisError as exc:  # the cache being down must not stop the chat
         logger.warning("web chat socket count skipped: redis unavailable", extra={"error": str(exc)})
         metrics.incr("ratelimit_unavailable_total", group="webchat.sockets")
@@ -525,7 +511,7 @@ def socket_claim(*, channel: Channel, visitor_id: str, socket_name: str) -> bool
 def socket_renew(*, channel: Channel, visitor_id: str, socket_name: str) -> None:
     key = _sockets_key(channel, visitor_id)
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         pipe.zadd(key, {socket_name: time.time() + SOCKET_LEASE_SECONDS})
         pipe.expire(key, SOCKET_LEASE_SECONDS)
         pipe.execute()
@@ -535,7 +521,7 @@ def socket_renew(*, channel: Channel, visitor_id: str, socket_name: str) -> None
 
 def socket_release(*, channel: Channel, visitor_id: str, socket_name: str) -> None:
     try:
-        _redis().zrem(_sockets_key(channel, visitor_id), socket_name)
+        redis_client().zrem(_sockets_key(channel, visitor_id), socket_name)
     except redis.RedisError as exc:  # the lease frees the place later
         logger.warning("web chat socket not released: redis unavailable", extra={"error": str(exc)})
 

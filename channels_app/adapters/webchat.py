@@ -295,17 +295,3 @@ def _is_layer_error(exc: Exception) -> bool:
     import redis
 
     return isinstance(exc, redis.RedisError | ConnectionError | OSError)
-
-
-def register() -> None:
-    """Add this adapter to the registry if the registry does not list it yet (the registry line in
-    channels_app/adapters/__init__.py is the real registration; this covers processes that import the
-    web chat modules before it exists)."""
-    try:
-        from channels_app.adapters import ADAPTERS
-    except ImportError:  # the registry itself is importing this module: it lists the adapter
-        return
-    ADAPTERS.setdefault(PLATFORM, WebchatAdapter())
-
-
-register()

@@ -1,7 +1,7 @@
 """Settings for the web chat channel (from the environment; see docs/webchat.md).
 
-Star-imported by ``config/settings/__init__.py``. Code reads them with ``getattr(settings, NAME, default)``
-so the channel works with its defaults even where this module is not imported.
+Star-imported by ``config/settings/__init__.py``; code reads them as ``settings.NAME``. The defaults
+live here and nowhere else.
 """
 
 import os

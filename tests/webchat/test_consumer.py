@@ -12,6 +12,7 @@ import jwt
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 
 from channels_app import webchat
 from channels_app.models import InboundEvent
@@ -85,7 +86,7 @@ def test_valid_token_and_origin_connect_and_get_ready(webchat_channel):
 
 
 def test_expired_token_is_refused_with_4401(webchat_channel):
-    token = token_for(webchat_channel, now=time.time() - 2 * webchat.setting("WEBCHAT_JWT_TTL_SECONDS", 600))
+    token = token_for(webchat_channel, now=time.time() - 2 * settings.WEBCHAT_JWT_TTL_SECONDS)
 
     frame, code = async_to_sync(refused)(token)
 
@@ -164,7 +165,7 @@ def test_resend_after_reconnect_is_stored_once(webchat_channel):
 
 
 def test_too_long_message_is_refused_and_not_stored(webchat_channel):
-    limit = webchat.setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000)
+    limit = settings.WEBCHAT_MAX_MESSAGE_CHARS
 
     async def scenario():
         socket = await connected(token_for(webchat_channel))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jwt
 import pytest
+from django.conf import settings
 
 from channels_app import webchat
 from conversations.models import Contact, Conversation, Message
@@ -33,9 +34,9 @@ def test_session_issues_token_naming_tenant_channel_and_visitor(client, webchat_
     assert body["resumed"] is False
     assert body["history"] == []
     assert body["websocket_path"] == "/ws/webchat/"
-    assert body["widget"]["max_message_chars"] == webchat.setting("WEBCHAT_MAX_MESSAGE_CHARS", 4000)
+    assert body["widget"]["max_message_chars"] == settings.WEBCHAT_MAX_MESSAGE_CHARS
     assert claims.expires_at - jwt.decode(body["token"], options={"verify_signature": False})["iat"] == (
-        webchat.setting("WEBCHAT_JWT_TTL_SECONDS", 600)
+        settings.WEBCHAT_JWT_TTL_SECONDS
     )
 
 

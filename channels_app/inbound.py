@@ -2,7 +2,8 @@
 
 This is the seam between the edges (webhook views, the web chat consumer) and the core: the edge
 parses a payload with its adapter and calls ``record_inbound``; the turn pipeline (a Celery task
-named ``HANDLE_MESSAGE_TASK``) and the status updater (``APPLY_STATUS_TASK``) take it from there.
+named ``HANDLE_MESSAGE_TASK``) and the status updater (``APPLY_STATUS_TASK``, which hands each update
+to ``conversations.statuses``) take it from there.
 A row whose task was never enqueued (broker down, crash between commit and publish) is picked up by
 ``requeue_stale_pending`` from beat, so nothing received is ever lost.
 """

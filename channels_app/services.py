@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -40,6 +39,7 @@ from channels_app.secrets import channel_secret_names, channel_secret_set, with_
 from config import metrics
 from config.errors import error_body
 from config.health import CheckResult, register_check
+from conversations.statuses import StatusNotApplicable, message_status_update
 from events.services import emit
 from events.types import EventType
 from tenants.models import Tenant
@@ -640,65 +640,35 @@ def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str
 
 # --- delivery statuses -------------------------------------------------------------------------------------
 
-# Precedence: a status only moves forward (statuses arrive out of order; never read -> delivered).
-STATUS_RANK = {"received": 0, "processed": 0, "queued": 0, "stored": 0, "sent": 1, "delivered": 2, "read": 3}
-PLATFORM_STATUS = {"sent": "sent", "delivered": "delivered", "read": "read", "played": "read", "failed": "failed"}
-
 
 class StatusTargetNotFound(Exception):
     """No outbound message carries this platform id (yet: the send may not be committed)."""
 
 
 def apply_status_update(*, inbound_id: int, final_attempt: bool = False) -> str:
-    """Apply one stored status update to the matching outbound message(s). Idempotent.
+    """Hand one stored status update to the core (conversations.statuses), which moves the matching
+    outbound message(s) forward; record the outcome on the inbound event. Idempotent.
 
     Returns what happened: ``skipped`` (not pending), ``applied``, ``unchanged``, ``ignored``.
     Raises StatusTargetNotFound when the message is not known yet and this is not the last attempt.
     """
-    from conversations.models import Message
-
-    waiting_for = ""
     with transaction.atomic():
         row = InboundEvent.objects.select_for_update().filter(pk=inbound_id, kind=InboundEvent.Kind.STATUS).first()
         if row is None or row.status != InboundEvent.Status.PENDING:
             return "skipped"
         update = StatusUpdate(**row.normalized)
         row.attempts += 1
-        target = PLATFORM_STATUS.get(update.status)
-        if target is None:
-            return _finish(row, InboundEvent.Status.IGNORED, f"unknown status '{update.status}'")
-        outbound = Message.objects.for_tenant(row.tenant_id).filter(
-            channel_id=row.channel_id, direction=Message.Direction.OUTBOUND
-        )
-        if update.message_id:
-            messages = list(outbound.filter(platform_message_id=update.message_id).select_for_update())
-            if not messages:
-                # A reply split into several parts keeps every part's id in payload.platform_message_ids.
-                messages = list(
-                    outbound.filter(payload__platform_message_ids__contains=[update.message_id]).select_for_update()
-                )
-            if not messages and final_attempt:
-                return _finish(row, InboundEvent.Status.IGNORED, "no outbound message with this platform id")
-            if not messages:
-                row.save(update_fields=["attempts"])
-                waiting_for = update.message_id
-        elif update.watermark is not None:
-            # Messenger: everything sent to this person up to the watermark is delivered/read.
-            ranks = [s for s, r in STATUS_RANK.items() if 1 <= r < STATUS_RANK[target]]
-            messages = list(
-                outbound.filter(
-                    conversation__contact__external_id=update.recipient_id,
-                    created_at__lte=datetime.fromtimestamp(update.watermark, tz=UTC),
-                    status__in=ranks,
-                ).select_for_update()
-            )
-        else:
-            return _finish(row, InboundEvent.Status.IGNORED, "status without message id or watermark")
-        if not waiting_for:
-            changed = sum(_transition(message, target, update) for message in messages)
+        try:
+            changed = message_status_update(tenant=row.tenant_id, channel_id=row.channel_id, update=update)
+        except StatusNotApplicable as exc:
+            return _finish(row, InboundEvent.Status.IGNORED, str(exc))
+        if changed is not None:
             return _finish(row, InboundEvent.Status.PROCESSED, "", result="applied" if changed else "unchanged")
+        if final_attempt:
+            return _finish(row, InboundEvent.Status.IGNORED, "no outbound message with this platform id")
+        row.save(update_fields=["attempts"])
     # Raised after the commit so the attempt count survives; the task retries later.
-    raise StatusTargetNotFound(waiting_for)
+    raise StatusTargetNotFound(update.message_id)
 
 
 def _finish(row: InboundEvent, status: str, error: str, *, result: str = "ignored") -> str:
@@ -709,42 +679,6 @@ def _finish(row: InboundEvent, status: str, error: str, *, result: str = "ignore
     if error:
         logger.info("status update not applied", extra={"inbound_id": row.pk, "reason": error})
     return result
-
-
-def _transition(message: Any, target: str, update: StatusUpdate) -> int:
-    current = message.status
-    if target == "failed":
-        if current in ("failed", "delivered", "read"):
-            return 0
-        message.status = "failed"
-        message.error = {**(update.error or {}), "platform_status": "failed"}
-        if (update.error or {}).get("code") == 131047:
-            message.error["reason"] = "outside_window"
-        message.save(update_fields=["status", "error", "updated_at"])
-        emit(
-            tenant=message.tenant_id,
-            type=EventType.MESSAGE_FAILED,
-            payload={**_status_payload(message, update), "error": message.error},
-        )
-        return 1
-    if current == "failed" or STATUS_RANK.get(current, 0) >= STATUS_RANK[target]:
-        return 0
-    message.status = target
-    message.save(update_fields=["status", "updated_at"])
-    emit(tenant=message.tenant_id, type=EventType.MESSAGE_STATUS, payload=_status_payload(message, update))
-    return 1
-
-
-def _status_payload(message: Any, update: StatusUpdate) -> dict[str, Any]:
-    return {
-        "message_id": message.pk,
-        "conversation_id": str(message.conversation_id),
-        "channel_id": str(message.channel_id),
-        "platform_message_id": message.platform_message_id,
-        "status": message.status,
-        "platform_status": update.status,
-        "timestamp": update.timestamp,
-    }
 
 
 # --- inbound media -----------------------------------------------------------------------------------------

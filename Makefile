@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 install: $(STAMP)
 
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	rm -f $(VENV)/.bench-installed-*
+	touch $(BENCH_STAMP)
+
 # Debian's Chromium for the browser tests (never a downloaded browser build).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -30,7 +37,7 @@ run: install
 test: install browser
 	$(PY) -m config.launcher test $(PYTEST_ARGS)
 
-bench: install
+bench: $(BENCH_STAMP)
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 lint: install

@@ -35,7 +35,6 @@ def run() -> list[tuple[str, str]]:
     from config.launcher import listening_socket, start_daphne, test_env
 
     env, _started = test_env()
-    env.pop("METACHAT_TESTING", None)
     env["LOG_LEVEL"] = "WARNING"
     port = _free_port()
     sock = listening_socket("127.0.0.1", port)

@@ -183,7 +183,6 @@ def prepare_environment() -> dict[str, str]:
     env["SECRET_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
     env["WEBHOOK_BENCH_BARE_ENDPOINT"] = "true"
     env["LOG_LEVEL"] = "WARNING"
-    env.pop("METACHAT_TESTING", None)
     env["TEST_DATABASE_NAME"] = f"bench_webhook_{os.getpid()}"
     os.environ.update(env)
     return env

@@ -226,7 +226,6 @@ def _stop_children(children: list[subprocess.Popen]) -> None:
 
 def test_env() -> tuple[dict[str, str], list[str]]:
     env = dict(os.environ)
-    env["METACHAT_TESTING"] = "1"
     env.setdefault("SECRET_KEY_ID", "test-k1")
     env.setdefault("SECRET_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     env.setdefault("ADMIN_API_KEY", "adm_test_" + secrets.token_urlsafe(16))

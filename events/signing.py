@@ -36,9 +36,3 @@ def sign(*, secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
 
 def signature_header_for_keys(*, keys: list[bytes], webhook_id: str, timestamp: int, body: bytes) -> str:
     return " ".join(sign_with_key(key=k, webhook_id=webhook_id, timestamp=timestamp, body=body) for k in keys)
-
-
-def signature_header(*, secrets: list[str], webhook_id: str, timestamp: int, body: bytes) -> str:
-    return signature_header_for_keys(
-        keys=[secret_key(s) for s in secrets], webhook_id=webhook_id, timestamp=timestamp, body=body
-    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from channels_app.demo import ensure_demo_content
 from tenants import services
 from tenants.models import Tenant
 
@@ -44,10 +45,5 @@ def ensure_demo() -> BootstrapResult:
             )
             result.created_demo_api_key = services.api_key_create(tenant=tenant, name="demo").raw_key
         result.demo_tenant = tenant
-    try:  # areas that add demo content (web chat channel, sample document) expose ensure_demo_content
-        from channels_app.demo import ensure_demo_content
-    except ImportError:
-        pass
-    else:
-        result.notes += ensure_demo_content(tenant=tenant)
+    result.notes += ensure_demo_content(tenant=tenant)
     return result

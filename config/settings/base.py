@@ -35,7 +35,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = embedded.var_dir()
 
 DEBUG = env_bool("DEBUG", False)
-TESTING = env_bool("METACHAT_TESTING", False)
 
 
 def _django_secret_key() -> str:
@@ -172,8 +171,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Queues: "default" for turns and indexing, "webhooks" for tenant webhook delivery (slow receivers must
-# not delay message processing), "indexing" for document parsing and embedding.
+# Queues: "default" for turns and inbound messages, "webhooks" for tenant webhook delivery (slow receivers
+# must not delay message processing), "indexing" for document parsing and embedding (its own prefork worker:
+# a long parse must not hold a turn back).
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {}
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {}

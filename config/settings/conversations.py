@@ -42,8 +42,7 @@ TURN_MAX_SECONDS = env_float("TURN_MAX_SECONDS", 60.0)
 # Conversation history sent to the LLM: the newest messages that fit this many (estimated) tokens.
 LLM_HISTORY_TOKEN_BUDGET = env_int("LLM_HISTORY_TOKEN_BUDGET", 3000)
 LLM_HISTORY_MAX_MESSAGES = env_int("LLM_HISTORY_MAX_MESSAGES", 40)
-# Tenant functions: default timeout and how much of a response body is kept/sent back to the LLM.
-FUNCTION_DEFAULT_TIMEOUT_SECONDS = env_float("FUNCTION_DEFAULT_TIMEOUT_SECONDS", 10.0)
+# Tenant functions: how much of a response body is kept/sent back to the LLM.
 FUNCTION_MAX_RESPONSE_CHARS = env_int("FUNCTION_MAX_RESPONSE_CHARS", 4000)
 
 CELERY_TASK_ROUTES.update(

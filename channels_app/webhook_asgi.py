@@ -4,7 +4,7 @@
 need none of Django's request machinery (sessions, CSRF, auth, messages): under daphne each Django
 request pays a fresh thread for its sync context and a hop per middleware, which capped ingest near
 100-200 requests/s on two cores. Here the raw body goes straight to the same
-``services.receive_webhook`` the Django view calls (verify, route, store once, enqueue after commit)
+``services.webhook_answer`` the Django view calls (verify, route, store once, enqueue after commit)
 on a pooled thread, and the answer has the same status and JSON body. Everything else, including
 Meta's GET handshake, goes to Django unchanged.
 

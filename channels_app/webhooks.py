@@ -1,7 +1,8 @@
 """GET/POST /webhooks/whatsapp and /webhooks/messenger: Meta's handshake and event notifications.
 
 Views are thin: the body is read raw (the signature covers the exact bytes) and handed to
-``services.receive_webhook``, which verifies, routes and stores it; the answer is immediate.
+``services.webhook_answer``, which verifies, routes and stores it (``receive_webhook``) and counts it;
+the answer is immediate.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The in-process event bus (the seed's EventEmitter): subscribers called after the emitting commit.
+"""The in-process event bus (the original design's EventEmitter): subscribers called after the emitting commit.
 
 ``subscribe("message.received", fn)`` or ``subscribe("*", fn)``; ``fn(event)`` runs in the process
 that committed, after the commit, never inside the transaction: a subscriber that raises is logged

@@ -4,7 +4,7 @@ from django.db import models
 
 
 class EventType(models.TextChoices):
-    # The seed's event types.
+    # The original design's event types: the names tenants' webhooks already subscribe to.
     MESSAGE_RECEIVED = "message.received"
     MESSAGE_SENT = "message.sent"
     CONVERSATION_CREATED = "conversation.created"

@@ -61,7 +61,7 @@ class LocalE5Embedder:
     # Measured with bench/retrieval_quality.py (it prints these distributions): the best chunk for
     # an off-topic question scores 0.75-0.82 (95th percentile 0.822), the best chunk for an on-topic
     # Cranfield query 0.87-0.93, judged-relevant documents 0.82-0.90 (median 0.858). Mapped so that
-    # relevance 0.7 (the seed's minSimilarity) falls at cosine ~0.827, between the two.
+    # relevance 0.7 (the original design's minSimilarity default) falls at cosine ~0.827, between the two.
     calibration = (0.75, 0.86)
 
     @property

@@ -1,6 +1,6 @@
-"""The typed schema of ``Tenant.settings``; its defaults are the seed's.
+"""The typed schema of ``Tenant.settings``; its defaults are the original design's.
 
-Stored as camelCase JSON (the seed's wire names). ``validate_tenant_settings`` returns the complete
+Stored as camelCase JSON (the original design's wire names). ``validate_tenant_settings`` returns the complete
 settings with defaults filled in, or raises ``TenantSettingsError`` with one message per field path
 (``ragConfig.hybridWeights.keyword``) so the API can answer a field-level error.
 
@@ -94,7 +94,7 @@ class HybridWeights(_Schema):
 
 class RagConfig(_Schema):
     top_k: int = Field(5, ge=1, le=50)
-    # The seed's default. Compared with the retrieval's calibrated relevance score (see
+    # The original design's default. Compared with the retrieval's calibrated relevance score (see
     # knowledge.retrieval), not with the raw cosine, whose range depends on the embedder.
     min_similarity: float = Field(0.7, ge=0, le=1)
     hybrid_weights: HybridWeights = Field(default_factory=HybridWeights)

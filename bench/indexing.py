@@ -14,12 +14,13 @@ Measures, for one upload (``knowledge.services.document_upload`` -> Celery worke
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import random
 import sys
 import time
 from pathlib import Path
+
+from bench._pdf import write_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,12 +89,9 @@ VOCABULARY = [
 
 
 def make_pdf(pages: int, words_per_page: int, seed: int = 7) -> bytes:
-    """A real multi-page PDF with wrapped text lines, written by hand (no PDF library needed)."""
+    """A real multi-page PDF of wrapped sentences drawn from VOCABULARY."""
     rng = random.Random(seed)
-    objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(pages))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
-    font_id = 3 + 2 * pages
+    texts: list[list[str]] = []
     for page in range(pages):
         words: list[str] = [f"Section {page + 1}."]
         while len(words) < words_per_page:
@@ -106,26 +104,8 @@ def make_pdf(pages: int, words_per_page: int, seed: int = 7) -> bytes:
                 line = ""
             line += (" " if line else "") + word
         lines.append(line)
-        ops = ["BT /F1 10 Tf 12 TL 40 800 Td"] + [f"({text}) Tj T*" for text in lines] + ["ET"]
-        stream = "\n".join(ops).encode()
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 842] /Contents {4 + 2 * page} 0 R "
-            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
-        )
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for offset in offsets:
-        out.write(f"{offset:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
+        texts.append(lines)
+    return write_pdf(texts)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -1,16 +1,21 @@
-"""Fixtures of the knowledge tests: real small documents of every format, made here."""
+"""Fixtures of the knowledge tests. Fixed documents are files in tests/fixtures/documents/; these
+helpers make documents whose size a test chooses."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from bench._pdf import write_pdf
 from knowledge.models import Document
 from tests.conftest import wait_until
+
+DOCUMENTS = Path(__file__).resolve().parent.parent / "fixtures" / "documents"
 
 
 @pytest.fixture(autouse=True)
@@ -32,33 +37,8 @@ def make_docx(paragraphs: list[tuple[str, str]]) -> bytes:
 
 
 def make_pdf(pages: list[str]) -> bytes:
-    """A real PDF (one text line per page) written by hand: PDF syntax is small enough."""
-    objects: list[bytes] = []
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    font_id = 3 + 2 * len(pages)
-    for i, text in enumerate(pages):
-        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-        stream = f"BT /F1 11 Tf 40 780 Td ({escaped}) Tj ET".encode()
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 842] /Contents {4 + 2 * i} 0 R "
-            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
-        )
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for offset in offsets:
-        out.write(f"{offset:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
+    """A real PDF with one text line per page."""
+    return write_pdf([[text] for text in pages])
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from events.models import Event
 from knowledge import retrieval
 from knowledge.models import Chunk, ChunkTerm, Document, LexicalStats, TermStats
-from tests.knowledge.conftest import make_docx, make_pdf, wait_for_status
+from tests.knowledge.conftest import DOCUMENTS, wait_for_status
 
 POLICY_MD = b"""# Returns policy
 
@@ -52,11 +52,7 @@ def test_markdown_upload_is_indexed_with_sections_and_events(live_worker: Any, u
 
 def test_every_format_is_parsed_into_searchable_chunks(live_worker: Any, upload: Any, tenant: Any) -> None:
     files = {
-        "notes.txt": b"Opening hours\n\nThe Lisbon shop opens at nine and closes at seven.",
-        "faq.html": b"<html><head><title>x</title><script>var secret=1;</script></head><body>"
-        b"<h1>Warranty</h1><p>Every kettle has a two year warranty.</p></body></html>",
-        "manual.docx": make_docx([("Heading 1", "Cleaning"), ("Normal", "Descale the espresso machine monthly.")]),
-        "catalogue.pdf": make_pdf(["Page one lists bicycles.", "Page two lists tandem bicycles and tricycles."]),
+        name: (DOCUMENTS / name).read_bytes() for name in ("notes.txt", "faq.html", "manual.docx", "catalogue.pdf")
     }
     ids = {name: upload(name, content).json()["id"] for name, content in files.items()}
     documents = {name: wait_for_status(i) for name, i in ids.items()}

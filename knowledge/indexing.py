@@ -35,6 +35,7 @@ from django.utils import timezone
 from config import metrics
 from events.services import emit
 from events.types import EventType
+from knowledge import queries
 from knowledge.chunking import chunk_blocks
 from knowledge.embedders import Embedder, get_embedder
 from knowledge.lexical import remove_postings, store_postings, text_search_config
@@ -66,24 +67,6 @@ def time_limit_reason() -> str:
     )
 
 
-# Tenants with documents ready to index, the least recently served first (a tenant never served
-# before comes first), then by how long their oldest document waits. Reads the pending partial
-# index (document_pending_queue) and one probe of (tenant_id, claimed_at) per tenant.
-_READY_TENANTS_SQL = """
-SELECT ready.tenant_id
-FROM (
-    SELECT tenant_id, min(queued_at) AS first_queued
-    FROM knowledge_document
-    WHERE status = 'pending' AND queued_at <= %s
-    GROUP BY tenant_id
-) AS ready
-ORDER BY (
-    SELECT max(served.claimed_at) FROM knowledge_document AS served WHERE served.tenant_id = ready.tenant_id
-) ASC NULLS FIRST, ready.first_queued
-LIMIT 20
-"""
-
-
 def claim_next(*, now: datetime | None = None) -> Document | None:
     """Claim the fairest pending document (see the module's docstring), or None when none is ready.
 
@@ -93,7 +76,7 @@ def claim_next(*, now: datetime | None = None) -> Document | None:
     now = now or timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_READY_TENANTS_SQL, [now])
+            cursor.execute(queries.READY_TENANTS, [now])
             tenant_ids = [row[0] for row in cursor.fetchall()]
         for tenant_id in tenant_ids:
             # of=self: the joined tenant row must not be locked too, or a second claimer would skip

@@ -1,9 +1,9 @@
 """The keyword leg: BM25 computed inside PostgreSQL from postings we maintain.
 
 PostgreSQL's text search parser and the tenant's language configuration (stemming, stop words)
-turn each chunk into lexemes; ``knowledge_chunkterm`` keeps one row per (chunk, lexeme) with its
-term frequency, the chunk's length and an impact (BM25's tf component), ``knowledge_termstats``
-the tenant's document frequency per lexeme and ``knowledge_lexicalstats`` its chunk count and total
+turn each chunk into lexemes; ``ChunkTerm`` keeps one row per (chunk, lexeme) with its
+term frequency, the chunk's length and an impact (BM25's tf component), ``TermStats``
+the tenant's document frequency per lexeme and ``LexicalStats`` its chunk count and total
 length, all written in the indexing transaction. A query is tokenised by the same configuration
 and scored with Okapi BM25 (Lucene's idf); unlike ``ts_rank`` over an AND query, any matching term
 contributes. Each term's postings are read best impact first up to a budget, so a query's cost
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection
+
+from knowledge import queries
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
@@ -86,67 +88,15 @@ def store_postings(*, tenant_id: Any, document_id: Any, config: str) -> tuple[in
     with connection.cursor() as cursor:
         # The statistics row is the tenant's lock for keyword index changes, taken first (as in
         # remove_postings): concurrent runs of one tenant queue instead of deadlocking on term rows.
-        cursor.execute(
-            """
-            INSERT INTO knowledge_lexicalstats (tenant_id, chunk_count, total_length) VALUES (%(tenant)s, 0, 0)
-            ON CONFLICT (tenant_id) DO NOTHING
-            """,
-            params,
-        )
-        cursor.execute("SELECT 1 FROM knowledge_lexicalstats WHERE tenant_id = %(tenant)s FOR UPDATE", params)
+        cursor.execute(queries.LEXICAL_STATS_ENSURE, params)
+        cursor.execute(queries.LEXICAL_STATS_LOCK, params)
         # One pass: postings (with impacts) and document frequencies come from the lexemes computed
         # here. No join between sets whose size the planner cannot estimate (lexemes of unnest()):
         # with stale statistics a nested loop over them was quadratic.
-        cursor.execute(
-            """
-            WITH lex AS (
-                SELECT c.id AS chunk_id, t.lexeme, cardinality(t.positions) AS tf,
-                       sum(cardinality(t.positions)) OVER (PARTITION BY c.id) AS len
-                FROM knowledge_chunk c
-                JOIN knowledge_document d ON d.id = c.document_id AND d.tenant_id = c.tenant_id
-                CROSS JOIN LATERAL unnest(
-                    to_tsvector(%(cfg)s::regconfig, c.content)
-                    || to_tsvector(%(cfg)s::regconfig, repeat(d.title || ' ' || c.section || ' ', %(title_weight)s))
-                ) t
-                WHERE c.tenant_id = %(tenant)s AND c.document_id = %(doc)s AND length(t.lexeme) <= %(maxlen)s
-            ), avg AS (
-                SELECT greatest((s.total_length + (SELECT coalesce(sum(tf), 0) FROM lex))::float8
-                                / greatest(s.chunk_count + (SELECT count(DISTINCT chunk_id) FROM lex), 1), 1) AS avgdl
-                FROM knowledge_lexicalstats s WHERE s.tenant_id = %(tenant)s
-            ), ins AS (
-                INSERT INTO knowledge_chunkterm (tenant_id, chunk_id, term, tf, doc_len, impact)
-                SELECT %(tenant)s, lex.chunk_id, lex.lexeme, lex.tf, lex.len,
-                       lex.tf * (%(k1)s::float8 + 1)
-                       / (lex.tf + %(k1)s::float8 * (1 - %(b)s::float8 + %(b)s::float8 * lex.len / avg.avgdl))
-                FROM lex CROSS JOIN avg
-                RETURNING term
-            )
-            INSERT INTO knowledge_termstats (tenant_id, term, df)
-            SELECT %(tenant)s, term, count(*) FROM ins GROUP BY term ORDER BY term
-            ON CONFLICT (tenant_id, term) DO UPDATE SET df = knowledge_termstats.df + EXCLUDED.df
-            """,
-            params,
-        )
+        cursor.execute(queries.POSTINGS_INSERT, params)
         # Each chunk's length from its own postings (primary-key range): a plan that cannot go wrong.
-        cursor.execute(
-            """
-            UPDATE knowledge_chunk c SET lexical_length = coalesce(
-                (SELECT sum(p.tf) FROM knowledge_chunkterm p WHERE p.tenant_id = c.tenant_id AND p.chunk_id = c.id), 0)
-            WHERE c.tenant_id = %(tenant)s AND c.document_id = %(doc)s
-            """,
-            params,
-        )
-        cursor.execute(
-            """
-            UPDATE knowledge_lexicalstats s SET
-                chunk_count = s.chunk_count + d.n, total_length = s.total_length + d.len
-            FROM (SELECT count(*) AS n, coalesce(sum(lexical_length), 0) AS len FROM knowledge_chunk
-                  WHERE tenant_id = %(tenant)s AND document_id = %(doc)s) d
-            WHERE s.tenant_id = %(tenant)s
-            RETURNING d.n, d.len
-            """,
-            params,
-        )
+        cursor.execute(queries.CHUNK_LEXICAL_LENGTH_SET, params)
+        cursor.execute(queries.LEXICAL_STATS_ADD_DOCUMENT, params)
         row = cursor.fetchone()
     return int(row[0]), int(row[1])
 
@@ -155,52 +105,16 @@ def remove_postings(*, tenant_id: Any, document_id: Any) -> None:
     """Delete a document's postings and subtract them from the statistics (same transaction)."""
     params = {"tenant": tenant_id, "doc": document_id}
     with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE knowledge_lexicalstats s SET
-                chunk_count = greatest(s.chunk_count - d.n, 0), total_length = greatest(s.total_length - d.len, 0)
-            FROM (SELECT count(*) AS n, coalesce(sum(lexical_length), 0) AS len FROM knowledge_chunk
-                  WHERE tenant_id = %(tenant)s AND document_id = %(doc)s) d
-            WHERE s.tenant_id = %(tenant)s
-            """,
-            params,
-        )
+        cursor.execute(queries.LEXICAL_STATS_SUBTRACT_DOCUMENT, params)
         # The postings by primary key (tenant, chunk = ANY(the document's chunks)), counted per term.
-        cursor.execute(
-            """
-            WITH gone AS (
-                DELETE FROM knowledge_chunkterm p
-                WHERE p.tenant_id = %(tenant)s AND p.chunk_id = ANY(ARRAY(
-                    SELECT id FROM knowledge_chunk WHERE tenant_id = %(tenant)s AND document_id = %(doc)s))
-                RETURNING p.term
-            )
-            SELECT coalesce(array_agg(term ORDER BY term), '{}'), coalesce(array_agg(n ORDER BY term), '{}')
-            FROM (SELECT term, count(*)::int AS n FROM gone GROUP BY term) counts
-            """,
-            params,
-        )
+        cursor.execute(queries.POSTINGS_DELETE_DOCUMENT, params)
         terms, counts = cursor.fetchone()
         if not terms:
             return
-        # Arrays bound as values: the planner knows their length and probes (tenant, term) per term.
-        cursor.execute(
-            """
-            WITH updated AS (
-                UPDATE knowledge_termstats t SET df = greatest(t.df - d.n, 0)
-                FROM unnest(%(terms)s::text[], %(counts)s::int[]) AS d(term, n)
-                WHERE t.tenant_id = %(tenant)s AND t.term = d.term
-                RETURNING t.term, t.df
-            )
-            SELECT coalesce(array_agg(term) FILTER (WHERE df <= 0), '{}') FROM updated
-            """,
-            {**params, "terms": terms, "counts": counts},
-        )
+        cursor.execute(queries.TERM_STATS_SUBTRACT, {**params, "terms": terms, "counts": counts})
         emptied = cursor.fetchone()[0]
         if emptied:
-            cursor.execute(
-                "DELETE FROM knowledge_termstats WHERE tenant_id = %s AND term = ANY(%s) AND df <= 0",
-                [tenant_id, emptied],
-            )
+            cursor.execute(queries.TERM_STATS_DELETE_EMPTY, [tenant_id, emptied])
 
 
 @dataclass(frozen=True)
@@ -230,70 +144,6 @@ def rebuild_postings(*, tenant: Tenant) -> int:
 # Query terms whose idf is below this share of the query's highest idf are not scored (see SQL).
 IDF_PRUNE_RATIO = 0.05
 
-_BM25_SQL = """
-WITH q AS (
-    SELECT lexeme AS term, cardinality(positions) AS qtf
-    FROM unnest(to_tsvector(%(cfg)s::regconfig, %(query)s))
-), s AS (
-    -- float8 throughout: a bare parameter like 0.9 would be numeric, ten times slower per posting.
-    SELECT greatest(chunk_count, 1)::float8 AS n,
-           greatest(total_length::float8 / greatest(chunk_count, 1), 1) AS avgdl,
-           %(k1)s::float8 AS k1, %(b)s::float8 AS b
-    FROM knowledge_lexicalstats WHERE tenant_id = %(tenant)s
-), qs AS MATERIALIZED (
-    -- A term absent from the tenant has df 0: it scores nothing but keeps its (high) idf in the
-    -- query's idf mass, so coverage stays "share of the whole query".
-    SELECT q.term, q.qtf, coalesce(t.df, 0) AS df, ln(1 + (s.n - coalesce(t.df, 0) + 0.5) / (coalesce(t.df, 0) + 0.5)) AS idf
-    FROM q CROSS JOIN s
-    LEFT JOIN knowledge_termstats t ON t.tenant_id = %(tenant)s AND t.term = q.term
-), kept AS MATERIALIZED (
-    -- A term found in nearly every chunk has an idf near zero: it cannot change the ranking, but
-    -- its posting list is the longest to read. Skip it unless it is all the query has.
-    SELECT term, qtf, idf, df FROM qs WHERE df > 0 AND idf >= %(prune)s::float8 * (SELECT max(idf) FROM qs)
-), cut AS MATERIALIZED (
-    SELECT coalesce(bool_or(df > %(per_term)s), false) AS truncated FROM kept
-), partial AS MATERIALIZED (
-    -- Each kept term's best postings by impact (all of them when it has at most per_term), summed
-    -- per chunk: the exact BM25 of every matching chunk unless a term's list was cut.
-    SELECT p.chunk_id,
-           sum(kept.qtf * kept.idf * p.tf * (s.k1 + 1) / (p.tf + s.k1 * (1 - s.b + s.b * p.doc_len / s.avgdl)))
-               AS score,
-           sum(kept.qtf * kept.idf) AS mass
-    FROM kept CROSS JOIN s
-    CROSS JOIN LATERAL (
-        SELECT p.chunk_id, p.tf, p.doc_len FROM knowledge_chunkterm p
-        WHERE p.tenant_id = %(tenant)s AND p.term = kept.term
-        ORDER BY p.impact DESC LIMIT %(per_term)s
-    ) p
-    GROUP BY p.chunk_id
-), pool AS (
-    (SELECT chunk_id FROM partial ORDER BY score DESC, chunk_id LIMIT %(pool)s)
-    UNION
-    SELECT unnest(%(ids)s::bigint[])
-), terms AS MATERIALIZED (
-    SELECT array_agg(term) AS list, array_agg(qtf * idf) AS weight FROM kept
-)
--- No list was cut: the partial scores are exact.
-SELECT partial.chunk_id, partial.score, partial.mass / (SELECT sum(qtf * idf) FROM qs)
-FROM partial JOIN pool USING (chunk_id)
-WHERE NOT (SELECT truncated FROM cut)
-UNION ALL
--- A list was cut: the pool's exact BM25 from each chunk's own postings of the kept terms (one
--- primary-key probe (tenant, chunk, term) per chunk, never a scan of a term's list).
-SELECT pool.chunk_id,
-       sum(p.weight * p.tf * (s.k1 + 1) / (p.tf + s.k1 * (1 - s.b + s.b * p.doc_len / s.avgdl))),
-       sum(p.weight) / (SELECT sum(qtf * idf) FROM qs)
-FROM pool CROSS JOIN s
-CROSS JOIN LATERAL (
-    SELECT terms.weight[array_position(terms.list, p.term::text)] AS weight, p.tf, p.doc_len
-    FROM terms JOIN knowledge_chunkterm p
-        ON p.tenant_id = %(tenant)s AND p.chunk_id = pool.chunk_id AND p.term = ANY(terms.list)
-    OFFSET 0  -- keeps the probe per chunk: flattened, the planner may scan the terms' lists instead
-) p
-WHERE (SELECT truncated FROM cut)
-GROUP BY pool.chunk_id
-"""
-
 
 def keyword_query(
     *,
@@ -306,7 +156,7 @@ def keyword_query(
 ) -> tuple[str, dict[str, Any]]:
     """The SQL and parameters ``keyword_search`` runs (the benchmarks EXPLAIN the same statement)."""
     budget = int(settings.KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM)
-    return _BM25_SQL, {
+    return queries.KEYWORD_BM25, {
         "cfg": config,
         "query": query,
         "tenant": tenant_id,

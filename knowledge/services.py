@@ -17,6 +17,7 @@ from django.utils.text import get_valid_filename
 
 from events.services import emit
 from events.types import EventType
+from knowledge import queries
 from knowledge.lexical import remove_postings
 from knowledge.models import Document
 from knowledge.parsers import EXTENSIONS, SNIFF_BYTES, ContentMismatch, content_format, detect_format
@@ -184,10 +185,7 @@ def document_delete(*, document: Document) -> None:
         remove_postings(tenant_id=document.tenant_id, document_id=document.pk)
         bump_version(tenant_id=document.tenant_id)
         with connection.cursor() as cursor:
-            cursor.execute(
-                "DELETE FROM knowledge_chunk WHERE tenant_id = %s AND document_id = %s",
-                [document.tenant_id, document.pk],
-            )
+            cursor.execute(queries.CHUNKS_DELETE_DOCUMENT, [document.tenant_id, document.pk])
         emit(
             tenant=document.tenant_id,
             type=EventType.DOCUMENT_DELETED,

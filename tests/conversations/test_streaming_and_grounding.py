@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.files.base import ContentFile
@@ -81,7 +80,7 @@ POLICIES = (
 
 
 def indexed_policies(tenant, settings, tmp_path):
-    services = pytest.importorskip("knowledge.services")
+    from knowledge import services
     from knowledge.models import Document
 
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -80,8 +80,12 @@ def test_an_event_whose_kick_was_lost_is_delivered_by_the_sweep(tenant, receiver
     services.webhook_endpoint_create(tenant=tenant, url=receiver.url, event_types=["message.sent"])
     # As if the process died between the commit and the after-commit kick.
     Event.objects.create(tenant=tenant, type="message.sent", payload={"lost": True}, dispatch_pending=True)
-    time.sleep(0.5)
+    # The worker has taken everything queued on the outbox's queue before this marker: no task for the event.
+    key = f"events-test-{uuid.uuid4().hex}"
+    app.send_task("tests.events.mark_done", args=[key], queue="webhooks")
+    wait_until(lambda: cache.get(key))
     assert receiver.requests == []
+    assert Event.objects.get(payload__lost=True).dispatch_pending
 
     outbox.sweep(settle_seconds=0)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from io import StringIO
 
-import pytest
 from django.core.management import call_command
 
 from channels_app.demo import SAMPLE_DOCUMENT_TITLE, ensure_demo_content
@@ -48,9 +47,6 @@ def test_demo_page_is_404_for_a_tenant_without_a_demo_channel(client, tenant, ma
 
 
 def test_demo_content_uploads_the_sample_document_once(tenant):
-    knowledge = pytest.importorskip("knowledge.services", reason="the knowledge area is not installed")
-    if not hasattr(knowledge, "document_upload"):
-        pytest.skip("knowledge.services.document_upload is not available yet")
     from knowledge.models import Document
 
     ensure_demo_content(tenant=tenant)

@@ -23,23 +23,19 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 from typing import cast
 
 import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from config.redis_clients import redis_client
+
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 Sample = tuple[str, dict[str, str], float]
 _gauges: dict[str, tuple[str, Callable[[], Iterable[Sample]]]] = {}
-
-
-@lru_cache(maxsize=1)
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
 
 
 def _key() -> str:
@@ -113,7 +109,7 @@ def flush() -> None:
 
 def _write(counts: dict[str, float]) -> None:
     try:
-        pipe = _client().pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         for series, amount in counts.items():
             pipe.hincrbyfloat(_key(), series, amount)
         pipe.execute()
@@ -141,7 +137,7 @@ def render() -> str:
     flush()
     try:
         # A synchronous client: hgetall returns the hash itself (the stubs also allow an Awaitable).
-        raw = cast(dict[bytes, bytes], _client().hgetall(_key()))
+        raw = cast(dict[bytes, bytes], redis_client().hgetall(_key()))
         counters = {k.decode(): float(v) for k, v in raw.items()}
     except redis.RedisError as exc:
         counters = {}

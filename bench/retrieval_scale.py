@@ -117,6 +117,7 @@ def main(argv: list[str]) -> int:
     from django.db import transaction
 
     from knowledge import lexical
+    from knowledge import queries as sql
     from knowledge import vectors as vector_store
     from knowledge.lexical import keyword_search, store_postings
     from knowledge.models import Chunk, Document
@@ -137,8 +138,7 @@ def main(argv: list[str]) -> int:
         )
         with connection.cursor() as cursor:
             cursor.execute(
-                "TRUNCATE knowledge_chunkterm, knowledge_termstats, knowledge_chunk, knowledge_document,"
-                " knowledge_lexicalstats CASCADE"
+                f"TRUNCATE {sql.CHUNK_TERM}, {sql.TERM_STATS}, {sql.CHUNK}, {sql.DOCUMENT}, {sql.LEXICAL_STATS} CASCADE"
             )
         Tenant.objects.filter(slug__startswith="scale-").delete()
         started = time.monotonic()
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
                 buffer.seek(0)
                 with transaction.atomic(), connection.cursor() as cursor:
                     with cursor.copy(
-                        "COPY knowledge_chunk (tenant_id, document_id, position, content, page, section, token_count,"
+                        f"COPY {sql.CHUNK} (tenant_id, document_id, position, content, page, section, token_count,"
                         " lexical_length, embedding, embedding_model) FROM STDIN"
                     ) as copy:
                         copy.write(buffer.getvalue())
@@ -177,9 +177,8 @@ def main(argv: list[str]) -> int:
             if t % 10 == 0:
                 print(f"  tenant {t}: {size} chunks, {time.monotonic() - started:.0f}s", flush=True)
         with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE knowledge_chunk")
-            cursor.execute("VACUUM ANALYZE knowledge_chunkterm")
-            cursor.execute("VACUUM ANALYZE knowledge_termstats")
+            for table in (sql.CHUNK, sql.CHUNK_TERM, sql.TERM_STATS):
+                cursor.execute(f"VACUUM ANALYZE {table}")
         print(f"built in {time.monotonic() - started:.0f}s")
 
     tenants = list(Tenant.objects.filter(slug__startswith="scale-").order_by("slug"))
@@ -230,7 +229,7 @@ def main(argv: list[str]) -> int:
             for tenant in tenants:
                 for order in ("chunk_id, term", "term, impact DESC"):
                     cursor.execute(
-                        "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunkterm WHERE tenant_id = %s"
+                        f"SELECT count(*) FROM (SELECT 1 FROM {sql.CHUNK_TERM} WHERE tenant_id = %s"
                         f" ORDER BY tenant_id, {order}) s",
                         [tenant.pk],
                     )

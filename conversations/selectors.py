@@ -70,10 +70,3 @@ def tenant_usage(*, tenant: Tenant, since: datetime | None = None, until: dateti
         "cost_usd": totals["cost_usd"] or Decimal("0"),
         "conversations": conversations,
     }
-
-
-def waiting_count(*, tenant_ids: list[Any] | None) -> int:
-    queryset = Conversation.objects.filter(state=Conversation.State.HANDOFF_REQUESTED)
-    if tenant_ids is not None:
-        queryset = queryset.for_tenants(tenant_ids)
-    return queryset.count()

@@ -90,7 +90,3 @@ def transition(*, conversation: Conversation, to: str, reason: str, actor: str =
 def _copy_state(source: Conversation, target: Conversation) -> None:
     for field in ("state", "context_start_message_id", "handoff_reason", "last_activity_at"):
         setattr(target, field, getattr(source, field))
-
-
-def bot_answers(conversation: Conversation) -> bool:
-    return conversation.state == State.BOT

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
+from channels_app.inbound import needs_preparation
 from channels_app.models import Channel, InboundEvent
 from conversations.models import Conversation
 from conversations.pipeline import (
@@ -79,14 +80,6 @@ def run_stages(turn: Turn) -> Turn:
     return turn
 
 
-def _awaiting_preparation(event: InboundEvent) -> bool:
-    """The channels area still fetches something for this message (attachment, sender's name)."""
-    from channels_app import inbound
-
-    check = getattr(inbound, "needs_preparation", None) or getattr(inbound, "needs_media_download", None)
-    return bool(check and check(event.normalized))
-
-
 def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]:
     """The contact's pending messages in arrival order, up to the first that the channels area is
     still preparing (attachment download, sender's name): its task hands it back here, so order is kept."""
@@ -99,7 +92,7 @@ def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]
     ).order_by("id")[:MAX_EVENTS_PER_TURN]
     ready: list[InboundEvent] = []
     for event in events:
-        if _awaiting_preparation(event):
+        if needs_preparation(event.normalized):
             break
         ready.append(event)
     return ready

@@ -1,7 +1,7 @@
 """Stage 4: retrieve the tenant's relevant passages (``enableRag``), and the seam to knowledge.
 
-``knowledge.retrieval.search`` is the knowledge area's contract; if that area is not installed the
-turn goes on without context (and the offline answerer says it found nothing), logged once.
+``knowledge.retrieval.search`` is the knowledge area's contract; its chunks become the LLM's
+``ContextPassage`` list here. A retrieval failure costs the turn its context, never its answer.
 """
 
 from __future__ import annotations
@@ -12,22 +12,15 @@ from typing import TYPE_CHECKING
 
 from conversations.llm.base import ContextPassage
 from conversations.pipeline.turn import Turn
+from knowledge.retrieval import search
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
-_warned = {"missing": False}
 
 
 def search_passages(*, tenant: Tenant, query: str, marker_start: int = 1, k: int | None = None) -> list[ContextPassage]:
-    try:
-        from knowledge.retrieval import search
-    except ImportError:
-        if not _warned["missing"]:
-            logger.warning("knowledge.retrieval is not available: answering without retrieved context")
-            _warned["missing"] = True
-        return []
     if not query.strip():
         return []
     chunks = search(tenant=tenant, query=query, k=k)

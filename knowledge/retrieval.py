@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_search, text_search_config
@@ -101,33 +101,32 @@ def hybrid_search(
     vector: np.ndarray | None = None
     calibration = (0.0, 1.0)
 
-    with transaction.atomic():
-        if vector_weight > 0:
-            try:
-                embedder = embedder or get_embedder(tenant=tenant)
-                calibration = embedder.calibration
-                vector = query_vector if query_vector is not None else embedder.embed_query(query)
-            except EmbeddingError as exc:
-                vector = None  # the keyword leg still answers
-                logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})
-            if vector is not None and embedder is not None:
-                index = index_for(tenant_id=tenant.pk, model_id=embedder.model_id)
-                for chunk_id, cosine in index.nearest(vector, depth):
-                    pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)
-        if keyword_weight > 0:
-            config = text_search_config(tenant=tenant)
-            # One pass: the keyword top N plus the BM25 of the vector leg's candidates.
-            for hit in keyword_search(
-                tenant_id=tenant.pk, query=query, config=config, limit=depth, include_ids=list(pool)
-            ):
-                candidate = pool.setdefault(hit.chunk_id, _Candidate(hit.chunk_id))
-                candidate.bm25, candidate.coverage = hit.bm25, hit.coverage
-            if vector is not None and index is not None:  # and the cosine of the keyword leg's own candidates
-                missing = [c.chunk_id for c in pool.values() if c.cosine is None]
-                for chunk_id, cosine in index.cosines(vector, missing).items():
-                    pool[chunk_id].cosine = cosine
-        if not pool:
-            return []
+    # No transaction: the vector index is one snapshot already, and a chunk deleted meanwhile is skipped
+    # when the results are loaded (two statements less per search).
+    if vector_weight > 0:
+        try:
+            embedder = embedder or get_embedder(tenant=tenant)
+            calibration = embedder.calibration
+            vector = query_vector if query_vector is not None else embedder.embed_query(query)
+        except EmbeddingError as exc:
+            vector = None  # the keyword leg still answers
+            logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})
+        if vector is not None and embedder is not None:
+            index = index_for(tenant_id=tenant.pk, model_id=embedder.model_id)
+            for chunk_id, cosine in index.nearest(vector, depth):
+                pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)
+    if keyword_weight > 0:
+        config = text_search_config(tenant=tenant)
+        # One pass: the keyword top N plus the BM25 of the vector leg's candidates.
+        for hit in keyword_search(tenant_id=tenant.pk, query=query, config=config, limit=depth, include_ids=list(pool)):
+            candidate = pool.setdefault(hit.chunk_id, _Candidate(hit.chunk_id))
+            candidate.bm25, candidate.coverage = hit.bm25, hit.coverage
+        if vector is not None and index is not None:  # and the cosine of the keyword leg's own candidates
+            missing = [c.chunk_id for c in pool.values() if c.cosine is None]
+            for chunk_id, cosine in index.cosines(vector, missing).items():
+                pool[chunk_id].cosine = cosine
+    if not pool:
+        return []
 
     ranked = _fuse(list(pool.values()), keyword_weight, vector_weight, fusion, vector)
     prf_docs, prf_weight = settings.KNOWLEDGE_PRF_DOCS, settings.KNOWLEDGE_PRF_WEIGHT

@@ -3,9 +3,13 @@ usage and cost (on the reply and summed on the conversation), and the events tha
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -53,16 +57,28 @@ def _record(turn: Turn) -> None:
                 attempts=F("attempts") + 1,
             )
             return
-        if event_ids:
-            InboundEvent.objects.filter(pk__in=event_ids).update(
-                status=InboundEvent.Status.PROCESSED, error="", processed_at=now, attempts=F("attempts") + 1
-            )
         if conversation is None:
+            if event_ids:
+                InboundEvent.objects.filter(pk__in=event_ids).update(
+                    status=InboundEvent.Status.PROCESSED, error="", processed_at=now, attempts=F("attempts") + 1
+                )
             return
         user_ids = [m.pk for m in turn.user_messages]
+        cost = estimate_cost(
+            model=turn.model, prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens
+        )
+        error = None
         if turn.failure is not None:
             error = {"code": turn.failure.code, "message": str(turn.failure), "retryable": turn.failure.retryable}
-            Message.objects.filter(pk__in=user_ids).update(status=Message.Status.FAILED, error=error, updated_at=now)
+        reply = turn.reply_message
+        turn.timings["total_ms"] = round((time.monotonic() - turn.started) * 1000, 2)
+        turn.timings["overhead_ms"] = round(
+            turn.timings["total_ms"] - turn.timings.get("llm_wait_ms", 0.0) - turn.timings.get("tools_ms", 0.0), 2
+        )
+        if reply is not None:
+            _complete_reply(turn, reply, cost)
+        _record_outcome(turn, now=now, event_ids=event_ids, user_ids=user_ids, error=error, cost=cost)
+        if error is not None:
             emit(
                 tenant=turn.tenant,
                 type=EventType.MESSAGE_FAILED,
@@ -73,40 +89,7 @@ def _record(turn: Turn) -> None:
                     **error,
                 },
             )
-        elif user_ids:
-            Message.objects.filter(pk__in=user_ids).update(status=Message.Status.PROCESSED, updated_at=now)
-        cost = estimate_cost(
-            model=turn.model, prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens
-        )
-        reply = turn.reply_message
-        turn.timings["total_ms"] = round((time.monotonic() - turn.started) * 1000, 2)
-        turn.timings["overhead_ms"] = round(
-            turn.timings["total_ms"] - turn.timings.get("llm_wait_ms", 0.0) - turn.timings.get("tools_ms", 0.0), 2
-        )
         if reply is not None:
-            reply.content = turn.reply_text
-            reply.prompt_tokens = turn.usage.prompt_tokens
-            reply.completion_tokens = turn.usage.completion_tokens
-            reply.cost_usd = cost
-            reply.timings = turn.timings
-            reply.payload = {
-                **reply.payload,
-                "sources": turn.sources,
-                "model": turn.model,
-                "handoff": bool(turn.handoff_reason),
-                "fallback": turn.failure is not None,
-            }
-            if turn.send_error:
-                reply.status = Message.Status.FAILED
-                reply.error = {"stage": "send", **turn.send_failure, "message": turn.send_error}
-            else:
-                reply.status = Message.Status.SENT
-            reply.save(
-                update_fields=[
-                    "content", "prompt_tokens", "completion_tokens", "cost_usd", "timings", "payload", "status",
-                    "error", "platform_message_id", "updated_at",
-                ]
-            )  # fmt: skip
             base = {
                 "conversation_id": str(conversation.pk),
                 "message_id": reply.pk,
@@ -134,9 +117,75 @@ def _record(turn: Turn) -> None:
                         "cost_usd": str(cost),
                     },
                 )
-        Conversation.objects.filter(pk=conversation.pk).update(
-            last_activity_at=now,
-            prompt_tokens=F("prompt_tokens") + turn.usage.prompt_tokens,
-            completion_tokens=F("completion_tokens") + turn.usage.completion_tokens,
-            cost_usd=F("cost_usd") + cost,
-        )
+
+
+def _complete_reply(turn: Turn, reply: Message, cost: Decimal) -> None:
+    """The reply row's final state, in memory: ``_record_outcome`` writes it with the rest."""
+    reply.content = turn.reply_text
+    reply.prompt_tokens = turn.usage.prompt_tokens
+    reply.completion_tokens = turn.usage.completion_tokens
+    reply.cost_usd = cost
+    reply.timings = turn.timings
+    reply.payload = {
+        **reply.payload,
+        "sources": turn.sources,
+        "model": turn.model,
+        "handoff": bool(turn.handoff_reason),
+        "fallback": turn.failure is not None,
+    }
+    if turn.send_error:
+        reply.status = Message.Status.FAILED
+        reply.error = {"stage": "send", **turn.send_failure, "message": turn.send_error}
+    else:
+        reply.status = Message.Status.SENT
+
+
+def _record_outcome(
+    turn: Turn, *, now: datetime, event_ids: list[int], user_ids: list[int], error: dict[str, Any] | None, cost: Decimal
+) -> None:
+    """The inbound events processed, the user's messages processed (or failed with ``error``), the reply
+    (``_complete_reply``) and the conversation's activity and usage, in one statement (four round trips
+    before)."""
+    assert turn.conversation is not None
+    events, messages, conversations = (
+        InboundEvent._meta.db_table,
+        Message._meta.db_table,
+        Conversation._meta.db_table,
+    )
+    status = Message.Status.PROCESSED if error is None else Message.Status.FAILED
+    reply = turn.reply_message
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH inbound AS (
+                UPDATE {events} SET status = %s, error = '', processed_at = %s, attempts = attempts + 1
+                WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
+            ), answered AS (
+                UPDATE {messages} SET status = %s, updated_at = %s, error = COALESCE(%s::jsonb, error)
+                WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
+            ), replied AS (
+                UPDATE {messages} SET content = %s, prompt_tokens = %s, completion_tokens = %s, cost_usd = %s,
+                    timings = %s::jsonb, payload = %s::jsonb, status = %s, error = %s::jsonb,
+                    platform_message_id = %s, updated_at = %s
+                WHERE tenant_id = %s AND id = %s RETURNING id
+            )
+            UPDATE {conversations} SET last_activity_at = %s, prompt_tokens = prompt_tokens + %s,
+                completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s
+            WHERE tenant_id = %s AND id = %s
+            """,  # noqa: S608 (our tables)
+            [
+                InboundEvent.Status.PROCESSED, now, turn.tenant.pk, event_ids,
+                status, now, None if error is None else json.dumps(error), turn.tenant.pk, user_ids,
+                *_reply_values(reply), now, turn.tenant.pk, reply.pk if reply else None,
+                now, turn.usage.prompt_tokens, turn.usage.completion_tokens, cost, turn.tenant.pk, turn.conversation.pk,
+            ],
+        )  # fmt: skip
+
+
+def _reply_values(reply: Message | None) -> list[Any]:
+    if reply is None:
+        return [None] * 9
+    return [
+        reply.content, reply.prompt_tokens, reply.completion_tokens, reply.cost_usd, json.dumps(reply.timings),
+        json.dumps(reply.payload), reply.status, json.dumps(reply.error), reply.platform_message_id,
+    ]  # fmt: skip

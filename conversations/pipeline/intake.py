@@ -33,37 +33,48 @@ def _normalized(turn: Turn) -> list[tuple[Any, NormalizedMessage]]:
     return [(event, NormalizedMessage.from_dict(event.normalized)) for event in turn.inbound_events]
 
 
-def _contact(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> Contact:
-    name = next((m.sender_name for _, m in reversed(messages) if m.sender_name), "")
+def _sender_name(messages: list[tuple[Any, NormalizedMessage]]) -> str:
+    return next((m.sender_name for _, m in reversed(messages) if m.sender_name), "")
+
+
+def _latest_conversation(turn: Turn) -> Conversation | None:
+    """The contact's latest conversation with its contact, in one query (a returning contact's case)."""
+    return (
+        Conversation.objects.for_tenant(turn.tenant)
+        .filter(channel=turn.channel, contact__tenant_id=turn.tenant.pk, contact__external_id=turn.sender_external_id)
+        .select_related("contact")
+        .order_by("-last_activity_at")
+        .first()
+    )
+
+
+def _touch(contact: Contact, messages: list[tuple[Any, NormalizedMessage]]) -> None:
+    """Move a returning contact's last_seen_at (at most every LAST_SEEN_RESOLUTION) and take a new name."""
+    name = _sender_name(messages)
     now = timezone.now()
+    stale = contact.last_seen_at is None or (now - contact.last_seen_at).total_seconds() > LAST_SEEN_RESOLUTION
+    if messages and (stale or (name and name != contact.profile_name)):
+        contact.last_seen_at = now
+        contact.profile_name = name or contact.profile_name
+        contact.save(update_fields=["last_seen_at", "profile_name"])
+
+
+def _contact(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> Contact:
     contact, created = Contact.objects.get_or_create(
         tenant_id=turn.tenant.pk,
         channel=turn.channel,
         external_id=turn.sender_external_id,
-        defaults={"profile_name": name, "last_seen_at": now},
+        defaults={"profile_name": _sender_name(messages), "last_seen_at": timezone.now()},
     )
-    stale = contact.last_seen_at is None or (now - contact.last_seen_at).total_seconds() > LAST_SEEN_RESOLUTION
-    if not created and messages and (stale or (name and name != contact.profile_name)):
-        contact.last_seen_at = now
-        contact.profile_name = name or contact.profile_name
-        contact.save(update_fields=["last_seen_at", "profile_name"])
+    if not created:
+        _touch(contact, messages)
     return contact
 
 
 def _conversation(turn: Turn, contact: Contact) -> Conversation:
-    conversation = (
-        Conversation.objects.for_tenant(turn.tenant)
-        .filter(channel=turn.channel, contact=contact)
-        .order_by("-last_activity_at")
-        .first()
-    )
-    if conversation is None:
-        conversation = Conversation.objects.create(tenant_id=turn.tenant.pk, channel=turn.channel, contact=contact)
-        emit(
-            tenant=turn.tenant,
-            type=EventType.CONVERSATION_CREATED,
-            payload=state.conversation_payload(conversation),
-        )
+    """A first conversation for a contact that has none."""
+    conversation = Conversation.objects.create(tenant_id=turn.tenant.pk, channel=turn.channel, contact=contact)
+    emit(tenant=turn.tenant, type=EventType.CONVERSATION_CREATED, payload=state.conversation_payload(conversation))
     return conversation
 
 
@@ -120,9 +131,13 @@ def run(turn: Turn) -> None:
     messages = _normalized(turn)
     with transaction.atomic():
         if turn.conversation is None:
-            contact = _contact(turn, messages)
-            conversation = _conversation(turn, contact)
-            turn.contact, turn.conversation = contact, conversation
+            turn.conversation = _latest_conversation(turn)
+            if turn.conversation is not None:
+                turn.contact = turn.conversation.contact
+                _touch(turn.contact, messages)
+            else:
+                contact = _contact(turn, messages)
+                turn.contact, turn.conversation = contact, _conversation(turn, contact)
         conversation = turn.conversation
         assert conversation is not None
         if messages and conversation.state == Conversation.State.RESOLVED and not turn.ignore_reason:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
 from django.db import transaction
 
@@ -70,7 +71,8 @@ def _store_tool_records(turn: Turn) -> None:
 def _store_pending(turn: Turn) -> Message:
     conversation = turn.conversation
     assert conversation is not None
-    with transaction.atomic():
+    # A transaction only when tool calls are stored with it (two statements less per plain turn).
+    with transaction.atomic() if turn.tool_records_stored < len(turn.tool_records) else nullcontext():
         _store_tool_records(turn)
         return Message.objects.create(
             tenant_id=turn.tenant.pk,

@@ -1,6 +1,6 @@
 """The one egress guard: every outbound call whose URL a tenant can influence goes through here.
 
-Tenant webhooks (events.transport's lean client resolves through ``resolve_checked``), tenant
+Tenant webhooks (events.transport, over urllib3 pools of ``GUARDED_POOL_CLASSES``), tenant
 functions (``post``), a tenant's own LLM or embedding endpoint (``openai_http_client``) and inbound
 media (``fetch``). The policy, as Zulip's outgoing_http behind Smokescreen and Saleor's
 requests-hardened apply it:
@@ -182,10 +182,14 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
+# For a urllib3 PoolManager's ``pool_classes_by_scheme``: its connections are guarded.
+GUARDED_POOL_CLASSES: dict[str, type[HTTPConnectionPool]] = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
 class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = GUARDED_POOL_CLASSES
 
 
 _local = threading.local()

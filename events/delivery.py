@@ -316,7 +316,7 @@ def _send_batch(
 
 def _attempt(
     *,
-    receiver: transport.WebhookConnection,
+    receiver: transport.WebhookReceiver,
     target: str,
     delivery: ClaimedDelivery,
     keys: list[bytes],

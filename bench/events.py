@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
     from django.db import transaction
     from django.db.models import Max
 
-    from events import publisher, services
+    from events import services
     from events.models import Event, WebhookDelivery
     from events.services import emit
     from events.types import EventType
@@ -185,12 +185,15 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
     rabbit_channel = None
     queue = ""
     if settings.RABBITMQ_URL:
-        import pika
+        import kombu
 
-        rabbit_connection = pika.BlockingConnection(publisher.connection_parameters(settings.RABBITMQ_URL))
+        rabbit_connection = kombu.Connection(settings.RABBITMQ_URL)
+        rabbit_connection.connect()
         rabbit_channel = rabbit_connection.channel()
-        rabbit_channel.exchange_declare(exchange=settings.EVENTS_EXCHANGE, exchange_type="topic", durable=True)
-        queue = rabbit_channel.queue_declare(queue="", exclusive=True).method.queue
+        rabbit_channel.exchange_declare(
+            exchange=settings.EVENTS_EXCHANGE, type="topic", durable=True, auto_delete=False
+        )
+        queue = rabbit_channel.queue_declare(queue="", exclusive=True).queue
         rabbit_channel.queue_bind(queue=queue, exchange=settings.EVENTS_EXCHANGE, routing_key="tenant.#")
 
     log = open(args.worker_log or os.devnull, "a")  # noqa: SIM115 (kept open for the workers' lifetime)
@@ -275,7 +278,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
     if rabbit_channel is not None:
         last = Event.objects.aggregate(last=Max("published_at"))["last"]
         published = Event.objects.filter(published_at__isnull=False).count()
-        in_queue = rabbit_channel.queue_declare(queue=queue, passive=True).method.message_count
+        in_queue = rabbit_channel.queue_declare(queue=queue, passive=True).message_count
         if last:
             span = last.timestamp() - started
             print(
@@ -283,7 +286,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], children: list[subproces
                 f"{published / span:.0f} events/s (first commit → last confirm {span:.2f} s)"
             )
         rabbit_channel.exchange_delete(exchange=settings.EVENTS_EXCHANGE)
-        rabbit_channel.connection.close()
+        rabbit_connection.release()
     else:
         print("rabbitmq: skipped (RABBITMQ_URL not set and nothing on 127.0.0.1:5672)")
     cpu["bench: emitter threads"] = sum(emitter_cpu)

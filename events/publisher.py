@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pika
+import kombu
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key: "events publisher" (any constant; unique within this database).
 ADVISORY_LOCK_KEY = 0x6D63_6576_7075_62  # "mcevpub"
 STATE_CACHE_KEY = "events:publisher:state"
+
+
+PERSISTENT = 2  # AMQP delivery_mode: the broker writes the message to disk
 
 
 class BrokerUnavailable(Exception):
@@ -51,30 +54,21 @@ def routing_key(event: Event) -> str:
     return f"tenant.{event.tenant_id}.{event.type}"
 
 
-def connection_parameters(url: str) -> pika.URLParameters:
-    """pika parameters for RABBITMQ_URL. Accepts the kombu/Celery spelling of the default vhost
-    (``amqp://host:5672//``), which pika would read as an empty vhost name."""
-    scheme, sep, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    if slash and path in ("", "/"):
-        url = f"{scheme}{sep}{host}/%2F"
-    return pika.URLParameters(url)
-
-
 class _Connection:
-    """One BlockingConnection per process, reused across runs (pika is not thread-safe: a lock).
+    """One AMQP connection per process (kombu over py-amqp), reused across runs; not thread-safe,
+    hence the lock.
 
     Publisher confirms are collected per batch, not per message: the batch is written at once and
     the broker's (possibly ``multiple``) Basic.Ack frames are awaited together, so throughput does
-    not depend on the round-trip time to the broker. pika's BlockingChannel only offers one
-    synchronous confirm per publish, hence the underlying channel (``_impl``) for this part.
+    not depend on the round-trip time to the broker. py-amqp's channel reports acks and nacks to the
+    callbacks in ``channel.events`` while the connection drains its frames.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.rerun = False
         self.url = ""
-        self.connection: Any = None
+        self.connection: kombu.Connection | None = None
         self.channel: Any = None
         self.exchange = ""
         self.next_tag = 0
@@ -82,50 +76,55 @@ class _Connection:
         self.nacked: set[int] = set()
 
     def channel_for(self, url: str, exchange: str) -> Any:
-        if self.connection is not None and (self.url != url or not self.connection.is_open):
+        if self.connection is not None and (self.url != url or not self.connection.connected):
             self.close()
         if self.connection is None:
-            params = connection_parameters(url)
-            params.socket_timeout = settings.EVENTS_PUBLISH_CONNECT_TIMEOUT_SECONDS
-            params.blocked_connection_timeout = 30
-            params.connection_attempts = 1
+            connection = kombu.Connection(
+                url,
+                connect_timeout=settings.EVENTS_PUBLISH_CONNECT_TIMEOUT_SECONDS,
+                heartbeat=0,
+                # A broker (or a network) that stops answering mid-call fails the run instead of hanging it.
+                transport_options={"read_timeout": 10.0, "write_timeout": 30.0},
+            )
             try:
-                self.connection = pika.BlockingConnection(params)
+                connection.connect()
             except Exception as exc:
+                connection.release()
                 raise BrokerUnavailable(f"cannot connect to RabbitMQ: {type(exc).__name__}") from None
-            self.url = url
-            self.channel = None
+            self.connection, self.url, self.channel = connection, url, None
         if self.channel is None or not self.channel.is_open or self.exchange != exchange:
             self.channel = self.connection.channel()
             self.next_tag = 0
             self.unconfirmed.clear()
             self.nacked.clear()
-            selected: list[bool] = []
-            self.channel._impl.confirm_delivery(
-                ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
-            )
-            self._wait(lambda: bool(selected), timeout=10.0, what="Confirm.SelectOk")
-            self.channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+            self.channel.confirm_select()
+            self.channel.events["basic_ack"].add(self._on_ack)
+            self.channel.events["basic_nack"].add(self._on_nack)
+            self.channel.exchange_declare(exchange=exchange, type="topic", durable=True, auto_delete=False)
             self.exchange = exchange
         return self.channel
 
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        tags = {t for t in self.unconfirmed if t <= method.delivery_tag} if method.multiple else {method.delivery_tag}
+    def _confirmed(self, delivery_tag: int, multiple: bool) -> set[int]:
+        tags = {t for t in self.unconfirmed if t <= delivery_tag} if multiple else {delivery_tag}
         self.unconfirmed -= tags
-        if isinstance(method, pika.spec.Basic.Nack):
-            self.nacked |= tags
+        return tags
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._confirmed(delivery_tag, multiple)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self.nacked |= self._confirmed(delivery_tag, multiple)
 
     def _wait(self, done: Any, *, timeout: float, what: str) -> None:
+        assert self.connection is not None
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"RabbitMQ did not answer ({what}) within {timeout:g} s")
-            # pika returns only when time_limit has passed (confirm callbacks do not end the wait
-            # early): a short limit keeps the confirm latency low; idle polls cost nothing.
-            self.connection.process_data_events(time_limit=0.005)
+            with contextlib.suppress(TimeoutError):
+                self.connection.drain_events(timeout=min(0.05, max(0.001, deadline - time.monotonic())))
 
-    def publish_confirmed(self, messages: list[tuple[str, bytes, Any]], *, timeout: float = 30.0) -> int:
+    def publish_confirmed(self, messages: list[tuple[str, bytes, dict[str, Any]]], *, timeout: float = 30.0) -> int:
         """Publish (routing_key, body, properties) in order; return how many leading messages the
         broker confirmed (all of them, unless it nacked one or stopped answering)."""
         tags = []
@@ -133,9 +132,10 @@ class _Connection:
             self.next_tag += 1
             self.unconfirmed.add(self.next_tag)
             tags.append(self.next_tag)
-            self.channel._impl.basic_publish(
-                exchange=self.exchange, routing_key=routing_key, body=body, properties=properties
+            message = self.channel.prepare_message(
+                body, content_type=properties.pop("content_type"), properties=properties
             )
+            self.channel.basic_publish(message, exchange=self.exchange, routing_key=routing_key)
         # Silence past the timeout: whatever was confirmed so far counts, the rest stays pending.
         with contextlib.suppress(BrokerUnavailable):
             self._wait(lambda: not self.unconfirmed or bool(self.nacked), timeout=timeout, what="publisher confirms")
@@ -147,11 +147,9 @@ class _Connection:
         return confirmed
 
     def close(self) -> None:
-        try:
-            if self.connection is not None and self.connection.is_open:
-                self.connection.close()
-        except Exception:
-            pass
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.release()
         self.connection = self.channel = None
 
 
@@ -235,14 +233,14 @@ def _publish_batch(*, url: str, batch_size: int) -> int:
                         created_at=created_at,
                         payload_json=payload,
                     ),
-                    pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=pika.DeliveryMode.Persistent,
-                        message_id=str(event_id),
-                        type=event_type,
-                        timestamp=int(created_at.timestamp()),
-                        correlation_id=correlation_id or None,
-                    ),
+                    {
+                        "content_type": "application/json",
+                        "delivery_mode": PERSISTENT,
+                        "message_id": str(event_id),
+                        "type": event_type,
+                        "timestamp": int(created_at.timestamp()),
+                        **({"correlation_id": correlation_id} if correlation_id else {}),
+                    },
                 )
                 for _pk, event_id, tenant_id, event_type, created_at, correlation_id, payload in events
             ]

@@ -138,6 +138,18 @@ class Rabbit:
             self.connection.sleep(0.05)
 
 
+def pika_parameters(url: str) -> Any:
+    """pika parameters for a RABBITMQ_URL in the kombu/Celery spelling of the default vhost
+    (``amqp://host:5672//``), which pika would read as an empty vhost name."""
+    import pika
+
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if slash and path in ("", "/"):
+        url = f"{scheme}{sep}{host}/%2F"
+    return pika.URLParameters(url)
+
+
 @pytest.fixture
 def rabbit(settings: Any) -> Iterator[Rabbit]:
     url = os.environ.get("RABBITMQ_URL")
@@ -149,7 +161,7 @@ def rabbit(settings: Any) -> Iterator[Rabbit]:
 
     settings.RABBITMQ_URL = url
     settings.EVENTS_EXCHANGE = f"metachat.events.test.{uuid.uuid4().hex[:12]}"
-    connection = pika.BlockingConnection(publisher.connection_parameters(url))
+    connection = pika.BlockingConnection(pika_parameters(url))
     channel = connection.channel()
     channel.exchange_declare(exchange=settings.EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     yield Rabbit(url=url, exchange=settings.EVENTS_EXCHANGE, connection=connection, channel=channel)

@@ -436,17 +436,15 @@ class CuttableProxy:
 @pytest.fixture
 def rabbit(settings: Any) -> Iterator[Any]:
     """A per-test exchange on the machine's RabbitMQ, and a connection of the test's own to read it."""
-    from tests.events.conftest import Rabbit
+    from tests.events.conftest import Rabbit, pika_parameters
 
     url = os.environ.get("RABBITMQ_URL")
     if not url:
         pytest.skip("RABBITMQ_URL not set")
     import pika
 
-    from events import publisher
-
     settings.EVENTS_EXCHANGE = f"metachat.events.test.{uuid.uuid4().hex[:12]}"
-    connection = pika.BlockingConnection(publisher.connection_parameters(url))
+    connection = pika.BlockingConnection(pika_parameters(url))
     channel = connection.channel()
     channel.exchange_declare(exchange=settings.EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     yield Rabbit(url=url, exchange=settings.EVENTS_EXCHANGE, connection=connection, channel=channel)

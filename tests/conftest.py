@@ -80,23 +80,33 @@ def live_worker(transactional_db: Any) -> Iterator[Any]:
     platform routes to.
     """
     from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun
+    from django.db import connections
 
     from config.celery import app
 
-    queues = ",".join(sorted({"default", "indexing", "webhooks"} | set(_routed_queues())))
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=4,
-        perform_ping_check=False,
-        shutdown_timeout=30,
-        queues=queues.split(","),
-        loglevel="WARNING",
-    ) as worker:
-        yield worker
     # The worker's threads keep their database connections between tasks (as in production, where
-    # they live as long as the process); these threads are gone now, their sessions are not.
-    terminate_other_sessions()
+    # they live as long as the process); these threads end with the test, so each closes its own
+    # connection after every task. (Terminating the other sessions instead also killed connections
+    # this test process still used: the one Playwright's greenlets opened in the main thread.)
+    def close_thread_connections(**_kwargs: Any) -> None:
+        connections.close_all()
+
+    task_postrun.connect(close_thread_connections, weak=False)
+    queues = ",".join(sorted({"default", "indexing", "webhooks"} | set(_routed_queues())))
+    try:
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            shutdown_timeout=30,
+            queues=queues.split(","),
+            loglevel="WARNING",
+        ) as worker:
+            yield worker
+    finally:
+        task_postrun.disconnect(close_thread_connections)
 
 
 def terminate_other_sessions() -> int:

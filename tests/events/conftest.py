@@ -120,21 +120,29 @@ class Rabbit:
         return queue
 
     def drain(self, queue: str, *, expect: int, timeout: float = 10.0) -> list[tuple[Any, Any, bytes]]:
-        """Messages in ``queue`` (waits until ``expect`` arrived or ``timeout``; then a short grace
-        period so extra, unexpected messages are seen too)."""
+        """Messages in ``queue``: waits until ``expect`` arrived (or ``timeout``), then until a marker
+        this helper queues behind them arrives, so that any extra, unexpected message already queued
+        is seen too."""
+        import pika
+
         messages: list[tuple[Any, Any, bytes]] = []
         deadline = time.monotonic() + timeout
-        grace_until: float | None = None
+        marker = ""
         while True:
             method, properties, body = self.channel.basic_get(queue=queue, auto_ack=True)
             if method is not None:
+                if marker and properties.message_id == marker:
+                    return messages
                 messages.append((method, properties, body))
                 continue
-            now = time.monotonic()
-            if len(messages) >= expect and grace_until is None:
-                grace_until = now + 0.3
-            if (grace_until is not None and now > grace_until) or now > deadline:
-                return messages
+            if not marker and (len(messages) >= expect or time.monotonic() > deadline):
+                marker = f"drain-marker-{uuid.uuid4().hex}"
+                self.channel.basic_publish(
+                    exchange="", routing_key=queue, body=b"", properties=pika.BasicProperties(message_id=marker)
+                )
+                continue
+            if marker and time.monotonic() > deadline + 10:
+                raise AssertionError(f"the marker queued behind the messages never arrived in {queue}")
             self.connection.sleep(0.05)
 
 

@@ -3,7 +3,7 @@
 ``python -m config.launcher run``   start embedded services when no URL is given, migrate, bootstrap
                                     the demo, then serve daphne + Celery workers + beat in the
                                     foreground until Ctrl-C, which stops everything it started.
-``python -m config.launcher test``  the whole check: ruff, makemigrations --check, pytest, against
+``python -m config.launcher test``  the whole check: ruff, makemigrations --check, mypy, pytest, against
                                     real PostgreSQL+pgvector, Redis and (with RABBITMQ_URL) RabbitMQ.
 ``python -m config.launcher pytest [args]``  only pytest, same environment (for a quick loop).
 """
@@ -25,6 +25,8 @@ from config import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# What mypy checks (with django-stubs; settings in pyproject.toml): every app and config.
+TYPED_PACKAGES = ["config", "tenants", "events", "channels_app", "knowledge", "conversations"]
 
 
 def say(message: str) -> None:
@@ -247,6 +249,7 @@ def test(pytest_args: list[str], *, only_pytest: bool = False) -> int:
             ("ruff check", [PY, "-m", "ruff", "check", "."]),
             ("ruff format --check", [PY, "-m", "ruff", "format", "--check", "."]),
             ("makemigrations --check", [PY, "manage.py", "makemigrations", "--check", "--dry-run"]),
+            ("mypy", [PY, "-m", "mypy", *TYPED_PACKAGES]),
             ("pytest", [PY, "-m", "pytest", *pytest_args]),
         ]
         if only_pytest:

@@ -99,10 +99,11 @@ class WebchatAdapter:
         optionally timestamp and page_url. The client message id is the dedupe key, so a message
         resent after a reconnect is stored once.
         """
-        fields = {
-            name: payload.get(name) for name in ("channel_external_id", "client_message_id", "visitor_id", "text")
+        names = ("channel_external_id", "client_message_id", "visitor_id", "text")
+        fields: dict[str, str] = {
+            name: value for name in names if isinstance(value := payload.get(name), str) and value
         }
-        wrong = sorted(name for name, value in fields.items() if not isinstance(value, str) or not value)
+        wrong = sorted(set(names) - set(fields))
         if wrong:
             raise InvalidPayload(f"web chat frame without {', '.join(wrong)} as non-empty text")
         timestamp = payload.get("timestamp")

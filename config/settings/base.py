@@ -282,7 +282,7 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
-        "pika": {"level": "CRITICAL"},
+        "amqp": {"level": "WARNING"},  # the publisher logs its own outage line
         "pgserver": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "openai": {"level": "WARNING"},

@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage
@@ -37,15 +38,28 @@ def _sender_name(messages: list[tuple[Any, NormalizedMessage]]) -> str:
     return next((m.sender_name for _, m in reversed(messages) if m.sender_name), "")
 
 
-def _latest_conversation(turn: Turn) -> Conversation | None:
-    """The contact's latest conversation with its contact, in one query (a returning contact's case)."""
+def _stored_ids(turn: Turn, ids: list[str]) -> QuerySet[Message, str]:
+    """Which of these platform message ids the channel has stored already (a re-run of the burst)."""
     return (
+        Message.objects.for_tenant(turn.tenant)
+        .filter(channel=turn.channel, platform_message_id__in=ids)
+        .values_list("platform_message_id", flat=True)
+    )
+
+
+def _latest_conversation(turn: Turn, ids: list[str]) -> tuple[Conversation | None, set[str]]:
+    """The contact's latest conversation with its contact, and which of ``ids`` are stored already, in
+    one query (a returning contact's case)."""
+    queryset = (
         Conversation.objects.for_tenant(turn.tenant)
         .filter(channel=turn.channel, contact__tenant_id=turn.tenant.pk, contact__external_id=turn.sender_external_id)
         .select_related("contact")
         .order_by("-last_activity_at")
-        .first()
     )
+    if not ids:  # an empty IN () would empty the whole query
+        return queryset.first(), set()
+    conversation = queryset.annotate(stored_ids=ArraySubquery(_stored_ids(turn, ids))).first()
+    return conversation, set(conversation.stored_ids) if conversation is not None else set()
 
 
 def _touch(contact: Contact, messages: list[tuple[Any, NormalizedMessage]]) -> None:
@@ -78,16 +92,12 @@ def _conversation(turn: Turn, contact: Contact) -> Conversation:
     return conversation
 
 
-def _store(turn: Turn, conversation: Conversation, messages: list[tuple[Any, NormalizedMessage]]) -> list[Message]:
-    """Insert the messages not stored yet (one SELECT, one INSERT), each with ``message.received``."""
+def _store(
+    turn: Turn, conversation: Conversation, messages: list[tuple[Any, NormalizedMessage]], known: set[str]
+) -> list[Message]:
+    """Insert the messages not ``known`` (stored already) in one INSERT, each with ``message.received``."""
     if not messages:
         return []
-    ids = [m.message_id for _, m in messages]
-    known = set(
-        Message.objects.for_tenant(turn.tenant)
-        .filter(channel=turn.channel, platform_message_id__in=ids)
-        .values_list("platform_message_id", flat=True)
-    )
     rows = [
         Message(
             tenant_id=turn.tenant.pk,
@@ -129,22 +139,27 @@ def _store(turn: Turn, conversation: Conversation, messages: list[tuple[Any, Nor
 def run(turn: Turn) -> None:
     started = time.monotonic()
     messages = _normalized(turn)
+    ids = [m.message_id for _, m in messages]
+    known: set[str] | None = None
     with transaction.atomic():
         if turn.conversation is None:
-            turn.conversation = _latest_conversation(turn)
+            turn.conversation, known = _latest_conversation(turn, ids)
             if turn.conversation is not None:
                 turn.contact = turn.conversation.contact
                 _touch(turn.contact, messages)
             else:
                 contact = _contact(turn, messages)
                 turn.contact, turn.conversation = contact, _conversation(turn, contact)
+                known = None  # no conversation row carried the answer: asked on its own (once per contact)
         conversation = turn.conversation
         assert conversation is not None
         if messages and conversation.state == Conversation.State.RESOLVED and not turn.ignore_reason:
             # The user wrote again after the case was closed: the bot takes it back, with fresh context.
             state.transition(conversation=conversation, to=Conversation.State.BOT, reason="user wrote after resolution")
         # (last_activity_at is moved by the finish stage, in the same transaction as the outcome.)
-        turn.new_messages = _store(turn, conversation, messages)
+        if known is None and ids:
+            known = set(_stored_ids(turn, ids))
+        turn.new_messages = _store(turn, conversation, messages, known or set())
     # The conversation since its handoff boundary, newest first (the LLM's history comes from it too),
     # and in it everything the user said that is not answered yet (this burst, or a failed turn).
     boundary = Q(id__gt=conversation.context_start_message_id) if conversation.context_start_message_id else Q()

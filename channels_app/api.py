@@ -4,6 +4,7 @@ ones are set, never their values. Views validate input and call channels_app.ser
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
@@ -108,12 +109,12 @@ class ChannelListView(TenantScopedMixin, generics.GenericAPIView):
         return queryset.filter(type=kind) if kind else queryset
 
     @extend_schema(responses=ChannelSerializer(many=True), summary="List channels (never credentials)")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(ChannelSerializer(page, many=True).data)
 
     @extend_schema(request=ChannelCreateSerializer, responses={201: ChannelSerializer}, summary="Create a channel")
-    def post(self, request: Request, tenant_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID) -> Response:
         data = ChannelCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
@@ -127,7 +128,7 @@ class ChannelListView(TenantScopedMixin, generics.GenericAPIView):
 
 
 class _ChannelLookup(TenantScopedMixin):
-    def get_channel(self, channel_id: Any) -> Channel:
+    def get_channel(self, channel_id: UUID) -> Channel:
         channel = Channel.objects.for_tenant(self.tenant).filter(pk=channel_id).first()
         if channel is None:
             raise ApiError(404, "not_found", "No such channel.")
@@ -136,11 +137,11 @@ class _ChannelLookup(TenantScopedMixin):
 
 class ChannelDetailView(_ChannelLookup, APIView):
     @extend_schema(responses=ChannelSerializer, summary="Read a channel")
-    def get(self, request: Request, tenant_id: Any, channel_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
         return Response(ChannelSerializer(self.get_channel(channel_id)).data)
 
     @extend_schema(request=ChannelUpdateSerializer, responses=ChannelSerializer, summary="Update a channel")
-    def patch(self, request: Request, tenant_id: Any, channel_id: Any) -> Response:
+    def patch(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
         channel = self.get_channel(channel_id)
         data = ChannelUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -164,7 +165,7 @@ class ChannelDetailView(_ChannelLookup, APIView):
     put = patch
 
     @extend_schema(responses={204: None}, summary="Delete a channel (its conversations go with it)")
-    def delete(self, request: Request, tenant_id: Any, channel_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
         services.channel_delete(channel=self.get_channel(channel_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -175,7 +176,7 @@ class ChannelCredentialsView(_ChannelLookup, APIView):
         responses={200: ChannelSerializer},
         summary="Set credentials (write-only; merged with those already set)",
     )
-    def put(self, request: Request, tenant_id: Any, channel_id: Any) -> Response:
+    def put(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
         channel = self.get_channel(channel_id)
         data = CredentialsSerializer(data=request.data)
         data.is_valid(raise_exception=True)

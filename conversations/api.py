@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -173,7 +174,7 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
         responses=ConversationSerializer(many=True),
         summary="List conversations (waiting for a human first)",
     )
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         state = request.query_params.get("state") or None
         if state and state not in Conversation.State.values:
             raise ApiError(
@@ -202,7 +203,7 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
 
 class ConversationDetailView(ConversationMixin, APIView):
     @extend_schema(responses=ConversationSerializer, summary="Read a conversation")
-    def get(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         return Response(ConversationSerializer(self.conversation()).data)
 
 
@@ -210,7 +211,7 @@ class ConversationMessagesView(ConversationMixin, generics.GenericAPIView):
     serializer_class = MessageSerializer
 
     @extend_schema(responses=MessageSerializer(many=True), summary="The transcript: messages, sources, tool calls")
-    def get(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         queryset = selectors.transcript(tenant=self.tenant, conversation=self.conversation())
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
@@ -218,7 +219,7 @@ class ConversationMessagesView(ConversationMixin, generics.GenericAPIView):
 
 class ConversationReplyView(ConversationMixin, APIView):
     @extend_schema(request=ReplySerializer, responses={201: MessageSerializer}, summary="Reply as a human agent")
-    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         data = ReplySerializer(data=request.data)
         data.is_valid(raise_exception=True)
         conversation = self.conversation()
@@ -242,7 +243,7 @@ class _TransitionView(ConversationMixin, APIView):
     action = ""
 
     @extend_schema(request=None, responses=ConversationSerializer)
-    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         conversation = self.conversation()
         operation = {
             "resolve": services.conversation_resolve,
@@ -271,7 +272,7 @@ class ConversationHandoffView(_TransitionView):
 
 class ConversationRetryView(ConversationMixin, APIView):
     @extend_schema(request=None, responses={202: None}, summary="Answer again the messages whose turn failed")
-    def post(self, request: Request, tenant_id: Any, conversation_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         count = services.conversation_retry(tenant=self.tenant, conversation=self.conversation())
         if not count:
             raise ApiError(409, "nothing_to_retry", "No message of this conversation has a failed turn.")
@@ -280,7 +281,7 @@ class ConversationRetryView(ConversationMixin, APIView):
 
 class UsageView(TenantScopedMixin, APIView):
     @extend_schema(summary="Tokens and estimated LLM cost of the tenant (optionally for a period)")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         usage = selectors.tenant_usage(
             tenant=self.tenant, since=_date_param(request, "since"), until=_date_param(request, "until")
         )
@@ -294,12 +295,12 @@ class FunctionListView(TenantScopedMixin, generics.GenericAPIView):
     serializer_class = FunctionSerializer
 
     @extend_schema(responses=FunctionSerializer(many=True), summary="List the tenant's functions")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(TenantFunction.objects.for_tenant(self.tenant).order_by("name"))
         return self.get_paginated_response(FunctionSerializer(page, many=True).data)
 
     @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer}, summary="Create a function")
-    def post(self, request: Request, tenant_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID) -> Response:
         data = FunctionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -323,11 +324,11 @@ class FunctionLookupMixin(TenantScopedMixin):
 
 class FunctionDetailView(FunctionLookupMixin, APIView):
     @extend_schema(responses=FunctionSerializer, summary="Read a function")
-    def get(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         return Response(FunctionSerializer(self.function()).data)
 
     @extend_schema(request=FunctionUpdateSerializer, responses=FunctionSerializer, summary="Change a function")
-    def patch(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+    def patch(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         data = FunctionUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -337,7 +338,7 @@ class FunctionDetailView(FunctionLookupMixin, APIView):
         return Response(FunctionSerializer(function).data)
 
     @extend_schema(responses={204: None}, summary="Delete a function (and its signing secret)")
-    def delete(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         services.function_delete(tenant=self.tenant, function=self.function())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -346,6 +347,6 @@ class FunctionRotateSecretView(FunctionLookupMixin, APIView):
     """An action: POST only; it must not inherit the function's GET, PATCH and DELETE."""
 
     @extend_schema(request=None, summary="Rotate the signing secret (the new one is shown once)")
-    def post(self, request: Request, tenant_id: Any, function_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         secret = services.function_rotate_signing_secret(tenant=self.tenant, function=self.function())
         return Response({"signing_secret": secret})

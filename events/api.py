@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC
 from typing import Any
+from uuid import UUID
 
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -65,7 +66,7 @@ class EventListView(TenantScopedMixin, generics.GenericAPIView):
         responses=EventSerializer(many=True),
         summary="The tenant's audit log",
     )
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(EventSerializer(page, many=True).data)
 
@@ -156,7 +157,7 @@ def _webhook_error(exc: services.WebhookError) -> ApiError:
 
 
 class WebhookScopedMixin(TenantScopedMixin):
-    def get_endpoint(self, webhook_id: Any) -> WebhookEndpoint:
+    def get_endpoint(self, webhook_id: UUID) -> WebhookEndpoint:
         endpoint = WebhookEndpoint.objects.for_tenant(self.tenant).filter(pk=webhook_id).first()
         if endpoint is None:
             raise ApiError(404, "not_found", "No such webhook endpoint.")
@@ -167,7 +168,7 @@ class WebhookListView(WebhookScopedMixin, generics.GenericAPIView):
     serializer_class = WebhookEndpointSerializer
 
     @extend_schema(responses=WebhookEndpointSerializer(many=True), summary="List webhook endpoints")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(WebhookEndpoint.objects.for_tenant(self.tenant).order_by("created_at"))
         return self.get_paginated_response(WebhookEndpointSerializer(page, many=True).data)
 
@@ -176,7 +177,7 @@ class WebhookListView(WebhookScopedMixin, generics.GenericAPIView):
         responses={201: WebhookEndpointSerializer},
         summary="Create a webhook endpoint (the signing secret is in the answer, this once)",
     )
-    def post(self, request: Request, tenant_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID) -> Response:
         data = WebhookEndpointWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -190,7 +191,7 @@ class WebhookListView(WebhookScopedMixin, generics.GenericAPIView):
 
 class WebhookDetailView(WebhookScopedMixin, APIView):
     @extend_schema(responses=WebhookEndpointSerializer, summary="Read a webhook endpoint")
-    def get(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         return Response(WebhookEndpointSerializer(self.get_endpoint(webhook_id)).data)
 
     @extend_schema(
@@ -198,7 +199,7 @@ class WebhookDetailView(WebhookScopedMixin, APIView):
         responses=WebhookEndpointSerializer,
         summary="Change a webhook endpoint (is_active=true re-enables a disabled one)",
     )
-    def patch(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def patch(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         endpoint = self.get_endpoint(webhook_id)
         data = WebhookEndpointWriteSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
@@ -209,7 +210,7 @@ class WebhookDetailView(WebhookScopedMixin, APIView):
         return Response(WebhookEndpointSerializer(endpoint).data)
 
     @extend_schema(responses={204: None}, summary="Delete a webhook endpoint and its deliveries")
-    def delete(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         services.webhook_endpoint_delete(tenant=self.tenant, endpoint=self.get_endpoint(webhook_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -220,7 +221,7 @@ class WebhookRotateSecretView(WebhookScopedMixin, APIView):
         responses={200: OpenApiTypes.OBJECT},
         summary="Rotate the signing secret (the new one is in the answer, this once)",
     )
-    def post(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         endpoint = self.get_endpoint(webhook_id)
         secret = services.webhook_secret_rotate(tenant=self.tenant, endpoint=endpoint)
         endpoint.refresh_from_db()
@@ -241,7 +242,7 @@ class WebhookDeliveryListView(WebhookScopedMixin, generics.GenericAPIView):
         responses=WebhookDeliverySerializer(many=True),
         summary="Deliveries of a webhook endpoint, newest first",
     )
-    def get(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         endpoint = self.get_endpoint(webhook_id)
         queryset = (
             WebhookDelivery.objects.for_tenant(self.tenant)
@@ -259,7 +260,7 @@ class WebhookDeliveryListView(WebhookScopedMixin, generics.GenericAPIView):
 
 
 class WebhookDeliveryLookupMixin(WebhookScopedMixin):
-    def get_delivery(self, webhook_id: Any, delivery_id: int) -> WebhookDelivery:
+    def get_delivery(self, webhook_id: UUID, delivery_id: int) -> WebhookDelivery:
         endpoint = self.get_endpoint(webhook_id)
         delivery = (
             WebhookDelivery.objects.for_tenant(self.tenant)
@@ -274,7 +275,7 @@ class WebhookDeliveryLookupMixin(WebhookScopedMixin):
 
 class WebhookDeliveryDetailView(WebhookDeliveryLookupMixin, APIView):
     @extend_schema(responses=WebhookDeliveryDetailSerializer, summary="A delivery with its attempts")
-    def get(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
+    def get(self, request: Request, tenant_id: UUID, webhook_id: UUID, delivery_id: int) -> Response:
         return Response(WebhookDeliveryDetailSerializer(self.get_delivery(webhook_id, delivery_id)).data)
 
 
@@ -282,7 +283,7 @@ class WebhookDeliveryReplayView(WebhookDeliveryLookupMixin, APIView):
     """An action: POST only; it must not inherit the delivery's GET."""
 
     @extend_schema(request=None, responses=WebhookDeliverySerializer, summary="Replay a dead delivery")
-    def post(self, request: Request, tenant_id: Any, webhook_id: Any, delivery_id: int) -> Response:
+    def post(self, request: Request, tenant_id: UUID, webhook_id: UUID, delivery_id: int) -> Response:
         delivery = self.get_delivery(webhook_id, delivery_id)
         try:
             services.webhook_delivery_replay(tenant=self.tenant, delivery=delivery)
@@ -298,7 +299,7 @@ class WebhookReplayView(WebhookScopedMixin, APIView):
         responses={200: OpenApiTypes.OBJECT},
         summary="Replay every dead delivery of an endpoint (optionally since a time)",
     )
-    def post(self, request: Request, tenant_id: Any, webhook_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, webhook_id: UUID) -> Response:
         endpoint = self.get_endpoint(webhook_id)
         data = ReplaySerializer(data=request.data)
         data.is_valid(raise_exception=True)

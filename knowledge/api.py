@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
@@ -72,7 +73,7 @@ class DocumentListView(TenantScopedMixin, generics.GenericAPIView):
         responses=DocumentSerializer(many=True),
         summary="List documents with their indexing status and progress",
     )
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(DocumentSerializer(page, many=True).data)
 
@@ -83,7 +84,7 @@ class DocumentListView(TenantScopedMixin, generics.GenericAPIView):
         description="201 for a new document; 200 with the existing document when the tenant already uploaded "
         "identical content. 413 over the size limit, 415 for an unsupported type.",
     )
-    def post(self, request: Request, tenant_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID) -> Response:
         # Streamed to a temporary file and cut at the limit as it arrives, never whole in memory.
         request._request.upload_handlers = [
             CappedTemporaryFileUploadHandler(request._request, limit=settings.KNOWLEDGE_MAX_UPLOAD_BYTES)
@@ -119,11 +120,11 @@ class DocumentDetailView(DocumentLookupMixin, generics.GenericAPIView):
     serializer_class = DocumentSerializer
 
     @extend_schema(responses=DocumentSerializer, summary="A document with its indexing status")
-    def get(self, request: Request, tenant_id: Any, document_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID, document_id: UUID) -> Response:
         return Response(DocumentSerializer(self.get_object()).data)
 
     @extend_schema(responses={204: None}, summary="Delete a document, its chunks and its file")
-    def delete(self, request: Request, tenant_id: Any, document_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, document_id: UUID) -> Response:
         services.document_delete(document=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -132,7 +133,7 @@ class DocumentReindexView(DocumentLookupMixin, APIView):
     """An action: POST only; it must not inherit the document's GET and DELETE."""
 
     @extend_schema(request=None, responses={202: DocumentSerializer}, summary="Index the document again")
-    def post(self, request: Request, tenant_id: Any, document_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID, document_id: UUID) -> Response:
         document = services.document_reindex(document=self.get_object())
         return Response(DocumentSerializer(document).data, status=status.HTTP_202_ACCEPTED)
 
@@ -163,7 +164,7 @@ class SearchView(TenantScopedMixin, generics.GenericAPIView):
         ),
         summary="Hybrid (BM25 + vector) search of the tenant's documents",
     )
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         query = request.query_params.get("q", "").strip()
         if not query:
             raise ApiError(400, "validation_error", "Give the question as ?q=...", {"q": ["required"]})

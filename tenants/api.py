@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
@@ -100,11 +101,11 @@ class TenantListView(generics.GenericAPIView):
 
 class TenantDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses=TenantSerializer, summary="Read a tenant")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         return Response(TenantSerializer(self.tenant).data)
 
     @extend_schema(request=TenantUpdateSerializer, responses=TenantSerializer, summary="Update name or settings")
-    def patch(self, request: Request, tenant_id: Any) -> Response:
+    def patch(self, request: Request, tenant_id: UUID) -> Response:
         data = TenantUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
@@ -126,7 +127,7 @@ class TenantDetailView(TenantScopedMixin, APIView):
     put = patch
 
     @extend_schema(responses={204: None}, summary="Delete a tenant and everything it owns (admin key)")
-    def delete(self, request: Request, tenant_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID) -> Response:
         principal: Principal = request.user  # type: ignore[assignment]
         if not principal.is_admin:
             raise ApiError(403, "forbidden", "Only the admin key may delete a tenant.")
@@ -141,12 +142,12 @@ class ApiKeyListView(TenantScopedMixin, generics.GenericAPIView):
         return ApiKey.objects.for_tenant(self.tenant).order_by("-created_at")
 
     @extend_schema(responses=ApiKeySerializer(many=True), summary="List API keys (never the keys)")
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(ApiKeySerializer(page, many=True).data)
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeySerializer}, summary="Create an API key")
-    def post(self, request: Request, tenant_id: Any) -> Response:
+    def post(self, request: Request, tenant_id: UUID) -> Response:
         data = ApiKeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         issued = services.api_key_create(tenant=self.tenant, name=data.validated_data["name"])
@@ -157,7 +158,7 @@ class ApiKeyListView(TenantScopedMixin, generics.GenericAPIView):
 
 class ApiKeyDetailView(TenantScopedMixin, APIView):
     @extend_schema(responses={200: ApiKeySerializer}, summary="Revoke an API key")
-    def delete(self, request: Request, tenant_id: Any, key_id: Any) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, key_id: UUID) -> Response:
         try:
             api_key = services.api_key_revoke(tenant=self.tenant, api_key_id=key_id)
         except ApiKey.DoesNotExist:
@@ -195,7 +196,7 @@ class SecretListView(TenantScopedMixin, generics.GenericAPIView):
         responses=SecretSerializer(many=True),
         summary="List secret names (never values); the platform's own webhook and function secrets are not listed",
     )
-    def get(self, request: Request, tenant_id: Any) -> Response:
+    def get(self, request: Request, tenant_id: UUID) -> Response:
         rows = TenantSecret.objects.for_tenant(self.tenant).order_by("name")
         for prefix in secret_service.INTERNAL_SECRET_PREFIXES:
             rows = rows.exclude(name__istartswith=prefix)
@@ -205,7 +206,7 @@ class SecretListView(TenantScopedMixin, generics.GenericAPIView):
 
 class SecretDetailView(TenantScopedMixin, APIView):
     @extend_schema(request=SecretWriteSerializer, responses=SecretSerializer, summary="Create or replace a secret")
-    def put(self, request: Request, tenant_id: Any, name: str) -> Response:
+    def put(self, request: Request, tenant_id: UUID, name: str) -> Response:
         data = SecretWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -215,7 +216,7 @@ class SecretDetailView(TenantScopedMixin, APIView):
         return Response(SecretSerializer(row).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(responses={204: None}, summary="Delete a secret (409 while a setting names it)")
-    def delete(self, request: Request, tenant_id: Any, name: str) -> Response:
+    def delete(self, request: Request, tenant_id: UUID, name: str) -> Response:
         try:
             services.tenant_secret_remove(tenant=self.tenant, name=name)
         except secret_service.ReservedSecretName as exc:

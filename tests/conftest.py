@@ -6,6 +6,7 @@ environment (test encryption key, admin key, a Redis key prefix unique to the ru
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,27 +73,19 @@ def redis_client() -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture
-def live_worker(transactional_db: Any) -> Iterator[Any]:
-    """A real Celery worker (threads pool) consuming the real Redis broker, for this test.
-
-    The worker sees only committed data, hence ``transactional_db``. Queues: every queue the
-    platform routes to.
-    """
+@contextlib.contextmanager
+def _worker(*, keep_connections: bool) -> Iterator[Any]:
     from celery.contrib.testing.worker import start_worker
     from celery.signals import task_postrun
     from django.db import connections
 
     from config.celery import app
 
-    # The worker's threads keep their database connections between tasks (as in production, where
-    # they live as long as the process); these threads end with the test, so each closes its own
-    # connection after every task. (Terminating the other sessions instead also killed connections
-    # this test process still used: the one Playwright's greenlets opened in the main thread.)
     def close_thread_connections(**_kwargs: Any) -> None:
         connections.close_all()
 
-    task_postrun.connect(close_thread_connections, weak=False)
+    if not keep_connections:
+        task_postrun.connect(close_thread_connections, weak=False)
     queues = ",".join(sorted({"default", "indexing", "webhooks"} | set(_routed_queues())))
     try:
         with start_worker(
@@ -107,6 +100,30 @@ def live_worker(transactional_db: Any) -> Iterator[Any]:
             yield worker
     finally:
         task_postrun.disconnect(close_thread_connections)
+    if keep_connections:
+        terminate_other_sessions()
+
+
+@pytest.fixture
+def live_worker(transactional_db: Any) -> Iterator[Any]:
+    """A real Celery worker (threads pool) consuming the real Redis broker, for this test.
+
+    The worker sees only committed data, hence ``transactional_db``. Queues: every queue the
+    platform routes to. In production a worker thread keeps its database connection between tasks;
+    these threads end with the test, so here each closes its connection after every task.
+    (Terminating the other sessions at the end instead also killed connections this test process
+    still used: the one Playwright's greenlets open in the main thread.)
+    """
+    with _worker(keep_connections=False) as worker:
+        yield worker
+
+
+@pytest.fixture
+def live_worker_keeping_connections(transactional_db: Any) -> Iterator[Any]:
+    """``live_worker`` whose threads keep their database connections between tasks, as in production
+    (for tests of what happens to those connections); the sessions are terminated at the end."""
+    with _worker(keep_connections=True) as worker:
+        yield worker
 
 
 def terminate_other_sessions() -> int:

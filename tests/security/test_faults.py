@@ -234,7 +234,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_the_reply_is_sent_exactly_once
 
 
 def test_worker_database_sessions_killed_mid_turn_the_turn_is_retried_once_and_later_turns_work(
-    live_worker, whatsapp, graph, llm
+    live_worker_keeping_connections, whatsapp, graph, llm
 ):
     llm.replies = [{"hold": True}]
     deliver(whatsapp, text="First question?")

@@ -20,6 +20,7 @@ from config import metrics
 from conversations import outbound
 from conversations.models import Conversation, Message
 from conversations.pipeline.completion import FALLBACK_TEXT
+from conversations.pipeline.finish import emit_sent
 from conversations.pipeline.turn import Turn
 from events.services import emit
 from events.types import EventType
@@ -107,21 +108,7 @@ def _send_fallback(turn: Turn) -> None:
     message.platform_message_id = result.platform_message_ids[0] if result.platform_message_ids else ""
     with transaction.atomic():
         message.save(update_fields=["status", "platform_message_id", "updated_at"])
-        emit(
-            tenant=turn.tenant,
-            type=EventType.MESSAGE_SENT,
-            payload={
-                "conversation_id": str(message.conversation_id),
-                "message_id": message.pk,
-                "channel_id": str(turn.channel.pk),
-                "platform": turn.channel.type,
-                "platform_message_id": message.platform_message_id,
-                "sender": message.sender,
-                "text": message.content,
-                "sources": [],
-                "fallback": True,
-            },
-        )
+        emit_sent(turn, message, [], fallback=True)
 
 
 def _store_fallback(turn: Turn) -> Message | None:
@@ -133,16 +120,8 @@ def _store_fallback(turn: Turn) -> Message | None:
     try:
         if not Conversation.objects.filter(pk=conversation.pk).exists():
             return None
-        return Message.objects.create(
-            tenant_id=turn.tenant.pk,
-            conversation=conversation,
-            channel=turn.channel,
-            direction=Message.Direction.OUTBOUND,
-            sender=Message.Sender.ASSISTANT,
-            kind="text",
-            content=FALLBACK_TEXT,
-            status=Message.Status.QUEUED,
-            payload={"fallback": True, "in_reply_to": [m.pk for m in turn.user_messages]},
+        return turn.store_assistant_text(
+            FALLBACK_TEXT, {"fallback": True, "in_reply_to": [m.pk for m in turn.user_messages]}
         )
     except Exception:
         logger.exception("fallback reply not stored")

@@ -90,33 +90,44 @@ def _record(turn: Turn) -> None:
                 },
             )
         if reply is not None:
-            base = {
-                "conversation_id": str(conversation.pk),
-                "message_id": reply.pk,
-                "channel_id": str(turn.channel.pk),
-                "platform": turn.channel.type,
-            }
             if turn.send_error:
                 emit(
                     tenant=turn.tenant,
                     type=EventType.MESSAGE_FAILED,
-                    payload={**base, "stage": "send", **turn.send_failure, "message": turn.send_error},
-                )
-            else:
-                emit(
-                    tenant=turn.tenant,
-                    type=EventType.MESSAGE_SENT,
                     payload={
-                        **base,
-                        "platform_message_id": reply.platform_message_id,
-                        "sender": reply.sender,
-                        "text": reply.content,
-                        "sources": turn.sources,
-                        "prompt_tokens": reply.prompt_tokens,
-                        "completion_tokens": reply.completion_tokens,
-                        "cost_usd": str(cost),
+                        "conversation_id": str(conversation.pk),
+                        "message_id": reply.pk,
+                        "channel_id": str(turn.channel.pk),
+                        "platform": turn.channel.type,
+                        "stage": "send",
+                        **turn.send_failure,
+                        "message": turn.send_error,
                     },
                 )
+            else:
+                emit_sent(
+                    turn,
+                    reply,
+                    turn.sources,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens,
+                    cost_usd=str(cost),
+                )
+
+
+def emit_sent(turn: Turn, message: Message, sources: list[dict[str, Any]], **details: Any) -> None:
+    """``message.sent``: the message the channel accepted, its text and sources, then ``details``."""
+    emit(
+        tenant=turn.tenant,
+        type=EventType.MESSAGE_SENT,
+        payload={
+            **turn.message_event(message),
+            "sender": message.sender,
+            "text": message.content,
+            "sources": sources,
+            **details,
+        },
+    )
 
 
 def _complete_reply(turn: Turn, reply: Message, cost: Decimal) -> None:

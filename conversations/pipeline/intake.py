@@ -99,10 +99,7 @@ def _store(
     if not messages:
         return []
     rows = [
-        Message(
-            tenant_id=turn.tenant.pk,
-            conversation=conversation,
-            channel=turn.channel,
+        turn.message_row(
             direction=Message.Direction.INBOUND,
             sender=Message.Sender.USER,
             kind=message.type or "text",
@@ -123,11 +120,7 @@ def _store(
             tenant=turn.tenant,
             type=EventType.MESSAGE_RECEIVED,
             payload={
-                "conversation_id": str(conversation.pk),
-                "message_id": message.pk,
-                "channel_id": str(turn.channel.pk),
-                "platform": turn.channel.type,
-                "platform_message_id": message.platform_message_id,
+                **turn.message_event(message),
                 "contact_id": str(conversation.contact_id),
                 "kind": message.kind,
                 "text": message.content,

@@ -34,10 +34,7 @@ def _store_tool_records(turn: Turn) -> None:
         return
     tool_messages = Message.objects.bulk_create(
         [
-            Message(
-                tenant_id=turn.tenant.pk,
-                conversation=conversation,
-                channel=turn.channel,
+            turn.message_row(
                 direction=Message.Direction.OUTBOUND,
                 sender=Message.Sender.TOOL,
                 kind="tool_call",
@@ -69,21 +66,13 @@ def _store_tool_records(turn: Turn) -> None:
 
 
 def _store_pending(turn: Turn) -> Message:
-    conversation = turn.conversation
-    assert conversation is not None
+    assert turn.conversation is not None
     # A transaction only when tool calls are stored with it (two statements less per plain turn).
     with transaction.atomic() if turn.tool_records_stored < len(turn.tool_records) else nullcontext():
         _store_tool_records(turn)
-        return Message.objects.create(
-            tenant_id=turn.tenant.pk,
-            conversation=conversation,
-            channel=turn.channel,
-            direction=Message.Direction.OUTBOUND,
-            sender=Message.Sender.ASSISTANT,
-            kind="text",
-            content=turn.reply_text,
-            status=Message.Status.QUEUED,
-            payload={
+        return turn.store_assistant_text(
+            turn.reply_text,
+            {
                 "sources": turn.sources,
                 "provider": turn.provider_name,
                 "model": turn.model,

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conversations.llm.base import ContextPassage, LLMError, LLMStream, Usage
+from conversations.models import Message
 
 if TYPE_CHECKING:
     from channels_app.models import Channel, InboundEvent
-    from conversations.models import Contact, Conversation, Message
+    from conversations.models import Contact, Conversation
     from conversations.pipeline.completion import ToolLoop
     from tenants.models import Tenant
     from tenants.settings_schema import TenantSettings
@@ -69,6 +70,36 @@ class Turn:
 
     def time(self, name: str, since: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + (time.monotonic() - since) * 1000, 2)
+
+    def message_row(self, **fields: Any) -> Message:
+        """A transcript row of this turn's conversation and channel, not saved yet (stored one by one
+        or in bulk by the caller)."""
+        return Message(tenant_id=self.tenant.pk, conversation=self.conversation, channel=self.channel, **fields)
+
+    def store_assistant_text(self, content: str, payload: dict[str, Any]) -> Message:
+        """An assistant's text to the user, stored ``queued`` before it is sent (a crash mid-send then
+        leaves a row to inspect, not nothing)."""
+        message = self.message_row(
+            direction=Message.Direction.OUTBOUND,
+            sender=Message.Sender.ASSISTANT,
+            kind="text",
+            content=content,
+            status=Message.Status.QUEUED,
+            payload=payload,
+        )
+        message.save(force_insert=True)  # one INSERT, as objects.create: the row is new
+        return message
+
+    def message_event(self, message: Message) -> dict[str, Any]:
+        """What a ``message.*`` event of this turn says first: which message, in which conversation,
+        on which channel and platform."""
+        return {
+            "conversation_id": str(message.conversation_id),
+            "message_id": message.pk,
+            "channel_id": str(self.channel.pk),
+            "platform": self.channel.type,
+            "platform_message_id": message.platform_message_id,
+        }
 
     def stream_deltas(self) -> Iterator[str]:
         """The streamed text as it arrives. A stream that ends without a finish reason was cut off (a

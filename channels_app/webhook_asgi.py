@@ -36,6 +36,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from channels_app import services
 from config import metrics
 from config.errors import error_body
+from config.ingress import send_json
 from config.logs import correlation_id, incoming_or_new_correlation_id
 from tenants.ratelimit import scope_client_address
 
@@ -92,18 +93,7 @@ class WebhookFastPath:
             status, body = await self._handle(platform, headers, receive, scope_client_address(scope))
         finally:
             correlation_id.reset(token)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", cid.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, body, [(b"x-request-id", cid.encode())])
 
     async def _handle(
         self, platform: str, headers: CaseInsensitiveMapping, receive: Any, source: str

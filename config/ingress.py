@@ -222,11 +222,11 @@ class BodyLimitMiddleware:
             try:
                 declared = int(headers[b"content-length"])
             except ValueError:
-                await _send_json(send, 400, error_body("invalid_request", "Content-Length is not a number."))
+                await _send_refusal(send, 400, error_body("invalid_request", "Content-Length is not a number."))
                 return
             if declared > limit:
                 _refused(path, 413, declared)
-                await _send_json(send, *_too_large(limit))
+                await _send_refusal(send, *_too_large(limit))
                 return
         await _BoundedExchange(path, limit, declared, send).run(self.app, scope, receive)
 
@@ -293,24 +293,25 @@ class _BoundedExchange:
         self.refused = True
         _refused(self.path, status, self.declared)
         if not self.response_started:
-            await _send_json(self.send, status, body)
+            await _send_refusal(self.send, status, body)
         return {"type": "http.disconnect"}
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
+async def _send_refusal(send: Any, status: int, body: dict[str, Any]) -> None:
+    # A refusal leaves the rest of the body unread: the connection cannot carry another request.
+    await send_json(send, status, json.dumps(body).encode(), [(b"connection", b"close")])
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """A whole JSON answer over ASGI: its content type and length, then ``headers``."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"connection", b"close"),
-            ],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": body})
 
 
 # --- Django and DRF: what a parsed request may contain --------------------------------------------------

@@ -20,12 +20,13 @@ only read once (unknown ids are cached by the route cache).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench.turn import signed_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,28 +87,7 @@ def main(argv: list[str]) -> int:
 
         settings.UNROUTED_WEBHOOKS_PER_ADDRESS_PER_MINUTE = 1
         settings.WEBHOOK_CHANNEL_CACHE_SECONDS = 3600.0
-        body = json.dumps(
-            {
-                "object": "whatsapp_business_account",
-                "entry": [
-                    {
-                        "id": "1",
-                        "changes": [
-                            {
-                                "field": "messages",
-                                "value": {
-                                    "messaging_product": "whatsapp",
-                                    "metadata": {"display_phone_number": "1555", "phone_number_id": "5550009999"},
-                                    "messages": [
-                                        {"id": "wamid.X", "from": "1", "type": "text", "text": {"body": "hi"}}
-                                    ],
-                                },
-                            }
-                        ],
-                    }
-                ],
-            }
-        ).encode()
+        body, _signature = signed_payload("5550009999", sender="1", text="hi", wamid="wamid.X")  # sent unsigned
         headers = {"content-type": "application/json"}
 
         def webhook(i: int) -> object:

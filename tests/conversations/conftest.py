@@ -44,10 +44,10 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
     return recorder
 
 
-@pytest.fixture
-def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
-    # A number of its own per test: the webhook's route cache never sees a channel of another test.
-    phone_number_id = f"1065{next(_wamids)}{time.time_ns() % 10**9}"
+def make_whatsapp(tenant: Any, prefix: str = "1065") -> Channel:
+    """A WhatsApp channel signed with ``APP_SECRET``; a number of its own per call, so the webhook's
+    route cache never sees a channel of another test."""
+    phone_number_id = f"{prefix}{next(_wamids)}{time.time_ns() % 10**9}"
     channel = Channel.objects.create(
         tenant=tenant,
         type=Channel.Type.WHATSAPP,
@@ -59,6 +59,11 @@ def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
         channel=channel, values={"app_secret": APP_SECRET, "access_token": "EAAtest", "verify_token": "vt"}
     )
     return channel
+
+
+@pytest.fixture
+def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
+    return make_whatsapp(tenant)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -158,16 +159,15 @@ def pika_parameters(url: str) -> Any:
     return pika.URLParameters(url)
 
 
-@pytest.fixture
-def rabbit(settings: Any) -> Iterator[Rabbit]:
+@contextmanager
+def per_test_exchange(settings: Any) -> Iterator[Rabbit]:
+    """A topic exchange of this test's own on the machine's RabbitMQ (``EVENTS_EXCHANGE`` names it), and a
+    connection of the test's own to read it; skips the test where RABBITMQ_URL is not set."""
     url = os.environ.get("RABBITMQ_URL")
     if not url:
         pytest.skip("RABBITMQ_URL not set")
     import pika
 
-    from events import publisher
-
-    settings.RABBITMQ_URL = url
     settings.EVENTS_EXCHANGE = f"metachat.events.test.{uuid.uuid4().hex[:12]}"
     connection = pika.BlockingConnection(pika_parameters(url))
     channel = connection.channel()
@@ -175,5 +175,14 @@ def rabbit(settings: Any) -> Iterator[Rabbit]:
     yield Rabbit(url=url, exchange=settings.EVENTS_EXCHANGE, connection=connection, channel=channel)
     channel.exchange_delete(exchange=settings.EVENTS_EXCHANGE)
     connection.close()
+
+
+@pytest.fixture
+def rabbit(settings: Any) -> Iterator[Rabbit]:
+    from events import publisher
+
+    with per_test_exchange(settings) as broker:
+        settings.RABBITMQ_URL = broker.url
+        yield broker
     with publisher._shared.lock:
         publisher._shared.close()

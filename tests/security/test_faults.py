@@ -31,28 +31,22 @@ from django.conf import settings
 from django.db import connection
 
 from channels_app.models import Channel, InboundEvent
-from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
 from conversations.models import Message
 from conversations.pipeline.completion import FALLBACK_TEXT
 from events.models import Event
 from tests.conftest import terminate_other_sessions, wait_until
+from tests.conversations import conftest as conversation_fixtures
 from tests.conversations.conftest import APP_SECRET, deliver, whatsapp_payload
-from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
+from tests.conversations.servers import OpenAIScript, openai_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _turn_settings(settings: Any) -> Iterator[None]:
-    settings.TURN_DEBOUNCE_SECONDS = 0
-    settings.LLM_MAX_RETRIES = 0
-    settings.LLM_TIMEOUT_SECONDS = 5
-    settings.OPENAI_API_KEY = ""
-    settings.OPENAI_BASE_URL = ""
-    reset_clients()
-    yield
-    reset_clients()
+# The conversation tests' fixtures, bound here so pytest finds them (tests/security has no conftest).
+_turn_settings = conversation_fixtures._turn_settings
+graph = conversation_fixtures.graph
+whatsapp = conversation_fixtures.whatsapp
 
 
 class HeldLLM(OpenAIScript):
@@ -71,14 +65,6 @@ class HeldLLM(OpenAIScript):
 
 
 @pytest.fixture
-def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder:
-    recorder = GraphRecorder()
-    recorder.url = local_http_server(graph_handler(recorder)).url  # type: ignore[attr-defined]
-    settings.GRAPH_API_BASE_URL = recorder.url  # type: ignore[attr-defined]
-    return recorder
-
-
-@pytest.fixture
 def llm(local_http_server: Callable[..., Any], settings: Any) -> Iterator[HeldLLM]:
     script = HeldLLM()
     script.url = local_http_server(openai_handler(script)).url + "/v1"  # type: ignore[attr-defined]
@@ -86,22 +72,6 @@ def llm(local_http_server: Callable[..., Any], settings: Any) -> Iterator[HeldLL
     settings.OPENAI_BASE_URL = script.url  # type: ignore[attr-defined]
     yield script
     script.release.set()
-
-
-@pytest.fixture
-def whatsapp(tenant: Any) -> Channel:
-    phone_number_id = f"1088{time.time_ns() % 10**12}"
-    channel = Channel.objects.create(
-        tenant=tenant,
-        type=Channel.Type.WHATSAPP,
-        name="Support line",
-        external_id=phone_number_id,
-        config={"phone_number_id": phone_number_id, "display_phone_number": "15550001111"},
-    )
-    channel_secret_set(
-        channel=channel, values={"app_secret": APP_SECRET, "access_token": "EAAtest", "verify_token": "vt"}
-    )
-    return channel
 
 
 def free_port() -> int:
@@ -436,20 +406,10 @@ class CuttableProxy:
 @pytest.fixture
 def rabbit(settings: Any) -> Iterator[Any]:
     """A per-test exchange on the machine's RabbitMQ, and a connection of the test's own to read it."""
-    from tests.events.conftest import Rabbit, pika_parameters
+    from tests.events.conftest import per_test_exchange
 
-    url = os.environ.get("RABBITMQ_URL")
-    if not url:
-        pytest.skip("RABBITMQ_URL not set")
-    import pika
-
-    settings.EVENTS_EXCHANGE = f"metachat.events.test.{uuid.uuid4().hex[:12]}"
-    connection = pika.BlockingConnection(pika_parameters(url))
-    channel = connection.channel()
-    channel.exchange_declare(exchange=settings.EVENTS_EXCHANGE, exchange_type="topic", durable=True)
-    yield Rabbit(url=url, exchange=settings.EVENTS_EXCHANGE, connection=connection, channel=channel)
-    channel.exchange_delete(exchange=settings.EVENTS_EXCHANGE)
-    connection.close()
+    with per_test_exchange(settings) as broker:
+        yield broker
 
 
 def test_rabbitmq_unreachable_for_30_s_the_events_of_that_time_are_published_afterwards_in_order(

@@ -6,7 +6,6 @@ the real ``openai`` client and local HTTP servers speaking the Graph API and Ope
 
 from __future__ import annotations
 
-import itertools
 import json
 import socket
 import threading
@@ -25,24 +24,26 @@ from channels_app.adapters.base import NormalizedMessage
 from channels_app.adapters.webchat import visitor_group
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
-from channels_app.secrets import channel_secret_set
-from config.openai_clients import reset_clients
 from conversations import services as conversation_services
 from conversations.models import Message
 from conversations.pipeline.completion import FALLBACK_TEXT
 from events.models import Event
 from tests.conftest import wait_until
-from tests.conversations.conftest import APP_SECRET, deliver
+from tests.conversations import conftest as conversation_fixtures
+from tests.conversations.conftest import deliver, make_whatsapp
 from tests.conversations.servers import (
     FunctionEndpoint,
-    GraphRecorder,
     OpenAIScript,
     function_handler,
-    graph_handler,
     openai_handler,
 )
 
-_ids = itertools.count(1)
+# The conversation tests' fixtures, bound here so pytest finds them (tests/security has no conftest).
+_turn_settings = conversation_fixtures._turn_settings
+graph = conversation_fixtures.graph
+whatsapp = conversation_fixtures.whatsapp
+openai_server = conversation_fixtures.openai_server
+
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {"order_id": {"type": "string"}},
@@ -51,54 +52,10 @@ ORDER_SCHEMA = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _turn_settings(settings: Any) -> Iterator[None]:
-    settings.TURN_DEBOUNCE_SECONDS = 0
-    settings.LLM_MAX_RETRIES = 0
-    settings.LLM_TIMEOUT_SECONDS = 5
-    settings.OPENAI_API_KEY = ""
-    settings.OPENAI_BASE_URL = ""
-    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
-    reset_clients()
-    yield
-    reset_clients()
-
-
 @pytest.fixture
-def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder:
-    recorder = GraphRecorder()
-    settings.GRAPH_API_BASE_URL = local_http_server(graph_handler(recorder)).url
-    return recorder
-
-
-def make_whatsapp(tenant: Any) -> Channel:
-    phone_number_id = f"1077{next(_ids)}{time.time_ns() % 10**9}"
-    channel = Channel.objects.create(
-        tenant=tenant,
-        type=Channel.Type.WHATSAPP,
-        name="Support line",
-        external_id=phone_number_id,
-        config={"phone_number_id": phone_number_id, "display_phone_number": "15550001111"},
-    )
-    channel_secret_set(
-        channel=channel, values={"app_secret": APP_SECRET, "access_token": "EAAtest", "verify_token": "vt"}
-    )
-    return channel
-
-
-@pytest.fixture
-def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
-    return make_whatsapp(tenant)
-
-
-@pytest.fixture
-def llm(local_http_server: Callable[..., Any], settings: Any) -> OpenAIScript:
+def llm(openai_server: OpenAIScript) -> OpenAIScript:
     """The deployment's LLM: a local server speaking chat completions."""
-    script = OpenAIScript()
-    server = local_http_server(openai_handler(script))
-    settings.OPENAI_API_KEY = "sk-test-deployment-key"
-    settings.OPENAI_BASE_URL = server.url + "/v1"
-    return script
+    return openai_server
 
 
 def event_payloads(event_type: str) -> list[dict[str, Any]]:
@@ -194,7 +151,7 @@ def test_expired_token_disables_the_channel_once_and_later_replies_are_not_attem
 ):
     ExpiredTokenGraph.requests = []
     settings.GRAPH_API_BASE_URL = local_http_server(ExpiredTokenGraph).url
-    channel = make_whatsapp(tenant)
+    channel = make_whatsapp(tenant, prefix="1077")
     reason = "access token invalid or expired (190): Error validating access token: Session has expired on Tuesday."
 
     deliver(channel, text="Hello?")

@@ -4,6 +4,7 @@ Graph API's WhatsApp messages endpoint. The real ``openai`` and ``requests`` cli
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -51,20 +52,24 @@ def last_user(body: dict[str, Any]) -> str:
     return users[-1]["content"] if users else ""
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler of a local fake service that answers JSON."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 def openai_handler(script: OpenAIScript) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -170,11 +175,8 @@ class GraphRecorder:
 
 
 def graph_handler(recorder: GraphRecorder) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -201,12 +203,7 @@ def graph_handler(recorder: GraphRecorder) -> type[BaseHTTPRequestHandler]:
                         "messages": [{"id": wamid}],
                     },
                 )
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._json(status, answer)
 
     return Handler
 
@@ -222,11 +219,8 @@ class FunctionEndpoint:
 
 
 def function_handler(endpoint: FunctionEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -234,14 +228,7 @@ def function_handler(endpoint: FunctionEndpoint) -> type[BaseHTTPRequestHandler]
             endpoint.calls.append({"raw": raw, "headers": {k.lower(): v for k, v in self.headers.items()}})
             if endpoint.delay:
                 time.sleep(endpoint.delay)
-            data = json.dumps(endpoint.answer).encode()
-            try:
-                self.send_response(endpoint.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._json(endpoint.status, endpoint.answer)
 
     return Handler

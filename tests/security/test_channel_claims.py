@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +18,7 @@ from channels_app.adapters.meta import sign
 from channels_app.models import Channel, InboundEvent
 from events.models import Event
 from tests.channels_app.conftest import fixture_bytes
+from tests.conversations.servers import JsonHandler
 
 PHONE_ID = "1122334455667"  # the number in tests/fixtures/whatsapp/*.json
 OTHER_PHONE_ID = "5550001112223"
@@ -47,18 +47,7 @@ class FakeGraph:
 def graph(local_http_server: Callable[..., Any], settings: Any) -> FakeGraph:
     fake = FakeGraph()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -66,14 +55,14 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> FakeGraph:
             with fake.lock:
                 fake.requests.append({"path": parts.path, "query": parse_qs(parts.query), "token": token})
             if fake.failing:
-                return self._answer(503, {"error": {"message": "Service temporarily unavailable", "code": 2}})
+                return self._json(503, {"error": {"message": "Service temporarily unavailable", "code": 2}})
             if token not in fake.known_tokens:
-                return self._answer(401, {"error": {"message": "Invalid OAuth access token.", "code": 190}})
+                return self._json(401, {"error": {"message": "Invalid OAuth access token.", "code": 190}})
             if node == "me" and token in fake.pages:
-                return self._answer(200, {"id": fake.pages[token], "name": "A page"})
+                return self._json(200, {"id": fake.pages[token], "name": "A page"})
             if token in fake.numbers.get(node, set()):
-                return self._answer(200, {"id": node, "display_phone_number": "+1 555 000 1111", "verified_name": "X"})
-            return self._answer(
+                return self._json(200, {"id": node, "display_phone_number": "+1 555 000 1111", "verified_name": "X"})
+            return self._json(
                 400,
                 {
                     "error": {

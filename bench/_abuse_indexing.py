@@ -17,45 +17,18 @@ b. Tenant A has 1,400 documents queued (the worker busy with them); tenant B upl
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from bench._docx import docx_with_body, paragraphs
+
 ROOT = Path(__file__).resolve().parent.parent
 A_DOCUMENTS = 1400
-LOREM = b"Lorem ipsum dolor sit amet."
-
-
-def docx_with_paragraphs(count: int) -> bytes:
-    """A real .docx (python-docx's parts) whose body is ``count`` identical paragraphs, streamed in."""
-    import docx
-
-    seed = io.BytesIO()
-    document = docx.Document()
-    document.add_paragraph("seed")
-    document.save(seed)
-    source = zipfile.ZipFile(seed)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for info in source.infolist():
-            data = source.read(info.filename)
-            if info.filename != "word/document.xml":
-                archive.writestr(info.filename, data)
-                continue
-            head, rest = data.split(b"<w:body>", 1)
-            with archive.open(info.filename, "w") as member:
-                member.write(head + b"<w:body>")
-                block = b"<w:p><w:r><w:t>" + LOREM + b"</w:t></w:r></w:p>"
-                for _ in range(count // 1000):
-                    member.write(block * 1000)
-                member.write(rest[rest.index(b"<w:sectPr") :])
-    return out.getvalue()
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -148,8 +121,8 @@ def _bombs(connection: Any) -> list[tuple[str, str]]:
 
     figures: list[tuple[str, str]] = []
     cases = [
-        ("383 KB DOCX, 2,000,000 paragraphs (~114 MB of XML)", docx_with_paragraphs(2_000_000)),
-        ("37 KB DOCX, 20,000 paragraphs", docx_with_paragraphs(20_000)),
+        ("383 KB DOCX, 2,000,000 paragraphs (~114 MB of XML)", docx_with_body(paragraphs(2_000_000))),
+        ("37 KB DOCX, 20,000 paragraphs", docx_with_body(paragraphs(20_000))),
     ]
     for label, data in cases:
         tenant = _fresh_tenant("bench-docx-bomb")

@@ -7,11 +7,9 @@ document. File types are decided by the content, and an empty file is never anot
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,10 +18,9 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from bench._docx import docx_with_body, paragraphs
 from knowledge.models import Chunk, Document
-from tests.knowledge.conftest import make_docx, make_pdf, wait_for_status
-
-LOREM = b"Lorem ipsum dolor sit amet."
+from tests.knowledge.conftest import make_pdf, wait_for_status
 
 
 @pytest.fixture(autouse=True)
@@ -40,35 +37,6 @@ def upload(tenant_api: Any, tenant: Any) -> Callable[[str, bytes], Any]:
         )
 
     return do
-
-
-def docx_with_body(write_body: Callable[[Any], None]) -> bytes:
-    """A real .docx (python-docx's own parts) whose document body is written by ``write_body``, streamed
-    into the archive so a 120 MB body never sits in memory."""
-    source = zipfile.ZipFile(io.BytesIO(make_docx([("Normal", "seed")])))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for info in source.infolist():
-            data = source.read(info.filename)
-            if info.filename != "word/document.xml":
-                archive.writestr(info.filename, data)
-                continue
-            head, rest = data.split(b"<w:body>", 1)
-            with archive.open(info.filename, "w") as member:
-                member.write(head + b"<w:body>")
-                write_body(member)
-                member.write(rest[rest.index(b"<w:sectPr") :])
-    return out.getvalue()
-
-
-def paragraphs(count: int, text: bytes = LOREM) -> Callable[[Any], None]:
-    def write(member: Any) -> None:
-        block = b"<w:p><w:r><w:t>" + text + b"</w:t></w:r></w:p>"
-        for _ in range(count // 1000):
-            member.write(block * 1000)
-        member.write(block * (count % 1000))
-
-    return write
 
 
 def long_warranty() -> bytes:

@@ -3,6 +3,7 @@ HTTP server speaking the Graph API (messages, media lookup, media download, user
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -187,3 +188,58 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
     settings.GRAPH_API_BACKOFF_BASE = 0.01
     settings.GRAPH_API_BACKOFF_MAX = 0.05
     return recorder
+
+
+def asgi_request(
+    method: str,
+    path: str,
+    messages: list[dict[str, Any]],
+    headers: list[tuple[bytes, bytes]],
+    *,
+    query: bytes = b"",
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+    timeout: float | None = None,
+) -> tuple[int, dict[str, str], bytes, int]:
+    """One request through ``config.asgi.application`` exactly as daphne hands it over: the body arrives
+    as ``messages``, then the client sends nothing more. Returns the status, the response headers, the
+    body and how many times the application read the request."""
+    from config.asgi import application
+
+    pending = list(messages)
+    reads = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # a client that sends nothing more
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": client,
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def bounded() -> None:
+        await asyncio.wait_for(application(scope, receive, send), timeout=timeout)
+
+    asyncio.run(bounded())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], response_headers, body, reads

@@ -7,16 +7,13 @@ connection (hence transactional tests: the rows must be committed to be seen acr
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import pytest
 
 from channels_app.adapters.meta import sign
 from channels_app.models import InboundEvent
-from config.asgi import application
-from tests.channels_app.conftest import WA_SECRET, fixture_bytes
+from tests.channels_app.conftest import WA_SECRET, asgi_request, fixture_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,36 +49,8 @@ def call(
     messages = [
         {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1} for i, piece in enumerate(pieces)
     ]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": raw_headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    asyncio.run(application(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], response_headers, body_out
+    status, response_headers, body_out, _ = asgi_request(method, path, messages, raw_headers, query=query.encode())
+    return status, response_headers, body_out
 
 
 def signed(body: bytes, secret: str = WA_SECRET) -> dict[str, str]:

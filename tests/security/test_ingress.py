@@ -9,7 +9,6 @@ that streams); and the API client (Django and DRF, where JSON, queries and uploa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -21,9 +20,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from config.asgi import application
 from knowledge.models import Document
 from tenants import services as tenant_services
+from tests.channels_app.conftest import asgi_request
 from tests.webchat.conftest import DaphneServer, free_port, start_daphne
 
 JSON_LIMIT = 100_000  # the server's DATA_UPLOAD_MAX_MEMORY_SIZE in these tests
@@ -188,41 +187,14 @@ def call_asgi(
     messages = [
         {"type": "http.request", "body": p, "more_body": stall or i < len(pieces) - 1} for i, p in enumerate(pieces)
     ]
-    reads = {"n": 0}
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        reads["n"] += 1
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)  # a client that sends nothing more
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-    async def bounded() -> None:
-        await asyncio.wait_for(application(scope, receive, send), timeout=20)
-
-    asyncio.run(bounded())
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], json.loads(body), reads["n"]
+    status, _, body, reads = asgi_request(
+        method,
+        path,
+        messages,
+        [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        timeout=20,
+    )
+    return status, json.loads(body), reads
 
 
 def test_asgi_a_declared_6_mb_session_request_is_refused_without_reading_the_body():

@@ -6,7 +6,6 @@ serves.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -19,8 +18,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from channels_app.models import UnroutedWebhook
-from config.asgi import application
 from config.celery import app as celery_app
+from tests.channels_app.conftest import asgi_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,39 +57,18 @@ def post(client: Any, body: bytes, address: str = "203.0.113.10") -> Any:
 
 def fast_path_post(body: bytes, address: str) -> tuple[int, dict[str, Any]]:
     """One POST through the ASGI application, from ``address`` (daphne's scope client)."""
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/webhooks/whatsapp",
-        "raw_path": b"/webhooks/whatsapp",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
+    status, _, answer, _ = asgi_request(
+        "POST",
+        "/webhooks/whatsapp",
+        [{"type": "http.request", "body": body, "more_body": False}],
+        [
             (b"host", b"127.0.0.1:8000"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
-        "client": (address, 40000),
-        "server": ("127.0.0.1", 8000),
-    }
-    asyncio.run(application(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        client=(address, 40000),
+    )
+    return status, json.loads(answer)
 
 
 @pytest.fixture(autouse=True)

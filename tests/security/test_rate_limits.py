@@ -4,28 +4,28 @@ clients the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from channels_app.models import Channel, new_widget_key
+from channels_app.models import Channel
 from tenants import services
 from tenants.models import Tenant
+from tests.webchat import conftest as webchat_fixtures
 
 pytestmark = pytest.mark.django_db
 
 ORIGIN = "https://shop.example"
 
 
+# The web chat tests' fixtures, bound here so pytest finds them (tests/security has no conftest).
+make_webchat_channel = webchat_fixtures.make_webchat_channel
+
+
 @pytest.fixture
-def widget(tenant: Tenant) -> Channel:
-    return Channel.objects.create(
-        tenant=tenant,
-        type=Channel.Type.WEBCHAT,
-        name="Shop",
-        external_id=new_widget_key(),
-        config={"allowed_origins": [ORIGIN]},
-    )
+def widget(tenant: Tenant, make_webchat_channel: Callable[..., Channel]) -> Channel:
+    return make_webchat_channel(tenant, [ORIGIN])
 
 
 def start_session(client: Any, widget: Channel, address: str) -> int:

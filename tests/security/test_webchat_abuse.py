@@ -17,9 +17,10 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
 from channels_app import webchat
-from channels_app.models import Channel, InboundEvent, new_widget_key
+from channels_app.models import Channel, InboundEvent
 from channels_app.routing import websocket_urlpatterns
 from tenants.models import Tenant
+from tests.webchat import conftest as webchat_fixtures
 from tests.webchat.conftest import daphne_servers  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,14 +30,10 @@ ORIGIN = "https://shop.example"
 APP = URLRouter(websocket_urlpatterns)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_channel_layer() -> Iterator[None]:
-    """Each test's sockets live in an event loop of its own; the layer's asyncio locks must not outlive it."""
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
+# The web chat tests' fixtures, bound here so pytest finds them (tests/security has no conftest).
+_fresh_channel_layer = webchat_fixtures._fresh_channel_layer
+make_webchat_channel = webchat_fixtures.make_webchat_channel
+webchat_channel = webchat_fixtures.webchat_channel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,14 +48,8 @@ def _end_thread_connections(django_db_setup: Any, django_db_blocker: Any) -> Ite
 
 
 @pytest.fixture
-def channel(tenant: Tenant) -> Channel:
-    return Channel.objects.create(
-        tenant=tenant,
-        type=Channel.Type.WEBCHAT,
-        name="Shop",
-        external_id=new_widget_key(),
-        config={"allowed_origins": [ORIGIN]},
-    )
+def channel(webchat_channel: Channel) -> Channel:
+    return webchat_channel
 
 
 def start_session(client: Any, channel: Channel, address: str = "203.0.113.7", **headers: str) -> Any:
@@ -145,6 +136,19 @@ def communicator(token: str) -> WebsocketCommunicator:
     return WebsocketCommunicator(APP, f"/ws/webchat/?token={token}", headers=[(b"origin", ORIGIN.encode())])
 
 
+async def ready_socket(token: str) -> WebsocketCommunicator:
+    """A socket connected with ``token`` that has had its ``ready`` frame."""
+    socket = communicator(token)
+    await socket.connect()
+    assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
+    return socket
+
+
+async def switch_tenant_off(admin_api: Any, tenant: Tenant) -> int:
+    response = await sync_to_async(admin_api.patch)(f"/api/tenants/{tenant.pk}/", {"is_active": False}, format="json")
+    return response.status_code
+
+
 async def close_frame(socket: WebsocketCommunicator) -> dict[str, Any]:
     output = await socket.receive_output(timeout=5)
     assert output["type"] == "websocket.close", output
@@ -211,15 +215,11 @@ def test_switching_the_channel_off_closes_its_open_sockets(channel, tenant, tena
 
 def test_switching_the_tenant_off_closes_its_open_sockets(channel, tenant, admin_api):
     async def scenario() -> tuple[int, dict, int]:
-        socket = communicator(token_for(channel))
-        await socket.connect()
-        assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
-        response = await sync_to_async(admin_api.patch)(
-            f"/api/tenants/{tenant.pk}/", {"is_active": False}, format="json"
-        )
+        socket = await ready_socket(token_for(channel))
+        status = await switch_tenant_off(admin_api, tenant)
         frame = await socket.receive_json_from(timeout=5)
         code = (await close_frame(socket))["code"]
-        return response.status_code, frame, code
+        return status, frame, code
 
     status, frame, code = async_to_sync(scenario)()
 
@@ -236,16 +236,12 @@ def test_a_message_on_a_socket_of_a_switched_off_tenant_is_refused_and_not_store
     monkeypatch.setattr(webchat, "close_channel_sockets", lambda channel_id: None)
 
     async def scenario() -> tuple[int, dict, int]:
-        socket = communicator(token_for(channel))
-        await socket.connect()
-        assert (await socket.receive_json_from(timeout=5))["type"] == "ready"
-        response = await sync_to_async(admin_api.patch)(
-            f"/api/tenants/{tenant.pk}/", {"is_active": False}, format="json"
-        )
+        socket = await ready_socket(token_for(channel))
+        status = await switch_tenant_off(admin_api, tenant)
         await socket.send_json_to({"type": "message", "client_message_id": "c_after_off_01", "text": "still there?"})
         frame = await socket.receive_json_from(timeout=5)
         code = (await close_frame(socket))["code"]
-        return response.status_code, frame, code
+        return status, frame, code
 
     status, frame, code = async_to_sync(scenario)()
 

@@ -8,11 +8,15 @@ import hmac
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.db import transaction
 
+from channels_app.adapters.base import NormalizedMessage
+from channels_app.inbound import record_inbound
 from channels_app.models import Channel
 from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
@@ -64,6 +68,16 @@ def make_whatsapp(tenant: Any, prefix: str = "1065") -> Channel:
 @pytest.fixture
 def whatsapp(tenant: Any, graph: GraphRecorder) -> Channel:
     return make_whatsapp(tenant)
+
+
+def webchat_say(channel: Channel, visitor: str, text: str) -> None:
+    """A web chat visitor's message, recorded as the socket consumer records it."""
+    message = NormalizedMessage(
+        platform="webchat", channel_external_id=channel.external_id, message_id=f"c_{uuid.uuid4().hex}",
+        sender_id=visitor, timestamp=time.time(), type="text", text=text,
+    )  # fmt: skip
+    with transaction.atomic():
+        record_inbound(channel=channel, messages=[message])
 
 
 @pytest.fixture

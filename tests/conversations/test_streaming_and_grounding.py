@@ -8,23 +8,11 @@ import uuid
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.files.base import ContentFile
-from django.db import transaction
 
-from channels_app.adapters.base import NormalizedMessage
-from channels_app.inbound import record_inbound
 from channels_app.models import Channel
 from conversations.models import Message
 from tests.conftest import wait_until
-from tests.conversations.conftest import deliver
-
-
-def webchat_say(channel: Channel, visitor: str, text: str) -> None:
-    message = NormalizedMessage(
-        platform="webchat", channel_external_id=channel.external_id, message_id=f"c_{uuid.uuid4().hex}",
-        sender_id=visitor, timestamp=time.time(), type="text", text=text,
-    )  # fmt: skip
-    with transaction.atomic():
-        record_inbound(channel=channel, messages=[message])
+from tests.conversations.conftest import deliver, webchat_say
 
 
 def collect(channel_name: str, until_type: str, timeout: float = 15.0) -> list[dict]:

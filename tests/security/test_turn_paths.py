@@ -18,11 +18,9 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
+from django.db import connection
 
-from channels_app.adapters.base import NormalizedMessage
 from channels_app.adapters.webchat import visitor_group
-from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
 from conversations import services as conversation_services
 from conversations.models import Message
@@ -30,7 +28,7 @@ from conversations.pipeline.completion import FALLBACK_TEXT
 from events.models import Event
 from tests.conftest import wait_until
 from tests.conversations import conftest as conversation_fixtures
-from tests.conversations.conftest import deliver, make_whatsapp
+from tests.conversations.conftest import deliver, make_whatsapp, webchat_say
 from tests.conversations.servers import (
     FunctionEndpoint,
     OpenAIScript,
@@ -420,12 +418,7 @@ def visitor_inbox(tenant: Any) -> Iterator[Any]:
 
     class Inbox:
         def say(self, text: str) -> None:
-            message = NormalizedMessage(
-                platform="webchat", channel_external_id=channel.external_id, message_id=f"c_{uuid.uuid4().hex}",
-                sender_id=visitor, timestamp=time.time(), type="text", text=text,
-            )  # fmt: skip
-            with transaction.atomic():
-                record_inbound(channel=channel, messages=[message])
+            webchat_say(channel, visitor, text)
 
         def frames_until(self, done: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> list[dict[str, Any]]:
             import asyncio

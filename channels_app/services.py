@@ -90,6 +90,8 @@ def graph_can_read(*, type: str, external_id: str, access_token: str) -> bool:
     it. Messenger: ``GET /me`` with a Page access token answers that page (a page token is issued for one
     page), so another page's public id, which many tokens can read, does not pass. Raises ChannelError
     ``unavailable`` when Meta cannot be asked now (throttled, 5xx, unreachable)."""
+    if not external_id.isdigit():
+        return False  # Meta's ids are numbers; anything else would only put a tenant's text in the Graph path
     client = GraphClient(access_token=access_token)
     try:
         if type == Channel.Type.WHATSAPP:

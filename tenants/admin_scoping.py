@@ -73,6 +73,12 @@ class TenantScopedAdmin(admin.ModelAdmin):
             exclude.append(self.tenant_field)  # one tenant: set automatically, nothing to choose
         return exclude
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The declared ``fields`` less what ``get_exclude`` leaves out of the form (the tenant, for
+        staff of one tenant): a field listed but not in the form fails the page with a KeyError."""
+        excluded = set(self.get_exclude(request, obj) or []) - set(self.get_readonly_fields(request, obj))
+        return [field for field in super().get_fields(request, obj) if field not in excluded]
+
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         tenant_ids = user_tenant_ids(request)
         if tenant_ids is not None:

@@ -270,11 +270,6 @@ def get_embedder(*, tenant: Tenant | None = None) -> Embedder:
     elif provider in ("openai", "openai_compatible"):
         if provider == "openai_compatible" and not (base_url and model):
             raise EmbeddingError("an OpenAI-compatible embedder needs a base URL and a model name")
-        if own_endpoint:
-            try:
-                egress.check_url(base_url)
-            except egress.EgressRefused as exc:
-                raise EmbeddingError(f"embedding endpoint refused: {exc}") from None
         with_key: Callable[[Callable[[str], Any]], Any] = _no_key if own_endpoint else _deployment_key
         if secret and tenant is not None:
             from tenants.secrets import with_tenant_secret

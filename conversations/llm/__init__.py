@@ -28,7 +28,6 @@ def provider_for_tenant(tenant: Tenant) -> LLMProvider:
     """The tenant's LLM. The deployment's key (OPENAI_API_KEY) goes only to the deployment's endpoint
     (OPENAI_BASE_URL, or OpenAI's when unset): a tenant that sets its own base URL brings its own key
     as a tenant secret, and its endpoint is reached through the egress guard."""
-    from config import egress
     from config.openai_clients import client_for
     from conversations.llm.openai_provider import OpenAIProvider
 
@@ -46,13 +45,6 @@ def provider_for_tenant(tenant: Tenant) -> LLMProvider:
         raise LLMError(
             "llm.provider is openai_compatible but no llm.baseUrl is set", retryable=False, code="llm_config"
         )
-    if own_endpoint:
-        try:
-            egress.check_url(cfg.base_url)  # before the client's retries; every connection checks again
-        except egress.EgressRefused as exc:
-            raise LLMError(
-                f"the LLM endpoint is not allowed ({exc})", retryable=False, code="llm_egress_refused"
-            ) from None
     model = cfg.model or settings.LLM_MODEL
     if cfg.api_key_secret:
         from tenants.secrets import SecretError, with_tenant_secret

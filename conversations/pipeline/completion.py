@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 from conversations import handoff, tools
 from conversations.llm import LLMError, provider_for_tenant
@@ -176,12 +177,29 @@ def continue_after_stream(turn: Turn, answer: Completion) -> bool:
     return True
 
 
+def _active_functions() -> Any:
+    return TenantFunction.objects.filter(is_active=True).order_by(*TenantFunction._meta.ordering)
+
+
+def functions_from_rows(rows: list[dict[str, Any]]) -> dict[str, TenantFunction]:
+    """TenantFunction rows as JSON objects (``row_to_json``), as instances by name (in the rows' order)."""
+    fields = TenantFunction._meta.concrete_fields
+    names = [f.attname for f in fields]
+    functions = [
+        TenantFunction.from_db(connection.alias, names, [f.to_python(row[f.attname]) for f in fields]) for row in rows
+    ]
+    return {f.name: f for f in functions}
+
+
 def _start(turn: Turn, provider: LLMProvider) -> ToolLoop:
     config = turn.config
     functions: dict[str, TenantFunction] = {}
     tool_specs: list[dict[str, Any]] = []
     if provider.supports_tools and config.enable_function_calling:
-        functions = {f.name: f for f in TenantFunction.objects.for_tenant(turn.tenant).filter(is_active=True)}
+        if turn.functions is None:  # not loaded with the turn's events (a retried conversation)
+            functions = {f.name: f for f in _active_functions().filter(tenant_id=turn.tenant.pk)}
+        else:
+            functions = dict(turn.functions)
         tool_specs = tools.tool_specs(
             functions=list(functions.values()), search=config.enable_rag, handoff=config.enable_human_handoff
         )

@@ -12,7 +12,7 @@ from conversations.models import Message
 
 if TYPE_CHECKING:
     from channels_app.models import Channel, InboundEvent
-    from conversations.models import Contact, Conversation
+    from conversations.models import Contact, Conversation, TenantFunction
     from conversations.pipeline.completion import ToolLoop
     from tenants.models import Tenant
     from tenants.settings_schema import TenantSettings
@@ -37,6 +37,8 @@ class Turn:
     context_messages: list[Message] = field(default_factory=list)  # since the boundary, newest first
     query: str = ""
     language: str = "en"
+    # The tenant's active functions, when loaded with the turn's events (else completion asks).
+    functions: dict[str, TenantFunction] | None = None
     # handoff check / completion
     handoff_reason: str = ""
     silent_reason: str = ""  # the bot does not answer (agent owns it, nothing to answer, ...)

@@ -46,7 +46,18 @@ def emit(*, tenant: Tenant | Any, type: EventType | str, payload: dict[str, Any]
     Every change on the platform calls this, so the row is written with one prepared-once INSERT
     rather than through Model.save() (whose per-field preparation cost more than the statement).
     """
-    event = Event(
+    event = event_row(tenant=tenant, type=type, payload=payload)
+    sql, params = insert_sql([event])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted([event], cursor.fetchall())
+    return event
+
+
+def event_row(*, tenant: Tenant | Any, type: EventType | str, payload: dict[str, Any]) -> Event:
+    """The Event ``emit`` would write, not written yet: for a caller that writes it with its own
+    statement (``insert_sql`` as a data-modifying CTE), then calls ``inserted``."""
+    return Event(
         tenant_id=getattr(tenant, "pk", tenant),
         event_id=uuid.uuid4(),
         type=EventType(type).value,
@@ -56,33 +67,75 @@ def emit(*, tenant: Tenant | Any, type: EventType | str, payload: dict[str, Any]
         dispatch_pending=True,
         publish_pending=bool(settings.RABBITMQ_URL),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _insert_event_sql(),
-            [
-                event.tenant_id,
-                event.event_id,
-                event.type,
-                json.dumps(payload),
-                event.correlation_id,
-                event.created_at,
-                event.dispatch_pending,
-                event.publish_pending,
-            ],
-        )
-        event.pk = cursor.fetchone()[0]
-    event._state.adding = False
-    event._state.db = connection.alias
-    if _after_commit_hooks:
-        transaction.on_commit(lambda: _dispatch(event), robust=True)
-    return event
+
+
+def insert_sql(events: list[Event]) -> tuple[str, list[Any]]:
+    """One INSERT of these rows ``RETURNING id, event_id``, and its parameters."""
+    params: list[Any] = []
+    for event in events:
+        params += [
+            event.tenant_id,
+            event.event_id,
+            event.type,
+            json.dumps(event.payload),
+            event.correlation_id,
+            event.created_at,
+            event.dispatch_pending,
+            event.publish_pending,
+        ]
+    return _insert_event_sql(len(events)), params
+
+
+def inserted(events: list[Event], returned: Iterable[tuple[int, uuid.UUID]]) -> None:
+    """The rows of ``insert_sql`` are written (``returned``: what it returned): each is dispatched after
+    the commit."""
+    ids = {str(event_id): pk for pk, event_id in returned}
+    for event in events:
+        event.pk = ids[str(event.event_id)]
+        event._state.adding = False
+        event._state.db = connection.alias
+        if _after_commit_hooks:
+            transaction.on_commit(functools.partial(_dispatch, event), robust=True)
+
+
+def insert_per_row_sql(
+    events: list[Event], keys: list[str], *, rows: str, key: str, id_as: str
+) -> tuple[str, list[Any]]:
+    """One INSERT of these events for a statement that writes rows first (a data-modifying CTE named
+    ``rows``, with an ``id`` and a ``key`` column): ``events[i]`` is written for the row whose ``key``
+    is ``keys[i]``, with that row's id in its payload as ``id_as`` (which the payload must hold, as None,
+    where it should stand). ``RETURNING id, event_id``; then ``inserted``."""
+    params: list[Any] = [id_as]
+    for event, value in zip(events, keys, strict=True):
+        params += [
+            event.tenant_id,
+            event.event_id,
+            event.type,
+            json.dumps(event.payload),
+            event.correlation_id,
+            event.created_at,
+            event.dispatch_pending,
+            event.publish_pending,
+            value,
+        ]
+    row = "(%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s::timestamptz, %s::boolean, %s::boolean, %s)"
+    sql = (
+        f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608
+        "dispatch_pending, publish_pending) "
+        "SELECT v.tenant_id, v.event_id, v.type, v.payload || jsonb_build_object(%s, r.id), v.correlation_id, "
+        f"v.created_at, v.dispatch_pending, v.publish_pending FROM {rows} r JOIN (VALUES {', '.join([row] * len(events))}) "
+        "AS v(tenant_id, event_id, type, payload, correlation_id, created_at, dispatch_pending, publish_pending, k) "
+        f"ON v.k = r.{key} ORDER BY r.id RETURNING id, event_id"
+    )
+    return sql, params
 
 
 @functools.cache
-def _insert_event_sql() -> str:
+def _insert_event_sql(rows: int = 1) -> str:
+    values = ", ".join(["(%s, %s, %s, %s::jsonb, %s, %s, %s, %s)"] * rows)
     return (
         f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608
-        "dispatch_pending, publish_pending) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s) RETURNING id"
+        f"dispatch_pending, publish_pending) VALUES {values} RETURNING id, event_id"
     )
 
 

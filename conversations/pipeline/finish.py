@@ -18,7 +18,8 @@ from config import metrics
 from conversations.llm import estimate_cost
 from conversations.models import Conversation, Message
 from conversations.pipeline.turn import Turn
-from events.services import emit
+from events.models import Event
+from events.services import emit, event_row, insert_sql, inserted
 from events.types import EventType
 
 
@@ -44,9 +45,9 @@ def _outcome(turn: Turn) -> str:
 def _record(turn: Turn) -> None:
     now = timezone.now()
     conversation = turn.conversation
-    with transaction.atomic():
-        event_ids = [e.pk for e in turn.inbound_events]
-        if turn.ignore_reason:
+    event_ids = [e.pk for e in turn.inbound_events]
+    if turn.ignore_reason:
+        with transaction.atomic():
             Message.objects.filter(pk__in=[m.pk for m in turn.new_messages]).update(
                 status=Message.Status.STORED, error={"reason": turn.ignore_reason}, updated_at=now
             )
@@ -56,42 +57,40 @@ def _record(turn: Turn) -> None:
                 processed_at=now,
                 attempts=F("attempts") + 1,
             )
-            return
-        if conversation is None:
-            if event_ids:
-                InboundEvent.objects.filter(pk__in=event_ids).update(
-                    status=InboundEvent.Status.PROCESSED, error="", processed_at=now, attempts=F("attempts") + 1
-                )
-            return
-        user_ids = [m.pk for m in turn.user_messages]
-        cost = estimate_cost(
-            model=turn.model, prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens
-        )
-        error = None
-        if turn.failure is not None:
-            error = {"code": turn.failure.code, "message": str(turn.failure), "retryable": turn.failure.retryable}
-        reply = turn.reply_message
-        turn.timings["total_ms"] = round((time.monotonic() - turn.started) * 1000, 2)
-        turn.timings["overhead_ms"] = round(
-            turn.timings["total_ms"] - turn.timings.get("llm_wait_ms", 0.0) - turn.timings.get("tools_ms", 0.0), 2
-        )
-        if reply is not None:
-            _complete_reply(turn, reply, cost)
-        _record_outcome(turn, now=now, event_ids=event_ids, user_ids=user_ids, error=error, cost=cost)
-        if error is not None:
-            emit(
+        return
+    if conversation is None:
+        if event_ids:
+            InboundEvent.objects.filter(pk__in=event_ids).update(
+                status=InboundEvent.Status.PROCESSED, error="", processed_at=now, attempts=F("attempts") + 1
+            )
+        return
+    user_ids = [m.pk for m in turn.user_messages]
+    cost = estimate_cost(
+        model=turn.model, prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens
+    )
+    error = None
+    if turn.failure is not None:
+        error = {"code": turn.failure.code, "message": str(turn.failure), "retryable": turn.failure.retryable}
+    reply = turn.reply_message
+    turn.timings["total_ms"] = round((time.monotonic() - turn.started) * 1000, 2)
+    turn.timings["overhead_ms"] = round(
+        turn.timings["total_ms"] - turn.timings.get("llm_wait_ms", 0.0) - turn.timings.get("tools_ms", 0.0), 2
+    )
+    if reply is not None:
+        _complete_reply(turn, reply, cost)
+    events: list[Event] = []
+    if error is not None:
+        events.append(
+            event_row(
                 tenant=turn.tenant,
                 type=EventType.MESSAGE_FAILED,
-                payload={
-                    "conversation_id": str(conversation.pk),
-                    "message_ids": user_ids,
-                    "stage": "llm",
-                    **error,
-                },
+                payload={"conversation_id": str(conversation.pk), "message_ids": user_ids, "stage": "llm", **error},
             )
-        if reply is not None:
-            if turn.send_error:
-                emit(
+        )
+    if reply is not None:
+        if turn.send_error:
+            events.append(
+                event_row(
                     tenant=turn.tenant,
                     type=EventType.MESSAGE_FAILED,
                     payload={
@@ -104,8 +103,10 @@ def _record(turn: Turn) -> None:
                         "message": turn.send_error,
                     },
                 )
-            else:
-                emit_sent(
+            )
+        else:
+            events.append(
+                sent_event(
                     turn,
                     reply,
                     turn.sources,
@@ -113,11 +114,15 @@ def _record(turn: Turn) -> None:
                     completion_tokens=reply.completion_tokens,
                     cost_usd=str(cost),
                 )
+            )
+    # One statement (atomic on its own: no transaction to open and commit around it).
+    _record_outcome(turn, now=now, event_ids=event_ids, user_ids=user_ids, error=error, cost=cost, events=events)
 
 
-def emit_sent(turn: Turn, message: Message, sources: list[dict[str, Any]], **details: Any) -> None:
-    """``message.sent``: the message the channel accepted, its text and sources, then ``details``."""
-    emit(
+def sent_event(turn: Turn, message: Message, sources: list[dict[str, Any]], **details: Any) -> Event:
+    """``message.sent`` (not written yet): the message the channel accepted, its text and sources, then
+    ``details``."""
+    return event_row(
         tenant=turn.tenant,
         type=EventType.MESSAGE_SENT,
         payload={
@@ -128,6 +133,12 @@ def emit_sent(turn: Turn, message: Message, sources: list[dict[str, Any]], **det
             **details,
         },
     )
+
+
+def emit_sent(turn: Turn, message: Message, sources: list[dict[str, Any]], **details: Any) -> None:
+    """``message.sent``, written in the caller's transaction."""
+    event = sent_event(turn, message, sources, **details)
+    emit(tenant=turn.tenant, type=event.type, payload=event.payload)
 
 
 def _complete_reply(turn: Turn, reply: Message, cost: Decimal) -> None:
@@ -152,45 +163,61 @@ def _complete_reply(turn: Turn, reply: Message, cost: Decimal) -> None:
 
 
 def _record_outcome(
-    turn: Turn, *, now: datetime, event_ids: list[int], user_ids: list[int], error: dict[str, Any] | None, cost: Decimal
+    turn: Turn,
+    *,
+    now: datetime,
+    event_ids: list[int],
+    user_ids: list[int],
+    error: dict[str, Any] | None,
+    cost: Decimal,
+    events: list[Event],
 ) -> None:
     """The inbound events processed, the user's messages processed (or failed with ``error``), the reply
-    (``_complete_reply``) and the conversation's activity and usage, in one statement (four round trips
-    before)."""
+    (``_complete_reply``), the conversation's activity and usage, and ``events``, in one statement (six
+    round trips before, with the transaction around them)."""
     assert turn.conversation is not None
-    events, messages, conversations = (
+    inbound, messages, conversations = (
         InboundEvent._meta.db_table,
         Message._meta.db_table,
         Conversation._meta.db_table,
     )
     status = Message.Status.PROCESSED if error is None else Message.Status.FAILED
     reply = turn.reply_message
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH inbound AS (
-                UPDATE {events} SET status = %s, error = '', processed_at = %s, attempts = attempts + 1
-                WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
-            ), answered AS (
-                UPDATE {messages} SET status = %s, updated_at = %s, error = COALESCE(%s::jsonb, error)
-                WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
-            ), replied AS (
-                UPDATE {messages} SET content = %s, prompt_tokens = %s, completion_tokens = %s, cost_usd = %s,
-                    timings = %s::jsonb, payload = %s::jsonb, status = %s, error = %s::jsonb,
-                    platform_message_id = %s, updated_at = %s
-                WHERE tenant_id = %s AND id = %s RETURNING id
-            )
+    params = [
+        InboundEvent.Status.PROCESSED, now, turn.tenant.pk, event_ids,
+        status, now, None if error is None else json.dumps(error), turn.tenant.pk, user_ids,
+        *_reply_values(reply), now, turn.tenant.pk, reply.pk if reply else None,
+        now, turn.usage.prompt_tokens, turn.usage.completion_tokens, cost, turn.tenant.pk, turn.conversation.pk,
+    ]  # fmt: skip
+    sql = f"""
+        WITH inbound AS (
+            UPDATE {inbound} SET status = %s, error = '', processed_at = %s, attempts = attempts + 1
+            WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
+        ), answered AS (
+            UPDATE {messages} SET status = %s, updated_at = %s, error = COALESCE(%s::jsonb, error)
+            WHERE tenant_id = %s AND id = ANY(%s::bigint[]) RETURNING id
+        ), replied AS (
+            UPDATE {messages} SET content = %s, prompt_tokens = %s, completion_tokens = %s, cost_usd = %s,
+                timings = %s::jsonb, payload = %s::jsonb, status = %s, error = %s::jsonb,
+                platform_message_id = %s, updated_at = %s
+            WHERE tenant_id = %s AND id = %s RETURNING id
+        ), outcome AS (
             UPDATE {conversations} SET last_activity_at = %s, prompt_tokens = prompt_tokens + %s,
                 completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s
-            WHERE tenant_id = %s AND id = %s
-            """,  # noqa: S608 (our tables)
-            [
-                InboundEvent.Status.PROCESSED, now, turn.tenant.pk, event_ids,
-                status, now, None if error is None else json.dumps(error), turn.tenant.pk, user_ids,
-                *_reply_values(reply), now, turn.tenant.pk, reply.pk if reply else None,
-                now, turn.usage.prompt_tokens, turn.usage.completion_tokens, cost, turn.tenant.pk, turn.conversation.pk,
-            ],
-        )  # fmt: skip
+            WHERE tenant_id = %s AND id = %s RETURNING id
+        )
+    """  # noqa: S608 (our tables)
+    if events:
+        insert, event_params = insert_sql(events)
+        sql += f", emitted AS ({insert}) SELECT id, event_id FROM emitted"  # noqa: S608 (events.services SQL)
+        params += event_params
+    else:
+        sql += "SELECT id, NULL FROM outcome"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    if events:
+        inserted(events, returned)
 
 
 def _reply_values(reply: Message | None) -> list[Any]:

@@ -41,7 +41,7 @@ from knowledge.embedders import Embedder, get_embedder
 from knowledge.lexical import remove_postings, store_postings, text_search_config
 from knowledge.models import Chunk, Document
 from knowledge.parsers import Limits, ParseError, parse
-from knowledge.vectors import bump_version, write_vectors
+from knowledge.vectors import write_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,6 @@ def run(*, document: Document) -> Document | None:
         with transaction.atomic():
             _lock_generation(document.pk, generation)
             remove_postings(tenant_id=tenant.pk, document_id=document.pk)
-            bump_version(tenant_id=tenant.pk)
             Chunk.objects.filter(tenant_id=tenant.pk, document_id=document.pk).delete()
             chunks = Chunk.objects.bulk_create(
                 [

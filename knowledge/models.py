@@ -1,10 +1,10 @@
 """Documents, their chunks, and the term statistics behind the BM25 keyword leg.
 
 Design (measured and explained in docs/knowledge.md):
-- ``Chunk.embedding`` holds the float32 vector (bytea) and each chunk records the model that
-  embedded it, so tenants on different models (and a tenant migrating between models) share one
-  table. The vector leg scores in the application (knowledge.vectors), because the embedded
-  pgvector 0.8.2 build dies with SIGILL on this CPU for any vector of more than 16 dimensions.
+- ``Chunk.embedding`` is a pgvector ``vector`` of any dimension, and each chunk records the model
+  that embedded it, so tenants on different models (and a tenant migrating between models) share
+  one table. Each common dimension has a partial HNSW index over the column cast to that
+  dimension (migration 0007; knowledge.vectors searches through it).
 - ``ChunkTerm`` holds BM25 postings (lexeme, term frequency, chunk length, impact) produced by
   PostgreSQL's own text search parser and the tenant's language configuration; ``TermStats`` the
   tenant's document frequency per lexeme and ``LexicalStats`` its corpus size and total length, all
@@ -17,6 +17,7 @@ import uuid
 
 from django.db import models
 from django.utils import timezone
+from pgvector.django import VectorField
 
 from tenants.scoping import TenantOwned
 
@@ -105,8 +106,8 @@ class Chunk(TenantOwned):
     token_count = models.PositiveIntegerField(default=0)
     # Number of lexemes the BM25 leg counted in this chunk (its "document length").
     lexical_length = models.PositiveIntegerField(default=0)
-    # float32 little-endian, L2-normalised (see knowledge.vectors for why not a pgvector column).
-    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    # L2-normalised; its dimension is the model's (knowledge.vectors.INDEXED_DIMENSIONS have an HNSW index).
+    embedding = VectorField(null=True, blank=True, editable=False)
     embedding_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
@@ -114,7 +115,8 @@ class Chunk(TenantOwned):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "document", "position"], name="chunk_unique_position"),
         ]
-        # The vector leg reads a tenant's embedded chunk ids of one model from this index alone.
+        # The vector leg's exact scan of a tenant's vectors of one model (a small tenant, or the
+        # fallback when the HNSW scan found fewer than asked) reads the tenant's rows through this index.
         indexes = [
             models.Index(
                 fields=["tenant", "embedding_model", "id"],
@@ -176,8 +178,6 @@ class LexicalStats(TenantOwned):
 
     chunk_count = models.BigIntegerField(db_default=0)
     total_length = models.BigIntegerField(db_default=0)
-    # Bumped with every change of the tenant's vectors: search processes reload their copy when it moved.
-    vector_version = models.BigIntegerField(db_default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant"], name="lexicalstats_unique_tenant")]

@@ -1,15 +1,15 @@
-"""Hybrid retrieval: BM25 keyword leg in PostgreSQL + cosine vector leg in-process, fused per query.
+"""Hybrid retrieval: BM25 keyword leg and pgvector cosine leg in one SQL statement, fused per query.
 
-The vector leg is exact for a tenant under KNOWLEDGE_VECTOR_REDUCE_MIN vectors; a larger tenant's is
-ranked on a reduced copy and its best re-ranked exactly (recall@10 about 0.99: see knowledge.vectors).
-
-1. Each leg returns its top N candidates for the tenant (N = KNOWLEDGE_CANDIDATES).
+1. Each leg returns its top N candidates for the tenant (N = KNOWLEDGE_CANDIDATES): the vector
+   leg through the HNSW index of its dimension or an exact scan of a small tenant (knowledge.vectors),
+   the keyword leg from the tenant's postings (knowledge.lexical).
 2. Every candidate of the union gets both scores exactly (its cosine, its BM25, computed in the
-   same pass as the keyword top N), so a chunk found by one leg is not a zero for the other.
+   same statement), so a chunk found by one leg is not a zero for the other.
 3. Per-query normalisation (BM25 / max BM25; min-max of cosines), then the tenant's
    ``hybridWeights`` (or reciprocal rank fusion when ``fusion`` is "rrf") give the ranking score.
 4. Pseudo-relevance feedback: the query vector moves towards the mean of the top 3 fused results
-   (Rocchio, weight 0.5) and the candidates are ranked again (KNOWLEDGE_PRF_DOCS / _WEIGHT).
+   (Rocchio, weight 0.5) and the candidates are ranked again (KNOWLEDGE_PRF_DOCS / _WEIGHT), on the
+   candidates' vectors the statement returned.
 5. ``score`` is a calibrated, query-independent relevance in 0..1 that ``minSimilarity`` cuts on:
    the embedder-calibrated cosine (see Embedder.calibration), or the keyword coverage (share of
    the query's idf mass the chunk contains) when higher. Nothing passing: ``[]``.
@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
 from django.db import connection
 
+from knowledge import queries, vectors
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
-from knowledge.lexical import keyword_search, text_search_config
+from knowledge.lexical import keyword_query, keyword_search, text_search_config
 from knowledge.models import Chunk, Document
-from knowledge.vectors import VectorIndex, index_for
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
@@ -73,6 +74,7 @@ class _Candidate:
     bm25: float = 0.0
     coverage: float = 0.0
     cosine: float | None = None
+    vector: np.ndarray | None = None  # for the feedback step, when both legs ran
 
 
 def hybrid_search(
@@ -96,48 +98,42 @@ def hybrid_search(
     if not query or k <= 0:
         return []
     depth = max(candidates or settings.KNOWLEDGE_CANDIDATES, k)
-    pool: dict[int, _Candidate] = {}
-    index: VectorIndex | None = None  # one snapshot of the tenant's vectors for the whole search
     vector: np.ndarray | None = None
+    model_id = ""
     calibration = (0.0, 1.0)
 
-    # No transaction: the vector index is one snapshot already, and a chunk deleted meanwhile is skipped
-    # when the results are loaded (two statements less per search).
+    # No transaction: one statement reads both legs, and a chunk deleted before the results are
+    # loaded is skipped then.
     if vector_weight > 0:
         try:
             embedder = embedder or get_embedder(tenant=tenant)
-            calibration = embedder.calibration
+            calibration, model_id = embedder.calibration, embedder.model_id
             vector = query_vector if query_vector is not None else embedder.embed_query(query)
         except EmbeddingError as exc:
             vector = None  # the keyword leg still answers
             logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})
-        if vector is not None and embedder is not None:
-            index = index_for(tenant_id=tenant.pk, model_id=embedder.model_id)
-            for chunk_id, cosine in index.nearest(vector, depth):
-                pool[chunk_id] = _Candidate(chunk_id, cosine=cosine)
-    if keyword_weight > 0:
+    if vector is not None and keyword_weight > 0:
+        pool = _both_legs(tenant, query, vector, model_id, depth)
+    elif vector is not None:
+        pool = [
+            _Candidate(i, cosine=c)
+            for i, c in vectors.nearest(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=depth)
+        ]
+    elif keyword_weight > 0 or vector_weight > 0:  # vectors unavailable: the keyword leg alone
         config = text_search_config(tenant=tenant)
-        # One pass: the keyword top N plus the BM25 of the vector leg's candidates.
-        for hit in keyword_search(tenant_id=tenant.pk, query=query, config=config, limit=depth, include_ids=list(pool)):
-            candidate = pool.setdefault(hit.chunk_id, _Candidate(hit.chunk_id))
-            candidate.bm25, candidate.coverage = hit.bm25, hit.coverage
-        if vector is not None and index is not None:  # and the cosine of the keyword leg's own candidates
-            missing = [c.chunk_id for c in pool.values() if c.cosine is None]
-            for chunk_id, cosine in index.cosines(vector, missing).items():
-                pool[chunk_id].cosine = cosine
+        pool = [
+            _Candidate(h.chunk_id, h.bm25, h.coverage)
+            for h in keyword_search(tenant_id=tenant.pk, query=query, config=config, limit=depth)
+        ]
+    else:
+        pool = []
     if not pool:
         return []
 
-    ranked = _fuse(list(pool.values()), keyword_weight, vector_weight, fusion, vector)
+    ranked = _fuse(pool, keyword_weight, vector_weight, fusion, vector)
     prf_docs, prf_weight = settings.KNOWLEDGE_PRF_DOCS, settings.KNOWLEDGE_PRF_WEIGHT
-    if (
-        keyword_weight > 0
-        and index is not None
-        and vector is not None
-        and 0 < prf_docs < len(ranked)
-        and prf_weight > 0
-    ):
-        ranked = _feedback_rerank(index, ranked, vector, keyword_weight, vector_weight, fusion)
+    if keyword_weight > 0 and vector is not None and 0 < prf_docs < len(ranked) and prf_weight > 0:
+        ranked = _feedback_rerank(ranked, vector, keyword_weight, vector_weight, fusion)
     low, high = calibration
     results: list[tuple[_Candidate, float, float]] = []
     for candidate, fused in ranked:
@@ -149,8 +145,53 @@ def hybrid_search(
     return _materialise(tenant, results)
 
 
+def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int) -> list[_Candidate]:
+    """Both legs' candidates with both scores (and their vectors) from one statement."""
+    _, params = keyword_query(tenant_id=tenant.pk, query=query, config=text_search_config(tenant=tenant), limit=depth)
+    params.update(vectors.vector_leg_params(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=depth))
+    params["feedback"] = settings.KNOWLEDGE_PRF_DOCS > 0 and settings.KNOWLEDGE_PRF_WEIGHT > 0
+    with connection.cursor() as cursor:
+        cursor.execute(_hybrid_sql(len(vector)), params)
+        rows = cursor.fetchall()
+    pool: list[_Candidate] = []
+    keyword_only: list[_Candidate] = []
+    for chunk_id, from_vector, bm25, coverage, cosine, blob in rows:
+        candidate = _Candidate(
+            int(chunk_id),
+            float(bm25 or 0.0),
+            min(float(coverage or 0.0), 1.0),
+            None if cosine is None else float(cosine),
+            None if blob is None else vectors.from_binary(blob),
+        )
+        (pool if from_vector else keyword_only).append(candidate)
+    # The keyword leg's own top ``depth`` (its statement rescored up to twice as many).
+    keyword_only.sort(key=lambda c: (-c.bm25, c.chunk_id))
+    return pool + keyword_only[:depth]
+
+
+@cache
+def _hybrid_sql(dims: int) -> str:
+    """The vector leg's CTEs, then the keyword leg's statement with the vector candidates as the ids
+    it scores besides its own top, then every candidate's cosine (and vector, for the feedback)."""
+    keyword = queries.KEYWORD_BM25.replace("SELECT unnest(%(ids)s::bigint[])", "SELECT id FROM vec")
+    assert keyword != queries.KEYWORD_BM25, "the keyword statement no longer takes extra ids"
+    return f"""
+WITH {vectors.vector_leg_sql(dims)}, kw (chunk_id, score, coverage) AS ({keyword}
+), candidates AS (
+    SELECT id FROM vec UNION SELECT chunk_id FROM kw
+)
+SELECT c.id, c.id IN (SELECT id FROM vec), kw.score, kw.coverage, sim.cosine,
+       CASE WHEN %(feedback)s AND sim.cosine IS NOT NULL THEN vector_send(c.embedding) END
+FROM candidates JOIN {Chunk._meta.db_table} c ON c.tenant_id = %(tenant)s AND c.id = candidates.id
+LEFT JOIN kw ON kw.chunk_id = c.id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN c.embedding_model = %(model)s AND vector_dims(c.embedding) = {dims}
+                THEN 1 - (c.embedding <=> %(qvec)s::vector) END AS cosine
+) sim
+"""  # noqa: S608 (our tables; dims is an int)
+
+
 def _feedback_rerank(
-    index: VectorIndex,
     ranked: list[tuple[_Candidate, float]],
     vector: np.ndarray,
     keyword_weight: float,
@@ -160,15 +201,16 @@ def _feedback_rerank(
     """Pseudo-relevance feedback on the vector leg (Rocchio): move the query vector towards the
     mean of the top fused results and rank the candidates again with it. The candidates' reported
     cosine (and so their calibrated relevance) stays the one of the original query."""
-    top = [c.chunk_id for c, _ in ranked[: settings.KNOWLEDGE_PRF_DOCS]]
-    centroid = index.centroid(top)
-    if centroid is None:
+    top = [c.vector for c, _ in ranked[: settings.KNOWLEDGE_PRF_DOCS] if c.vector is not None]
+    if not top:
         return ranked
-    moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * centroid
+    moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * np.mean(top, axis=0)
     moved = moved / (np.linalg.norm(moved) or 1.0)
     pool = [c for c, _ in ranked]
-    feedback = index.cosines(moved, [c.chunk_id for c in pool])
-    shadow = [_Candidate(c.chunk_id, c.bm25, c.coverage, feedback.get(c.chunk_id, c.cosine)) for c in pool]
+    shadow = [
+        _Candidate(c.chunk_id, c.bm25, c.coverage, float(c.vector @ moved) if c.vector is not None else c.cosine)
+        for c in pool
+    ]
     by_id = {c.chunk_id: c for c in pool}
     return [(by_id[s.chunk_id], f) for s, f in _fuse(shadow, keyword_weight, vector_weight, fusion, moved)]
 

@@ -21,7 +21,6 @@ from knowledge import queries
 from knowledge.lexical import remove_postings
 from knowledge.models import Document
 from knowledge.parsers import EXTENSIONS, SNIFF_BYTES, ContentMismatch, content_format, detect_format
-from knowledge.vectors import bump_version
 
 if TYPE_CHECKING:
     from django.core.files.uploadedfile import UploadedFile
@@ -183,7 +182,6 @@ def document_delete(*, document: Document) -> None:
         if locked is None:
             return
         remove_postings(tenant_id=document.tenant_id, document_id=document.pk)
-        bump_version(tenant_id=document.tenant_id)
         with connection.cursor() as cursor:
             cursor.execute(queries.CHUNKS_DELETE_DOCUMENT, [document.tenant_id, document.pk])
         emit(

@@ -108,9 +108,16 @@ TEMPLATES = [
 DATABASE_URL = embedded.resolve_database_url()
 
 
+# pgvector, on every connection (knowledge.vectors): a filtered HNSW scan goes on until it has the
+# rows asked for (iterative scan), with a search list of KNOWLEDGE_HNSW_EF_SEARCH (recall vs speed).
+KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 100)
+PGVECTOR_SESSION_OPTIONS = f"-c hnsw.iterative_scan=relaxed_order -c hnsw.ef_search={KNOWLEDGE_HNSW_EF_SEARCH}"
+
+
 def _database_from_url(url: str) -> dict:
     parsed = urlparse(url)
     query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    query["options"] = " ".join(filter(None, [PGVECTOR_SESSION_OPTIONS, query.get("options", "")]))
     host = query.pop("host", None) or parsed.hostname or ""
     return {
         "ENGINE": "django.db.backends.postgresql",

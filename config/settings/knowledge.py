@@ -36,9 +36,10 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
 KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 16)
 # Candidates fetched by each leg (keyword, vector) before fusion.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
-# Vector leg: a tenant with at least this many vectors (of one model) is ranked on a reduced (PCA)
-# copy of its vectors and the best candidates re-ranked exactly; below, every search is exact.
-KNOWLEDGE_VECTOR_REDUCE_MIN = env_int("KNOWLEDGE_VECTOR_REDUCE_MIN", 20000)
+# Vector leg (knowledge.vectors): a tenant with more chunks than this is searched through the HNSW
+# index of its model's dimension; a smaller one by an exact scan of its own rows.
+KNOWLEDGE_VECTOR_EXACT_MAX = env_int("KNOWLEDGE_VECTOR_EXACT_MAX", 20000)
+# (KNOWLEDGE_HNSW_EF_SEARCH, the HNSW search list, is a connection option: config.settings.base.)
 # Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
 KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)
 # ... and when a list was cut, how many of the best partial scores (per chunk asked for) get their exact BM25.

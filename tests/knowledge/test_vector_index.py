@@ -1,6 +1,7 @@
-"""The vector leg of a large tenant: ranked on a reduced (PCA) copy of its vectors and re-ranked
-exactly, it must still find what the exact search finds with true cosines, always return k results
-when the tenant has k vectors, see a vector write at once, and never see another tenant's vectors."""
+"""The vector leg in pgvector: the HNSW path must find what the exact search finds with true
+cosines, always return k results when the tenant has k vectors (the exact scan takes over when the
+filtered HNSW scan comes back short), see a vector write at once, and never see another tenant's
+vectors; a small tenant is searched exactly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.db import connection
 
 from knowledge import vectors
 from knowledge.embedders import LOCAL_MODEL_ID
@@ -18,19 +20,19 @@ from knowledge.retrieval import hybrid_search
 DIM = 384
 
 
-def clustered(n: int, seed: int) -> np.ndarray:
+def clustered(n: int, seed: int, dim: int = DIM) -> np.ndarray:
     """Unit vectors around 40 topics: the shape of real embeddings (near neighbours share a topic)."""
     rng = np.random.default_rng(seed)
-    topics = rng.normal(size=(40, DIM)).astype(np.float32)
-    out = topics[rng.integers(0, len(topics), size=n)] + rng.normal(scale=1.0, size=(n, DIM)).astype(np.float32)
+    topics = rng.normal(size=(40, dim)).astype(np.float32)
+    out = topics[rng.integers(0, len(topics), size=n)] + rng.normal(scale=1.0, size=(n, dim)).astype(np.float32)
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def store(tenant: Any, matrix: np.ndarray) -> list[int]:
+def store(tenant: Any, matrix: np.ndarray, model_id: str = LOCAL_MODEL_ID) -> list[int]:
     """Chunks of one document with these vectors, written the way indexing writes them."""
     document = Document.objects.create(
         tenant=tenant, title="vectors", filename="v.txt", format="text", size_bytes=0, sha256=uuid.uuid4().hex,
-        storage_name="-", status="indexed", embedding_model=LOCAL_MODEL_ID,
+        storage_name="-", status="indexed", embedding_model=model_id,
     )  # fmt: skip
     chunks = Chunk.objects.bulk_create(
         [
@@ -39,81 +41,105 @@ def store(tenant: Any, matrix: np.ndarray) -> list[int]:
         ]
     )
     ids = [c.pk for c in chunks]
-    vectors.write_vectors(tenant_id=tenant.pk, ids=ids, vectors=matrix, model_id=LOCAL_MODEL_ID)
+    vectors.write_vectors(tenant_id=tenant.pk, ids=ids, vectors=matrix, model_id=model_id)
     return ids
 
 
+def plan(tenant: Any, vector: np.ndarray, limit: int) -> str:
+    sql = f"WITH {vectors.vector_leg_sql(len(vector))} SELECT id FROM vec"
+    params = vectors.vector_leg_params(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=vector, limit=limit)
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
 @pytest.fixture
-def reduced(settings: Any) -> Any:
-    settings.KNOWLEDGE_VECTOR_REDUCE_MIN = 1000
+def hnsw(settings: Any) -> Any:
+    """Every tenant counts as large: searches go through the HNSW index."""
+    settings.KNOWLEDGE_VECTOR_EXACT_MAX = -1
     return settings
 
 
-def test_reduced_search_finds_the_exact_neighbours(reduced: Any, tenant: Any) -> None:
-    matrix = clustered(4000, seed=1)
+def test_the_hnsw_index_is_built_and_finds_the_exact_neighbours(hnsw: Any, tenant: Any, other_tenant: Any) -> None:
+    matrix = clustered(3000, seed=1)
     ids = store(tenant, matrix)
+    store(other_tenant, clustered(1000, seed=11))
+    with connection.cursor() as cursor:  # a build over existing rows, as a deployment migrating its data
+        cursor.execute("REINDEX INDEX chunk_embedding_hnsw_384")
+        cursor.execute("ANALYZE knowledge_chunk")  # as autovacuum would after such a load
     rng = np.random.default_rng(2)
 
-    index = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-    assert index.reduced is not None and index.reduced.shape == (4000, 64)  # ranked on 64 of 384 dimensions
+    assert "Index Scan using chunk_embedding_hnsw_384" in plan(tenant, matrix[0], 10)
     recalls = []
     for row in rng.choice(len(ids), size=40, replace=False):
         query = matrix[row] + rng.normal(scale=0.02, size=DIM).astype(np.float32)
         query /= np.linalg.norm(query)
-        got = index.nearest(query, 10)
+        got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=query, limit=10)
         exact = [ids[i] for i in np.argsort(-(matrix @ query))[:10]]
         assert got[0][0] == ids[row]  # the chunk the question was made from comes first
         assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
-        assert got[0][1] == pytest.approx(float(matrix[row] @ query), abs=1e-5)  # true cosines, not estimates
+        assert got[0][1] == pytest.approx(float(matrix[row] @ query), abs=1e-5)  # true cosines
         recalls.append(len({i for i, _ in got} & set(exact)) / 10)
     assert np.mean(recalls) >= 0.95
 
 
-def test_reduced_search_returns_k(reduced: Any, tenant: Any) -> None:
-    ids = store(tenant, clustered(5000, seed=3))
-    query = clustered(1, seed=4)[0]
+def test_a_small_tenant_is_searched_exactly(settings: Any, tenant: Any) -> None:
+    settings.KNOWLEDGE_VECTOR_EXACT_MAX = 20000
+    matrix = clustered(200, seed=12)
+    store(tenant, matrix)
 
-    got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=query, limit=300)
-    results = hybrid_search(
-        tenant=tenant, query="chunk", k=300, keyword_weight=0, vector_weight=1, query_vector=query, candidates=300
+    explained = plan(tenant, matrix[3], 10)
+
+    assert "chunk_embedding_hnsw" not in explained
+    assert vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=matrix[3], limit=1)[0][1] == (
+        pytest.approx(1.0, abs=1e-5)
     )
 
-    assert len({i for i, _ in got}) == 300 and {i for i, _ in got} <= set(ids)
-    assert len(results) == 300
+
+def test_a_short_hnsw_scan_is_completed_by_the_exact_scan(hnsw: Any, tenant: Any, other_tenant: Any) -> None:
+    store(other_tenant, clustered(3000, seed=3))  # the index is mostly another tenant's
+    mine = store(tenant, clustered(60, seed=4))
+    query = clustered(1, seed=5)[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.max_scan_tuples = 50")  # the filtered scan gives up early
+
+    got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=query, limit=40)
+    results = hybrid_search(
+        tenant=tenant, query="chunk", k=40, keyword_weight=0, vector_weight=1, query_vector=query, candidates=40
+    )
+
+    assert len(got) == 40 and {i for i, _ in got} <= set(mine)
+    exact = np.argsort(-(clustered(60, seed=4) @ query))[:40]
+    assert [i for i, _ in got] == [mine[i] for i in exact]
+    assert len(results) == 40
 
 
 def test_a_new_vector_is_found_at_once_and_other_tenants_are_never_searched(
-    reduced: Any, tenant: Any, other_tenant: Any
+    hnsw: Any, tenant: Any, other_tenant: Any
 ) -> None:
     mine = store(tenant, clustered(1200, seed=5))
-    vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)  # loaded (and reduced) before the write
     theirs = clustered(1200, seed=6)
     their_ids = store(other_tenant, theirs)
     target = theirs[7]  # the other tenant holds the exact vector asked for
     late = store(tenant, target[None, :])[0]  # a new document of this tenant with that vector
 
     got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=target, limit=20)
+    both = hybrid_search(tenant=tenant, query="chunk", k=20, query_vector=target, min_relevance=0)
 
     assert got[0] == (late, pytest.approx(1.0, abs=1e-5))
     assert {i for i, _ in got} <= set(mine) | {late}
     assert not {i for i, _ in got} & set(their_ids)
+    assert not {r.chunk_id for r in both} & set(their_ids)
 
 
-def test_vectors_added_batch_by_batch_are_appended_and_a_removal_reloads(reduced: Any, tenant: Any) -> None:
-    first = store(tenant, clustered(1100, seed=8))
-    loaded = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-    batches = [clustered(16, seed=9 + n) for n in range(3)]
-    added = [store(tenant, batch) for batch in batches]  # as a document being embedded, 16 at a time
+def test_a_deleted_document_and_another_model_are_never_returned(hnsw: Any, tenant: Any) -> None:
+    kept = store(tenant, clustered(300, seed=8))
+    gone_matrix = clustered(50, seed=9)
+    gone = store(tenant, gone_matrix)
+    other_model = store(tenant, clustered(20, seed=10, dim=768), model_id="openai:some-768-model")
 
-    refreshed = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-    assert refreshed.projection is loaded.projection  # appended, projected on the loaded directions
-    for ids, batch in zip(added, batches, strict=True):
-        assert [refreshed.nearest(v, 1)[0][0] for v in batch] == ids
-    assert len(loaded.nearest(batches[0][0], 2000)) == 1100  # a search already holding the old state is unchanged
+    Document.objects.filter(chunks__pk=gone[0]).delete()
+    got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=gone_matrix[0], limit=400)
 
-    Document.objects.filter(chunks__pk=first[0]).delete()
-    vectors.bump_version(tenant_id=tenant.pk)
-    after = vectors.index_for(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID)
-
-    assert after.reduced is None  # 48 vectors left: under the threshold, exact again
-    assert {i for i, _ in after.nearest(batches[1][0], 100)} == {i for ids in added for i in ids}
+    assert {i for i, _ in got} == set(kept)
+    assert not {i for i, _ in got} & set(other_model)

@@ -5,14 +5,17 @@ the table); each dimension of ``INDEXED_DIMENSIONS`` has a partial HNSW index (c
 column cast to it (migration knowledge 0007). A search for one tenant takes one of two paths,
 chosen inside the statement (``vector_leg_sql``), so a serving process keeps no vector state:
 
-- **HNSW** when the tenant has more than ``KNOWLEDGE_VECTOR_EXACT_MAX`` chunks and its model's
-  dimension is indexed. The tenant filter is applied while the graph is walked, with pgvector's
-  iterative scan (``hnsw.iterative_scan = relaxed_order``, set per connection in the settings):
-  the scan goes on until it has ``limit`` rows of the tenant instead of stopping at ``ef_search``
-  candidates, most of them another tenant's.
-- **Exact** otherwise: the tenant's rows of that model through the ``chunk_embedded`` index, every
-  distance computed. It also runs when the HNSW scan came back short (it stops after
-  ``hnsw.max_scan_tuples``), so a search returns ``limit`` rows whenever the tenant has them.
+- **HNSW** when its model's dimension is indexed and the graph walk is the cheaper path. The
+  tenant filter is applied while the graph is walked, with pgvector's iterative scan
+  (``hnsw.iterative_scan = relaxed_order``, set per connection in the settings): the scan goes on
+  until it has ``limit`` rows of the tenant instead of stopping at ``ef_search`` candidates, most of
+  them another tenant's. So its cost grows with ``limit`` / (the tenant's share of the table).
+- **Exact**: the tenant's rows of that model through the ``chunk_embedded`` index, every distance
+  computed; its cost grows with the tenant's rows n. Measured here (docs/knowledge.md): ~0.6 µs per
+  row scanned exactly, ~10 µs per row the graph walk visits, so the exact scan is chosen when
+  n ≤ ``KNOWLEDGE_VECTOR_EXACT_MAX`` or n² < ``KNOWLEDGE_VECTOR_HNSW_COST`` × limit × N (N: the
+  table's rows, from the planner's statistics). It also runs when the HNSW scan came back short (it
+  stops after ``hnsw.max_scan_tuples``), so a search returns ``limit`` rows whenever the tenant has them.
 
 Cosine similarity is ``1 - (a <=> b)``. Vectors are written as text (``[x,y,...]``) and read back in
 pgvector's binary form (``vector_send``: int16 dimension, int16 unused, big-endian float4s).
@@ -76,7 +79,9 @@ def vector_leg_sql(dims: int) -> str:
         ann = "SELECT NULL::bigint AS id, NULL::float8 AS distance WHERE false"
     return f"""
 vstats AS MATERIALIZED (
-    SELECT coalesce((SELECT chunk_count FROM {STATS} WHERE tenant_id = %(tenant)s), 0) > %(exact_max)s AS large
+    SELECT n > %(exact_max)s AND n::float8 * n >= %(hnsw_cost)s * %(k)s * greatest(total, n) AS large
+    FROM (SELECT coalesce((SELECT chunk_count FROM {STATS} WHERE tenant_id = %(tenant)s), 0) AS n,
+                 (SELECT reltuples FROM pg_class WHERE oid = '{CHUNK}'::regclass) AS total) counts
 ), ann AS MATERIALIZED ({ann}
 ), exact AS MATERIALIZED (
     SELECT c.id, c.embedding <=> %(qvec)s::vector AS distance
@@ -99,6 +104,7 @@ def vector_leg_params(*, tenant_id: Any, model_id: str, vector: np.ndarray, limi
         "qvec": to_text(vector),
         "k": limit,
         "exact_max": int(settings.KNOWLEDGE_VECTOR_EXACT_MAX),
+        "hnsw_cost": float(settings.KNOWLEDGE_VECTOR_HNSW_COST),
     }
 
 

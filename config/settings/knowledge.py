@@ -36,9 +36,11 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
 KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 16)
 # Candidates fetched by each leg (keyword, vector) before fusion.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
-# Vector leg (knowledge.vectors): a tenant with more chunks than this is searched through the HNSW
-# index of its model's dimension; a smaller one by an exact scan of its own rows.
-KNOWLEDGE_VECTOR_EXACT_MAX = env_int("KNOWLEDGE_VECTOR_EXACT_MAX", 20000)
+# Vector leg (knowledge.vectors): a tenant with at most this many chunks is searched by an exact scan
+# of its own rows; a larger one through the HNSW index of its model's dimension when that is the
+# cheaper path: n^2 >= KNOWLEDGE_VECTOR_HNSW_COST x limit x (rows in the table), else exactly.
+KNOWLEDGE_VECTOR_EXACT_MAX = env_int("KNOWLEDGE_VECTOR_EXACT_MAX", 2000)
+KNOWLEDGE_VECTOR_HNSW_COST = env_float("KNOWLEDGE_VECTOR_HNSW_COST", 16.0)
 # (KNOWLEDGE_HNSW_EF_SEARCH, the HNSW search list, is a connection option: config.settings.base.)
 # Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
 KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)

@@ -5,6 +5,7 @@ vectors; a small tenant is searched exactly."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from knowledge.models import Chunk, Document
 from knowledge.retrieval import hybrid_search
 
 DIM = 384
+HNSW_RAN = re.compile(r"Index Scan using chunk_embedding_hnsw_384 on knowledge_chunk \w+ \(actual")
 
 
 def clustered(n: int, seed: int, dim: int = DIM) -> np.ndarray:
@@ -57,6 +59,7 @@ def plan(tenant: Any, vector: np.ndarray, limit: int) -> str:
 def hnsw(settings: Any) -> Any:
     """Every tenant counts as large: searches go through the HNSW index."""
     settings.KNOWLEDGE_VECTOR_EXACT_MAX = -1
+    settings.KNOWLEDGE_VECTOR_HNSW_COST = 0
     return settings
 
 
@@ -69,7 +72,7 @@ def test_the_hnsw_index_is_built_and_finds_the_exact_neighbours(hnsw: Any, tenan
         cursor.execute("ANALYZE knowledge_chunk")  # as autovacuum would after such a load
     rng = np.random.default_rng(2)
 
-    assert "Index Scan using chunk_embedding_hnsw_384" in plan(tenant, matrix[0], 10)
+    assert HNSW_RAN.search(plan(tenant, matrix[0], 10))
     recalls = []
     for row in rng.choice(len(ids), size=40, replace=False):
         query = matrix[row] + rng.normal(scale=0.02, size=DIM).astype(np.float32)
@@ -83,14 +86,23 @@ def test_the_hnsw_index_is_built_and_finds_the_exact_neighbours(hnsw: Any, tenan
     assert np.mean(recalls) >= 0.95
 
 
-def test_a_small_tenant_is_searched_exactly(settings: Any, tenant: Any) -> None:
-    settings.KNOWLEDGE_VECTOR_EXACT_MAX = 20000
+def test_a_small_tenant_is_searched_exactly(settings: Any, tenant: Any, other_tenant: Any) -> None:
+    settings.KNOWLEDGE_VECTOR_EXACT_MAX = 100
     matrix = clustered(200, seed=12)
     store(tenant, matrix)
+    store(other_tenant, clustered(3000, seed=13))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO knowledge_lexicalstats (tenant_id, chunk_count, total_length) VALUES (%s, 200, 0), (%s, 3000, 0)",
+            [tenant.pk, other_tenant.pk],
+        )
+        cursor.execute("ANALYZE knowledge_chunk")
 
-    explained = plan(tenant, matrix[3], 10)
+    explained = plan(tenant, matrix[3], 10)  # 200^2 < 16 x 10 x 3,200: the exact scan is cheaper
+    theirs = plan(other_tenant, matrix[3], 10)  # 3,000^2 > 16 x 10 x 3,200: the graph walk is
 
-    assert "chunk_embedding_hnsw" not in explained
+    assert not HNSW_RAN.search(explained) and "Seq Scan" not in explained
+    assert HNSW_RAN.search(theirs)
     assert vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=matrix[3], limit=1)[0][1] == (
         pytest.approx(1.0, abs=1e-5)
     )

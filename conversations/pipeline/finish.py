@@ -154,6 +154,9 @@ def _complete_reply(turn: Turn, reply: Message, cost: Decimal) -> None:
         "model": turn.model,
         "handoff": bool(turn.handoff_reason),
         "fallback": turn.failure is not None,
+        # Passages the answer had (retrieval and search tools); None: retrieval is off. Analytics
+        # counts a reply with none, or citing none of them, as a question the assistant could not answer.
+        "retrieved": len(turn.passages) if turn.config.enable_rag else None,
     }
     if turn.send_error:
         reply.status = Message.Status.FAILED

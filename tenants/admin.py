@@ -4,30 +4,53 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import models
+from django.db import models, transaction
 from django.http import HttpRequest
 
+from events.services import emit
+from events.types import EventType
 from tenants import secrets as secret_service
 from tenants import services
+from tenants.admin_forms import SETTING_FIELDS, SETTINGS_FIELDSETS, TenantSettingsFormMixin
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import ApiKey, Membership, Tenant, TenantSecret
-from tenants.settings_schema import TenantSettingsError, secret_references
+from tenants.settings_schema import secret_references
+
+SETTINGS_FORM_FIELDS = {spec.name for spec in SETTING_FIELDS}
 
 
-class TenantForm(forms.ModelForm):
+class TenantForm(TenantSettingsFormMixin, forms.ModelForm):
+    """The tenant with its settings as fields (tenants.admin_forms); ``settings_json`` is added for
+    superusers only (TenantAdmin.get_form)."""
+
     class Meta:
         model = Tenant
-        fields = ["name", "slug", "is_active", "settings", "rate_limit_per_minute"]
+        fields = ["name", "slug", "is_active", "rate_limit_per_minute"]
 
-    def clean_settings(self) -> dict:
-        try:
-            return services.tenant_settings_validate(
-                tenant=self.instance if self.instance.pk else None,
-                settings=self.cleaned_data.get("settings") or {},
-                base=None,
-            )
-        except TenantSettingsError as exc:
-            raise forms.ValidationError([f"{k}: {', '.join(v)}" for k, v in exc.errors.items()]) from None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.setup_settings_fields()
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        self.clean_settings_fields(self.add_error)
+        return data
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.validated_settings is not None:
+            self.instance.settings = self.validated_settings
+            self.instance.__dict__.pop("config", None)
+
+
+class SuperuserTenantForm(TenantForm):
+    settings_json = forms.JSONField(
+        label="Settings as JSON",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 18, "cols": 90, "style": "font-family: monospace"}),
+        help_text="Everything the form above shows, as stored. Change either the form or this, not both; "
+        "validated by the same rules.",
+    )
 
 
 @admin.register(Tenant)
@@ -37,6 +60,33 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     readonly_fields = ["id", "created_at", "updated_at"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if request.user.is_superuser:
+            kwargs["form"] = SuperuserTenantForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        tenant = ["name", "slug", "is_active", "rate_limit_per_minute"]
+        if obj is not None:
+            tenant += ["id", "created_at", "updated_at"]
+        fieldsets: list[Any] = [(None, {"fields": tenant}), *SETTINGS_FIELDSETS]
+        if request.user.is_superuser:
+            fieldsets.append(("Advanced: settings as JSON", {"fields": ["settings_json"], "classes": ["collapse"]}))
+        return fieldsets
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        # As the API's tenant_update: under the row lock (a secret removed meanwhile waits for it), and
+        # tenant.updated tells the subscribers (a switched-off tenant's web chat sockets close).
+        with transaction.atomic():
+            if change:
+                Tenant.objects.select_for_update().filter(pk=obj.pk).first()
+            super().save_model(request, obj, form, change)
+            if change:
+                settings_fields = SETTINGS_FORM_FIELDS | {"settings_json"}
+                fields = sorted({"settings" if name in settings_fields else name for name in form.changed_data})
+                if fields:
+                    emit(tenant=obj, type=EventType.TENANT_UPDATED, payload={"fields": fields})
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         queryset = super().get_queryset(request)

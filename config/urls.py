@@ -8,6 +8,11 @@ from tenants import admin_login
 
 # Failed admin logins are throttled (tenants.admin_login); the throttled view answers 429 when locked.
 admin.site.login_form = admin_login.ThrottledAdminLoginForm
+admin.site.site_header = "Meta Chat Platform"
+admin.site.site_title = "Meta Chat Platform"
+admin.site.index_title = "Administration"
+# No public site lives at "/": the "View site" link is left out rather than leading to a 404.
+admin.site.site_url = None
 
 urlpatterns = [
     path("api/health", health.health_view, name="health"),

@@ -34,13 +34,11 @@ class TenantForm(TenantSettingsFormMixin, forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         self.clean_settings_fields(self.add_error)
-        return data
-
-    def _post_clean(self) -> None:
-        super()._post_clean()
         if self.validated_settings is not None:
+            # Not a model field of this form: construct_instance leaves it as set here.
             self.instance.settings = self.validated_settings
             self.instance.__dict__.pop("config", None)
+        return data
 
 
 class SuperuserTenantForm(TenantForm):

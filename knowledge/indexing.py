@@ -25,7 +25,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -94,7 +94,7 @@ def claim_next(*, now: datetime | None = None) -> Document | None:
     return None
 
 
-def index_document(*, document_id: Any, force: bool = False) -> Document | None:
+def index_document(*, document_id: UUID | str, force: bool = False) -> Document | None:
     """Index this one document now, whatever the queue holds (tests, benchmarks, commands).
 
     Raises EmbeddingError (transient); other failures are recorded on the document as ``failed``."""
@@ -225,7 +225,7 @@ def run(*, document: Document) -> Document | None:
         return None
 
 
-def _lock_generation(document_id: Any, generation: int) -> Document:
+def _lock_generation(document_id: UUID | str, generation: int) -> Document:
     """The document locked, if this run still owns it: same generation, still ``processing`` (a
     re-index made it pending again, a delete removed it, a newer run took it over)."""
     document = Document.objects.select_for_update().filter(pk=document_id).first()
@@ -237,8 +237,8 @@ def _lock_generation(document_id: Any, generation: int) -> Document:
 def _embed_progressively(
     *,
     embedder: Embedder,
-    tenant_id: Any,
-    document_id: Any,
+    tenant_id: UUID,
+    document_id: UUID,
     generation: int,
     items: list[tuple[int, str]],
     deadline: float,
@@ -266,7 +266,7 @@ def _embed_progressively(
                 )
 
 
-def mark_failed(*, document_id: Any, reason: str, generation: int | None = None) -> None:
+def mark_failed(*, document_id: UUID | str, reason: str, generation: int | None = None) -> None:
     """Record the failure; with ``generation``, only if that run still owns the document."""
     with transaction.atomic():
         document = (
@@ -290,7 +290,7 @@ def mark_failed(*, document_id: Any, reason: str, generation: int | None = None)
     logger.warning("document indexing failed", extra={"document_id": str(document_id), "reason": reason})
 
 
-def requeue_after_error(*, document_id: Any, generation: int, error: str) -> int | None:
+def requeue_after_error(*, document_id: UUID | str, generation: int, error: str) -> int | None:
     """A transient failure (embedder or database unavailable): the document waits in the queue again
     for a backoff (15 s doubling, at most 10 min), or ends ``failed`` after KNOWLEDGE_INDEX_MAX_ATTEMPTS.
 

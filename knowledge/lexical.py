@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
@@ -64,7 +65,7 @@ def text_search_config(*, tenant: Tenant) -> str:
     return LANGUAGE_CONFIGS.get(language, "simple")
 
 
-def store_postings(*, tenant_id: Any, document_id: Any, config: str) -> tuple[int, int]:
+def store_postings(*, tenant_id: UUID, document_id: UUID, config: str) -> tuple[int, int]:
     """Write the postings of a document's chunks and add them to the tenant's statistics.
 
     Field weighting (BM25F-style, by term frequency): the document title and the chunk's section
@@ -76,7 +77,7 @@ def store_postings(*, tenant_id: Any, document_id: Any, config: str) -> tuple[in
 
     Call inside the transaction that stored the chunks. Returns (chunks, total lexemes).
     """
-    params = {
+    params: dict[str, Any] = {
         "cfg": config,
         "tenant": tenant_id,
         "doc": document_id,
@@ -101,7 +102,7 @@ def store_postings(*, tenant_id: Any, document_id: Any, config: str) -> tuple[in
     return int(row[0]), int(row[1])
 
 
-def remove_postings(*, tenant_id: Any, document_id: Any) -> None:
+def remove_postings(*, tenant_id: UUID, document_id: UUID) -> None:
     """Delete a document's postings and subtract them from the statistics (same transaction)."""
     params = {"tenant": tenant_id, "doc": document_id}
     with connection.cursor() as cursor:
@@ -147,7 +148,7 @@ IDF_PRUNE_RATIO = 0.05
 
 def keyword_query(
     *,
-    tenant_id: Any,
+    tenant_id: UUID,
     query: str,
     config: str,
     limit: int,
@@ -172,7 +173,7 @@ def keyword_query(
 
 def keyword_search(
     *,
-    tenant_id: Any,
+    tenant_id: UUID,
     query: str,
     config: str,
     limit: int,

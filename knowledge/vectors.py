@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 from django.conf import settings
@@ -48,7 +49,7 @@ def from_binary(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype=">f4", offset=4).astype(np.float32)
 
 
-def write_vectors(*, tenant_id: Any, ids: list[int], vectors: np.ndarray, model_id: str) -> None:
+def write_vectors(*, tenant_id: UUID, ids: list[int], vectors: np.ndarray, model_id: str) -> None:
     """Store vectors on their chunks (the caller's transaction); searches see them at commit."""
     with connection.cursor() as cursor:
         cursor.execute(
@@ -97,7 +98,7 @@ vstats AS MATERIALIZED (
 )"""
 
 
-def vector_leg_params(*, tenant_id: Any, model_id: str, vector: np.ndarray, limit: int) -> dict[str, Any]:
+def vector_leg_params(*, tenant_id: UUID, model_id: str, vector: np.ndarray, limit: int) -> dict[str, Any]:
     return {
         "tenant": tenant_id,
         "model": model_id,
@@ -108,7 +109,7 @@ def vector_leg_params(*, tenant_id: Any, model_id: str, vector: np.ndarray, limi
     }
 
 
-def nearest(*, tenant_id: Any, model_id: str, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+def nearest(*, tenant_id: UUID, model_id: str, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
     """The tenant's ``limit`` chunks of ``model_id`` closest to ``vector`` by cosine, best first."""
     if limit <= 0:
         return []
@@ -120,7 +121,7 @@ def nearest(*, tenant_id: Any, model_id: str, vector: np.ndarray, limit: int) ->
         return [(int(i), float(s)) for i, s in cursor.fetchall()]
 
 
-def cosines(*, tenant_id: Any, model_id: str, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
+def cosines(*, tenant_id: UUID, model_id: str, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
     """Cosine of the given chunks (those of the tenant that have a vector of this model)."""
     if not ids:
         return {}

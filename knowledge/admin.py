@@ -1,4 +1,9 @@
-"""Documents in the admin: upload, status and progress, re-index, delete, and "try a question"."""
+"""Documents in the admin: upload, status and progress, re-index, delete, and "try a question".
+
+The list and the document's page follow the indexing by themselves: static/knowledge/progress.js polls
+``<document>/progress/`` (a JSON view under the admin, session auth, the user's tenants only) every
+1.5 s until the document is indexed or failed. While it waits, the JSON tells its place in the queue,
+estimated from the fair queue's rule (knowledge.indexing.claim_next): see ``queue_estimate``."""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ from typing import Any, cast
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.db import models
+from django.db.models import Count, Min, OuterRef, QuerySet, Subquery
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from knowledge import retrieval, services
-from knowledge.models import Document
+from knowledge.models import Chunk, Document
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import Tenant
 
@@ -28,6 +36,94 @@ class DocumentUploadForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["title"].required = False
+
+
+CHUNK_PREVIEW = 20
+POLL_SECONDS = 1.5
+FINAL = (Document.Status.INDEXED, Document.Status.FAILED)
+
+
+def queue_estimate(document: Document) -> dict[str, Any] | None:
+    """Where a pending document stands in the indexing queue, or None when it is not pending.
+
+    An estimate, and labelled so: claim_next serves the tenant whose latest claim is oldest, which
+    amounts to one document per waiting tenant in turn. So the documents ahead are the tenant's own
+    queued earlier (``own_ahead``) plus, from each other waiting tenant, as many as are served before
+    this one's turn: min(its waiting count, own_ahead, +1 if that tenant's turn comes first). Documents
+    queued later, retries coming due and several workers change it; the page refreshes it."""
+    if document.status != Document.Status.PENDING:
+        return None
+    now = timezone.now()
+    if document.queued_at > now:
+        return {"retry_at": document.queued_at.isoformat(), "estimate": False}
+    own_ahead = (
+        Document.objects.filter(tenant_id=document.tenant_id, status=Document.Status.PENDING, queued_at__lte=now)
+        .filter(
+            models.Q(queued_at__lt=document.queued_at)
+            | models.Q(queued_at=document.queued_at, created_at__lt=document.created_at)
+        )
+        .count()
+    )
+    # Per tenant with documents ready: how many, its oldest wait and its latest claim, the keys
+    # claim_next orders tenants by (knowledge.queries.READY_TENANTS), read through the same indexes.
+    latest_claim = (
+        Document.objects.filter(tenant_id=OuterRef("tenant_id"), claimed_at__isnull=False)
+        .order_by("-claimed_at")
+        .values("claimed_at")[:1]
+    )
+    rows = [
+        (row["tenant_id"], row["waiting"], row["first_queued"], row["last_claim"])
+        for row in Document.objects.filter(status=Document.Status.PENDING, queued_at__lte=now)
+        .order_by()
+        .values("tenant_id")
+        .annotate(waiting=Count("pk"), first_queued=Min("queued_at"), last_claim=Subquery(latest_claim))
+    ]
+
+    def turn(last_claim: Any, first_queued: Any) -> tuple[bool, Any, Any]:
+        return (last_claim is not None, last_claim or now, first_queued)
+
+    own = next((turn(r[3], r[2]) for r in rows if r[0] == document.tenant_id), turn(None, document.queued_at))
+    others = sum(
+        min(waiting, own_ahead + (1 if turn(last_claim, first_queued) < own else 0))
+        for tenant_id, waiting, first_queued, last_claim in rows
+        if tenant_id != document.tenant_id
+    )
+    processing = Document.objects.filter(status=Document.Status.PROCESSING).count()
+    return {
+        "position": own_ahead + others + 1,
+        "own_ahead": own_ahead,
+        "others_ahead": others,
+        "processing": processing,
+        "estimate": True,
+    }
+
+
+def progress_payload(document: Document, *, chunks: bool = False) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": str(document.pk),
+        "status": document.status,
+        "status_label": document.get_status_display(),
+        "done": document.status in FINAL,
+        "progress": document.progress,
+        "percent": round(document.progress * 100),
+        "chunks_total": document.chunks_total,
+        "chunks_embedded": document.chunks_embedded,
+        "error": document.error,
+        "indexed_at": document.indexed_at.isoformat() if document.indexed_at else None,
+        "queue": queue_estimate(document),
+    }
+    if chunks:
+        payload["chunks"] = chunk_preview(document)
+    return payload
+
+
+def chunk_preview(document: Document) -> list[dict[str, Any]]:
+    rows = (
+        Chunk.objects.filter(tenant_id=document.tenant_id, document_id=document.pk)
+        .order_by("position")
+        .values("position", "page", "section", "content", "token_count")[:CHUNK_PREVIEW]
+    )
+    return [{**row, "content": row["content"][:800]} for row in rows]
 
 
 class SearchForm(forms.Form):
@@ -60,10 +156,15 @@ class DocumentAdmin(TenantScopedAdmin):
         "indexed_at",
     ]
     change_list_template = "admin/knowledge/document/change_list.html"
+    change_form_template = "admin/knowledge/document/change_form.html"
 
     @admin.display(description="progress")
     def progress_display(self, obj: Document) -> str:
-        return f"{obj.chunks_embedded}/{obj.chunks_total} ({obj.progress:.0%})"
+        text = f"{obj.chunks_embedded}/{obj.chunks_total} ({obj.progress:.0%})"
+        if obj.status in FINAL:
+            return text
+        url = reverse("admin:knowledge_document_progress", args=[obj.pk])
+        return format_html('<span class="document-progress" data-progress-url="{}">{}</span>', url, text)
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -132,8 +233,46 @@ class DocumentAdmin(TenantScopedAdmin):
     def get_urls(self) -> list:
         return [
             path("try/", self.admin_site.admin_view(self.try_question_view), name="knowledge_document_try"),
+            path(
+                "<path:object_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="knowledge_document_progress",
+            ),
             *super().get_urls(),
         ]
+
+    def progress_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
+        """The document's indexing progress as JSON (``?chunks=1`` adds the chunk preview); another
+        tenant's document, or a missing one, answers 404."""
+        document = self.get_object(request, object_id)
+        if document is None:
+            raise Http404("No such document.")
+        if not self.has_view_permission(request, document):
+            raise PermissionDenied
+        # admin_view marks it never cached (no-store): each poll reads the database.
+        return JsonResponse(progress_payload(document, chunks=request.GET.get("chunks") == "1"))
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        document = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if document is not None:
+            extra.update(
+                progress=progress_payload(document),
+                progress_url=reverse("admin:knowledge_document_progress", args=[document.pk]),
+                poll_ms=int(POLL_SECONDS * 1000),
+                chunks=chunk_preview(document),
+                chunk_preview_size=CHUNK_PREVIEW,
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> HttpResponse:
+        """After an upload, the document's page: it shows the indexing as it goes."""
+        response = super().response_add(request, obj, post_url_continue)
+        if "_addanother" in request.POST or "_popup" in request.POST:
+            return response
+        return HttpResponseRedirect(reverse("admin:knowledge_document_change", args=[obj.pk]))
 
     def try_question_view(self, request: HttpRequest) -> HttpResponse:
         """Ask a question as the assistant would and see the ranked chunks with their scores."""

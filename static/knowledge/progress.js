@@ -77,9 +77,10 @@
     var body = preview.querySelector("tbody");
     chunks.forEach(function (c) {
       var tr = document.createElement("tr");
-      [c.position, c.page == null ? "" : c.page, c.section, c.content].forEach(function (value) {
+      [c.position, c.page == null ? "" : c.page, c.section, c.content].forEach(function (value, i) {
         var td = document.createElement("td");
         td.textContent = value;
+        if (i === 3) td.style.whiteSpace = "pre-wrap";  // as the server renders the content
         tr.appendChild(td);
       });
       body.appendChild(tr);

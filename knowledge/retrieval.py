@@ -1,8 +1,8 @@
 """Hybrid retrieval: BM25 keyword leg and pgvector cosine leg in one SQL statement, fused per query.
 
-1. Each leg returns its top N candidates for the tenant (N = KNOWLEDGE_CANDIDATES): the vector
-   leg through the HNSW index of its dimension or an exact scan of a small tenant (knowledge.vectors),
-   the keyword leg from the tenant's postings (knowledge.lexical).
+1. Each leg returns its top candidates for the tenant: the keyword leg its top KNOWLEDGE_CANDIDATES
+   from the tenant's postings (knowledge.lexical), the vector leg its top KNOWLEDGE_VECTOR_CANDIDATES
+   through the HNSW index of its dimension or an exact scan of the tenant's rows (knowledge.vectors).
 2. Every candidate of the union gets both scores exactly (its cosine, its BM25, computed in the
    same statement), so a chunk found by one leg is not a zero for the other.
 3. Per-query normalisation (BM25 / max BM25; min-max of cosines), then the tenant's
@@ -98,6 +98,8 @@ def hybrid_search(
     if not query or k <= 0:
         return []
     depth = max(candidates or settings.KNOWLEDGE_CANDIDATES, k)
+    # The vector leg's own depth: its HNSW walk costs in proportion to it (knowledge.vectors).
+    vector_depth = max(candidates or min(depth, settings.KNOWLEDGE_VECTOR_CANDIDATES), k)
     vector: np.ndarray | None = None
     model_id = ""
     calibration = (0.0, 1.0)
@@ -113,11 +115,11 @@ def hybrid_search(
             vector = None  # the keyword leg still answers
             logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})
     if vector is not None and keyword_weight > 0:
-        pool = _both_legs(tenant, query, vector, model_id, depth)
+        pool = _both_legs(tenant, query, vector, model_id, depth, vector_depth)
     elif vector is not None:
         pool = [
             _Candidate(i, cosine=c)
-            for i, c in vectors.nearest(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=depth)
+            for i, c in vectors.nearest(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth)
         ]
     elif keyword_weight > 0 or vector_weight > 0:  # vectors unavailable: the keyword leg alone
         config = text_search_config(tenant=tenant)
@@ -145,10 +147,12 @@ def hybrid_search(
     return _materialise(tenant, results)
 
 
-def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int) -> list[_Candidate]:
+def _both_legs(
+    tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int, vector_depth: int
+) -> list[_Candidate]:
     """Both legs' candidates with both scores (and their vectors) from one statement."""
     _, params = keyword_query(tenant_id=tenant.pk, query=query, config=text_search_config(tenant=tenant), limit=depth)
-    params.update(vectors.vector_leg_params(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=depth))
+    params.update(vectors.vector_leg_params(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth))
     params["feedback"] = settings.KNOWLEDGE_PRF_DOCS > 0 and settings.KNOWLEDGE_PRF_WEIGHT > 0
     with connection.cursor() as cursor:
         cursor.execute(_hybrid_sql(len(vector)), params)

@@ -36,6 +36,8 @@ KNOWLEDGE_CHUNK_OVERLAP_TOKENS = env_int("KNOWLEDGE_CHUNK_OVERLAP_TOKENS", 64)
 KNOWLEDGE_EMBED_BATCH = env_int("KNOWLEDGE_EMBED_BATCH", 16)
 # Candidates fetched by each leg (keyword, vector) before fusion.
 KNOWLEDGE_CANDIDATES = env_int("KNOWLEDGE_CANDIDATES", 100)
+# ... of which the vector leg fetches at most this many (its HNSW walk costs in proportion).
+KNOWLEDGE_VECTOR_CANDIDATES = env_int("KNOWLEDGE_VECTOR_CANDIDATES", 40)
 # Vector leg (knowledge.vectors): a tenant with at most this many chunks is searched by an exact scan
 # of its own rows; a larger one through the HNSW index of its model's dimension when that is the
 # cheaper path: n^2 >= KNOWLEDGE_VECTOR_HNSW_COST x limit x (rows in the table), else exactly.

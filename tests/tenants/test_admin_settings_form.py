@@ -40,12 +40,10 @@ def form_data(page: Any, **changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, field in form.fields.items():
         value = form[name].value()
-        if field.widget.input_type == "checkbox" if hasattr(field.widget, "input_type") else False:
+        if getattr(field.widget, "input_type", None) == "checkbox":
             if value:
                 data[name] = "on"
             continue
-        if name == "settings_json":
-            value = field.prepare_value(value)
         data[name] = "" if value is None else value
     for name, value in changes.items():
         if value is False:
@@ -182,3 +180,20 @@ def test_brand_name_saved_in_the_form_is_used_by_the_next_reply(live_worker, ten
 
     wait_until(lambda: graph.text_bodies())
     assert graph.text_bodies()[0].startswith("I couldn't find anything about that in Zephyr Bikes's documents.")
+
+
+def test_superuser_adds_a_tenant_with_its_settings_from_the_form(db):
+    client = superuser_client()
+    page = client.get("/admin/tenants/tenant/add/")
+    assert page.status_code == 200 and page.context["adminform"].form["brand_name"].value() == "Your Business"
+
+    response = client.post(
+        "/admin/tenants/tenant/add/",
+        form_data(page, name="Initech", slug="initech", is_active="on", rate_limit_per_minute="",
+                  brand_name="Initech Support", rag_top_k="8"),
+    )  # fmt: skip
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    created = Tenant.objects.get(slug="initech")
+    assert (created.settings["brandName"], created.settings["ragConfig"]["topK"]) == ("Initech Support", 8)
+    assert created.settings["llm"] == {**created.settings["llm"], "provider": "default", "temperature": 0.3}

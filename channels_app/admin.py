@@ -9,6 +9,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.core.validators import RegexValidator
 from django.db import models, transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -121,9 +122,10 @@ class ChannelForm(forms.ModelForm):
             self.fields["type"].widget = forms.HiddenInput()
             self.initial["type"] = self.channel_type
         if "external_id" in self.fields and self.channel_type in EXTERNAL_ID_LABELS:
-            self.fields["external_id"].label, self.fields["external_id"].help_text = EXTERNAL_ID_LABELS[
-                self.channel_type
-            ]
+            field = self.fields["external_id"]
+            field.label, field.help_text = EXTERNAL_ID_LABELS[self.channel_type]
+            field.required = True  # as the API: Meta routes this channel's traffic by it
+            field.validators.append(RegexValidator(r"^[0-9]{1,32}$", "Meta's ids are digits only."))
         config = self.instance.config if isinstance(self.instance.config, dict) else {}
         for name, key in CONFIG_FIELDS.items():
             if name in self.fields and key in config:
@@ -207,7 +209,11 @@ class ChannelForm(forms.ModelForm):
         config = dict(self.instance.config) if isinstance(self.instance.config, dict) else {}
         for name, key in CONFIG_FIELDS.items():
             if name in self.fields and name in self.cleaned_data:
-                config[key] = self.cleaned_data[name]
+                value = self.cleaned_data[name]
+                if value == "":
+                    config.pop(key, None)  # an empty text field: the widget's default
+                else:
+                    config[key] = value
         self.instance.config = config
 
 

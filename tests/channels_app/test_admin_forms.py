@@ -97,3 +97,22 @@ def test_whatsapp_channel_form_has_its_id_and_credentials_and_keeps_other_config
     wa_channel.refresh_from_db()
     assert wa_channel.config == {"display_phone_number": "+1 555 000 2222", "extra": 1}
     assert wa_channel.type == "whatsapp"
+
+
+def test_meta_channel_needs_its_numeric_id(tenant):
+    from django.contrib.auth import get_user_model
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456789"))
+    url = "/admin/channels_app/channel/add/?type=whatsapp"
+    data = {"tenant": str(tenant.pk), "type": "whatsapp", "name": "Line", "is_active": "on"}
+
+    missing = client.post(url, {**data, "external_id": ""})
+    letters = client.post(url, {**data, "external_id": "+1 555"})
+    saved = client.post(url, {**data, "external_id": "1065000111", "access_token": "EAAx", "app_secret": "s"})
+
+    assert missing.context["adminform"].form.errors == {"external_id": ["This field is required."]}
+    assert letters.context["adminform"].form.errors == {"external_id": ["Meta's ids are digits only."]}
+    assert saved.status_code == 302, saved.context["adminform"].form.errors
+    channel = Channel.objects.get(external_id="1065000111")
+    assert (channel.type, channel.tenant_id, channel.config) == ("whatsapp", tenant.pk, {})

@@ -19,7 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from channels_app.models import Channel
-from conversations import selectors, services
+from conversations import analytics_admin, selectors, services
 from conversations.models import Conversation, Message, TenantFunction
 from conversations.state import InvalidTransition
 from conversations.tools import FunctionDefinitionError, validate_definition
@@ -92,11 +92,15 @@ class ConversationAdmin(TenantScopedAdmin):
         info = self.model._meta.app_label, self.model._meta.model_name
         wrap = self.admin_site.admin_view
         return [
+            path("analytics/", wrap(self.analytics_view), name="{}_{}_analytics".format(*info)),
             path("<uuid:object_id>/reply/", wrap(self.reply_view), name="{}_{}_reply".format(*info)),
             path("<uuid:object_id>/resolve/", wrap(self.resolve_view), name="{}_{}_resolve".format(*info)),
             path("<uuid:object_id>/return-to-bot/", wrap(self.return_view), name="{}_{}_return".format(*info)),
             *super().get_urls(),
         ]
+
+    def analytics_view(self, request: HttpRequest) -> HttpResponse:
+        return analytics_admin.analytics_view(self, request)
 
     def _conversation(self, request: HttpRequest, object_id: Any, *, change: bool) -> Conversation:
         conversation = self.get_queryset(request).select_related("contact", "channel").filter(pk=object_id).first()

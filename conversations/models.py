@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from tenants.scoping import TenantOwned
@@ -57,6 +58,8 @@ class Conversation(TenantOwned):
             models.Index(fields=["tenant", "state", "-last_activity_at"], name="conv_tenant_state_activity"),
             models.Index(fields=["tenant", "contact", "-last_activity_at"], name="conv_tenant_contact"),
             models.Index(fields=["tenant", "channel", "-last_activity_at"], name="conv_tenant_channel"),
+            # Analytics: conversations created per day.
+            models.Index(fields=["tenant", "created_at"], name="conv_tenant_created"),
         ]
 
     def __str__(self) -> str:
@@ -107,7 +110,21 @@ class Message(TenantOwned):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["tenant", "conversation", "id"], name="msg_tenant_conv_id")]
+        indexes = [
+            models.Index(fields=["tenant", "conversation", "id"], name="msg_tenant_conv_id"),
+            # Analytics (conversations.analytics): a day range of a tenant's messages, aggregated from
+            # the index alone (index-only scan), and the replies that cite nothing (unanswered questions).
+            models.Index(
+                fields=["tenant", "created_at"],
+                include=["channel", "sender", "conversation", "prompt_tokens", "completion_tokens", "cost_usd"],
+                name="msg_tenant_created",
+            ),
+            models.Index(
+                fields=["tenant", "created_at"],
+                condition=models.Q(sender="assistant", payload__sources=[]),
+                name="msg_tenant_uncited",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "channel", "platform_message_id"],
@@ -147,3 +164,56 @@ class TenantFunction(TenantOwned):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AnalyticsDay(TenantOwned):
+    """A tenant's closed day, rolled up once for the analytics page (conversations.analytics): counts,
+    and the day's response and resolution times as arrays (percentiles of any range come from them).
+    ``pending``: conversations still waiting for a first answer when the day was rolled up, as
+    ``[conversation id, since (ISO), "bot" | "human"]``, looked up again when a range includes the day."""
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField()
+    new = models.PositiveIntegerField(default=0)
+    resolved = models.PositiveIntegerField(default=0)
+    handoffs = models.PositiveIntegerField(default=0)
+    unanswered = models.PositiveIntegerField(default=0)
+    bot_seconds = ArrayField(models.FloatField(), default=list)
+    human_seconds = ArrayField(models.FloatField(), default=list)
+    resolution_seconds = ArrayField(models.FloatField(), default=list)
+    pending = models.JSONField(default=list)
+    computed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day"], name="analyticsday_unique")]
+
+
+class AnalyticsChannelDay(TenantOwned):
+    """Messages, tokens and cost of one channel on a closed day (see AnalyticsDay)."""
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField()
+    channel = models.ForeignKey("channels_app.Channel", on_delete=models.CASCADE, related_name="+", db_index=False)
+    messages = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day", "channel"], name="analyticschannelday_unique")]
+
+
+class AnalyticsDocumentDay(TenantOwned):
+    """How many replies of a closed day cite a document (its id and title as cited: the document may be
+    gone since)."""
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField()
+    document_id = models.CharField(max_length=64)
+    title = models.CharField(max_length=300, blank=True, default="")
+    replies = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "day", "document_id"], name="analyticsdocumentday_unique")
+        ]

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
+from conversations import analytics_admin
 from tenants import services
 
 
@@ -29,5 +30,13 @@ def test_no_admin_page_answers_a_server_error(client, tenant, other_tenant, role
         for obj in model.objects.all()[:3]:
             urls += [reverse(f"{info}_{view}", args=[obj.pk]) for view in ("change", "delete", "history")]
         failures += [(url, status) for url in urls if (status := client.get(url).status_code) >= 500]
+
+    # Custom views: the analytics page, each of its CSV exports, and another tenant's figures asked for.
+    analytics = reverse("admin:conversations_conversation_analytics")
+    urls = [analytics, f"{analytics}?tenant={other_tenant.pk}", f"{analytics}?start=2026-01-02&end=2026-01-01"]
+    urls += [f"{analytics}?export={table}" for table in analytics_admin.TABLES]
+    failures += [(url, status) for url in urls if (status := client.get(url).status_code) >= 500]
+    assert client.get(analytics).status_code == 200
+    assert client.get(f"{analytics}?tenant={other_tenant.pk}").status_code == (200 if role == "superuser" else 403)
 
     assert failures == []

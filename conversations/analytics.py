@@ -478,8 +478,8 @@ def response_times(tenant_ids: list[Any], period: DateRange) -> list[dict[str, A
     params: list[Any] = []
     for column, kind in (("bot_seconds", "bot"), ("human_seconds", "human"), ("resolution_seconds", "resolution")):
         parts.append(
-            f"""(SELECT ARRAY[count(v), percentile_cont(0.5) WITHIN GROUP (ORDER BY v),
-                           percentile_cont(0.95) WITHIN GROUP (ORDER BY v)]
+            f"""(SELECT count(v)::float8 || coalesce(percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY v),
+                                                   ARRAY[NULL, NULL]::float8[])
                  FROM (SELECT unnest(d.{column}) AS v FROM {DAYS} d
                        WHERE d.tenant_id = ANY(%s::uuid[]) AND d.day BETWEEN %s AND %s
                        UNION ALL SELECT unnest(%s::float8[])) x)"""  # noqa: S608 (our tables and columns)

@@ -350,11 +350,19 @@ def _resolution_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, 
 
 
 # --- the selectors: closed days from the rollups, open days live ------------------------------------
+# Each rolls up the closed days it lacks first, unless ``ensure`` is False (a caller that asked
+# ``ensure_rollups`` once for several selectors).
 
 
-def message_days(tenant_ids: list[Any], period: DateRange) -> list[dict[str, Any]]:
+def _parts(tenant_ids: list[Any], period: DateRange, ensure: bool) -> tuple[DateRange | None, DateRange | None]:
+    if ensure:
+        ensure_rollups(tenant_ids, period)
+    return split(period)
+
+
+def message_days(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Per day and channel: messages, prompt and completion tokens, cost."""
-    closed, live = ensure_rollups(tenant_ids, period), split(period)[1]
+    closed, live = _parts(tenant_ids, period, ensure)
     rows: list[tuple[Any, ...]] = []
     if closed is not None:
         rows += _rows(
@@ -399,9 +407,9 @@ def usage_per_day(days: list[dict[str, Any]], period: DateRange) -> list[dict[st
     return list(totals.values())
 
 
-def conversations_per_day(tenant_ids: list[Any], period: DateRange) -> list[dict[str, Any]]:
+def conversations_per_day(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Every day of the range: new conversations, resolutions, handoffs to a human."""
-    closed, live = ensure_rollups(tenant_ids, period), split(period)[1]
+    closed, live = _parts(tenant_ids, period, ensure)
     found: dict[dt.date, tuple[int, int, int]] = {}
     if closed is not None:
         for day, new, resolved, handoffs in _rows(
@@ -454,9 +462,9 @@ def _answered_since(pending: list[tuple[str, str, str]]) -> dict[str, list[float
     return found
 
 
-def response_times(tenant_ids: list[Any], period: DateRange) -> list[dict[str, Any]]:
+def response_times(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Rows (measure, count, p50 s, p95 s): bot first response, human first response, resolution."""
-    closed, live = ensure_rollups(tenant_ids, period), split(period)[1]
+    closed, live = _parts(tenant_ids, period, ensure)
     extra: dict[str, list[float]] = defaultdict(list)
     if live is not None:
         for values, _ in _bot_days(tenant_ids, live).values():
@@ -498,10 +506,12 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
-def unanswered(tenant_ids: list[Any], period: DateRange, limit: int = UNANSWERED_LIMIT) -> dict[str, Any]:
+def unanswered(
+    tenant_ids: list[Any], period: DateRange, limit: int = UNANSWERED_LIMIT, *, ensure: bool = True
+) -> dict[str, Any]:
     """The count of unanswered questions in the range and the newest ``limit`` of them: when, the
     question (the user messages the reply answered), why, and the conversation."""
-    closed, live = ensure_rollups(tenant_ids, period), split(period)[1]
+    closed, live = _parts(tenant_ids, period, ensure)
     total = 0
     if closed is not None:
         total += _rows(
@@ -549,9 +559,11 @@ def unanswered(tenant_ids: list[Any], period: DateRange, limit: int = UNANSWERED
     }
 
 
-def top_documents(tenant_ids: list[Any], period: DateRange, limit: int = TOP_DOCUMENTS_LIMIT) -> list[dict[str, Any]]:
+def top_documents(
+    tenant_ids: list[Any], period: DateRange, limit: int = TOP_DOCUMENTS_LIMIT, *, ensure: bool = True
+) -> list[dict[str, Any]]:
     """The documents the replies cite most: document id, title (as cited), replies citing it."""
-    closed, live = ensure_rollups(tenant_ids, period), split(period)[1]
+    closed, live = _parts(tenant_ids, period, ensure)
     replies: dict[str, int] = defaultdict(int)
     titles: dict[str, str] = {}
     rows: list[tuple[Any, ...]] = []

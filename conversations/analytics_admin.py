@@ -112,7 +112,8 @@ def analytics_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         {
             "period": period,
             "query_string": query_string,
-            "messages": messages,
+            # Not "messages": that name is the admin's flash messages (django.contrib.messages).
+            "message_rows": messages,
             "message_total": sum(r["messages"] for r in messages),
             "conversations": conversations,
             "conversation_rows": [r for r in conversations if r["new"] or r["resolved"] or r["handoffs"]],

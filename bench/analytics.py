@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -289,7 +290,7 @@ def main(argv: list[str]) -> int:
     client = Client()
     client.force_login(user)
     url = reverse("admin:conversations_conversation_analytics")
-    print(f"tenant {tenant.name}: {total:,} messages, last on {end_day}")
+    print(f"tenant {tenant.name}: {total:,} messages, last on {end_day}; load average {os.getloadavg()[0]:.1f}")
     # The first request of a range rolls up its closed days (once; then only the open day is live).
     for model in (AnalyticsDay, AnalyticsChannelDay, AnalyticsDocumentDay):
         model.objects.filter(tenant=tenant).delete()

@@ -25,6 +25,10 @@ Definitions (days are calendar days in ``settings.TIME_ZONE``; a range's ``end``
   tells the model to say plainly that the context has no answer, and then it cites nothing);
 - most cited documents: how many replies cite each document (``payload.sources``);
 - tokens and cost: the sums recorded on the replies.
+
+Limits: a rolled-up day keeps its figures when conversations are deleted later, and days are those
+of the TIME_ZONE the rollup was made in. The first request of a long range for a large tenant pays
+for the rollup of its days once (bench/analytics: ~6-10 s for 89 days of 1,000,000 messages).
 """
 
 from __future__ import annotations

@@ -7,20 +7,22 @@ the bot. Messages are unique on (tenant, channel, platform id), so a re-run stor
 
 from __future__ import annotations
 
+import functools
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
-from django.contrib.postgres.expressions import ArraySubquery
-from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage
 from conversations import state
 from conversations.models import Contact, Conversation, Message
+from conversations.pipeline import rows
 from conversations.pipeline.turn import Turn
-from events.services import emit
+from events.services import emit, event_row, insert_per_row_sql, inserted
 from events.types import EventType
 
 # Message kinds the bot does not answer at all (a reaction is not a question).
@@ -47,28 +49,50 @@ def _stored_ids(turn: Turn, ids: list[str]) -> QuerySet[Message, str]:
     )
 
 
+@functools.cache
+def _latest_sql() -> str:
+    return (
+        f"SELECT {rows.columns(Conversation, 'v')}, {rows.columns(Contact, 'k')}, "  # noqa: S608 (our tables)
+        f"ARRAY(SELECT m.platform_message_id FROM {Message._meta.db_table} m WHERE m.tenant_id = %s "
+        "AND m.channel_id = %s AND m.platform_message_id = ANY(%s::text[])) "
+        f"FROM {Conversation._meta.db_table} v JOIN {Contact._meta.db_table} k ON k.id = v.contact_id "
+        "WHERE v.tenant_id = %s AND v.channel_id = %s AND k.tenant_id = %s AND k.external_id = %s "
+        "ORDER BY v.last_activity_at DESC LIMIT 1"
+    )
+
+
 def _latest_conversation(turn: Turn, ids: list[str]) -> tuple[Conversation | None, set[str]]:
     """The contact's latest conversation with its contact, and which of ``ids`` are stored already, in
-    one query (a returning contact's case)."""
-    queryset = (
-        Conversation.objects.for_tenant(turn.tenant)
-        .filter(channel=turn.channel, contact__tenant_id=turn.tenant.pk, contact__external_id=turn.sender_external_id)
-        .select_related("contact")
-        .order_by("-last_activity_at")
-    )
-    if not ids:  # an empty IN () would empty the whole query
-        return queryset.first(), set()
-    conversation = queryset.annotate(stored_ids=ArraySubquery(_stored_ids(turn, ids))).first()
-    return conversation, set(conversation.stored_ids) if conversation is not None else set()
+    one query (a returning contact's case; hand-written: building it with the ORM cost more CPU than
+    running it)."""
+    tenant_id, channel_id = turn.tenant.pk, turn.channel.pk
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _latest_sql(), [tenant_id, channel_id, ids, tenant_id, channel_id, tenant_id, turn.sender_external_id]
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None, set()
+    width = rows.width(Conversation)
+    conversation = rows.instance(Conversation, row[:width])
+    contact = rows.instance(Contact, row[width:-1])
+    Conversation.contact.field.set_cached_value(conversation, contact)
+    return conversation, set(row[-1])
+
+
+def _touch_due(contact: Contact, messages: list[tuple[Any, NormalizedMessage]]) -> bool:
+    """A returning contact's last_seen_at is due (at most every LAST_SEEN_RESOLUTION), or a new name."""
+    name = _sender_name(messages)
+    last_seen = contact.last_seen_at
+    stale = last_seen is None or (timezone.now() - last_seen).total_seconds() > LAST_SEEN_RESOLUTION
+    return bool(messages and (stale or (name and name != contact.profile_name)))
 
 
 def _touch(contact: Contact, messages: list[tuple[Any, NormalizedMessage]]) -> None:
-    """Move a returning contact's last_seen_at (at most every LAST_SEEN_RESOLUTION) and take a new name."""
-    name = _sender_name(messages)
-    now = timezone.now()
-    stale = contact.last_seen_at is None or (now - contact.last_seen_at).total_seconds() > LAST_SEEN_RESOLUTION
-    if messages and (stale or (name and name != contact.profile_name)):
-        contact.last_seen_at = now
+    """Move a returning contact's last_seen_at and take a new name, when ``_touch_due``."""
+    if _touch_due(contact, messages):
+        name = _sender_name(messages)
+        contact.last_seen_at = timezone.now()
         contact.profile_name = name or contact.profile_name
         contact.save(update_fields=["last_seen_at", "profile_name"])
 
@@ -95,10 +119,11 @@ def _conversation(turn: Turn, contact: Contact) -> Conversation:
 def _store(
     turn: Turn, conversation: Conversation, messages: list[tuple[Any, NormalizedMessage]], known: set[str]
 ) -> list[Message]:
-    """Insert the messages not ``known`` (stored already) in one INSERT, each with ``message.received``."""
+    """Insert the messages not ``known`` (stored already), each with ``message.received``, in one
+    statement (atomic on its own)."""
     if not messages:
         return []
-    rows = [
+    rows_ = [
         turn.message_row(
             direction=Message.Direction.INBOUND,
             sender=Message.Sender.USER,
@@ -114,19 +139,68 @@ def _store(
         for event, message in messages
         if message.message_id not in known
     ]
-    stored = Message.objects.bulk_create(rows)
-    for message in stored:
-        emit(
+    if not rows_:
+        return []
+    received = [
+        event_row(
             tenant=turn.tenant,
             type=EventType.MESSAGE_RECEIVED,
             payload={
-                **turn.message_event(message),
+                **turn.message_event(message),  # its message_id (None here) is filled in by the statement
                 "contact_id": str(conversation.contact_id),
                 "kind": message.kind,
                 "text": message.content,
             },
         )
-    return stored
+        for message in rows_
+    ]
+    insert, params = rows.insert_sql(Message, rows_, returning=["id", "platform_message_id"])
+    emitted, event_params = insert_per_row_sql(
+        received, [m.platform_message_id for m in rows_], rows="stored", key="platform_message_id", id_as="message_id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH stored AS ({insert}), emitted AS ({emitted}) "  # noqa: S608 (rows / events SQL)
+            "SELECT id, platform_message_id, NULL FROM stored UNION ALL SELECT id, NULL, event_id FROM emitted",
+            params + event_params,
+        )
+        returned = cursor.fetchall()
+    # Platform ids are unique within a burst (the inbound events are deduplicated on them).
+    ids = {platform_id: row_id for row_id, platform_id, event_id in returned if event_id is None}
+    rows.inserted(rows_, [ids[m.platform_message_id] for m in rows_])
+    for message, event in zip(rows_, received, strict=True):
+        event.payload["message_id"] = message.pk
+    inserted(received, [(row_id, event_id) for row_id, _p, event_id in returned if event_id is not None])
+    return rows_
+
+
+# In the model's field order (``Model.from_db`` takes a subset of the fields in that order).
+CONTEXT_FIELDS = tuple(
+    f.attname
+    for f in Message._meta.concrete_fields
+    if f.attname in {"id", "sender", "content", "status", "kind", "platform_message_id"}
+)
+
+
+@functools.cache
+def _context_sql(bounded: bool) -> str:
+    return (
+        f"SELECT {', '.join(CONTEXT_FIELDS)} FROM {Message._meta.db_table} "  # noqa: S608 (our table)
+        "WHERE tenant_id = %s AND conversation_id = %s AND sender = ANY(%s::text[])"
+        + (" AND id > %s" if bounded else "")
+        + " ORDER BY id DESC LIMIT %s"
+    )
+
+
+def _context(turn: Turn, conversation: Conversation) -> list[Message]:
+    """The conversation's messages since its handoff boundary, newest first (only ``CONTEXT_FIELDS``)."""
+    boundary = conversation.context_start_message_id
+    params = [turn.tenant.pk, conversation.pk, list(CONTEXT_SENDERS)]
+    if boundary:
+        params.append(boundary)
+    with connection.cursor() as cursor:
+        cursor.execute(_context_sql(bool(boundary)), [*params, settings.LLM_HISTORY_MAX_MESSAGES])
+        return [Message.from_db(connection.alias, CONTEXT_FIELDS, row) for row in cursor.fetchall()]
 
 
 def run(turn: Turn) -> None:
@@ -134,19 +208,32 @@ def run(turn: Turn) -> None:
     messages = _normalized(turn)
     ids = [m.message_id for _, m in messages]
     known: set[str] | None = None
-    with transaction.atomic():
-        if turn.conversation is None:
-            turn.conversation, known = _latest_conversation(turn, ids)
-            if turn.conversation is not None:
-                turn.contact = turn.conversation.contact
-                _touch(turn.contact, messages)
-            else:
-                contact = _contact(turn, messages)
-                turn.contact, turn.conversation = contact, _conversation(turn, contact)
-                known = None  # no conversation row carried the answer: asked on its own (once per contact)
+    returning = False  # a contact whose latest conversation the query below found
+    if turn.conversation is None:
+        turn.conversation, known = _latest_conversation(turn, ids)
+        if turn.conversation is not None:
+            turn.contact = turn.conversation.contact
+            returning = True
+    reopen = bool(
+        messages
+        and turn.conversation is not None
+        and turn.conversation.state == Conversation.State.RESOLVED
+        and not turn.ignore_reason
+    )
+    # The everyday case, a returning contact's new messages and nothing else to write: one statement,
+    # atomic on its own (no transaction to open and commit around it).
+    found = turn.contact if returning else None
+    alone = found is not None and known is not None and not reopen and not _touch_due(found, messages)
+    with nullcontext() if alone else transaction.atomic():
+        if found is not None:
+            _touch(found, messages)
+        elif turn.conversation is None:
+            contact = _contact(turn, messages)
+            turn.contact, turn.conversation = contact, _conversation(turn, contact)
+            known = None  # no conversation row carried the answer: asked on its own (once per contact)
         conversation = turn.conversation
         assert conversation is not None
-        if messages and conversation.state == Conversation.State.RESOLVED and not turn.ignore_reason:
+        if reopen:
             # The user wrote again after the case was closed: the bot takes it back, with fresh context.
             state.transition(conversation=conversation, to=Conversation.State.BOT, reason="user wrote after resolution")
         # (last_activity_at is moved by the finish stage, in the same transaction as the outcome.)
@@ -155,13 +242,7 @@ def run(turn: Turn) -> None:
         turn.new_messages = _store(turn, conversation, messages, known or set())
     # The conversation since its handoff boundary, newest first (the LLM's history comes from it too),
     # and in it everything the user said that is not answered yet (this burst, or a failed turn).
-    boundary = Q(id__gt=conversation.context_start_message_id) if conversation.context_start_message_id else Q()
-    context = list(
-        Message.objects.for_tenant(turn.tenant)
-        .filter(boundary, conversation=conversation, sender__in=CONTEXT_SENDERS)
-        .only("id", "sender", "content", "status", "kind", "platform_message_id")
-        .order_by("-id")[: settings.LLM_HISTORY_MAX_MESSAGES]
-    )
+    context = _context(turn, conversation)
     turn.context_messages = context
     turn.user_messages = [
         m for m in reversed(context) if m.sender == Message.Sender.USER and m.status == Message.Status.RECEIVED

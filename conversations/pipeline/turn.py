@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection
+
 from conversations.llm.base import ContextPassage, LLMError, LLMStream, Usage
 from conversations.models import Message
+from conversations.pipeline import rows
 
 if TYPE_CHECKING:
     from channels_app.models import Channel, InboundEvent
@@ -89,7 +92,11 @@ class Turn:
             status=Message.Status.QUEUED,
             payload=payload,
         )
-        message.save(force_insert=True)  # one INSERT, as objects.create: the row is new
+        # One INSERT, as objects.create (the row is new), without the ORM's per-save query building.
+        sql, params = rows.insert_sql(Message, [message], returning=["id"])
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows.inserted([message], [cursor.fetchone()[0]])
         return message
 
     def message_event(self, message: Message) -> dict[str, Any]:

@@ -8,7 +8,7 @@ grounded answerer, which needs no network at all.
 import json
 import os
 
-from config.settings.base import CELERY_TASK_ROUTES, env_float, env_int
+from config.settings.base import CELERY_BEAT_SCHEDULE, CELERY_TASK_ROUTES, env_float, env_int
 
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "")
@@ -51,3 +51,11 @@ CELERY_TASK_ROUTES.update(
         "conversations.retry_turn": {"queue": "default"},
     }
 )
+
+# Analytics (conversations.analytics): closed days are rolled up by this task every hour (a day is
+# closed 10 minutes after it ends), for the last ANALYTICS_ROLLUP_DAYS, so no page request pays.
+ANALYTICS_ROLLUP_DAYS = env_int("ANALYTICS_ROLLUP_DAYS", 90)
+CELERY_BEAT_SCHEDULE["conversations-roll-up-analytics"] = {
+    "task": "conversations.roll_up_analytics",
+    "schedule": 3600.0,
+}

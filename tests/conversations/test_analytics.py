@@ -390,3 +390,16 @@ def test_a_first_answer_that_comes_after_the_day_was_rolled_up_counts(tenant, se
         "p95": 29172.0,
     }  # 0, 120 and 32,400 s
     assert times[0]["count"] == 4  # still no assistant reply: not a bot response
+
+
+def test_the_hourly_task_rolls_up_closed_days_before_anyone_asks(tenant, other_tenant, seeded, monkeypatch):
+    from conversations.models import AnalyticsDay
+    from conversations.tasks import roll_up_analytics
+
+    monkeypatch.setattr(analytics, "last_closed_day", lambda now=None: DAY2)
+
+    assert roll_up_analytics(days=3) == 2  # the task body, as beat runs it
+
+    rows = AnalyticsDay.objects.filter(tenant=tenant).order_by("day").values_list("day", "new", "handoffs")
+    assert list(rows) == [(DAY0, 0, 0), (DAY1, 2, 1), (DAY2, 2, 1)]
+    assert AnalyticsDay.objects.filter(tenant=other_tenant, day=DAY1).values_list("new", flat=True).get() == 1

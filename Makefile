@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test install install-dev browser bench lint format typecheck stop clean
+.PHONY: run test install install-dev browser kubectl bench lint format typecheck stop clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,18 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's kubectl (package kubernetes-client) for the deployment test, which renders the Kubernetes
+# overlays with `kubectl kustomize` (no cluster is contacted).
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  echo "installing Debian's kubernetes-client (kubectl) for the deployment test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
+
 run: install
 	$(PY) -m config.launcher run
 
-test: install browser
+test: install browser kubectl
 	$(PY) -m config.launcher test $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)

@@ -178,7 +178,7 @@ def continue_after_stream(turn: Turn, answer: Completion) -> bool:
 
 
 def _active_functions() -> Any:
-    return TenantFunction.objects.filter(is_active=True).order_by(*TenantFunction._meta.ordering)
+    return TenantFunction.objects.filter(is_active=True).order_by("name")  # as the model's ordering
 
 
 def functions_from_rows(rows: list[dict[str, Any]]) -> dict[str, TenantFunction]:

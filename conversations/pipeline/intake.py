@@ -195,7 +195,7 @@ def _context_sql(bounded: bool) -> str:
 def _context(turn: Turn, conversation: Conversation) -> list[Message]:
     """The conversation's messages since its handoff boundary, newest first (only ``CONTEXT_FIELDS``)."""
     boundary = conversation.context_start_message_id
-    params = [turn.tenant.pk, conversation.pk, list(CONTEXT_SENDERS)]
+    params: list[Any] = [turn.tenant.pk, conversation.pk, [str(sender) for sender in CONTEXT_SENDERS]]
     if boundary:
         params.append(boundary)
     with connection.cursor() as cursor:

@@ -55,9 +55,9 @@ def insert_sql(model: type[Model], objs: Sequence[Model], returning: Sequence[st
     fields = [field for field in meta.concrete_fields if field is not meta.auto_field]
     params: list[Any] = []
     for obj in objs:
-        obj._prepare_related_fields_for_save(operation_name="bulk_create")
+        obj._prepare_related_fields_for_save(operation_name="bulk_create")  # type: ignore[attr-defined]
         params += [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
-    names = ", ".join('"' + field.column + '"' for field in fields)
+    names = ", ".join(f'"{field.column}"' for field in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     values = ", ".join([row] * len(objs))
     sql = f"INSERT INTO {meta.db_table} ({names}) VALUES {values} RETURNING {', '.join(returning)}"  # noqa: S608

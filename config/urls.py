@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from config import health, metrics
 from tenants import admin_login
@@ -18,7 +18,9 @@ urlpatterns = [
     path("api/health", health.health_view, name="health"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Swagger UI and ReDoc load their scripts from /static/ (drf-spectacular-sidecar): they work offline.
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/", include("tenants.urls")),
     path("api/", include("channels_app.urls")),
     path("api/", include("knowledge.urls")),

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: /api/docs/ needs no CDN
     "channels",
     "tenants",
     "events",
@@ -208,24 +209,56 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "config.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Meta Chat Platform API",
-    "DESCRIPTION": "Multi-tenant conversational AI: tenants, API keys, channels, documents, conversations, events.",
+    "DESCRIPTION": (
+        "Multi-tenant conversational AI: a tenant connects channels (WhatsApp, Messenger, web chat), uploads "
+        "the documents its assistant answers from, follows and takes over conversations, and receives signed "
+        "webhooks for what happens. Authenticate with the tenant's API key (`Authorization: Bearer <key>` or "
+        "`X-API-Key: <key>`, never in the URL); the admin key reaches every tenant. Every error answers "
+        '`{"error": {"code", "message", "details"}}`. Lists are paginated with `page` and `page_size` (max 500). '
+        "Guide with Python and JavaScript examples: docs/api.md."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            "Bearer": {"type": "http", "scheme": "bearer"},
-        }
+    # Swagger UI, its favicon and ReDoc from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Security schemes, the error envelope component, tags and /api/health: config/openapi.py.
+    "TAGS": [
+        {"name": "Tenants", "description": "Tenants, their API keys and their write-only secrets."},
+        {"name": "Channels", "description": "WhatsApp, Messenger and web chat channels; credentials are write-only."},
+        {"name": "Knowledge", "description": "Documents the assistant answers from, their indexing, and search."},
+        {
+            "name": "Conversations",
+            "description": "Conversations, transcripts, human takeover, usage, and the functions the assistant calls.",
+        },
+        {"name": "Events & webhooks", "description": "The audit log and signed webhooks to the tenant's systems."},
+        {"name": "Web chat", "description": "The public endpoint the web chat widget starts a session with."},
+        {"name": "Health", "description": "Liveness and dependencies, for load balancers and monitoring."},
+    ],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.openapi.add_health_operation",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelTypeEnum": "channels_app.models.Channel.Type",
+        "ConversationStateEnum": "conversations.models.Conversation.State",
+        "MessageDirectionEnum": "conversations.models.Message.Direction",
+        "MessageSenderEnum": "conversations.models.Message.Sender",
+        "MessageStatusEnum": "conversations.models.Message.Status",
+        "DocumentStatusEnum": "knowledge.models.Document.Status",
+        "DocumentFormatEnum": "knowledge.models.Document.Format",
+        "EventTypeEnum": "events.types.EventType",
+        "WebhookDeliveryStatusEnum": "events.models.WebhookDelivery.Status",
     },
-    "SECURITY": [{"ApiKey": []}, {"Bearer": []}],
 }
 
 # --- Files ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -20,12 +20,19 @@ from rest_framework.views import APIView
 
 from channels_app import webchat
 from config.errors import ApiError, error_body
+from config.openapi import error_response
 from tenants.ratelimit import request_client_address
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    widget_key = serializers.CharField(max_length=128)
-    visitor_token = serializers.CharField(max_length=256, required=False, allow_blank=True, default="")
+    widget_key = serializers.CharField(max_length=128, help_text="the web chat channel's external_id")
+    visitor_token = serializers.CharField(
+        max_length=256,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="the visitor_token of an earlier session, to resume that visitor's conversation",
+    )
 
 
 class WebchatSessionView(APIView):
@@ -49,13 +56,22 @@ class WebchatSessionView(APIView):
                     "widget": serializers.DictField(),
                 },
             ),
-            400: OpenApiResponse(description="invalid body"),
-            403: OpenApiResponse(description="origin_required, origin_not_allowed or channel_inactive"),
-            404: OpenApiResponse(description="unknown_widget"),
-            429: OpenApiResponse(description="rate_limited: too many sessions from this address or on this widget"),
+            400: error_response(400),
+            403: error_response(
+                403, "`origin_required`, `origin_not_allowed` or `channel_inactive`.", "origin_not_allowed"
+            ),
+            404: error_response(404, "No web chat channel has this widget key.", "unknown_widget"),
+            429: error_response(
+                429, "Too many sessions from this address or on this widget (`Retry-After` header).", "rate_limited"
+            ),
         },
         auth=[],
         summary="Start or resume a web chat session (public; Origin checked)",
+        description="Called by the web chat widget from the tenant's site, without an API key: the browser's "
+        "`Origin` must be one of the channel's `config.allowed_origins`. The answer carries a short-lived `token` "
+        "for the WebSocket at `websocket_path`, the `visitor_token` to keep (localStorage) and send back to "
+        "resume the conversation later, its `history`, and the widget's display settings.",
+        examples=[OpenApiExample("New visitor", value={"widget_key": "wk_3kP9..."}, request_only=True)],
     )
     def post(self, request: Request) -> Response:
         body = SessionCreateSerializer(data=request.data)

@@ -7,13 +7,20 @@ from typing import Any
 from uuid import UUID
 
 from django.utils.dateparse import parse_date, parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError
+from config.openapi import error_response
 from conversations import selectors, services
 from conversations.models import Contact, Conversation, Message, TenantFunction
 from conversations.state import ALLOWED, InvalidTransition
@@ -171,8 +178,12 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
             OpenApiParameter("since", str, description="last activity at or after (ISO date/time)"),
             OpenApiParameter("until", str, description="last activity before (ISO date/time)"),
         ],
-        responses=ConversationSerializer(many=True),
+        responses={200: ConversationSerializer(many=True), 400: error_response(400)},
         summary="List conversations (waiting for a human first)",
+        description="The tenant's conversations across channels, those waiting for a human (`handoff_requested`) "
+        "first, then by last activity, newest first. Filter by `state`, by `channel` id and by a period of last "
+        "activity (`since` inclusive, `until` exclusive; ISO 8601 date or date-time). An agent inbox polls this "
+        "with `state=handoff_requested`, or follows the `human_handoff.requested` webhook event instead.",
     )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         state = request.query_params.get("state") or None
@@ -202,7 +213,12 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
 
 
 class ConversationDetailView(ConversationMixin, APIView):
-    @extend_schema(responses=ConversationSerializer, summary="Read a conversation")
+    @extend_schema(
+        responses=ConversationSerializer,
+        summary="Read a conversation",
+        description="One conversation: its contact, channel, state (`bot`, `handoff_requested`, `agent`, "
+        "`resolved`) and the tokens and estimated LLM cost it has used so far.",
+    )
     def get(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         return Response(ConversationSerializer(self.conversation()).data)
 
@@ -210,7 +226,13 @@ class ConversationDetailView(ConversationMixin, APIView):
 class ConversationMessagesView(ConversationMixin, generics.GenericAPIView):
     serializer_class = MessageSerializer
 
-    @extend_schema(responses=MessageSerializer(many=True), summary="The transcript: messages, sources, tool calls")
+    @extend_schema(
+        responses=MessageSerializer(many=True),
+        summary="The transcript: messages, sources, tool calls",
+        description="Every message of the conversation, oldest first: the contact's messages, the assistant's "
+        "replies with the document passages they cited (`sources`), the functions it called (`tool_call`) and "
+        "human agents' replies, with each message's delivery `status` (`sent`, `delivered`, `read`, `failed`).",
+    )
     def get(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         queryset = selectors.transcript(tenant=self.tenant, conversation=self.conversation())
         page = self.paginate_queryset(queryset)
@@ -218,7 +240,21 @@ class ConversationMessagesView(ConversationMixin, generics.GenericAPIView):
 
 
 class ConversationReplyView(ConversationMixin, APIView):
-    @extend_schema(request=ReplySerializer, responses={201: MessageSerializer}, summary="Reply as a human agent")
+    @extend_schema(
+        request=ReplySerializer,
+        responses={
+            201: MessageSerializer,
+            502: error_response(
+                502, "The reply is stored but the channel (e.g. Meta's Graph API) refused it.", "not_delivered"
+            ),
+        },
+        summary="Reply as a human agent",
+        description="Sends `text` to the contact on the conversation's channel, as a human agent. Replying takes "
+        "the conversation over from the bot (state `agent`; a resolved one reopens): the assistant stays quiet "
+        "until it is returned to the bot. The answer is the stored message; 502 `not_delivered` when the channel "
+        "refused it (e.g. WhatsApp's 24-hour window has closed).",
+        examples=[OpenApiExample("A reply", value={"text": "Hi, I'm Ana from support: your order left today."})],
+    )
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         data = ReplySerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -242,7 +278,13 @@ class ConversationReplyView(ConversationMixin, APIView):
 class _TransitionView(ConversationMixin, APIView):
     action = ""
 
-    @extend_schema(request=None, responses=ConversationSerializer)
+    @extend_schema(
+        request=None,
+        responses={
+            200: ConversationSerializer,
+            409: error_response(409, "The conversation's state does not allow this move.", "invalid_transition"),
+        },
+    )
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         conversation = self.conversation()
         operation = {
@@ -258,20 +300,49 @@ class _TransitionView(ConversationMixin, APIView):
         return Response(ConversationSerializer(conversation).data)
 
 
+def _transition_schema(summary: str, description: str) -> Any:
+    return extend_schema_view(post=extend_schema(summary=summary, description=description))
+
+
+@_transition_schema(
+    "Resolve a conversation",
+    "Marks the conversation resolved (from any state). It reopens, with the bot, when the contact writes "
+    "again. Resolving a resolved conversation is a no-op; the answer is the conversation.",
+)
 class ConversationResolveView(_TransitionView):
     action = "resolve"
 
 
+@_transition_schema(
+    "Return a conversation to the bot",
+    "Ends a human takeover: the assistant answers the contact's next messages again, starting from a fresh "
+    "context (what was said before is kept in the transcript, not fed back to the model).",
+)
 class ConversationReturnToBotView(_TransitionView):
     action = "return_to_bot"
 
 
+@_transition_schema(
+    "Ask for a human",
+    "Moves a conversation the bot is handling to `handoff_requested` and emits `human_handoff.requested`, as "
+    "when the contact asks for a person. 409 `invalid_transition` when a human already has it or it is resolved.",
+)
 class ConversationHandoffView(_TransitionView):
     action = "handoff"
 
 
 class ConversationRetryView(ConversationMixin, APIView):
-    @extend_schema(request=None, responses={202: None}, summary="Answer again the messages whose turn failed")
+    @extend_schema(
+        request=None,
+        responses={
+            202: inline_serializer("RetryQueued", {"queued_messages": serializers.IntegerField(min_value=1)}),
+            409: error_response(409, "No message of this conversation has a failed turn.", "nothing_to_retry"),
+        },
+        summary="Answer again the messages whose turn failed",
+        description="Queues a new assistant turn for each of the contact's messages whose answer failed (e.g. "
+        "the LLM provider was down). The answer says how many were queued; replies arrive on the channel and as "
+        "`message.sent` events.",
+    )
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         count = services.conversation_retry(tenant=self.tenant, conversation=self.conversation())
         if not count:
@@ -280,7 +351,41 @@ class ConversationRetryView(ConversationMixin, APIView):
 
 
 class UsageView(TenantScopedMixin, APIView):
-    @extend_schema(summary="Tokens and estimated LLM cost of the tenant (optionally for a period)")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("since", str, description="messages at or after (ISO date/time)"),
+            OpenApiParameter("until", str, description="messages before (ISO date/time)"),
+        ],
+        responses={
+            400: error_response(400, "`since` or `until` is not an ISO date or date-time."),
+            200: inline_serializer(
+                "TenantUsage",
+                {
+                    "prompt_tokens": serializers.IntegerField(),
+                    "completion_tokens": serializers.IntegerField(),
+                    "cost_usd": serializers.DecimalField(
+                        max_digits=14, decimal_places=6, help_text="estimated, as a decimal string"
+                    ),
+                    "conversations": serializers.IntegerField(help_text="all the tenant's conversations"),
+                },
+            ),
+        },
+        summary="Tokens and estimated LLM cost of the tenant (optionally for a period)",
+        description="LLM tokens the tenant's conversations used and their estimated cost in US dollars (a string, "
+        "to keep its precision), over all time or a period of messages (`since` inclusive, `until` exclusive).",
+        examples=[
+            OpenApiExample(
+                "A month",
+                value={
+                    "prompt_tokens": 182340,
+                    "completion_tokens": 40211,
+                    "cost_usd": "0.051476",
+                    "conversations": 312,
+                },
+                response_only=True,
+            )
+        ],
+    )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         usage = selectors.tenant_usage(
             tenant=self.tenant, since=_date_param(request, "since"), until=_date_param(request, "until")
@@ -294,12 +399,52 @@ class UsageView(TenantScopedMixin, APIView):
 class FunctionListView(TenantScopedMixin, generics.GenericAPIView):
     serializer_class = FunctionSerializer
 
-    @extend_schema(responses=FunctionSerializer(many=True), summary="List the tenant's functions")
+    @extend_schema(
+        responses=FunctionSerializer(many=True),
+        summary="List the tenant's functions",
+        description="The HTTP functions the assistant may call during a conversation (look up an order, book a "
+        "slot...), by name. Signing secrets are never listed.",
+    )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(TenantFunction.objects.for_tenant(self.tenant).order_by("name"))
         return self.get_paginated_response(FunctionSerializer(page, many=True).data)
 
-    @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer}, summary="Create a function")
+    @extend_schema(
+        request=FunctionCreateSerializer,
+        responses={
+            201: inline_serializer(
+                "FunctionCreated",
+                {
+                    **FunctionSerializer().get_fields(),
+                    "signing_secret": serializers.CharField(
+                        help_text="signs every call to endpoint_url; shown this once"
+                    ),
+                },
+            )
+        },
+        summary="Create a function",
+        description="Declares an HTTP endpoint the assistant may call: `name` and `description` tell the model "
+        "when to call it, `parameters` is the JSON Schema of its arguments. The platform POSTs the arguments to "
+        "`endpoint_url` (HTTPS, public address), signed with the `signing_secret` returned here once, and gives "
+        "the answer to the model. `auth_header_name` + `auth_secret_name` add a header from a tenant secret.",
+        examples=[
+            OpenApiExample(
+                "Order lookup",
+                request_only=True,
+                value={
+                    "name": "order_status",
+                    "description": "Look up the status of an order by its number.",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"order_number": {"type": "string"}},
+                        "required": ["order_number"],
+                    },
+                    "endpoint_url": "https://shop.example/api/assistant/order-status",
+                    "timeout_seconds": 5,
+                },
+            )
+        ],
+    )
     def post(self, request: Request, tenant_id: UUID) -> Response:
         data = FunctionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -323,11 +468,21 @@ class FunctionLookupMixin(TenantScopedMixin):
 
 
 class FunctionDetailView(FunctionLookupMixin, APIView):
-    @extend_schema(responses=FunctionSerializer, summary="Read a function")
+    @extend_schema(
+        responses=FunctionSerializer,
+        summary="Read a function",
+        description="One function's definition (never its signing secret).",
+    )
     def get(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         return Response(FunctionSerializer(self.function()).data)
 
-    @extend_schema(request=FunctionUpdateSerializer, responses=FunctionSerializer, summary="Change a function")
+    @extend_schema(
+        request=FunctionUpdateSerializer,
+        responses=FunctionSerializer,
+        summary="Change a function",
+        description="Changes the fields given; the name stays. `is_active=false` hides the function from the "
+        "assistant without deleting it.",
+    )
     def patch(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         data = FunctionUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -337,7 +492,11 @@ class FunctionDetailView(FunctionLookupMixin, APIView):
             raise _definition_error(exc) from None
         return Response(FunctionSerializer(function).data)
 
-    @extend_schema(responses={204: None}, summary="Delete a function (and its signing secret)")
+    @extend_schema(
+        responses={204: None},
+        summary="Delete a function (and its signing secret)",
+        description="The assistant stops calling it from its next turn.",
+    )
     def delete(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         services.function_delete(tenant=self.tenant, function=self.function())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -346,7 +505,13 @@ class FunctionDetailView(FunctionLookupMixin, APIView):
 class FunctionRotateSecretView(FunctionLookupMixin, APIView):
     """An action: POST only; it must not inherit the function's GET, PATCH and DELETE."""
 
-    @extend_schema(request=None, summary="Rotate the signing secret (the new one is shown once)")
+    @extend_schema(
+        request=None,
+        responses=inline_serializer("FunctionSecret", {"signing_secret": serializers.CharField()}),
+        summary="Rotate the signing secret (the new one is shown once)",
+        description="Replaces the secret the platform signs this function's calls with; calls are signed with "
+        "the new one from now on. Store it: it is not shown again.",
+    )
     def post(self, request: Request, tenant_id: UUID, function_id: UUID) -> Response:
         secret = services.function_rotate_signing_secret(tenant=self.tenant, function=self.function())
         return Response({"signing_secret": secret})

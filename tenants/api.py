@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError
+from config.openapi import admin_only, error_response
 from tenants import secrets as secret_service
 from tenants import services
 from tenants.auth import IsAdminKey, Principal, TenantScopedMixin
@@ -37,8 +38,11 @@ class TenantSerializer(serializers.ModelSerializer):
 
 class TenantCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    slug = serializers.SlugField(max_length=70, required=False)
-    settings = serializers.JSONField(required=False)
+    slug = serializers.SlugField(max_length=70, required=False, help_text="URL name; derived from name if omitted")
+    settings = serializers.JSONField(
+        required=False,
+        help_text="Assistant settings (brandName, tone, locale, ragConfig, llm...): docs/conversations.md",
+    )
 
     def validate_slug(self, value: str) -> str:
         if Tenant.objects.filter(slug=value).exists():
@@ -76,12 +80,49 @@ class TenantListView(generics.GenericAPIView):
     permission_classes = [IsAdminKey]
     serializer_class = TenantSerializer
 
-    @extend_schema(responses=TenantSerializer(many=True), summary="List tenants (admin key)")
+    @extend_schema(
+        responses=TenantSerializer(many=True),
+        summary="List tenants (admin key)",
+        description="Every tenant of the platform, by name. Only the admin key may list tenants; a tenant key "
+        "answers 403.",
+    )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(Tenant.objects.all().order_by("name"))
         return self.get_paginated_response(TenantSerializer(page, many=True).data)
 
-    @extend_schema(request=TenantCreateSerializer, responses={201: TenantSerializer}, summary="Create a tenant")
+    @extend_schema(
+        request=TenantCreateSerializer,
+        responses={
+            201: inline_serializer(
+                "TenantCreated",
+                {
+                    **TenantSerializer().get_fields(),
+                    "api_key": inline_serializer(
+                        "IssuedApiKey",
+                        {
+                            "id": serializers.UUIDField(),
+                            "key": serializers.CharField(help_text="the tenant's first API key, shown this once"),
+                            "prefix": serializers.CharField(),
+                        },
+                    ),
+                },
+            )
+        },
+        summary="Create a tenant",
+        description="Creates a tenant (admin key only) and its first API key, returned in `api_key.key` this "
+        "once: store it, only its prefix is shown afterwards. Give the tenant to its owner with that key; every "
+        "other call of the API can be made with it.",
+        examples=[
+            OpenApiExample(
+                "A shop",
+                request_only=True,
+                value={
+                    "name": "Acme Shop",
+                    "settings": {"brandName": "Acme Shop", "tone": "friendly", "locale": ["en", "fr"]},
+                },
+            )
+        ],
+    )
     def post(self, request: Request) -> Response:
         data = TenantCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -100,11 +141,24 @@ class TenantListView(generics.GenericAPIView):
 
 
 class TenantDetailView(TenantScopedMixin, APIView):
-    @extend_schema(responses=TenantSerializer, summary="Read a tenant")
+    @extend_schema(
+        responses=TenantSerializer,
+        summary="Read a tenant",
+        description="The tenant's name, settings and rate limit. A tenant key reads its own tenant only.",
+    )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         return Response(TenantSerializer(self.tenant).data)
 
-    @extend_schema(request=TenantUpdateSerializer, responses=TenantSerializer, summary="Update name or settings")
+    @extend_schema(
+        request=TenantUpdateSerializer,
+        responses={
+            200: TenantSerializer,
+            403: error_response(403, "`is_active` and `rate_limit_per_minute` need the admin key."),
+        },
+        summary="Update name or settings",
+        description="Changes the name or the assistant settings (validated; `details` names each wrong key). "
+        "`is_active` and `rate_limit_per_minute` are the admin key's: a tenant key sending them gets 403.",
+    )
     def patch(self, request: Request, tenant_id: UUID) -> Response:
         data = TenantUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -126,7 +180,13 @@ class TenantDetailView(TenantScopedMixin, APIView):
 
     put = patch
 
-    @extend_schema(responses={204: None}, summary="Delete a tenant and everything it owns (admin key)")
+    @extend_schema(
+        responses={204: None},
+        summary="Delete a tenant and everything it owns (admin key)",
+        description="Deletes the tenant with its channels, documents, conversations, events and keys. Not "
+        "reversible. Only the admin key may do it.",
+    )
+    @admin_only
     def delete(self, request: Request, tenant_id: UUID) -> Response:
         principal: Principal = request.user  # type: ignore[assignment]
         if not principal.is_admin:
@@ -141,12 +201,29 @@ class ApiKeyListView(TenantScopedMixin, generics.GenericAPIView):
     def get_queryset(self) -> Any:
         return ApiKey.objects.for_tenant(self.tenant).order_by("-created_at")
 
-    @extend_schema(responses=ApiKeySerializer(many=True), summary="List API keys (never the keys)")
+    @extend_schema(
+        responses=ApiKeySerializer(many=True),
+        summary="List API keys (never the keys)",
+        description="The tenant's keys, newest first, with their prefix (the start of the key, to recognise it), "
+        "when each was last used and whether it is revoked. The keys themselves are never shown again.",
+    )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(ApiKeySerializer(page, many=True).data)
 
-    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeySerializer}, summary="Create an API key")
+    @extend_schema(
+        request=ApiKeyCreateSerializer,
+        responses={
+            201: inline_serializer(
+                "ApiKeyCreated",
+                {**ApiKeySerializer().get_fields(), "key": serializers.CharField(help_text="shown this once")},
+            )
+        },
+        summary="Create an API key",
+        description="Issues a new key for the tenant, e.g. one per integration so each can be revoked alone. "
+        "The answer carries the key in `key` this once.",
+        examples=[OpenApiExample("Per integration", value={"name": "crm-sync"}, request_only=True)],
+    )
     def post(self, request: Request, tenant_id: UUID) -> Response:
         data = ApiKeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -157,7 +234,11 @@ class ApiKeyListView(TenantScopedMixin, generics.GenericAPIView):
 
 
 class ApiKeyDetailView(TenantScopedMixin, APIView):
-    @extend_schema(responses={200: ApiKeySerializer}, summary="Revoke an API key")
+    @extend_schema(
+        responses={200: ApiKeySerializer},
+        summary="Revoke an API key",
+        description="The key stops working at once (401 on its next request); the row stays, with `revoked_at`.",
+    )
     def delete(self, request: Request, tenant_id: UUID, key_id: UUID) -> Response:
         try:
             api_key = services.api_key_revoke(tenant=self.tenant, api_key_id=key_id)
@@ -195,6 +276,8 @@ class SecretListView(TenantScopedMixin, generics.GenericAPIView):
     @extend_schema(
         responses=SecretSerializer(many=True),
         summary="List secret names (never values); the platform's own webhook and function secrets are not listed",
+        description="Secrets are values the tenant's settings and functions refer to by name (an LLM provider "
+        "key, a CRM token). They are stored encrypted and never shown again; this lists their names only.",
     )
     def get(self, request: Request, tenant_id: UUID) -> Response:
         rows = TenantSecret.objects.for_tenant(self.tenant).order_by("name")
@@ -205,7 +288,18 @@ class SecretListView(TenantScopedMixin, generics.GenericAPIView):
 
 
 class SecretDetailView(TenantScopedMixin, APIView):
-    @extend_schema(request=SecretWriteSerializer, responses=SecretSerializer, summary="Create or replace a secret")
+    @extend_schema(
+        request=SecretWriteSerializer,
+        responses={
+            200: SecretSerializer,
+            201: SecretSerializer,
+            403: error_response(403, "The name is reserved for the platform's own secrets.", "reserved_secret_name"),
+        },
+        summary="Create or replace a secret",
+        description="Stores `value` encrypted under this name: 201 when new, 200 when replaced. The value is "
+        "never returned. Names starting with the platform's reserved prefixes answer 403.",
+        examples=[OpenApiExample("A CRM token", value={"value": "crm_live_5f2..."}, request_only=True)],
+    )
     def put(self, request: Request, tenant_id: UUID, name: str) -> Response:
         data = SecretWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -215,7 +309,16 @@ class SecretDetailView(TenantScopedMixin, APIView):
             raise _reserved(exc) from None
         return Response(SecretSerializer(row).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses={204: None}, summary="Delete a secret (409 while a setting names it)")
+    @extend_schema(
+        responses={
+            204: None,
+            403: error_response(403, "The name is reserved for the platform's own secrets.", "reserved_secret_name"),
+            409: error_response(409, "A setting or function still names this secret.", "secret_in_use"),
+        },
+        summary="Delete a secret (409 while a setting names it)",
+        description="Deletes the secret. While a tenant setting or a function refers to it, the answer is 409 "
+        "`secret_in_use` with `details.used_by`: change those first.",
+    )
     def delete(self, request: Request, tenant_id: UUID, name: str) -> Response:
         try:
             services.tenant_secret_remove(tenant=self.tenant, name=name)

@@ -160,7 +160,7 @@ def run() -> int:
         worker_processes = int(env.get("WORKER_PROCESSES") or min(2, os.cpu_count() or 1))
         commands = {
             f"worker{k}": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default", "-P", "threads",
-                           "-c", env.get("WORKER_CONCURRENCY", "4"), "-n", f"main{k}@%h", "--loglevel", "WARNING"]
+                           "-c", env.get("WORKER_CONCURRENCY", "8"), "-n", f"main{k}@%h", "--loglevel", "WARNING"]
             for k in range(max(1, worker_processes))
         }  # fmt: skip
         commands |= {

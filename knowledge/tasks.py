@@ -9,7 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from knowledge import indexing
+from knowledge import indexing, vectors
 from knowledge.embedders import EmbeddingError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def index_document_task(self, document_id: str | None = None, force: bool = Fals
         return
     generation = document.index_generation
     try:
-        indexing.run(document=document)
+        if indexing.run(document=document) is not None:
+            # The tenant may have crossed the size that gives it an HNSW index of its own.
+            ensure_vector_indexes_task.delay(str(document.tenant_id))
     except SoftTimeLimitExceeded:
         indexing.mark_failed(document_id=document.pk, reason=indexing.time_limit_reason(), generation=generation)
     except (EmbeddingError, OperationalError, InterfaceError) as exc:
@@ -79,3 +81,10 @@ def queue_indexing_turn(document_id: str, *, countdown: int | None = None) -> No
 def fail_stalled_indexing_task() -> int:
     """Beat: fail runs whose worker died while the queue is idle (every indexing task checks too)."""
     return indexing.fail_stalled()
+
+
+@shared_task(name="knowledge.ensure_vector_indexes", acks_late=True, ignore_result=True)
+def ensure_vector_indexes_task(tenant_id: str | None = None) -> dict[str, int]:
+    """A large tenant's own HNSW index (knowledge.vectors.ensure_tenant_indexes): after a document of
+    the tenant was indexed, and hourly for every tenant (which also drops deleted tenants' indexes)."""
+    return vectors.ensure_tenant_indexes(tenant_id=tenant_id)

@@ -17,12 +17,25 @@ chosen inside the statement (``vector_leg_sql``), so a serving process keeps no 
   table's rows, from the planner's statistics). It also runs when the HNSW scan came back short (it
   stops after ``hnsw.max_scan_tuples``), so a search returns ``limit`` rows whenever the tenant has them.
 
+**A large tenant gets its own graph.** A shared graph walked with a tenant filter loses recall as the
+tenant's share of the table falls (its neighbours connect through other tenants' nodes; measured at
+1M chunks: recall@10 0.81 for a tenant holding 19 % of the rows, 0.73 for one holding 5 %), and
+every visited row costs a heap fetch to check the tenant. So a tenant with at least
+``KNOWLEDGE_VECTOR_TENANT_INDEX_MIN`` vectors of one dimension gets a partial HNSW index of its own
+(``WHERE tenant_id = '<id>' AND vector_dims(embedding) = d``, built concurrently by
+``ensure_tenant_indexes``, which the indexing task and an hourly beat task call; dropped when the
+tenant is gone). The search's statement carries the tenant id as a literal (client-side binding), so
+the planner matches that index and walks the tenant's graph unfiltered (recall@10 1.0 at 48k rows,
+0.985 at 193k with ef_search 200, ~3-11 ms), and such a tenant always takes the HNSW path.
+
 Cosine similarity is ``1 - (a <=> b)``. Vectors are written as text (``[x,y,...]``) and read back in
 pgvector's binary form (``vector_send``: int16 dimension, int16 unused, big-endian float4s).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -32,6 +45,8 @@ from django.conf import settings
 from django.db import connection
 
 from knowledge.models import Chunk, LexicalStats
+
+logger = logging.getLogger(__name__)
 
 CHUNK = Chunk._meta.db_table
 STATS = LexicalStats._meta.db_table
@@ -80,9 +95,10 @@ def vector_leg_sql(dims: int) -> str:
         ann = "SELECT NULL::bigint AS id, NULL::float8 AS distance WHERE false"
     return f"""
 vstats AS MATERIALIZED (
-    SELECT n > %(exact_max)s AND n::float8 * n >= %(hnsw_cost)s * %(k)s * greatest(total, n) AS large
+    SELECT own OR (n > %(exact_max)s AND n::float8 * n >= %(hnsw_cost)s * %(k)s * greatest(total, n)) AS large
     FROM (SELECT coalesce((SELECT chunk_count FROM {STATS} WHERE tenant_id = %(tenant)s), 0) AS n,
-                 (SELECT reltuples FROM pg_class WHERE oid = '{CHUNK}'::regclass) AS total) counts
+                 (SELECT reltuples FROM pg_class WHERE oid = '{CHUNK}'::regclass) AS total,
+                 to_regclass(%(own_index)s) IS NOT NULL AS own) counts
 ), ann AS MATERIALIZED ({ann}
 ), exact AS MATERIALIZED (
     SELECT c.id, c.embedding <=> %(qvec)s::vector AS distance
@@ -101,6 +117,7 @@ vstats AS MATERIALIZED (
 def vector_leg_params(*, tenant_id: UUID, model_id: str, vector: np.ndarray, limit: int) -> dict[str, Any]:
     return {
         "tenant": tenant_id,
+        "own_index": tenant_index_name(tenant_id, len(vector)),
         "model": model_id,
         "qvec": to_text(vector),
         "k": limit,
@@ -134,3 +151,61 @@ def cosines(*, tenant_id: UUID, model_id: str, vector: np.ndarray, ids: list[int
             [to_text(vector), tenant_id, ids, model_id, len(vector)],
         )
         return {int(i): float(s) for i, s in cursor.fetchall()}
+
+
+# --- a large tenant's own HNSW index ----------------------------------------------------------------
+
+_TENANT_INDEX = re.compile(r"^chunk_hnsw_t([0-9a-f]{32})_(\d+)$")
+
+
+def tenant_index_name(tenant_id: UUID | str, dims: int) -> str:
+    return f"chunk_hnsw_t{UUID(str(tenant_id)).hex}_{int(dims)}"
+
+
+def ensure_tenant_indexes(*, tenant_id: UUID | str | None = None, concurrently: bool = True) -> dict[str, int]:
+    """Create the own HNSW index of every tenant (or of ``tenant_id``) that has at least
+    KNOWLEDGE_VECTOR_TENANT_INDEX_MIN vectors of an indexed dimension and lacks it; drop the indexes
+    of tenants that no longer exist. ``concurrently`` (outside a transaction): writes go on meanwhile.
+    Returns {"created": n, "dropped": n}."""
+    from tenants.models import Tenant
+
+    minimum = int(settings.KNOWLEDGE_VECTOR_TENANT_INDEX_MIN)
+    how = "CONCURRENTLY " if concurrently else ""
+    filters, params = "", []
+    if tenant_id is not None:
+        filters, params = "AND tenant_id = %s", [str(tenant_id)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT tenant_id, vector_dims(embedding) AS d FROM {CHUNK} "
+            f"WHERE embedding IS NOT NULL AND vector_dims(embedding) = ANY(%s) {filters} "
+            "GROUP BY 1, 2 HAVING count(*) >= %s",
+            [list(INDEXED_DIMENSIONS), *params, minimum],
+        )
+        wanted = {tenant_index_name(t, d): (UUID(str(t)), int(d)) for t, d in cursor.fetchall()}
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'chunk_hnsw_t%%'", [CHUNK]
+        )
+        present = {row[0] for row in cursor.fetchall()}
+    created = dropped = 0
+    for name, (tenant, dims) in sorted(wanted.items()):
+        if name in present:
+            continue
+        with connection.cursor() as cursor:
+            # The names and the dimension come from a UUID and an int: nothing else reaches the DDL.
+            cursor.execute(
+                f"CREATE INDEX {how}IF NOT EXISTS {name} ON {CHUNK} USING hnsw ((embedding::vector({dims})) "
+                f"vector_cosine_ops) WITH (m = 16, ef_construction = 64) "
+                f"WHERE tenant_id = '{tenant}'::uuid AND vector_dims(embedding) = {dims}"
+            )
+        logger.info("tenant vector index created", extra={"tenant_id": str(tenant), "index": name})
+        created += 1
+    if tenant_id is None:
+        existing = {t.hex for t in Tenant.objects.values_list("pk", flat=True)}
+        for name in sorted(present):
+            match = _TENANT_INDEX.match(name)
+            if match and match.group(1) not in existing:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP INDEX {how}IF EXISTS {name}")
+                logger.info("tenant vector index dropped", extra={"index": name})
+                dropped += 1
+    return {"created": created, "dropped": dropped}

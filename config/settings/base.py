@@ -111,7 +111,7 @@ DATABASE_URL = embedded.resolve_database_url()
 
 # pgvector, on every connection (knowledge.vectors): a filtered HNSW scan goes on until it has the
 # rows asked for (iterative scan), with a search list of KNOWLEDGE_HNSW_EF_SEARCH (recall vs speed).
-KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 100)
+KNOWLEDGE_HNSW_EF_SEARCH = env_int("KNOWLEDGE_HNSW_EF_SEARCH", 200)
 PGVECTOR_SESSION_OPTIONS = f"-c hnsw.iterative_scan=relaxed_order -c hnsw.ef_search={KNOWLEDGE_HNSW_EF_SEARCH}"
 
 

@@ -43,6 +43,9 @@ KNOWLEDGE_VECTOR_CANDIDATES = env_int("KNOWLEDGE_VECTOR_CANDIDATES", 40)
 # cheaper path: n^2 >= KNOWLEDGE_VECTOR_HNSW_COST x limit x (rows in the table), else exactly.
 KNOWLEDGE_VECTOR_EXACT_MAX = env_int("KNOWLEDGE_VECTOR_EXACT_MAX", 2000)
 KNOWLEDGE_VECTOR_HNSW_COST = env_float("KNOWLEDGE_VECTOR_HNSW_COST", 16.0)
+# A tenant with at least this many vectors of one dimension gets an HNSW index of its own (built by
+# knowledge.ensure_vector_indexes after indexing and hourly): its searches walk only its own graph.
+KNOWLEDGE_VECTOR_TENANT_INDEX_MIN = env_int("KNOWLEDGE_VECTOR_TENANT_INDEX_MIN", 20000)
 # (KNOWLEDGE_HNSW_EF_SEARCH, the HNSW search list, is a connection option: config.settings.base.)
 # Keyword leg: postings read per query term, best BM25 impact first (exact BM25 below this many).
 KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM = env_int("KNOWLEDGE_KEYWORD_POSTINGS_PER_TERM", 3000)
@@ -73,3 +76,7 @@ CELERY_TASK_ROUTES.update({"knowledge.*": {"queue": "indexing"}})
 # A run whose worker died (killed, out of memory, hard time limit) ends "failed" instead of
 # "processing" forever; each indexing task checks too, this covers an idle queue.
 CELERY_BEAT_SCHEDULE["knowledge-fail-stalled-indexing"] = {"task": "knowledge.fail_stalled_indexing", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["knowledge-ensure-vector-indexes"] = {
+    "task": "knowledge.ensure_vector_indexes",
+    "schedule": 3600.0,
+}

@@ -155,3 +155,37 @@ def test_a_deleted_document_and_another_model_are_never_returned(hnsw: Any, tena
 
     assert {i for i, _ in got} == set(kept)
     assert not {i for i, _ in got} & set(other_model)
+
+
+def test_a_large_tenant_gets_an_index_of_its_own_that_its_searches_walk(
+    settings: Any, tenant: Any, other_tenant: Any
+) -> None:
+    settings.KNOWLEDGE_VECTOR_TENANT_INDEX_MIN = 500
+    matrix = clustered(800, seed=14)
+    ids = store(tenant, matrix)
+    store(other_tenant, clustered(3000, seed=15))
+    small = store(tenant, clustered(5, seed=16, dim=768), model_id="openai:some-768-model")  # under the minimum
+    with connection.cursor() as cursor:  # (the test's transaction: checks deferred to commit block DDL)
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+    assert vectors.ensure_tenant_indexes(concurrently=False) == {"created": 2, "dropped": 0}
+    assert vectors.ensure_tenant_indexes(concurrently=False) == {"created": 0, "dropped": 0}  # idempotent
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE knowledge_chunk")
+    own = vectors.tenant_index_name(tenant.pk, DIM)
+    explained = plan(tenant, matrix[5], 10)
+
+    assert re.search(rf"Index Scan using {own} on knowledge_chunk \w+ \(actual", explained)
+    got = vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=matrix[5], limit=10)
+    exact = [ids[i] for i in np.argsort(-(matrix @ matrix[5]))[:10]]
+    assert [i for i, _ in got] == exact
+    assert not {i for i, _ in got} & set(small)
+
+    gone = vectors.tenant_index_name(other_tenant.pk, DIM)
+    other_tenant.delete()  # a deleted tenant's index goes with the next run
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert vectors.ensure_tenant_indexes(concurrently=False) == {"created": 0, "dropped": 1}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [gone])
+        assert cursor.fetchone() == (None,)

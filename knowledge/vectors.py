@@ -183,14 +183,19 @@ def ensure_tenant_indexes(*, tenant_id: UUID | str | None = None, concurrently: 
         )
         wanted = {tenant_index_name(t, d): (UUID(str(t)), int(d)) for t, d in cursor.fetchall()}
         cursor.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'chunk_hnsw_t%%'", [CHUNK]
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = %s::regclass AND c.relname LIKE 'chunk_hnsw_t%%'",
+            [CHUNK],
         )
-        present = {row[0] for row in cursor.fetchall()}
+        valid = dict(cursor.fetchall())
+    present = set(valid)
     created = dropped = 0
     for name, (tenant, dims) in sorted(wanted.items()):
-        if name in present:
+        if valid.get(name):
             continue
         with connection.cursor() as cursor:
+            if name in valid:  # a concurrent build that failed leaves an invalid index: build it again
+                cursor.execute(f"DROP INDEX {how}IF EXISTS {name}")
             # The names and the dimension come from a UUID and an int: nothing else reaches the DDL.
             cursor.execute(
                 f"CREATE INDEX {how}IF NOT EXISTS {name} ON {CHUNK} USING hnsw ((embedding::vector({dims})) "

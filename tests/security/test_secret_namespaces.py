@@ -14,6 +14,7 @@ import pytest
 
 from tenants import secrets
 from tenants.models import Tenant
+from tests.tenants.test_admin_settings_form import form_data
 
 CANARY = "hdr-canary-0c9e4d1f"
 
@@ -199,13 +200,17 @@ def test_the_admin_refuses_internal_names_and_hides_internal_secrets(client, ten
     added = client.post(
         "/admin/tenants/tenantsecret/add/", {"tenant": str(tenant.pk), "name": "webhook.x.signing", "value": "v"}
     )
-    settings_form = client.post(
-        f"/admin/tenants/tenant/{tenant.pk}/change/",
-        {"name": tenant.name, "settings": json.dumps({"llm": {"apiKeySecret": f"webhook.{webhook['id']}.headers"}})},
-    )
+    change = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    page = client.get(change)
+    offered = dict(page.context["adminform"].form.fields["llm_api_key_secret"].choices)
+    internal = f"webhook.{webhook['id']}.headers"
+    settings_form = client.post(change, form_data(page, llm_api_key_secret=internal))
 
     assert f"webhook.{webhook['id']}" not in listing
     assert added.status_code == 200 and "reserved for the platform" in added.content.decode()
     assert not secrets.tenant_secret_exists(tenant=tenant, name="webhook.x.signing")
-    assert settings_form.status_code == 200 and "reserved for the platform" in settings_form.content.decode()
+    # The settings form offers the tenant's own secrets only, and refuses an internal name typed in.
+    assert not [name for name in offered if str(name).startswith(("webhook.", "function."))]
+    assert settings_form.status_code == 200
+    assert "llm_api_key_secret" in settings_form.context["adminform"].form.errors
     assert Tenant.objects.get(pk=tenant.pk).settings["llm"]["apiKeySecret"] == ""

@@ -1,8 +1,10 @@
 """Stage 3: does a human own this conversation, or does the user ask for one?
 
-While a human owns it (``handoff_requested`` or ``agent``) the bot stays silent. A handoff keyword
-(case- and accent-insensitive whole word) escalates: the user is told, staff get
-``human_handoff.requested``, and no LLM is called.
+While a human owns it (``handoff_requested`` or ``agent``) the bot stays silent. A request for a
+person (conversations.handoff.requested_handoff: a handoff keyword, case- and accent-insensitive whole
+word, in a message that asks for a person rather than one that merely contains the word) escalates:
+the user is told once (the reply is the notice), staff get ``human_handoff.requested``, and no LLM
+is called.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def run(turn: Turn) -> None:
     config = turn.config
     if not config.enable_human_handoff:
         return
-    keyword = handoff.matched_keyword(turn.query, config.human_handoff_keywords)
+    keyword = handoff.requested_handoff(turn.query, config.human_handoff_keywords)
     if keyword:
         escalate(turn, reason=f"keyword: {keyword}")
 

@@ -105,13 +105,8 @@ def run(turn: Turn) -> None:
                 reply_to_message_id=reply_to,
                 message_id=message.pk,
             )
-        if turn.handoff_reason:
-            outbound.send_notice(
-                channel=turn.channel,
-                recipient_id=contact.external_id,
-                kind="handoff",
-                data={"state": "handoff_requested", "message": turn.reply_text},
-            )
+        # The reply *is* the handoff notice (handoff_check): no second "handoff" notice after it (the
+        # web chat widget showed the same words twice, as a message and as a notice).
     except SendError as exc:
         turn.send_error = str(exc)
         turn.send_failure = {"code": exc.code, "permanent": exc.permanent}

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from tenants import services
 from tenants.models import Tenant
+from tests.browser import browser  # noqa: F401 (the Chromium fixture, for every browser test)
 
 
 @pytest.fixture

@@ -11,17 +11,10 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.browser import LOCAL_HOSTS
 from tests.webchat.conftest import DaphneServer, free_port, start_daphne
-from tests.webchat.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: `make browser` installs Debian's chromium"
-    ),
-]
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
@@ -29,17 +22,6 @@ def server(transactional_db: Any, tmp_path: Path) -> Iterator[DaphneServer]:
     running = start_daphne(free_port(), tmp_path)
     yield running
     running.stop()
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield instance
-        instance.close()
 
 
 def test_api_docs_render_every_area_offline_without_console_errors(browser: Any, server: DaphneServer) -> None:

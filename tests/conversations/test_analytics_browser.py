@@ -5,12 +5,10 @@ leaves 127.0.0.1 (Chart.js comes from our static files)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 from tenants import services
+from tests.browser import admin_login, pytestmark, watched_page  # noqa: F401 (Chromium marks)
 from tests.conversations.test_analytics import DAY0, DAY1, DAY2, seed_acme, seed_globex
 from tests.webchat.conftest import _fresh_channel_layer, daphne_servers  # noqa: F401 (fixtures)
-from tests.webchat.test_browser import browser, pytestmark  # noqa: F401 (fixture, Chromium marks)
 
 PASSWORD = "pw-owner-123456789"
 
@@ -38,17 +36,9 @@ def test_owner_sees_the_seeded_figures_in_charts_and_tables(browser, daphne_serv
     services.staff_user_create(tenant=tenant, username="owner", role="owner", password=PASSWORD)
     server = daphne_servers()
 
-    page = browser.new_page()
-    requests: list[str] = []
-    errors: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-
-    page.goto(f"{server.url}/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    watched = watched_page(browser)
+    page = watched.page
+    admin_login(page, server.url, "owner", PASSWORD)
     page.get_by_role("link", name="Analytics").click()
     expect(page.locator("h1")).to_have_text("Analytics")
     page.fill("#id_start", DAY0.isoformat())
@@ -105,6 +95,6 @@ def test_owner_sees_the_seeded_figures_in_charts_and_tables(browser, daphne_serv
     page.locator("#table-unanswered a").first.click()
     assert str(seeded["conversations"][2].pk) in page.url
 
-    assert errors == []
-    assert {urlparse(url).hostname for url in requests} == {"127.0.0.1"}
-    assert any(url.endswith("/static/vendor/chartjs/chart.umd.min.js") for url in requests)
+    assert watched.errors == []
+    assert watched.outside_requests() == []
+    assert any(url.endswith("/static/vendor/chartjs/chart.umd.min.js") for url in watched.requests)

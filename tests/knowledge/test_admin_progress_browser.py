@@ -4,17 +4,15 @@ reloading; no console error, and no request leaves 127.0.0.1."""
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 from tenants import services
+from tests.browser import admin_login, pytestmark, watched_page  # noqa: F401 (Chromium marks)
 from tests.webchat.conftest import _fresh_channel_layer, daphne_servers  # noqa: F401 (fixtures)
-from tests.webchat.test_browser import browser, pytestmark  # noqa: F401 (fixture, Chromium marks)
 
 PASSWORD = "pw-owner-123456789"
 
 
 def test_owner_uploads_and_sees_the_progress_reach_100_percent_without_reloading(
-    browser,  # noqa: F811
+    browser,
     daphne_servers,  # noqa: F811
     live_worker,
     tenant,
@@ -28,17 +26,9 @@ def test_owner_uploads_and_sees_the_progress_reach_100_percent_without_reloading
     upload = tmp_path / "handbook.md"
     upload.write_text("# Leave\n\nStaff get 25 days of paid leave per year.\n\n# Hours\n\nWe open at 9.\n")
 
-    page = browser.new_page()
-    requests: list[str] = []
-    errors: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-
-    page.goto(f"{server.url}/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    watched = watched_page(browser)
+    page = watched.page
+    admin_login(page, server.url, "owner", PASSWORD)
     page.goto(f"{server.url}/admin/knowledge/document/add/")
     page.fill("#id_title", "Handbook")
     page.set_input_files("#id_upload", str(upload))
@@ -58,5 +48,5 @@ def test_owner_uploads_and_sees_the_progress_reach_100_percent_without_reloading
         ["0", "", "Leave", "Leave\n\nStaff get 25 days of paid leave per year."],
         ["1", "", "Hours", "Hours\n\nWe open at 9."],
     ]
-    assert errors == []
-    assert {urlparse(url).hostname for url in requests} == {"127.0.0.1"}
+    assert watched.errors == []
+    assert watched.outside_requests() == []

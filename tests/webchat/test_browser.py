@@ -7,41 +7,12 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from channels_app.models import Channel, InboundEvent, new_widget_key
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: `make browser` installs Debian's chromium"
-    ),
-]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield instance
-        instance.close()
+pytestmark = [pytest.mark.browser]
 
 
 def demo_channel(tenant, server) -> Channel:
@@ -200,21 +171,6 @@ def test_streamed_reply_sources_typing_and_handoff_render_as_text(browser, daphn
         page.screenshot(path=os.path.join(os.environ["WEBCHAT_SCREENSHOT_DIR"], "webchat-widget.png"))
 
 
-def _pipeline_missing() -> str:
-    try:
-        from knowledge.services import document_upload  # noqa: F401
-    except Exception as exc:  # missing, or mid-edit: either way not usable by this test
-        return f"knowledge.services.document_upload is not available yet ({exc})"
-    try:
-        from conversations import tasks
-
-        if not hasattr(tasks, "handle_inbound_message"):
-            return "conversations.tasks.handle_inbound_message is not available yet"
-    except Exception as exc:
-        return f"the conversation pipeline is not available yet ({exc})"
-    return ""
-
-
 RETURNS_POLICY = b"""# Returns policy
 
 You can return any device within 30 days of delivery for a full refund, provided it is undamaged.
@@ -222,7 +178,6 @@ Refunds are paid to the original payment method within 5 business days of receiv
 """
 
 
-@pytest.mark.skipif(bool(_pipeline_missing()), reason=_pipeline_missing() or "pipeline present")
 def test_grounded_answer_with_its_source_and_the_history_after_reload(browser, daphne_servers, live_worker, tenant):
     from django.core.files.uploadedfile import SimpleUploadedFile
     from playwright.sync_api import expect

@@ -51,6 +51,8 @@ class Conversation(TenantOwned):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     # Why the conversation left the bot last ("keyword: human", "tool: request_human", "agent", ...).
     handoff_reason = models.CharField(max_length=255, blank=True, default="")
+    # The language the user writes in (ISO 639-1, detected from their messages: conversations.language).
+    language = models.CharField(max_length=16, blank=True, default="")
 
     class Meta:
         ordering = ["-last_activity_at"]

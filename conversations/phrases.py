@@ -42,23 +42,23 @@ PHRASES: Final[dict[str, dict[str, str]]] = {
     # Nothing relevant passed the threshold.
     "dont_know": {
         "en": (
-            "I don't know: I couldn't find anything about that in {owner} documents. I'm an automatic "
-            "assistant that can only quote those documents (no AI model is connected)."
+            "I couldn't find anything about that in {owner} documents. I'm an automatic assistant that can "
+            "only quote those documents (no AI model is connected), so I don't know the answer."
         ),
         "pt": (
-            "Não sei: não encontrei nada sobre isso nos documentos {owner}. Sou um assistente automático "
+            "Não encontrei nada sobre isso nos documentos {owner}, por isso não sei. Sou um assistente automático "
             "que só pode citar esses documentos (nenhum modelo de IA está conectado)."
         ),
         "es": (
-            "No lo sé: no encontré nada sobre eso en los documentos {owner}. Soy un asistente automático "
+            "No encontré nada sobre eso en los documentos {owner}, así que no lo sé. Soy un asistente automático "
             "que solo puede citar esos documentos (no hay ningún modelo de IA conectado)."
         ),
         "fr": (
-            "Je ne sais pas : je n'ai rien trouvé à ce sujet dans les documents {owner}. Je suis un "
+            "Je n'ai rien trouvé à ce sujet dans les documents {owner}, je ne sais donc pas. Je suis un "
             "assistant automatique qui ne peut que citer ces documents (aucun modèle d'IA n'est connecté)."
         ),
         "de": (
-            "Das weiß ich nicht: Ich habe dazu nichts in den Dokumenten {owner} gefunden. Ich bin ein "
+            "Dazu habe ich in den Dokumenten {owner} nichts gefunden, deshalb weiß ich es nicht. Ich bin ein "
             "automatischer Assistent, der nur diese Dokumente zitieren kann (kein KI-Modell ist verbunden)."
         ),
     },

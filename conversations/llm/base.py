@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from conversations import phrases
+
 
 @dataclass
 class ToolCall:
@@ -55,12 +57,16 @@ class ContextPassage:
     section: str = ""
     score: float = 0.0
 
-    def label(self) -> str:
+    def label(self, language: str = "en") -> str:
+        """``Title (p. 2, Section)``: where the passage is, as the sources line names it."""
         where = []
         if self.page:
-            where.append(f"p. {self.page}")
-        if self.section:
-            where.append(self.section)
+            where.append(f"{phrases.phrase('page', language)} {self.page}")
+        section = self.section
+        if section.startswith(f"{self.title} > "):  # the document's own title heads its section path
+            section = section[len(self.title) + 3 :]
+        if section and section != self.title:
+            where.append(section)
         return f"{self.title} ({', '.join(where)})" if where else self.title
 
     def as_source(self) -> dict[str, Any]:
@@ -84,8 +90,12 @@ class CompletionRequest:
     temperature: float = 0.3
     max_tokens: int = 600
     brand_name: str = ""
-    handoff_hint: str = ""  # e.g. 'write "human" to reach a person' (offline answerer)
-    locale: str = "en"
+    handoff_keyword: str = ""  # the word that reaches a person, offered by the offline answerer ("" = none)
+    locale: str = "en"  # the conversation's language (conversations.language)
+    # The offline answerer's: the tenant's embedder (to score sentences; None = keywords only), and
+    # whether the sources belong in the text (False where the channel lists them beside it: web chat).
+    embedder: Any = None
+    sources_in_text: bool = True
     # time.monotonic() by which the answer must have started (the turn's TURN_MAX_SECONDS): no attempt
     # starts after it and each attempt's timeout is cut to what is left. None: LLM_TIMEOUT_SECONDS.
     deadline: float | None = None
@@ -126,14 +136,23 @@ class LLMProvider(Protocol):
     def stream(self, request: CompletionRequest) -> LLMStream: ...
 
 
-def sources_line(passages: list[ContextPassage]) -> str:
-    """The line that closes an answer: the cited passages' labels, each once, in citation order."""
-    labels: list[str] = []
+def unique_sources(passages: list[ContextPassage]) -> list[ContextPassage]:
+    """The passages with one per source (title, page, section), in citation order: three chunks of
+    one section are one source."""
+    seen: set[tuple[str, int | None, str]] = set()
+    out: list[ContextPassage] = []
     for passage in passages:
-        label = passage.label()
-        if label not in labels:
-            labels.append(label)
-    return "Sources: " + "; ".join(labels)
+        key = (passage.title, passage.page, passage.section)
+        if key not in seen:
+            seen.add(key)
+            out.append(passage)
+    return out
+
+
+def sources_line(passages: list[ContextPassage], language: str = "en") -> str:
+    """The line that closes an answer: the cited passages' labels, each once, in citation order."""
+    labels = list(dict.fromkeys(passage.label(language) for passage in passages))
+    return f"{phrases.phrase('sources', language)}: " + "; ".join(labels)
 
 
 def tool_call_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from conversations import handoff, tools
+from conversations import language, tools
 from conversations.llm import LLMError, provider_for_tenant
 from conversations.llm.base import (
     Completion,
@@ -28,7 +28,9 @@ from conversations.llm.base import (
     sources_line,
     tool_call_message,
     tool_result_message,
+    unique_sources,
 )
+from conversations.metrics import llm_duration
 from conversations.models import Message, TenantFunction
 from conversations.pipeline import handoff_check
 from conversations.pipeline.turn import Turn
@@ -67,8 +69,8 @@ def system_prompt(turn: Turn, *, tools_offered: bool) -> str:
     lines = [
         f"You are the assistant of {config.brand_name}, talking with a customer on {turn.channel.get_type_display()}.",
         f"Tone: {config.tone}. Keep answers short and clear.",
-        "Answer in the language the user writes in; the business's languages are "
-        f"{', '.join(config.locale)} (use {config.locale[0]} when unsure).",
+        f"Answer in {language.name(turn.language)} (the language the user writes in; the business's languages "
+        f"are {', '.join(config.locale)}).",
         "Answer from the context passages when they are relevant and cite them by their markers, like [1]. "
         "If the context does not contain the answer, say so plainly; never invent facts, prices or policies.",
     ]
@@ -111,10 +113,34 @@ def _request(turn: Turn, messages: list[dict[str, Any]], tool_specs: list[dict[s
         temperature=config.llm.temperature,
         max_tokens=config.llm.max_tokens,
         brand_name=config.brand_name,
-        handoff_hint=handoff.keyword_hint(config.human_handoff_keywords) if config.enable_human_handoff else "",
+        handoff_keyword=config.human_handoff_keywords[0]
+        if config.enable_human_handoff and config.human_handoff_keywords
+        else "",
         locale=turn.language,
+        embedder=_embedder(turn) if turn.provider_name == "offline" else None,
+        sources_in_text=not lists_sources(turn),
         deadline=turn.started + settings.TURN_MAX_SECONDS,
     )
+
+
+def _embedder(turn: Turn) -> Any:
+    """The tenant's embedder, for the offline answerer's sentence scores (None: keywords only)."""
+    from knowledge.embedders import EmbeddingError, get_embedder
+
+    try:
+        return get_embedder(tenant=turn.tenant)
+    except EmbeddingError:
+        return None
+
+
+def lists_sources(turn: Turn) -> bool:
+    """The channel shows a reply's sources beside its text (web chat): the text does not repeat them."""
+    from channels_app.adapters.base import RichMessageAdapter, get_adapter
+
+    try:
+        return isinstance(get_adapter(turn.channel.type), RichMessageAdapter)
+    except KeyError:
+        return False
 
 
 def _wants_stream(turn: Turn, provider: LLMProvider) -> bool:
@@ -228,6 +254,7 @@ def _rounds(turn: Turn, loop: ToolLoop) -> None:
             handle = loop.provider.stream(request)
             handle.start()
             turn.time("llm_wait_ms", llm_started)
+            llm_duration.labels(provider=loop.provider.name, mode="stream").observe(time.monotonic() - llm_started)
             if handle.has_text:
                 turn.reply_stream = handle  # the reply stage sends it as it arrives
                 return
@@ -235,6 +262,7 @@ def _rounds(turn: Turn, loop: ToolLoop) -> None:
         else:
             completion = loop.provider.complete(request)
             turn.time("llm_wait_ms", llm_started)
+            llm_duration.labels(provider=loop.provider.name, mode="complete").observe(time.monotonic() - llm_started)
         if not _take(turn, loop, completion):
             return
 
@@ -290,11 +318,13 @@ def finish_text(turn: Turn, completion: Completion) -> None:
     text = storable(completion.text).strip()
     by_marker = {p.marker: p for p in turn.passages}
     if completion.cited_markers:
-        cited = [by_marker[m] for m in completion.cited_markers if m in by_marker]
+        cited = unique_sources([by_marker[m] for m in completion.cited_markers if m in by_marker])
     else:
         markers = dict.fromkeys(int(m) for m in MARKER_RE.findall(text))
-        cited = [by_marker[m] for m in markers if m in by_marker]
-        if cited and "Sources:" not in text:
-            text = f"{text}\n\n{sources_line(cited)}"
+        cited = unique_sources([by_marker[m] for m in markers if m in by_marker])
+        line = sources_line(cited, turn.language)
+        if cited and not lists_sources(turn) and line.split(":")[0] + ":" not in text:
+            text = f"{text}\n\n{line}"
+    # Each source once (title, page, section): the list the channel shows, or the line in the text.
     turn.sources = [p.as_source() for p in cited]
     turn.reply_text = text or FALLBACK_TEXT

@@ -190,7 +190,8 @@ def _record_outcome(
         InboundEvent.Status.PROCESSED, now, turn.tenant.pk, event_ids,
         status, now, None if error is None else json.dumps(error), turn.tenant.pk, user_ids,
         *_reply_values(reply), now, turn.tenant.pk, reply.pk if reply else None,
-        now, turn.usage.prompt_tokens, turn.usage.completion_tokens, cost, turn.tenant.pk, turn.conversation.pk,
+        now, turn.usage.prompt_tokens, turn.usage.completion_tokens, cost, turn.language, turn.tenant.pk,
+        turn.conversation.pk,
     ]  # fmt: skip
     sql = f"""
         WITH inbound AS (
@@ -206,7 +207,7 @@ def _record_outcome(
             WHERE tenant_id = %s AND id = %s RETURNING id
         ), outcome AS (
             UPDATE {conversations} SET last_activity_at = %s, prompt_tokens = prompt_tokens + %s,
-                completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s
+                completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s, language = %s
             WHERE tenant_id = %s AND id = %s RETURNING id
         )
     """  # noqa: S608 (our tables)

@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage
-from conversations import state
+from conversations import language, state
 from conversations.models import Contact, Conversation, Message
 from conversations.pipeline import rows
 from conversations.pipeline.turn import Turn
@@ -250,7 +250,14 @@ def run(turn: Turn) -> None:
     turn.query = "\n".join(m.content for m in turn.user_messages if m.content.strip())
     contact = turn.contact or conversation.contact
     turn.contact = contact
-    turn.language = (contact.language or turn.config.locale[0]).split("-")[0]
+    # The language the user writes in now (a confident detection), else the conversation's so far; the
+    # finish stage stores it on the conversation.
+    turn.language = language.conversation_language(
+        turn.query,
+        current=conversation.language,
+        fallback=contact.language or turn.config.locale[0],
+        expected=turn.config.locale,
+    )
     if not turn.user_messages:
         turn.silent_reason = "nothing new to answer"
     elif not turn.query and all(m.kind in SILENT_KINDS for m in turn.user_messages):

@@ -22,7 +22,7 @@ def test_offline_answerer_says_plainly_it_found_nothing_and_what_it_is(live_work
     text = replies(graph)[0]
     assert text.startswith("I couldn't find anything about that in Your Business's documents.")
     assert "no AI model is connected" in text
-    assert 'If you need a person, write "human".' in text
+    assert 'If you would like to talk to a person, write "human".' in text
     # Read mark + typing indicator on the user's message first, then the reply.
     assert graph.requests[0]["body"] == {
         "messaging_product": "whatsapp",

@@ -34,15 +34,18 @@ def passage(marker, title, content, page=None):
     return ContextPassage(marker=marker, chunk_id=str(marker), document_id="d", title=title, content=content, page=page)
 
 
-def test_offline_answerer_quotes_best_sentences_and_names_sources():
+def test_offline_answerer_quotes_the_answering_sentence_and_names_its_source_once():
     request = CompletionRequest(
         messages=[],
         query="How long does standard shipping take?",
         passages=[
             passage(
-                1, "Shipping guide", "We ship worldwide. Standard shipping takes 3 to 5 days. Gift wrap is free.", 2
+                1,
+                "Shipping guide",
+                "Shipping\n\nWe ship worldwide. Standard shipping takes 3 to 5 days. Gift wrap is free.",
+                2,
             ),
-            passage(2, "FAQ", "Express shipping takes one day."),
+            passage(2, "Shipping guide", "Standard shipping takes 3 to 5 days.", 2),
         ],
         brand_name="Acme",
     )
@@ -51,22 +54,20 @@ def test_offline_answerer_quotes_best_sentences_and_names_sources():
 
     assert completion.text == (
         "Here is what I found in Acme's documents:\n\n"
-        "Standard shipping takes 3 to 5 days.\nExpress shipping takes one day.\n\n"
-        "Sources: Shipping guide (p. 2); FAQ\n\n"
+        "Standard shipping takes 3 to 5 days.\n\n"
+        "Sources: Shipping guide (p. 2)\n"
         "(Automatic answer quoted from the documents; no AI model is connected.)"
     )
-    assert completion.cited_markers == [1, 2]
+    assert completion.cited_markers == [1]
     assert completion.usage.prompt_tokens == 0
 
 
-def test_offline_answerer_without_passages_says_so_and_offers_a_person():
-    request = CompletionRequest(
-        messages=[], query="Do you sell bikes?", brand_name="Acme", handoff_hint='write "human"'
-    )
+def test_offline_answerer_without_passages_says_it_does_not_know_and_offers_a_person():
+    request = CompletionRequest(messages=[], query="Do you sell bikes?", brand_name="Acme", handoff_keyword="human")
     assert OfflineAnswerer().complete(request).text == (
         "I couldn't find anything about that in Acme's documents. I'm an automatic assistant that can only "
-        "quote those documents (no AI model is connected), so I can't answer this one. "
-        'If you need a person, write "human".'
+        "quote those documents (no AI model is connected), so I don't know the answer. "
+        'If you would like to talk to a person, write "human".'
     )
 
 

@@ -29,6 +29,7 @@ from django.conf import settings
 
 from channels_app.adapters.base import SendError
 from config import egress
+from config.logs import HTTP_HEADER, get_correlation_id
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ class GraphClient:
 
     def _send(self, method: str, url: str, *, with_token: bool = True, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self._token}"} if with_token else {}
+        if cid := get_correlation_id():  # the inbound message's id, for Meta's side and any proxy's log
+            headers[HTTP_HEADER] = cid
         cfg = self.config
         last_error: SendError | None = None
         for attempt in range(cfg.max_attempts):

@@ -34,6 +34,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 
 from config import egress, metrics
+from config.logs import HTTP_HEADER
 from events import outbox, signing, transport
 from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint, message_body
 from events.services import emit
@@ -110,6 +111,7 @@ class ClaimedDelivery:
     event_id: Any  # the Event's UUID: the webhook-id
     event_type: str
     body: bytes
+    correlation_id: str = ""  # the event's: sent as X-Request-ID, ties the call to what caused it
     status: str = "pending"
     next_attempt_at: datetime | None = None
     last_attempt_at: datetime | None = None
@@ -234,7 +236,8 @@ def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[Clai
         f"AND EXISTS (SELECT 1 FROM {endpoints} WHERE id = %s AND is_active) "
         "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
         f"UPDATE {table} d SET next_attempt_at = %s FROM due, {events} e WHERE d.id = due.id AND e.id = d.event_id "
-        "RETURNING d.id, d.tenant_id, d.attempt_count, e.event_id, e.type, e.tenant_id, e.created_at, e.payload"
+        "RETURNING d.id, d.tenant_id, d.attempt_count, e.event_id, e.type, e.tenant_id, e.created_at, e.payload, "
+        "e.correlation_id"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [endpoint.tenant_id, endpoint.pk, now, endpoint.pk, limit, lease_until])
@@ -253,8 +256,9 @@ def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[Clai
                 created_at=created_at,
                 payload_json=payload,
             ),
+            correlation_id=cid,
         )
-        for pk, tenant_id, attempts, event_id, event_type, event_tenant_id, created_at, payload in rows
+        for pk, tenant_id, attempts, event_id, event_type, event_tenant_id, created_at, payload, cid in rows
     ]
 
 
@@ -335,6 +339,8 @@ def _attempt(
             keys=keys, webhook_id=webhook_id, timestamp=timestamp, body=body
         ),
     }
+    if delivery.correlation_id:
+        request_headers[HTTP_HEADER] = delivery.correlation_id
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     result = AttemptResult(delivery=delivery, started_at=now or clock(), duration_ms=0)
     started = time.perf_counter()

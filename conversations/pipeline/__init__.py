@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from django.utils import timezone
 from channels_app.inbound import needs_preparation
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
+from config.logs import correlation_id
 from conversations.models import Conversation, TenantFunction
 from conversations.pipeline import (
     completion,
@@ -41,6 +43,8 @@ from conversations.pipeline import (
 )
 from conversations.pipeline.turn import Turn
 from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 STAGES = (
     resolve.run,
@@ -210,13 +214,35 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> int:
 
 
 def _run_guarded(turn: Turn) -> None:
+    # The turn's lines, events, Graph API call and webhooks carry the id of the message it answers
+    # (the first of a burst), stored with it at the webhook, whichever task runs the turn.
+    first = turn.inbound_events[0].correlation_id if turn.inbound_events else ""
+    token = correlation_id.set(first or correlation_id.get())
     try:
         run_stages(turn)
+        _log_turn(turn)
     except (OperationalError, InterfaceError):
         raise  # the database is away: the task retries, the events are still pending
     except Exception as exc:
         # A bug or bad data: recorded, the user told, and the drain goes on (failure.py).
         failure.handle_crash(turn, exc)
+    finally:
+        correlation_id.reset(token)
+
+
+def _log_turn(turn: Turn) -> None:
+    logger.info(
+        "turn finished",
+        extra={
+            "tenant_id": str(turn.tenant.pk),
+            "channel_id": str(turn.channel.pk),
+            "conversation_id": str(turn.conversation.pk) if turn.conversation else None,
+            "outcome": finish._outcome(turn),
+            "inbound_ids": [e.pk for e in turn.inbound_events],
+            "inbound_correlation_ids": sorted({e.correlation_id for e in turn.inbound_events if e.correlation_id}),
+            "timings_ms": turn.timings,
+        },
+    )
 
 
 def process_inbound(*, inbound_event_id: int) -> int:

@@ -90,26 +90,3 @@ def test_log_lines_are_json_with_the_correlation_id_and_extra_fields():
     assert parsed["correlation_id"] == "abc123"
     assert parsed["tenant_id"] == "t-1"
     assert parsed["level"] == "INFO"
-
-
-def test_celery_messages_carry_the_correlation_id_of_the_request():
-    from config.logs import _attach_correlation_id, _restore_correlation_id
-
-    headers: dict = {}
-    token = correlation_id.set("req-42")
-    try:
-        _attach_correlation_id(headers=headers)
-    finally:
-        correlation_id.reset(token)
-
-    class Request:
-        correlation_id = None
-        headers = {"correlation_id": "req-42"}
-
-    class Task:
-        request = Request()
-
-    _restore_correlation_id(task=Task())
-    assert headers == {"correlation_id": "req-42"}
-    assert correlation_id.get() == "req-42"
-    correlation_id.set(None)

@@ -47,9 +47,17 @@ def needs_preparation(normalized: dict) -> bool:
     raw = normalized.get("raw") or {}
     if raw.get("_prepared"):
         return False
-    if normalized.get("platform") == "messenger" and not normalized.get("sender_name"):
+    if not normalized.get("sender_name") and _looks_profiles_up(str(normalized.get("platform", ""))):
         return True
     return any((m.get("media_id") or m.get("url")) and not m.get("storage_path") for m in normalized.get("media") or [])
+
+
+def _looks_profiles_up(platform: str) -> bool:
+    """Whether the platform's webhooks carry no sender name, which its adapter looks up (Messenger)."""
+    from channels_app.adapters import ADAPTERS
+    from channels_app.adapters.base import ProfileAdapter
+
+    return isinstance(ADAPTERS.get(platform), ProfileAdapter)
 
 
 def json_depth_exceeds(value: Any, *, body: bytes, limit: int) -> bool:

@@ -34,6 +34,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.utils.datastructures import CaseInsensitiveMapping
 
 from channels_app import services
+from channels_app.adapters import graph_platforms
 from config import metrics
 from config.errors import error_body
 from config.ingress import send_json
@@ -42,9 +43,9 @@ from tenants.ratelimit import scope_client_address
 
 logger = logging.getLogger(__name__)
 
-PATHS = {"/webhooks/whatsapp": "whatsapp", "/webhooks/messenger": "messenger"}
-# With a trailing slash too, as the Django routes accept both: Meta posts exactly the configured URL.
-PATHS.update({f"{path}/": platform for path, platform in list(PATHS.items())})
+# One route per Graph platform of the adapter registry, with a trailing slash too, as the Django routes
+# accept both: Meta posts exactly the configured URL.
+PATHS = {f"/webhooks/{platform}{slash}": platform for platform in graph_platforms() for slash in ("", "/")}
 
 BARE_PATH = "/webhooks/_bench/bare"
 ASGIApp = Any

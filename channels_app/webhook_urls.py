@@ -1,12 +1,14 @@
-"""Public webhook routes (/webhooks/...), included by config.urls."""
+"""Public webhook routes (/webhooks/<platform>, with or without a trailing slash), included by
+config.urls: one pair per Graph platform of the adapter registry."""
 
 from django.urls import path
 
 from channels_app import webhooks
+from channels_app.adapters import graph_platforms
 
-urlpatterns: list = [
-    path("whatsapp", webhooks.whatsapp_webhook, name="webhook-whatsapp"),
-    path("whatsapp/", webhooks.whatsapp_webhook),
-    path("messenger", webhooks.messenger_webhook, name="webhook-messenger"),
-    path("messenger/", webhooks.messenger_webhook),
-]
+urlpatterns: list = []
+for _platform in graph_platforms():
+    urlpatterns += [
+        path(_platform, webhooks.webhook, {"platform": _platform}, name=f"webhook-{_platform}"),
+        path(f"{_platform}/", webhooks.webhook, {"platform": _platform}),
+    ]

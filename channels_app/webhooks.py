@@ -1,4 +1,4 @@
-"""GET/POST /webhooks/whatsapp and /webhooks/messenger: Meta's handshake and event notifications.
+"""GET/POST /webhooks/<platform> (whatsapp, messenger): Meta's handshake and event notifications.
 
 Views are thin: the body is read raw (the signature covers the exact bytes) and handed to
 ``services.webhook_answer``, which verifies, routes and stores it (``receive_webhook``) and counts it;
@@ -46,11 +46,6 @@ def _webhook(request: HttpRequest, platform: str) -> HttpResponse:
 
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
-def whatsapp_webhook(request: HttpRequest) -> HttpResponse:
-    return _webhook(request, "whatsapp")
-
-
-@csrf_exempt
-@require_http_methods(["GET", "POST"])
-def messenger_webhook(request: HttpRequest) -> HttpResponse:
-    return _webhook(request, "messenger")
+def webhook(request: HttpRequest, platform: str) -> HttpResponse:
+    """The route of each Graph platform (``webhook_urls``) passes its ``platform``."""
+    return _webhook(request, platform)

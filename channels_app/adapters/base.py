@@ -8,7 +8,7 @@ Adding SMS or Telegram means one new module and one line in ``ADAPTERS``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -180,6 +180,11 @@ class ChannelAdapter(Protocol):
     max_text_length: int
     # False for channels that keep no credentials (web chat): their calls skip the secret lookup.
     needs_credentials: bool
+    # A Meta Graph API platform: its external id is a Graph id that the tenant's access token must be
+    # able to read (channel claims), it keeps CREDENTIAL_NAMES, and Meta posts to /webhooks/<platform>.
+    graph_platform: bool
+    # What the external id is called to a tenant ("phone_number_id", "page_id", "widget key").
+    external_id_label: str
 
     def verify_signature(self, *, body: bytes, headers: dict[str, str], credentials: dict[str, str]) -> bool: ...
 
@@ -199,6 +204,18 @@ class ChannelAdapter(Protocol):
         reply_to_message_id: str = "",
     ) -> SendResult: ...
 
+    def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
+        """Download an attachment: (content, mime type)."""
+        ...
+
+
+# --- optional abilities: an adapter declares one by implementing it; callers test with isinstance ---
+
+
+@runtime_checkable
+class TypingAdapter(Protocol):
+    """Optional: show the contact that a reply is being written (and mark their message read)."""
+
     def send_typing(
         self,
         *,
@@ -208,9 +225,19 @@ class ChannelAdapter(Protocol):
         credentials: dict[str, str],
     ) -> None: ...
 
-    def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
-        """Download an attachment: (content, mime type)."""
-        ...
+
+@runtime_checkable
+class PreparedVerifierAdapter(Protocol):
+    """Optional: a reusable signature check for one app secret (the webhook intake caches it)."""
+
+    def signature_verifier(self, app_secret: str) -> Callable[[bytes, Mapping[str, str]], bool]: ...
+
+
+@runtime_checkable
+class ProfileAdapter(Protocol):
+    """Optional: look a sender's name up when the webhook carries none (Messenger)."""
+
+    def fetch_profile(self, *, user_id: str, credentials: dict[str, str]) -> dict[str, Any]: ...
 
 
 @runtime_checkable

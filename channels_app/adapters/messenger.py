@@ -40,6 +40,8 @@ class MessengerAdapter:
     platform = "messenger"
     max_text_length = 2000
     needs_credentials = True
+    graph_platform = True
+    external_id_label = "page_id"
 
     # --- inbound ---------------------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ class WebchatAdapter:
     platform = PLATFORM
     max_text_length = 20000
     needs_credentials = False  # the widget key is public; visitors are authenticated by their JWT
+    graph_platform = False
+    external_id_label = "widget key"
 
     # --- inbound -----------------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class WhatsAppAdapter:
     platform = "whatsapp"
     max_text_length = 4096
     needs_credentials = True
+    graph_platform = True
+    external_id_label = "phone_number_id"
 
     # --- inbound ---------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test install install-dev browser kubectl bench lint format typecheck stop clean
+.PHONY: run test install install-dev browser kubectl promtool bench lint format typecheck stop clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,18 @@ kubectl:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
 
+# Debian's promtool (package prometheus) for the metrics tests: `promtool check metrics` on a real
+# scrape of /metrics and `promtool check rules` on deploy/prometheus/alerts.yml.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus (promtool) for the metrics tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
+
 run: install
 	$(PY) -m config.launcher run
 
-test: install browser kubectl
+test: install browser kubectl promtool
 	$(PY) -m config.launcher test $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)

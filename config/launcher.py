@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config import embedded
+from config import embedded, metrics_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -139,6 +139,7 @@ def run() -> int:
     t0 = time.monotonic()
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    metrics_dir.prepare(env, "run")  # every process below writes its metrics there (config.metrics)
     port = env.get("PORT", "8000")
     host = env.get("HOST", "127.0.0.1")
     base_url = env.get("PUBLIC_BASE_URL", f"http://{host}:{port}")
@@ -234,6 +235,7 @@ def test_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("REDIS_KEY_PREFIX", f"test{os.getpid()}")
     env.setdefault("EGRESS_ALLOW_PRIVATE_TARGETS", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    metrics_dir.prepare(env, f"test{os.getpid()}")  # this run's, apart from other runs (config.metrics)
     started = resolve_services(env, prefer_local_redis=True)
     return env, started
 
@@ -262,6 +264,7 @@ def test(pytest_args: list[str], *, only_pytest: bool = False) -> int:
                 return code
         return 0
     finally:
+        metrics_dir.remove(env["PROMETHEUS_MULTIPROC_DIR"])
         if env.get("CI"):  # a developer's embedded servers stay up for the next run (and other shells)
             stop_services(started)
 

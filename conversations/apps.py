@@ -6,7 +6,8 @@ class ConversationsConfig(AppConfig):
     verbose_name = "Conversations"
 
     def ready(self) -> None:
-        from config.metrics import register_gauge
-        from conversations.metrics import conversations_gauge
+        from config.metrics import register_gauge, register_tenant_ranking
+        from conversations.metrics import busiest_tenants, conversations_gauge
 
         register_gauge("metachat_conversations", "Conversations by state", conversations_gauge)
+        register_tenant_ranking(busiest_tenants)

@@ -12,10 +12,13 @@ class EventsConfig(AppConfig):
         from config.metrics import register_gauge
         from events import bus, outbox
         from events.health import check_outbox
-        from events.metrics import event_log_gauge
+        from events.metrics import event_log_gauge, outbox_lag_gauge
         from events.services import register_after_commit
 
         register_after_commit(bus.publish_committed)
         register_after_commit(outbox.on_event_committed)
         register_check("event_outbox", check_outbox)
-        register_gauge("metachat_events_total_rows", "Rows in the event log", event_log_gauge)
+        register_gauge("metachat_event_log_rows", "Rows in the event log (audit and outbox)", event_log_gauge)
+        register_gauge(
+            "metachat_outbox_lag_seconds", "Age of the oldest event not yet delivered, by outlet", outbox_lag_gauge
+        )

@@ -216,6 +216,7 @@ def run(*, document: Document) -> Document | None:
                 },
             )
         metrics.incr("documents_indexed_total", outcome="indexed")
+        metrics.observe("document_indexing_duration_seconds", time.monotonic() - started)
         return document
     except TimeLimitReached:
         mark_failed(document_id=document.pk, reason=time_limit_reason(), generation=generation)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -30,6 +31,7 @@ from django.db import connection
 from knowledge import queries, vectors
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_query, keyword_search, text_search_config
+from knowledge.metrics import retrieval_duration
 from knowledge.models import Chunk, Document
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ class RetrievedChunk:
 def search(*, tenant: Tenant, query: str, k: int | None = None) -> list[RetrievedChunk]:
     """The tenant's top chunks for ``query`` with its ragConfig; [] when nothing is relevant enough."""
     rag = tenant.config.rag_config
-    return hybrid_search(
+    started = time.perf_counter()
+    chunks = hybrid_search(
         tenant=tenant,
         query=query,
         k=k or rag.top_k,
@@ -66,6 +69,8 @@ def search(*, tenant: Tenant, query: str, k: int | None = None) -> list[Retrieve
         fusion=rag.fusion,
         min_relevance=rag.min_similarity,
     )
+    retrieval_duration.observe(time.perf_counter() - started)
+    return chunks
 
 
 @dataclass

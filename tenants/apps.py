@@ -11,6 +11,8 @@ class TenantsConfig(AppConfig):
         from tenants.secrets import SecretRepository, key_ring, register_secret_repository, tenant_secret_aad
 
         key_ring()
+        import tenants.metrics  # noqa: F401  (declares the tenants' counters)
+
         register_secret_repository(
             SecretRepository(
                 kind="tenant", model=TenantSecret, aad=lambda row: tenant_secret_aad(row.tenant_id, row.name)

@@ -193,8 +193,10 @@ RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "")
 ADMIN_API_KEY = os.environ.get("ADMIN_API_KEY", "")
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 600)
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
-# Counters are summed in memory and written to Redis at this interval (0: at every increment).
-METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 1.0)
+# The `tenant` label of per-tenant metrics names the N busiest tenants (messages over the last closed
+# days); the others are counted as "other". Each process re-reads the ranking at this interval.
+METRICS_TENANT_LABELS = env_int("METRICS_TENANT_LABELS", 20)
+METRICS_TENANT_LABELS_REFRESH_SECONDS = env_float("METRICS_TENANT_LABELS_REFRESH_SECONDS", 600.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],

@@ -28,6 +28,7 @@ from channels_app.inbound import needs_preparation
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
+from conversations.metrics import observe_stage
 from conversations.models import Conversation, TenantFunction
 from conversations.pipeline import (
     completion,
@@ -110,7 +111,9 @@ def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
 def run_stages(turn: Turn) -> Turn:
     for stage in STAGES:
         turn.stage = stage.__module__.rsplit(".", 1)[-1]
+        started = time.perf_counter()
         stage(turn)
+        observe_stage(turn.stage, time.perf_counter() - started)
     return turn
 
 

@@ -10,14 +10,15 @@ reply already reached them or nobody was to answer (inactive channel, a human ow
 from __future__ import annotations
 
 import logging
+import time
 
 from django.db import transaction
 from django.utils import timezone
 
 from channels_app.adapters.base import SendError
 from channels_app.models import InboundEvent
-from config import metrics
 from conversations import outbound
+from conversations.metrics import count_turn
 from conversations.models import Conversation, Message
 from conversations.pipeline.completion import FALLBACK_TEXT
 from conversations.pipeline.finish import emit_sent
@@ -32,7 +33,7 @@ def handle_crash(turn: Turn, exc: Exception) -> None:
     stage = turn.stage or "pipeline"
     inbound_ids = [e.pk for e in turn.inbound_events]
     logger.exception("turn failed", extra={"inbound_ids": inbound_ids, "stage": stage})
-    metrics.incr("turns_total", platform=turn.channel.type, outcome="error")
+    count_turn(turn, "error", time.monotonic() - turn.started)
     _record(turn, stage=stage, reason=f"{type(exc).__name__}: {exc}"[:2000], exc_type=type(exc).__name__)
     if not (turn.delivered or turn.ignore_reason or turn.silent_reason):
         _send_fallback(turn)

@@ -14,8 +14,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from channels_app.models import InboundEvent
-from config import metrics
 from conversations.llm import estimate_cost
+from conversations.metrics import count_turn
 from conversations.models import Conversation, Message
 from conversations.pipeline.turn import Turn
 from events.models import Event
@@ -25,7 +25,7 @@ from events.types import EventType
 
 def run(turn: Turn) -> None:
     _record(turn)
-    metrics.incr("turns_total", platform=turn.channel.type, outcome=_outcome(turn))
+    count_turn(turn, _outcome(turn), time.monotonic() - turn.started)
 
 
 def _outcome(turn: Turn) -> str:

@@ -52,5 +52,5 @@ def test_each_apps_gauge_is_exposed_under_its_own_name(client, tenant):
     assert "# TYPE metachat_inbound_events gauge" in body
     assert "# TYPE metachat_conversations gauge" in body
     assert 'metachat_conversations{state="handoff_requested"} 1' in body
-    assert "# TYPE metachat_events_total_rows gauge" in body
-    assert "metachat_events_total_rows 0" in body
+    assert "# TYPE metachat_event_log_rows gauge" in body
+    assert "metachat_event_log_rows 0.0" in body

@@ -1,0 +1,230 @@
+"""Prometheus metrics (config.metrics) as a scrape of /metrics sees them, in this process: the admin key,
+declared counters and histograms, the bounded tenant label, and the scrape-time gauges computed from
+the database and the broker. The exposition of real server and worker processes after real traffic,
+checked with promtool, is tests/test_metrics_promtool.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from config import metrics
+from conversations.models import AnalyticsChannelDay
+from events.models import Event
+from knowledge.models import Document
+from tests.metrics_scrape import families, scrape, total, value
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tenant_labels() -> Any:
+    metrics.reset_tenant_labels()
+    yield
+    metrics.reset_tenant_labels()
+
+
+@pytest.mark.django_db
+def test_metrics_need_the_admin_key(client):
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer mcp_wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer " + "x").status_code == 401
+
+
+@pytest.mark.django_db
+def test_metrics_public_serves_without_a_key(client, settings):
+    settings.METRICS_PUBLIC = True
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.django_db
+def test_a_counted_request_shows_under_its_prefixed_name_with_help_and_type(client):
+    before = scrape(client)
+    metrics.incr("webhook_requests_total", platform="whatsapp", outcome="invalid_signature")
+    metrics.incr("webhook_requests_total", platform="whatsapp", outcome="invalid_signature")
+    metrics.incr("webhook_requests_total", platform="messenger", outcome="ok")
+
+    after = scrape(client)
+
+    name = "metachat_webhook_requests_total"
+    refused = {"platform": "whatsapp", "outcome": "invalid_signature"}
+    assert value(after, name, **refused) - value(before, name, **refused) == 2
+    ok = {"platform": "messenger", "outcome": "ok"}
+    assert value(after, name, **ok) - value(before, name, **ok) == 1
+    assert "# TYPE metachat_webhook_requests_total counter" in after
+    assert "# HELP metachat_webhook_requests_total Meta webhook POSTs" in after
+
+
+@pytest.mark.django_db
+def test_every_family_is_prefixed_typed_and_explained(client):
+    body = scrape(client)
+    declared = families(body)
+    assert declared
+    for name, kind in declared.items():
+        assert name.startswith("metachat_"), name
+        assert f"# HELP {name}" in body or f"# HELP {name}_total" in body, name
+        if kind == "histogram":
+            assert name.endswith("_seconds"), name
+
+
+def test_an_undeclared_counter_or_wrong_labels_is_logged_and_never_raises(caplog):
+    with caplog.at_level(logging.ERROR, logger="config.metrics"):
+        metrics.incr("no_such_counter_total")
+        metrics.incr("webhook_requests_total", wrong="label")
+        metrics.observe("no_such_duration_seconds", 0.1)
+    assert [r.getMessage() for r in caplog.records] == ["metric not counted"] * 2 + ["metric not observed"]
+
+
+@pytest.mark.django_db
+def test_a_failing_gauge_costs_only_itself(client, caplog):
+    def broken() -> Any:
+        raise RuntimeError("table gone")
+
+    metrics.register_gauge("metachat_probe_broken", "A gauge that fails", broken)
+    try:
+        with caplog.at_level(logging.WARNING, logger="config.metrics"):
+            body = scrape(client)
+    finally:
+        metrics._gauges.pop("metachat_probe_broken")
+    assert "metachat_probe_broken" not in body
+    assert "# TYPE metachat_conversations gauge" in body
+    assert any(r.getMessage() == "gauge failed" for r in caplog.records)
+
+
+@pytest.mark.django_db
+def test_database_statements_are_timed_by_kind(client):
+    before = scrape(client)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.execute("  select 2")
+    after = scrape(client)
+    name = "metachat_db_query_duration_seconds_count"
+    # The two statements, and the scrape's own reads of the gauges' tables.
+    assert value(after, name, operation="select") - value(before, name, operation="select") >= 2
+
+
+# --- the tenant label -----------------------------------------------------------------------------------
+
+
+def _rollup(tenant: Any, messages: int) -> None:
+    from channels_app.models import Channel
+
+    channel = Channel.objects.create(tenant=tenant, type="whatsapp", name="wa", external_id=uuid.uuid4().hex[:12])
+    AnalyticsChannelDay.objects.create(
+        tenant=tenant, channel=channel, day=timezone.localdate() - dt.timedelta(days=1), messages=messages
+    )
+
+
+@pytest.mark.django_db
+def test_the_busiest_tenants_are_named_and_the_others_are_other(make_tenant, settings):
+    quiet, busy, busiest = make_tenant("Quiet"), make_tenant("Busy"), make_tenant("Busiest")
+    _rollup(quiet, 5)
+    _rollup(busy, 50)
+    _rollup(busiest, 500)
+    settings.METRICS_TENANT_LABELS = 2
+
+    assert metrics.tenant_label(busiest.pk) == busiest.slug
+    assert metrics.tenant_label(busy.pk) == busy.slug
+    assert metrics.tenant_label(quiet.pk) == "other"
+    assert metrics.tenant_label(uuid.uuid4()) == "other"
+
+
+@pytest.mark.django_db
+def test_the_ranking_is_kept_until_its_refresh_interval(make_tenant, settings):
+    settings.METRICS_TENANT_LABELS = 1
+    settings.METRICS_TENANT_LABELS_REFRESH_SECONDS = 3600
+    first = make_tenant("First")
+    assert metrics.tenant_label(first.pk) == first.slug
+    second = make_tenant("Second")
+    _rollup(second, 1000)  # now the busiest, but the labels are only re-read after the interval
+    assert metrics.tenant_label(second.pk) == "other"
+    metrics.reset_tenant_labels()
+    assert metrics.tenant_label(second.pk) == second.slug
+    assert metrics.tenant_label(first.pk) == "other"
+
+
+@pytest.mark.django_db
+def test_tenants_without_rollups_fill_the_named_places_oldest_first(make_tenant, settings):
+    settings.METRICS_TENANT_LABELS = 2
+    tenants = [make_tenant(f"T{i}") for i in range(3)]
+    assert [metrics.tenant_label(t.pk) for t in tenants] == [tenants[0].slug, tenants[1].slug, "other"]
+
+
+# --- scrape-time gauges ---------------------------------------------------------------------------------
+
+
+def _document(tenant: Any, status: str) -> Document:
+    return Document.objects.create(
+        tenant=tenant, title="doc", filename="doc.txt", format="text", size_bytes=0,
+        sha256=uuid.uuid4().hex, storage_name="-", status=status,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_indexing_backlog_by_queue_tenant_and_status(client, make_tenant, settings):
+    settings.METRICS_TENANT_LABELS = 1
+    named, unnamed = make_tenant("Named"), make_tenant("Unnamed")
+    for _ in range(3):
+        _document(named, "pending")
+    _document(named, "processing")
+    _document(named, "indexed")
+    _document(unnamed, "pending")
+
+    body = scrape(client)
+
+    name = "metachat_indexing_backlog_documents"
+    assert value(body, name, queue="indexing", tenant=named.slug, status="pending") == 3
+    assert value(body, name, queue="indexing", tenant=named.slug, status="processing") == 1
+    assert value(body, name, queue="indexing", tenant="other", status="pending") == 1
+    assert total(body, name) == 5  # the indexed document is no backlog
+
+
+@pytest.mark.django_db
+def test_outbox_lag_is_the_age_of_the_oldest_event_not_fanned_out(client, tenant):
+    assert value(scrape(client), "metachat_outbox_lag_seconds", outlet="webhook_fanout") == 0
+    event = Event.objects.create(tenant=tenant, type="conversation.created", payload={}, dispatch_pending=True)
+    Event.objects.filter(pk=event.pk).update(created_at=timezone.now() - dt.timedelta(minutes=10))
+    Event.objects.create(tenant=tenant, type="conversation.created", payload={}, dispatch_pending=True)
+
+    lag = value(scrape(client), "metachat_outbox_lag_seconds", outlet="webhook_fanout")
+
+    assert 600 <= lag < 700
+
+
+@pytest.mark.django_db
+def test_celery_queue_depth_reads_the_broker_lists(client, redis_client, settings):
+    from config.celery import app
+
+    queues = metrics.celery_queues()
+    assert {"default", "indexing", "webhooks"} <= set(queues)
+    key = f"{settings.CELERY_BROKER_TRANSPORT_OPTIONS['global_keyprefix']}webhooks"
+    before = value(scrape(client), "metachat_celery_queue_length", queue="webhooks")
+    try:
+        for _ in range(3):  # nothing consumes the queue during this test
+            app.send_task("events.sweep_outbox", queue="webhooks")
+        after = value(scrape(client), "metachat_celery_queue_length", queue="webhooks")
+    finally:
+        redis_client.delete(key)
+    assert after - before == 3
+    assert value(scrape(client), "metachat_celery_queue_length", queue="webhooks") == 0
+
+
+def test_the_declared_stages_are_the_pipelines():
+    from conversations.metrics import TURN_STAGES
+    from conversations.pipeline import STAGES
+
+    assert tuple(stage.__module__.rsplit(".", 1)[-1] for stage in STAGES) == TURN_STAGES
+
+
+def test_routes_are_url_pattern_names_not_paths():
+    assert metrics.route_of("/api/health") == "health"
+    assert metrics.route_of("/metrics") == "metrics"
+    assert metrics.route_of("/webhooks/whatsapp") == "webhook-whatsapp"
+    assert metrics.route_of("/no/such/path/4711") == "unmatched"
+    assert metrics.route_of("/static/x.js") == "static"

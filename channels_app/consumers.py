@@ -27,6 +27,8 @@ from django.conf import settings
 from channels_app import webchat
 from channels_app.adapters.webchat import GROUP_EVENT_TYPE, visitor_group
 from config.logs import correlation_id, new_correlation_id
+from conversations.inbox.live import GROUP_EVENT_TYPE as INBOX_EVENT_TYPE
+from conversations.inbox.live import tenant_group
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,9 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
         if kind == "message":
             await self.on_message(content)
         elif kind == "typing":
-            pass  # nobody consumes visitor typing yet (the agent inbox may); accepted and dropped
+            await self.on_typing(content)
+        elif kind == "csat":
+            await self.on_rating(content)
         elif kind == "ping":
             await self.send_json({"type": "pong"})
         else:
@@ -159,6 +163,7 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
                 visitor_id=self.session.visitor_id,
                 client_message_id=client_message_id,
                 text=text,
+                page_url=content.get("page_url"),
             )
         except webchat.WebchatError as exc:
             await self.send_error(exc.code, exc.message, client_message_id=client_message_id, details=exc.details)
@@ -186,6 +191,35 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
                     },
                 },
             )
+
+    async def on_typing(self, content: dict[str, Any]) -> None:
+        """The visitor types: the tenant's agents see it in the inbox (no database work)."""
+        assert self.session is not None
+        await self.channel_layer.group_send(
+            tenant_group(self.session.tenant_id),
+            {
+                "type": INBOX_EVENT_TYPE,
+                "event": {
+                    "type": "contact_typing",
+                    "channel_id": str(self.session.channel.pk),
+                    "contact_external_id": self.session.visitor_id,
+                    "on": content.get("on") is not False,
+                },
+            },
+        )
+
+    async def on_rating(self, content: dict[str, Any]) -> None:
+        """The visitor's answer to the satisfaction question (a button): stored once per question."""
+        assert self.session is not None
+        score = content.get("score")
+        try:
+            stored = await database_sync_to_async(webchat.receive_rating, thread_sensitive=False)(
+                channel=self.session.channel, visitor_id=self.session.visitor_id, score=score
+            )
+        except webchat.WebchatError as exc:
+            await self.send_error(exc.code, exc.message)
+            return
+        await self.send_json({"type": "csat_ack", "score": score, "stored": stored})
 
     async def send_error(
         self,

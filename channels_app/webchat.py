@@ -307,7 +307,9 @@ class Received:
     inbound_id: int | None
 
 
-def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str, text: str) -> Received:
+def receive_message(
+    *, channel: Channel, visitor_id: str, client_message_id: str, text: str, page_url: Any = None
+) -> Received:
     """Validate and store one visitor message once (by client message id); the pipeline takes it after commit."""
     if not isinstance(client_message_id, str) or not _CLIENT_MESSAGE_ID.match(client_message_id):
         raise WebchatError(
@@ -330,6 +332,8 @@ def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str
             "visitor_id": visitor_id,
             "client_message_id": client_message_id,
             "text": text,
+            # The page the visitor was on, for the agent's contact panel (an http(s) URL, else nothing).
+            **({"page_url": page_url[:2000]} if _is_page_url(page_url) else {}),
         }
     )
     # One INSERT ... ON CONFLICT DO NOTHING: atomic on its own, so no surrounding transaction (two
@@ -340,6 +344,24 @@ def receive_message(*, channel: Channel, visitor_id: str, client_message_id: str
         status="stored" if created else "duplicate",
         inbound_id=created[0] if created else None,
     )
+
+
+def _is_page_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("https://", "http://"))
+
+
+def receive_rating(*, channel: Channel, visitor_id: str, score: Any) -> bool:
+    """A visitor's 1-5 answer to the closing satisfaction question: True when stored (False: no question
+    was pending, or it was answered already)."""
+    from conversations.inbox.services import InboxError, rate_contact
+
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
+        raise WebchatError("invalid_score", "The rating must be a whole number from 1 to 5.")
+    ensure_channel_still_open(channel)
+    try:
+        return rate_contact(channel=channel, contact_external_id=visitor_id, score=score) is not None
+    except InboxError as exc:
+        raise WebchatError(exc.code, str(exc)) from None
 
 
 def ensure_channel_still_open(channel: Channel) -> None:

@@ -16,6 +16,7 @@ admin.site.site_url = None
 
 urlpatterns = [
     path("api/health", health.health_view, name="health"),
+    path("api/health/live", health.live_view, name="health-live"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and ReDoc load their scripts from /static/ (drf-spectacular-sidecar): they work offline.
@@ -29,6 +30,8 @@ urlpatterns = [
     path("webhooks/", include("channels_app.webhook_urls")),
     path("api/", include("channels_app.webchat_urls")),
     path("", include("channels_app.page_urls")),
+    # The agents' inbox (staff session): the page, its JSON endpoints; its socket is /ws/inbox/.
+    path("inbox/", include("conversations.inbox.urls")),
     path("admin/login/", admin_login.login_view, name="admin-login"),
     path("admin/", admin.site.urls),
 ]

@@ -20,7 +20,7 @@ from django.utils.html import format_html
 
 from channels_app.models import Channel
 from conversations import analytics_admin, selectors, services
-from conversations.models import Conversation, Message, TenantFunction
+from conversations.models import CannedReply, Conversation, Message, SatisfactionRating, TenantFunction
 from conversations.state import InvalidTransition
 from conversations.tools import FunctionDefinitionError, validate_definition
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
@@ -235,3 +235,26 @@ class TenantFunctionAdmin(TenantScopedAdmin):
 
     def delete_model(self, request: HttpRequest, obj: TenantFunction) -> None:
         services.function_delete(tenant=Tenant.objects.get(pk=obj.tenant_id), function=obj)
+
+
+@admin.register(CannedReply)
+class CannedReplyAdmin(TenantScopedAdmin):
+    """A tenant's saved answers; agents insert one in the inbox's composer by typing ``/shortcut``."""
+
+    list_display = ["shortcut", "text", "updated_at"]
+    search_fields = ["shortcut", "text"]
+
+
+@admin.register(SatisfactionRating)
+class SatisfactionRatingAdmin(TenantScopedAdmin):
+    """The end users' 1-5 answers to the closing message (read only)."""
+
+    list_display = ["conversation", "score", "agent", "created_at"]
+    list_filter = ["score"]
+    list_select_related = ["conversation", "agent"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

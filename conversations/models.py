@@ -51,6 +51,13 @@ class Conversation(TenantOwned):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     # Why the conversation left the bot last ("keyword: human", "tool: request_human", "agent", ...).
     handoff_reason = models.CharField(max_length=255, blank=True, default="")
+    # The agent inbox (conversations.inbox): who works on it, since when the user waits for a human,
+    # and when the closing message asked for a satisfaction rating (the next 1-5 answer is stored).
+    assignee = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    satisfaction_requested_at = models.DateTimeField(null=True, blank=True)
     # The language the user writes in (ISO 639-1, detected from their messages: conversations.language).
     language = models.CharField(max_length=16, blank=True, default="")
 
@@ -62,6 +69,7 @@ class Conversation(TenantOwned):
             models.Index(fields=["tenant", "channel", "-last_activity_at"], name="conv_tenant_channel"),
             # Analytics: conversations created per day.
             models.Index(fields=["tenant", "created_at"], name="conv_tenant_created"),
+            models.Index(fields=["tenant", "assignee", "-last_activity_at"], name="conv_tenant_assignee"),
         ]
 
     def __str__(self) -> str:
@@ -137,6 +145,71 @@ class Message(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.sender}: {self.content[:60]}"
+
+
+class ConversationRead(TenantOwned):
+    """How far one agent has read a conversation: inbound messages after it are unread for them."""
+
+    id = models.BigAutoField(primary_key=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="+")
+    last_read_message_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "conversation", "user"], name="conversationread_unique")
+        ]
+
+
+class ConversationNote(TenantOwned):
+    """A private note of an agent on a conversation: shown to the tenant's agents, never sent."""
+
+    id = models.BigAutoField(primary_key=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+", db_index=False)
+    author = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["tenant", "conversation", "id"], name="note_tenant_conv_id")]
+
+
+class CannedReply(TenantOwned):
+    """A tenant's saved answer, inserted in the inbox's composer by typing ``/shortcut``."""
+
+    id = models.BigAutoField(primary_key=True)
+    shortcut = models.SlugField(max_length=40)
+    text = models.TextField(max_length=4096)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["shortcut"]
+        verbose_name_plural = "canned replies"
+        constraints = [models.UniqueConstraint(fields=["tenant", "shortcut"], name="cannedreply_unique_shortcut")]
+
+    def __str__(self) -> str:
+        return f"/{self.shortcut}"
+
+
+class SatisfactionRating(TenantOwned):
+    """The user's 1-5 answer to the closing message's satisfaction question (one per resolution)."""
+
+    id = models.BigAutoField(primary_key=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+", db_index=False)
+    score = models.PositiveSmallIntegerField()
+    # The agent the conversation was assigned to when it was resolved.
+    agent = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="rating_tenant_created"),
+            models.Index(fields=["tenant", "conversation"], name="rating_tenant_conv"),
+        ]
+        constraints = [models.CheckConstraint(condition=models.Q(score__gte=1, score__lte=5), name="rating_1_to_5")]
 
 
 class TenantFunction(TenantOwned):

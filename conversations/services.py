@@ -76,6 +76,8 @@ def agent_reply(*, tenant: Tenant, conversation: Conversation, text: str, user: 
             "platform": channel.type,
             "sender": message.sender,
         }
+        if getattr(user, "pk", None):
+            payload["agent"] = {"id": user.pk, "name": (user.get_full_name() or "").strip() or user.get_username()}
         if error:
             emit(tenant=tenant, type=EventType.MESSAGE_FAILED, payload={**payload, "stage": "send", "message": error})
         else:

@@ -75,6 +75,12 @@ def transition(*, conversation: Conversation, to: str, reason: str, actor: str =
             ]
             locked.context_start_message_id = boundary
             fields.append("context_start_message_id")
+        if to == State.HANDOFF_REQUESTED:
+            locked.waiting_since = locked.last_activity_at  # the inbox's waiting time starts
+            fields.append("waiting_since")
+        elif to in (State.BOT, State.RESOLVED) and locked.waiting_since is not None:
+            locked.waiting_since = None
+            fields.append("waiting_since")
         if current == State.BOT or to == State.HANDOFF_REQUESTED:
             locked.handoff_reason = reason[:255]
             fields.append("handoff_reason")
@@ -88,5 +94,5 @@ def transition(*, conversation: Conversation, to: str, reason: str, actor: str =
 
 
 def _copy_state(source: Conversation, target: Conversation) -> None:
-    for field in ("state", "context_start_message_id", "handoff_reason", "last_activity_at"):
+    for field in ("state", "context_start_message_id", "handoff_reason", "last_activity_at", "waiting_since"):
         setattr(target, field, getattr(source, field))

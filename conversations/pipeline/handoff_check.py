@@ -9,7 +9,10 @@ is called.
 
 from __future__ import annotations
 
+from django.utils import timezone
+
 from conversations import handoff, state
+from conversations.inbox import services as inbox
 from conversations.models import Conversation
 from conversations.pipeline.turn import Turn
 
@@ -19,8 +22,11 @@ def run(turn: Turn) -> None:
         return
     conversation = turn.conversation
     assert conversation is not None
+    if conversation.satisfaction_requested_at is not None and _satisfaction_answer(turn):
+        return
     if conversation.state != Conversation.State.BOT:
         turn.silent_reason = f"a human owns the conversation (state {conversation.state})"
+        _waits(turn)
         return
     config = turn.config
     if not config.enable_human_handoff:
@@ -46,3 +52,33 @@ def escalate(turn: Turn, *, reason: str) -> None:
     turn.handoff_reason = reason
     turn.reply_text = handoff.notice_text(turn.language)
     turn.reply_stream = None
+
+
+def _satisfaction_answer(turn: Turn) -> bool:
+    """The user answers the closing message's satisfaction question ("4", "⭐⭐⭐⭐"): the rating is
+    stored, the user thanked, and the conversation stays resolved (intake reopened it for the bot when
+    the answer arrived: it is closed again). Anything else: the question lapses and the turn goes on."""
+    conversation = turn.conversation
+    assert conversation is not None
+    score = inbox.rating_from_text(turn.query.strip())
+    if score is None:
+        Conversation.objects.filter(pk=conversation.pk, tenant_id=turn.tenant.pk).update(satisfaction_requested_at=None)
+        conversation.satisfaction_requested_at = None
+        return False
+    inbox.rate(tenant=turn.tenant, conversation=conversation, score=score)
+    if conversation.state != Conversation.State.RESOLVED:
+        state.transition(conversation=conversation, to=Conversation.State.RESOLVED, reason="satisfaction rated")
+    turn.silent_reason = f"satisfaction rating {score}"
+    return True
+
+
+def _waits(turn: Turn) -> None:
+    """The user wrote while a human owns the conversation: the inbox's waiting time starts (if it was not
+    running already), until an agent replies."""
+    conversation = turn.conversation
+    assert conversation is not None
+    if conversation.waiting_since is None and turn.user_messages:
+        conversation.waiting_since = timezone.now()
+        Conversation.objects.filter(pk=conversation.pk, tenant_id=turn.tenant.pk, waiting_since__isnull=True).update(
+            waiting_since=conversation.waiting_since
+        )

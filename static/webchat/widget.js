@@ -208,6 +208,40 @@
     resolved: "This conversation was marked as resolved."
   };
 
+  // The closing satisfaction question: 1-5 buttons; the answer goes back as a "csat" frame (once).
+  function renderRating(frame) {
+    var box = el("div", "mc-rating", { role: "group", "aria-label": frame.question || "Rate this conversation" });
+    var question = el("p", "mc-rating-question");
+    question.textContent = frame.question || "How satisfied are you?";
+    box.appendChild(question);
+    var buttons = el("div", "mc-rating-buttons");
+    (frame.scale || [1, 2, 3, 4, 5]).forEach(function (score) {
+      var button = el("button", "mc-rating-button", { type: "button", "aria-label": score + " out of 5", "data-score": String(score) });
+      button.textContent = String(score);
+      button.addEventListener("click", function () {
+        if (!state.socket || state.socket.readyState !== 1) return;
+        state.socket.send(JSON.stringify({ type: "csat", score: score }));
+        buttons.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+        button.setAttribute("aria-pressed", "true");
+      });
+      buttons.appendChild(button);
+    });
+    box.appendChild(buttons);
+    log.appendChild(box);
+    state.rating = box;
+    scrollDown();
+  }
+
+  // The visitor's typing, for the agent's inbox: at most one frame every 3 s while typing.
+  var typingSentAt = 0;
+  function sendTyping() {
+    if (!state.ready || !state.socket || state.socket.readyState !== 1) return;
+    var now = Date.now();
+    if (now - typingSentAt < 3000) return;
+    typingSentAt = now;
+    state.socket.send(JSON.stringify({ type: "typing", on: true }));
+  }
+
   // --- sending --------------------------------------------------------------------------------------
   function newId() {
     if (window.crypto && window.crypto.randomUUID) return "c_" + window.crypto.randomUUID();
@@ -243,7 +277,7 @@
     outbox().forEach(function (item) {
       if (socket.sentIds[item.client_message_id]) return; // in flight on this socket: wait for its ack
       socket.sentIds[item.client_message_id] = true;
-      socket.send(JSON.stringify({ type: "message", client_message_id: item.client_message_id, text: item.text }));
+      socket.send(JSON.stringify({ type: "message", client_message_id: item.client_message_id, text: item.text, page_url: location.href }));
     });
   }
 
@@ -303,6 +337,12 @@
         break;
       case "handoff":
         renderNotice(frame.message || handoffTexts[frame.state] || "The conversation changed hands.");
+        break;
+      case "csat":
+        renderRating(frame);
+        break;
+      case "csat_ack":
+        if (state.rating) state.rating.setAttribute("data-answered", String(frame.score));
         break;
       case "error":
         onError(frame);
@@ -471,6 +511,7 @@
       submit();
     }
   });
+  input.addEventListener("input", function () { if (input.value) sendTyping(); });
   window.addEventListener("online", function () {
     if (state.started && !state.ready) { state.attempt = 0; connect(); }
   });

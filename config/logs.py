@@ -364,8 +364,9 @@ def _say_as_json(msg: str, f: Any = None) -> None:
     formatted without taking a logging lock and written with a single ``os.write``."""
     record = logging.LogRecord("celery.worker", logging.WARNING, __file__, 0, msg.strip(), None, None)
     line = (JsonFormatter().format(record) + "\n").encode()
+    stream: Any = f or sys.__stdout__
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.write((f or sys.__stdout__).fileno(), line)
+        os.write(stream.fileno(), line)
 
 
 # --- what would otherwise reach stdout/stderr as text -------------------------------------------------

@@ -42,8 +42,15 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # The client opens its files in this directory from the first metric on.
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    # The client opens its files in this directory from the first metric on (it picks its mode when
+    # first imported, below). A directory that cannot be made leaves this process's metrics in memory.
+    try:
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    except OSError as exc:
+        logging.getLogger(__name__).error(
+            "metrics kept in this process: PROMETHEUS_MULTIPROC_DIR cannot be created",
+            extra={"path": os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), "error": str(exc)},
+        )
 
 from prometheus_client import (
     CollectorRegistry,

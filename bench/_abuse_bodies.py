@@ -1,6 +1,6 @@
 """Hostile request bodies against a running daphne: what one unauthenticated client costs the server.
 
-Starts one daphne process as `make run` does (``config.launcher.start_daphne`` on a shared socket, the
+Starts one daphne process as `make run` does (``config.serve.start_daphne`` on a shared socket, the
 same ``config.asgi:application``) and measures its resident memory (VmRSS) around:
   a. a 100 MB multipart POST to ``/api/tenants/`` without an API key (declared Content-Length);
   b. a POST declaring ``Content-Length: 2147483648`` that sends a few bytes and then nothing, and the
@@ -32,7 +32,8 @@ STALL_LIMIT_SECONDS = 120.0
 
 def run() -> list[tuple[str, str]]:
     """Start daphne, run both attacks, stop daphne; the figures as (label, value) pairs."""
-    from config.launcher import listening_socket, start_daphne, test_env
+    from config.launcher import test_env
+    from config.serve import listening_socket, start_daphne
 
     env, _started = test_env()
     env["LOG_LEVEL"] = "WARNING"

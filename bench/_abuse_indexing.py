@@ -1,7 +1,7 @@
 """What a hostile tenant's documents cost the indexing worker, on the worker `make run` starts.
 
-The indexing worker is started with ``config.launcher.indexing_worker_command`` (the prefork process
-`make run` runs, concurrency 1) on a dedicated, kept database (``bench_abuse_indexing``); uploads go
+The indexing worker is started with ``config.launcher.indexing_worker_command`` (the Procfile's prefork
+`indexing` process, here with concurrency 1) on a dedicated, kept database (``bench_abuse_indexing``); uploads go
 through ``knowledge.services.document_upload`` and the real Redis broker.
 
 a. Two DOCX bombs, built here, each on a fresh worker: 383 KB expanding to ~114 MB of XML (2,000,000
@@ -60,12 +60,13 @@ class _Worker:
         env = dict(os.environ)
         url = urlparse(settings.DATABASE_URL)
         env["DATABASE_URL"] = urlunparse(url._replace(path="/" + connection.settings_dict["NAME"]))
+        env.setdefault("INDEXING_WORKER_CONCURRENCY", "1")  # the figures in docs/security.md are for one
+        env["HONCHO_PROCESS_NAME"] = f"bench-indexing-{os.getpid()}"  # the Procfile's node name: <this>@%h
         command = indexing_worker_command(env)
-        command[command.index("indexing@%h")] = f"bench-indexing-{os.getpid()}@%h"
         # A file, not a pipe: a worker blocked on a full pipe would stall the measurement.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the worker; closed in stop)
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-        self.name = command[command.index("-n") + 1].replace("%h", _hostname())
+        self.name = f"{env['HONCHO_PROCESS_NAME']}@{_hostname()}"
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         from config.celery import app

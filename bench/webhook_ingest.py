@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
         )
         connection.close()
 
-        from config.launcher import listening_socket, start_daphne
+        from config.serve import listening_socket, start_daphne
 
         port = free_port()
         sock = listening_socket("127.0.0.1", port)

@@ -96,11 +96,25 @@ def run_checks() -> tuple[str, dict[str, Any]]:
     return status, results
 
 
+def _only_get(request: HttpRequest) -> JsonResponse | None:
+    if request.method in ("GET", "HEAD"):
+        return None
+    refused = json_error(405, "method_not_allowed", f"Method {request.method} is not allowed here; use GET.")
+    refused["Allow"] = "GET, HEAD"
+    return refused
+
+
+@csrf_exempt  # a POST is answered 405 below, not with the CSRF middleware's HTML page
+def live_view(request: HttpRequest) -> JsonResponse:
+    """Liveness: this process still answers HTTP through Django (its event loop and request threads
+    are not stuck). No dependency is checked: a database outage must not get every server restarted
+    (readiness, ``/api/health``, takes the process out of the load balancer instead)."""
+    return _only_get(request) or JsonResponse({"status": "alive"})
+
+
 @csrf_exempt  # a POST is answered 405 below, not with the CSRF middleware's HTML page
 def health_view(request: HttpRequest) -> JsonResponse:
-    if request.method not in ("GET", "HEAD"):
-        refused = json_error(405, "method_not_allowed", f"Method {request.method} is not allowed here; use GET.")
-        refused["Allow"] = "GET, HEAD"
+    if refused := _only_get(request):
         return refused
     status, checks = run_checks()
     return JsonResponse({"status": status, "checks": checks}, status=503 if status == "unhealthy" else 200)

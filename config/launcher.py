@@ -14,14 +14,12 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from config import embedded, metrics_dir
+from config import embedded, procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -33,45 +31,14 @@ def say(message: str) -> None:
     print(f"[metachat] {message}", flush=True)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """One listening TCP socket that several daphne processes accept on (``--fd``): the kernel spreads
-    connections over them, so HTTP and WebSocket traffic uses every core, not one Python process."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def daphne_command(sock: socket.socket, env: dict[str, str] | None = None) -> list[str]:
-    """daphne on the shared socket. Its per-request access log (a formatted line on stdout for every
-    request, ~5% of a busy process's CPU) is off unless DAPHNE_ACCESS_LOG names a file or ``-``."""
-    access_log = (env or os.environ).get("DAPHNE_ACCESS_LOG", "")
-    logging = ["--access-log", access_log] if access_log else ["-v", "0"]
-    return [PY, "-m", "daphne", "--fd", str(sock.fileno()), *logging, "config.asgi:application"]
-
-
-def start_daphne(
-    sock: socket.socket, processes: int, env: dict[str, str], stdout: Any = None, stderr: Any = None
-) -> list[subprocess.Popen]:
-    return [
-        subprocess.Popen(
-            daphne_command(sock, env), cwd=ROOT, env=env, pass_fds=[sock.fileno()], stdout=stdout, stderr=stderr
-        )
-        for _ in range(processes)
-    ]
-
-
 def indexing_worker_command(env: dict[str, str]) -> list[str]:
-    """The indexing worker. Indexing is CPU-bound (parsing, embedding): its own process, so an upload
-    never delays a turn. Prefork, because only there do the indexing task's Celery time limits hold:
-    the soft limit interrupts a run stuck in one long call, the hard limit replaces a child that never
-    returns (a threads pool ignores both; the run's own deadline checks work in any pool)."""
-    concurrency = env.get("INDEXING_WORKER_CONCURRENCY", "1")
-    return [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "indexing", "-P", "prefork",
-            "-c", concurrency, "-n", "indexing@%h", "--loglevel", "WARNING"]  # fmt: skip
+    """The indexing worker, the Procfile's ``indexing`` line. Indexing is CPU-bound (parsing,
+    embedding): its own process, so an upload never delays a turn. Prefork, because only there do the
+    indexing task's Celery time limits hold: the soft limit interrupts a run stuck in one long call, the
+    hard limit replaces a child that never returns (a threads pool ignores both; the run's own deadline
+    checks work in any pool)."""
+    procfile.with_interpreter_first(env)
+    return procfile.command("indexing")
 
 
 def ensure_local_secret_key(env: dict[str, str]) -> None:
@@ -139,7 +106,6 @@ def run() -> int:
     t0 = time.monotonic()
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    metrics_dir.prepare(env, "run")  # every process below writes its metrics there (config.metrics)
     port = env.get("PORT", "8000")
     host = env.get("HOST", "127.0.0.1")
     base_url = env.get("PUBLIC_BASE_URL", f"http://{host}:{port}")
@@ -151,27 +117,17 @@ def run() -> int:
     try:
         manage("bootstrap_demo", "--migrate", "--base-url", base_url, env=env)
         say(f"admin API key: {admin_key}" + ("   (generated, kept in var/admin_api_key)" if admin_key_created else ""))
-        beat_schedule = str(embedded.var_dir() / "celerybeat-schedule")
-        sock = listening_socket(host, int(port))
-        children.extend(start_daphne(sock, int(env.get("WEB_CONCURRENCY", "2")), env))
-        sock.close()  # the daphne processes hold it
-        # Turns wait on the LLM, the Graph API and the database: threads keep many in flight. Their
-        # Python work is bound by one interpreter lock per process, so there are WORKER_PROCESSES of
-        # them (default: one per core, at most 2), WORKER_CONCURRENCY threads each.
-        worker_processes = int(env.get("WORKER_PROCESSES") or min(2, os.cpu_count() or 1))
-        commands = {
-            f"worker{k}": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "default", "-P", "threads",
-                           "-c", env.get("WORKER_CONCURRENCY", "8"), "-n", f"main{k}@%h", "--loglevel", "WARNING"]
-            for k in range(max(1, worker_processes))
-        }  # fmt: skip
-        commands |= {
-            "indexing": indexing_worker_command(env),
-            "webhooks": [PY, "-m", "celery", "-A", "config", "--quiet", "worker", "-Q", "webhooks", "-P", "threads",
-                         "-c", env.get("WEBHOOK_WORKER_CONCURRENCY", "8"), "-n", "webhooks@%h", "--loglevel", "WARNING"],
-            "beat": [PY, "-m", "celery", "-A", "config", "--quiet", "beat", "-s", beat_schedule, "--loglevel", "WARNING"],
-        }  # fmt: skip
-        for _name, cmd in commands.items():
-            children.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+        # The Procfile's processes under honcho; on the default queue one turns worker process per
+        # core (at most 2): each has its own interpreter lock (bench.turn: 31.5 turns/s with 2 x 4
+        # threads, 28.0 with 1 x 8).
+        env.setdefault("HOST", host)
+        env.setdefault("WEB_CONCURRENCY", "2")
+        env.setdefault("CELERY_BEAT_SCHEDULE", str(embedded.var_dir() / "celerybeat-schedule"))
+        procfile.with_interpreter_first(env)
+        worker_processes = max(1, int(env.get("WORKER_PROCESSES") or min(2, os.cpu_count() or 1)))
+        honcho = [PY, "-m", "honcho", "start", "--no-colour", "-e", os.devnull, "-f", str(procfile.PROCFILE), "-d", str(ROOT),
+                  "-p", port, "-c", f"worker={worker_processes}"]  # fmt: skip
+        children.append(subprocess.Popen(honcho, cwd=ROOT, env=env))
         _wait_for_health(base_url, timeout=60)
         say(f"serving on {base_url} (ready in {time.monotonic() - t0:.1f}s); Ctrl-C stops everything")
         return _supervise(children)
@@ -235,7 +191,6 @@ def test_env() -> tuple[dict[str, str], list[str]]:
     env.setdefault("REDIS_KEY_PREFIX", f"test{os.getpid()}")
     env.setdefault("EGRESS_ALLOW_PRIVATE_TARGETS", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    metrics_dir.prepare(env, f"test{os.getpid()}")  # this run's, apart from other runs (config.metrics)
     started = resolve_services(env, prefer_local_redis=True)
     return env, started
 
@@ -264,7 +219,6 @@ def test(pytest_args: list[str], *, only_pytest: bool = False) -> int:
                 return code
         return 0
     finally:
-        metrics_dir.remove(env["PROMETHEUS_MULTIPROC_DIR"])
         if env.get("CI"):  # a developer's embedded servers stay up for the next run (and other shells)
             stop_services(started)
 

@@ -5,7 +5,7 @@
   statuses each operation can answer (401 without a key, 404 under a tenant's URL, 400/413/415 with a
   body, 429 when throttled, 403 for admin-only views), added to what the view declares itself;
 - one tag per area, from the view's module;
-- GET /api/health, a plain Django view the generator cannot see.
+- GET /api/health and /api/health/live, plain Django views the generator cannot see.
 """
 
 from __future__ import annotations
@@ -227,6 +227,32 @@ def add_health_operation(result: dict[str, Any], generator: Any, request: Any, p
                 "503": {
                     "description": "`unhealthy`: a required dependency (PostgreSQL) fails.",
                     "content": {"application/json": {"schema": body}},
+                },
+            },
+        }
+    }
+    result["paths"]["/api/health/live"] = {
+        "get": {
+            "operationId": "health_live_retrieve",
+            "summary": "Liveness of this server process",
+            "description": "Answers 200 while this process still serves HTTP; checks no dependency, so a "
+            "database outage does not get every server restarted. For Kubernetes' liveness probe "
+            "(readiness: `/api/health`).",
+            "tags": [HEALTH_TAG],
+            "security": [{}],
+            "responses": {
+                "200": {
+                    "description": "The process answers.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"type": "string", "enum": ["alive"]}},
+                            },
+                            "example": {"status": "alive"},
+                        }
+                    },
                 },
             },
         }

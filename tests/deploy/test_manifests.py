@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from django.conf import settings
+
+from config import procfile
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
@@ -81,13 +84,24 @@ def config(overlay: str) -> dict[str, str]:
     return one(overlay, "ConfigMap", "metachat-config")["data"]
 
 
+PROCFILE_COMMAND = ["python", "-m", "config.procfile"]
+
+
+def procfile_name(argv: list[str]) -> str | None:
+    """The Procfile process a container or service runs (``python -m config.procfile <name>``), if any."""
+    return argv[3] if argv[:3] == PROCFILE_COMMAND and len(argv) == 4 else None
+
+
 def command_line(container: dict[str, Any]) -> str:
-    return " ".join(container.get("command", []) + container.get("args", []))
+    """What the container runs, with a Procfile process replaced by its line."""
+    argv = container.get("command", []) + container.get("args", [])
+    name = procfile_name(argv)
+    return procfile.processes()[name] if name else " ".join(argv)
 
 
 def queues_served(deployment: dict[str, Any]) -> set[str]:
     line = " ".join(command_line(c) for c in pod_spec(deployment)["containers"])
-    return set(re.findall(r"\bcelery -A config worker -Q (\S+)", line)) if "celery" in line else set()
+    return set(re.findall(r"\bcelery -A config (?:--quiet )?worker -Q (\S+)", line)) if "celery" in line else set()
 
 
 def celery_queues() -> set[str]:
@@ -197,8 +211,8 @@ def test_beat_is_a_single_replica_replaced_not_rolled(overlay: str) -> None:
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"] == {"type": "Recreate"}  # never two schedulers, even mid-upgrade
     (container,) = pod_spec(beat)["containers"]
-    assert command_line(container).startswith("celery -A config beat")
-    beat_count = sum("celery -A config beat" in command_line(c) for d in objects(overlay, "Deployment").values()
+    assert re.match(r"(exec )?celery -A config (--quiet )?beat", command_line(container))
+    beat_count = sum(" beat " in command_line(c) for d in objects(overlay, "Deployment").values()
                      for c in pod_spec(d)["containers"])  # fmt: skip
     assert beat_count == 1
     assert all(
@@ -254,7 +268,8 @@ def test_secret_holds_placeholders_for_the_external_servers_and_keys(overlay: st
     commands = "\n".join(command_line(c) for d in render(overlay) if d["kind"] in {"Deployment", "Job"}
                          for c in pod_spec(d)["containers"])  # fmt: skip
     for name in [*secret, *config(overlay)]:
-        assert f'"{name}"' in settings_source or f"${name}" in commands, f"{name} is read by nothing"
+        in_commands = re.search(rf"\$\{{?{name}\b", commands)
+        assert f'"{name}"' in settings_source or in_commands, f"{name} is read by nothing"
     # PostgreSQL, Redis and RabbitMQ are external: nothing in the cluster runs them.
     assert not [o for o in render(overlay) if o["kind"] == "StatefulSet"]
 
@@ -368,9 +383,9 @@ def test_compose_every_service_restarts_and_has_a_healthcheck() -> None:
         assert services()[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
     # Each Celery worker's healthcheck pings its own node name.
     for name, service in app_services().items():
-        line = " ".join(service.get("command", []))
+        line = command_line(service)
         if " worker " in line:
-            node = re.search(r"-n (\S+)@%h", line)
+            node = re.search(r"-n \$\{HONCHO_PROCESS_NAME:-(\w+)\}@%h", line)
             assert node, name
             assert f"ping -d {node[1]}@$$HOSTNAME" in service["healthcheck"]["test"][1], name
 
@@ -399,7 +414,8 @@ def test_compose_publishes_only_the_http_proxy() -> None:
 def test_compose_runs_several_api_processes_behind_the_proxy() -> None:
     api = services()["api"]
     assert int(_default(api["deploy"]["replicas"]) or 0) >= 2
-    assert api["command"][0] == "daphne"
+    assert procfile_name(api["command"]) == "web"
+    assert "WEB_CONCURRENCY" not in api["environment"]  # one daphne per replica: replicas scale it
     nginx = (ROOT / "deploy" / "compose" / "nginx.conf").read_text()
     # Resolved at run time through Docker's DNS: every replica, including restarted ones, gets traffic.
     assert "resolver 127.0.0.11" in nginx and "proxy_pass $api_upstream;" in nginx
@@ -472,3 +488,57 @@ def test_docker_compose_config_accepts_the_file() -> None:
     filled = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"], env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert filled.returncode == 0, filled.stderr
+
+
+# --- One process table ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_procfile_is_the_one_process_table(overlay: str) -> None:
+    """make run (honcho), docker-compose and every Kubernetes overlay run the Procfile's lines and
+    nothing else: each Procfile process is deployed, and no container starts daphne or Celery itself."""
+    table = procfile.processes()
+    assert list(table) == ["web", "worker", "indexing", "webhooks", "beat"]
+    compose_names = {procfile_name(s.get("command", [])) for n, s in app_services().items() if n != "migrate"}
+    cluster = [c for d in objects(overlay, "Deployment").values() for c in pod_spec(d)["containers"]]
+    cluster_names = {procfile_name(c.get("command", []) + c.get("args", [])) for c in cluster}
+    assert compose_names == set(table), compose_names
+    assert cluster_names == set(table), cluster_names
+    for line in table.values():
+        assert line.startswith("exec "), line  # the program replaces sh: it gets SIGTERM itself
+    launcher = (ROOT / "config" / "launcher.py").read_text()
+    assert '"honcho", "start"' in launcher and "procfile.PROCFILE" in launcher
+
+
+def test_a_procfile_process_starts_from_its_line(tmp_path: Path) -> None:
+    """``python -m config.procfile web`` serves: the Procfile's web line, two daphne processes on one
+    socket, answering the liveness endpoint; SIGTERM stops the group."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    log = (tmp_path / "web.log").open("wb")
+    argv = [sys.executable, "-m", "config.procfile", "web"]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/live", timeout=2) as response:
+                    assert response.status == 200
+                    assert response.read() == b'{"status": "alive"}'
+                    break
+            except OSError:
+                assert process.poll() is None, (tmp_path / "web.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the web process did not answer in 60 s"
+                time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2  # WEB_CONCURRENCY daphne processes under the one web process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

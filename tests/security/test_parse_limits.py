@@ -188,9 +188,10 @@ def prefork_indexing_worker(transactional_db: Any, media_root: Any) -> Iterator[
         env["DATABASE_URL"] = urlunparse(url._replace(path="/" + connection.settings_dict["NAME"]))
         env["MEDIA_ROOT"] = str(media_root)
         env.update(extra)
+        env.setdefault("INDEXING_WORKER_CONCURRENCY", "1")
+        env["HONCHO_PROCESS_NAME"] = f"prefork-test-{os.getpid()}"  # the Procfile's node name: <this>@%h
+        name = f"{env['HONCHO_PROCESS_NAME']}@%h"
         command = indexing_worker_command(env)
-        name = f"prefork-test-{os.getpid()}@%h"
-        command[command.index("indexing@%h")] = name
         worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         workers.append(worker)
         deadline = time.monotonic() + 60

@@ -96,8 +96,8 @@ class DaphneServer:
 
 
 def start_daphne(port: int, log_dir: Path, env: dict[str, str] | None = None) -> DaphneServer:
-    """daphne as ``make run`` starts it (config.launcher.daphne_command, on an inherited socket)."""
-    from config.launcher import daphne_command, listening_socket
+    """daphne as ``make run`` starts it (config.serve.daphne_command, on an inherited socket)."""
+    from config.serve import daphne_command, listening_socket
 
     log_path = log_dir / f"daphne-{port}.log"
     log = log_path.open("wb")

@@ -77,11 +77,14 @@ def exposed_names(body: str) -> set[str]:
 @pytest.fixture
 def served(processes: Any, tmp_path: Path, whatsapp: Any, graph: Any, llm: Any) -> Any:
     """daphne and a turns worker sharing one empty multiprocess directory, the worker on this test's
-    local LLM and Graph API servers."""
+    local LLM and Graph API servers and serving its own metrics on ``server.worker_metrics_url`` (as in a
+    container of its own)."""
     directory = tmp_path / "prometheus"
     directory.mkdir()
     server = start_daphne(free_port(), tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(directory)})
-    test_faults.celery_worker(processes, "metrics", PROMETHEUS_MULTIPROC_DIR=str(directory))
+    port = free_port()
+    test_faults.celery_worker(processes, "metrics", PROMETHEUS_MULTIPROC_DIR=str(directory), METRICS_PORT=str(port))
+    server.worker_metrics_url = f"http://127.0.0.1:{port}/metrics"
     yield server
     server.stop()
 
@@ -136,6 +139,13 @@ def test_real_traffic_metrics_pass_promtool_and_cover_the_dashboard_and_the_aler
     exposed = exposed_names(body)
     assert metric_names(dashboard_expressions()) - exposed == set()
     assert metric_names(alert_expressions()) - exposed == set()
+
+    # The worker's own endpoint (METRICS_PORT): the same files, no key, no scrape-time gauges.
+    worker_body = requests.get(served.worker_metrics_url, timeout=30).text
+    checked = promtool("check", "metrics", stdin=worker_body)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+    assert value(worker_body, "metachat_turn_stage_duration_seconds_count", stage="completion") == 1
+    assert "metachat_celery_queue_length" not in worker_body
 
 
 def test_alert_rules_pass_promtool_and_cover_what_operators_are_paged_for():

@@ -1,4 +1,5 @@
-"""The Celery application. Tasks carry the request's correlation id (see config.logs)."""
+"""The Celery application. Tasks carry the request's correlation id, and a worker or beat writes only
+JSON lines (see config.logs)."""
 
 import os
 
@@ -35,3 +36,30 @@ def _freeze_startup_objects(**_: object) -> None:
     import gc
 
     gc.freeze()
+
+
+def _beat_without_banner() -> None:
+    """``celery beat`` prints its banner (plain text, before logging is set up) unless ``--quiet``:
+    always quiet here, with one JSON line once it has started instead (``_beat_started``)."""
+    from celery.apps.beat import Beat
+
+    original_run = Beat.run
+
+    def run(self: Beat) -> None:
+        self.quiet = True
+        original_run(self)
+
+    Beat.run = run  # type: ignore[method-assign]
+
+
+_beat_without_banner()
+
+
+@signals.beat_init.connect
+def _beat_started(sender: object = None, **_: object) -> None:
+    import logging
+
+    logging.getLogger("celery.beat").info(
+        "celery beat starting",
+        extra={"schedule": getattr(sender, "schedule_filename", None)},
+    )

@@ -16,6 +16,7 @@ import requests
 from django.conf import settings
 
 from tenants import services
+from tests.conftest import wait_until
 from tests.test_correlation import json_lines
 from tests.webchat.conftest import ROOT, free_port, server_env, start_daphne
 
@@ -165,3 +166,33 @@ def test_the_schema_command_has_nothing_to_warn_about(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert run.stdout.strip() == run.stderr.strip() == ""
     assert out.read_text().startswith("openapi:")
+
+
+def test_celery_beat_writes_json_lines_even_without_quiet(tmp_path, redis_client):
+    """Beat sends what is due at once: to a key prefix of its own, so no test's worker runs it."""
+    prefix = f"beatlog{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "beat.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "beat",
+        "-s",
+        str(tmp_path / "schedule"),
+        "--loglevel",
+        "INFO",
+    ]
+    with log_path.open("wb") as log:
+        env = {**server_env(), "REDIS_KEY_PREFIX": prefix}
+        beat = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any(line["message"] == "celery beat starting" for line in json_lines(log_path)), timeout=60)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=20)
+        for key in redis_client.scan_iter(f"{prefix}:*"):
+            redis_client.delete(key)
+    lines = json_lines(log_path)  # the banner too would have to be JSON
+    assert {line["logger"] for line in lines} <= {"celery.beat", "py.warnings"}

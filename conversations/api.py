@@ -19,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from channels_app.services import window
 from config.errors import ApiError
 from config.openapi import error_response
 from conversations import selectors, services
@@ -247,6 +248,12 @@ class ConversationReplyView(ConversationMixin, APIView):
             502: error_response(
                 502, "The reply is stored but the channel (e.g. Meta's Graph API) refused it.", "not_delivered"
             ),
+            409: error_response(
+                409,
+                "The contact's customer-service window has closed: nothing was stored or sent; send an approved "
+                "template instead.",
+                "outside_customer_service_window",
+            ),
         },
         summary="Reply as a human agent",
         description="Sends `text` to the contact on the conversation's channel, as a human agent. Replying takes "
@@ -259,6 +266,13 @@ class ConversationReplyView(ConversationMixin, APIView):
         data = ReplySerializer(data=request.data)
         data.is_valid(raise_exception=True)
         conversation = self.conversation()
+        try:  # outside the window: refused before anything is stored or sent (channels_app.services.window)
+            if not conversation.channel.sending_disabled_reason:  # else the reply is kept failed with that reason
+                window.free_form_tag(
+                    channel=conversation.channel, recipient_id=conversation.contact.external_id, human=True
+                )
+        except window.OutsideWindow as exc:
+            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
         try:
             message = services.agent_reply(
                 tenant=self.tenant, conversation=conversation, text=data.validated_data["text"]

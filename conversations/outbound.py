@@ -55,7 +55,11 @@ def send_text(
     ``role`` (assistant | agent) reaches adapters whose UI shows who wrote (web chat)."""
     if not isinstance(_adapter(channel), RichMessageAdapter):
         return channel_services.send_reply(
-            channel=channel, recipient_id=recipient_id, text=text, reply_to_message_id=reply_to_message_id
+            channel=channel,
+            recipient_id=recipient_id,
+            text=text,
+            reply_to_message_id=reply_to_message_id,
+            human=role == "agent",  # Messenger: an agent may answer with HUMAN_AGENT after 24 h
         )
     channel_services.guard_sendable(channel)
     return channel_services.call_adapter(

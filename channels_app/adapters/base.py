@@ -226,6 +226,33 @@ class TypingAdapter(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True)
+class ServiceWindow:
+    """A platform's customer-service window: free-form messages only within ``hours`` of the contact's
+    last message; beyond it, a human agent's reply may go with ``human_agent_tag`` for up to
+    ``human_agent_hours`` (Messenger's HUMAN_AGENT: 7 days), everything else needs a template."""
+
+    hours: float = 24.0
+    human_agent_tag: str = ""
+    human_agent_hours: float = 0.0
+
+
+@runtime_checkable
+class WindowedAdapter(Protocol):
+    """Optional: a platform that refuses free-form messages outside a customer-service window."""
+
+    service_window: ServiceWindow
+
+
+@runtime_checkable
+class MessageTagAdapter(Protocol):
+    """Optional: send text with a message tag (Messenger ``MESSAGE_TAG``, e.g. ``HUMAN_AGENT``)."""
+
+    def send_tagged_text(
+        self, *, channel_external_id: str, recipient_id: str, text: str, tag: str, credentials: dict[str, str]
+    ) -> SendResult: ...
+
+
 @runtime_checkable
 class PreparedVerifierAdapter(Protocol):
     """Optional: a reusable signature check for one app secret (the webhook intake caches it)."""

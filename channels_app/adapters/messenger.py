@@ -12,6 +12,7 @@ from channels_app.adapters.base import (
     NormalizedMessage,
     ParsedPayload,
     SendResult,
+    ServiceWindow,
     StatusUpdate,
     finite_float,
     keep_storable,
@@ -42,6 +43,8 @@ class MessengerAdapter:
     needs_credentials = True
     graph_platform = True
     external_id_label = "page_id"
+    # 24 h standard window; a human agent may answer for 7 days with the HUMAN_AGENT tag [S15].
+    service_window = ServiceWindow(hours=24, human_agent_tag="HUMAN_AGENT", human_agent_hours=24 * 7)
 
     # --- inbound ---------------------------------------------------------------------------------
 
@@ -229,6 +232,25 @@ class MessengerAdapter:
             answer = client.post(
                 f"{channel_external_id}/messages",
                 {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": {"text": part}},
+            )
+            ids.append(str(answer.get("message_id", "")))
+        return SendResult(platform_message_ids=ids)
+
+    def send_tagged_text(
+        self, *, channel_external_id: str, recipient_id: str, text: str, tag: str, credentials: dict[str, str]
+    ) -> SendResult:
+        """Text outside the standard window: ``messaging_type: MESSAGE_TAG`` with ``tag`` [S13][S15]."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        ids: list[str] = []
+        for part in split_text(text, self.max_text_length):
+            answer = client.post(
+                f"{channel_external_id}/messages",
+                {
+                    "recipient": {"id": recipient_id},
+                    "messaging_type": "MESSAGE_TAG",
+                    "tag": tag,
+                    "message": {"text": part},
+                },
             )
             ids.append(str(answer.get("message_id", "")))
         return SendResult(platform_message_ids=ids)

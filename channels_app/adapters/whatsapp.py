@@ -12,6 +12,7 @@ from channels_app.adapters.base import (
     NormalizedMessage,
     ParsedPayload,
     SendResult,
+    ServiceWindow,
     StatusUpdate,
     finite_float,
     keep_storable,
@@ -48,6 +49,8 @@ class WhatsAppAdapter:
     needs_credentials = True
     graph_platform = True
     external_id_label = "phone_number_id"
+    # 24 h since the user's last message; beyond it only templates (131047 otherwise) [S9].
+    service_window = ServiceWindow(hours=24)
 
     # --- inbound ---------------------------------------------------------------------------------
 

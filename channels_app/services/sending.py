@@ -6,9 +6,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from channels_app.adapters.base import SendError, SendResult, TypingAdapter, get_adapter
+from django.utils import timezone
+
+from channels_app.adapters.base import MessageTagAdapter, SendError, SendResult, TypingAdapter, get_adapter
 from channels_app.models import Channel
 from channels_app.secrets import with_channel_secret
+from channels_app.services import window
 from channels_app.services.channels import channel_disable_sending
 from tenants.secrets import SecretError
 
@@ -49,12 +52,29 @@ def guard_sendable(channel: Channel) -> None:
         )
 
 
-def send_reply(*, channel: Channel, recipient_id: str, text: str, reply_to_message_id: str = "") -> SendResult:
-    """Send a text reply through the channel's adapter (split at the platform limit).
+def send_reply(
+    *, channel: Channel, recipient_id: str, text: str, reply_to_message_id: str = "", human: bool = False
+) -> SendResult:
+    """Send a free-form text reply through the channel's adapter (split at the platform limit).
 
+    The contact's customer-service window is checked first (``window.free_form_tag``): outside it
+    nothing is sent and OutsideWindow (``outside_customer_service_window``) is raised; a ``human``
+    agent's reply beyond Messenger's 24 hours goes with the HUMAN_AGENT tag while that is allowed.
     Raises SendError: ``permanent`` ones must not be retried (outside the window, bad token, ...);
     an invalid token disables the channel's sending first (``channel.disabled`` event)."""
     guard_sendable(channel)
+    tag = window.free_form_tag(channel=channel, recipient_id=recipient_id, human=human)
+    if tag:
+        return call_adapter(
+            channel=channel,
+            fn=lambda adapter, credentials: _tagged(adapter).send_tagged_text(
+                channel_external_id=channel.external_id,
+                recipient_id=recipient_id,
+                text=text,
+                tag=tag,
+                credentials=credentials,
+            ),
+        )
     return call_adapter(
         channel=channel,
         fn=lambda adapter, credentials: adapter.send_text(
@@ -67,22 +87,53 @@ def send_reply(*, channel: Channel, recipient_id: str, text: str, reply_to_messa
     )
 
 
-def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str = "") -> bool:
-    """Best effort "seen + typing" before a reply; never fails the turn (but a bad token disables)."""
-    if channel.sending_disabled_reason or not isinstance(_adapter_or_none(channel), TypingAdapter):
+def _tagged(adapter: Any) -> MessageTagAdapter:
+    if not isinstance(adapter, MessageTagAdapter):
+        raise SendError(f"the {adapter.platform} adapter cannot send tagged messages", permanent=True)
+    return adapter
+
+
+def send_typing(
+    conversation: Any = None,
+    *,
+    channel: Channel | None = None,
+    recipient_id: str = "",
+    reply_to_message_id: str = "",
+) -> bool:
+    """Best effort "seen + typing" before a reply; never fails the turn (but a bad token disables).
+
+    ``send_typing(conversation)`` (the agent inbox) finds the channel, the contact and their latest
+    message itself (WhatsApp's indicator marks that message read), and sends nothing once the
+    customer-service window has closed (Meta would refuse it). The turn pipeline passes ``channel``,
+    ``recipient_id`` and the message it answers. WhatsApp: mark-as-read with ``typing_indicator``;
+    Messenger: ``mark_seen`` then ``typing_on``; web chat: its typing notice."""
+    if conversation is not None:
+        channel = conversation.channel
+        recipient_id = conversation.contact.external_id
+    if channel is None or channel.sending_disabled_reason:
         return False
+    if not isinstance(_adapter_or_none(channel), TypingAdapter):
+        return False
+    if conversation is not None:
+        state = window.window_state(channel=channel, recipient_id=recipient_id)
+        if not state.is_open(timezone.now()):
+            return False
+        reply_to_message_id = reply_to_message_id or window.last_inbound_message_id(
+            channel=channel, recipient_id=recipient_id
+        )
+    sending = channel
     try:
         call_adapter(
-            channel=channel,
+            channel=sending,
             fn=lambda adapter, credentials: adapter.send_typing(
-                channel_external_id=channel.external_id,
+                channel_external_id=sending.external_id,
                 recipient_id=recipient_id,
                 reply_to_message_id=reply_to_message_id,
                 credentials=credentials,
             ),
         )
     except SendError as exc:
-        logger.warning("typing indicator not sent", extra={"channel_id": str(channel.pk), "error": str(exc)})
+        logger.warning("typing indicator not sent", extra={"channel_id": str(sending.pk), "error": str(exc)})
         return False
     return True
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from channels_app import services
+from channels_app.adapters.base import NormalizedMessage
 from channels_app.adapters.meta import sign
 from channels_app.models import Channel, InboundEvent
 from tenants.models import Tenant
@@ -29,6 +32,16 @@ MS_TOKEN = "EAAmessengertoken456"
 
 def fixture_bytes(platform: str, name: str) -> bytes:
     return (FIXTURES / platform / f"{name}.json").read_bytes()
+
+
+def fresh_fixture_bytes(platform: str, name: str) -> bytes:
+    """A fixture as if sent just now: its timestamps moved to the present, so the contact's
+    customer-service window is open (the recorded payloads are from 2023)."""
+    body = fixture_bytes(platform, name).decode()
+    now = time.time()
+    body = re.sub(r'"timestamp":\s*"\d+"', f'"timestamp": "{int(now)}"', body)  # WhatsApp: seconds, as text
+    body = re.sub(r'"timestamp":\s*\d{13}', f'"timestamp": {int(now * 1000)}', body)  # Messenger: ms
+    return body.encode()
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +86,31 @@ def post_webhook(client: Any) -> Callable[..., Any]:
         return client.generic("POST", f"/webhooks/{platform}", body, content_type="application/json", **extra)
 
     return post
+
+
+def inbound_from(channel: Channel, sender: str, *, hours_ago: float = 0.0, message_id: str = "") -> InboundEvent:
+    """A message the contact sent ``hours_ago`` (Meta's timestamp), as the webhook intake stores it:
+    what the customer-service window is read from."""
+    stamp = time.time() - hours_ago * 3600
+    message_id = message_id or f"wamid.IN{time.time_ns()}"
+    normalized = NormalizedMessage(
+        platform=channel.type,
+        channel_external_id=channel.external_id,
+        message_id=message_id,
+        sender_id=sender,
+        timestamp=stamp,
+        type="text",
+        text="Hello",
+    ).to_dict()
+    return InboundEvent.objects.create(
+        tenant_id=channel.tenant_id,
+        channel=channel,
+        kind=InboundEvent.Kind.MESSAGE,
+        dedupe_key=message_id,
+        sender_external_id=sender,
+        normalized=normalized,
+        status=InboundEvent.Status.PROCESSED,
+    )
 
 
 def stored_messages(channel: Channel) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from channels_app.models import InboundEvent
-from tests.channels_app.conftest import MS_SECRET, WA_SECRET, fixture_bytes
+from tests.channels_app.conftest import MS_SECRET, WA_SECRET, fixture_bytes, fresh_fixture_bytes
 from tests.conftest import wait_until
 
 
@@ -113,7 +113,7 @@ def test_messenger_sender_name_is_looked_up_once_for_the_contact(graph, worker, 
 
 
 def test_redelivered_message_is_stored_once_and_answered_once(graph, worker, wa_channel, post_webhook):
-    body = fixture_bytes("whatsapp", "text")
+    body = fresh_fixture_bytes("whatsapp", "text")
     for _ in range(3):
         assert post_webhook("whatsapp", body, WA_SECRET).status_code == 200
 
@@ -196,7 +196,7 @@ def test_a_message_whose_task_was_lost_is_answered_after_the_sweep(graph, worker
     from channels_app import inbound
     from channels_app.adapters.whatsapp import WhatsAppAdapter
 
-    parsed = WhatsAppAdapter().parse(json.loads(fixture_bytes("whatsapp", "text")))
+    parsed = WhatsAppAdapter().parse(json.loads(fresh_fixture_bytes("whatsapp", "text")))
     # Stored as the webhook would, but its task never reaches a worker.
     lost = InboundEvent.objects.create(
         tenant_id=wa_channel.tenant_id,

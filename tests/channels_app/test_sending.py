@@ -8,7 +8,7 @@ from channels_app import services
 from channels_app.adapters.base import SendError
 from channels_app.adapters.meta import split_text
 from events.models import Event
-from tests.channels_app.conftest import MS_TOKEN, WA_TOKEN
+from tests.channels_app.conftest import MS_TOKEN, WA_TOKEN, inbound_from
 
 WA_ERROR_131047 = {
     "error": {
@@ -50,6 +50,14 @@ MS_OUTSIDE_WINDOW = {
         "fbtrace_id": "AbCdEi",
     }
 }
+
+
+@pytest.fixture(autouse=True)
+def _contacts_wrote_an_hour_ago(request: pytest.FixtureRequest) -> None:
+    """Inside the customer-service window (the window's own tests are in test_window.py)."""
+    for name, sender in (("wa_channel", "972987654321"), ("ms_channel", "6944325612345678")):
+        if name in request.fixturenames:
+            inbound_from(request.getfixturevalue(name), sender, hours_ago=1)
 
 
 def test_whatsapp_reply_is_posted_in_the_cloud_api_format(wa_channel, graph):

@@ -260,14 +260,19 @@ def requeue_stale_pending(*, older_than: timedelta | None = None, limit: int = 1
         older_than = timedelta(seconds=settings.INBOUND_REQUEUE_AFTER_SECONDS)
     cutoff = timezone.now() - older_than
     stale = [
-        (row_id, kind, kind == InboundEvent.Kind.MESSAGE and needs_preparation(normalized))
-        for row_id, kind, normalized in InboundEvent.objects.filter(
+        (row_id, kind, kind == InboundEvent.Kind.MESSAGE and needs_preparation(normalized), cid)
+        for row_id, kind, normalized, cid in InboundEvent.objects.filter(
             status=InboundEvent.Status.PENDING, received_at__lt=cutoff
         )
         .order_by("id")
-        .values_list("id", "kind", "normalized")[:limit]
+        .values_list("id", "kind", "normalized", "correlation_id")[:limit]
     ]
     if stale:
         logger.warning("re-enqueueing stale pending inbound events", extra={"count": len(stale)})
-        enqueue(stale)
+    for row_id, kind, needs_media, cid in stale:
+        token = correlation_id.set(cid or correlation_id.get())  # the task goes on with its message's id
+        try:
+            enqueue([(row_id, kind, needs_media)])
+        finally:
+            correlation_id.reset(token)
     return len(stale)

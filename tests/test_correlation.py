@@ -219,3 +219,41 @@ def test_one_id_follows_a_whatsapp_message_from_the_webhook_to_the_reply_events_
     assert cid not in {line["data"]["id"] for line in finished}
     assert not [line for line in worker_lines if line["level"] in ("ERROR", "CRITICAL")]
     assert any("shutdown" in line["message"] for line in worker_lines)
+
+
+def test_a_message_whose_task_was_lost_is_requeued_with_its_own_id(db, tenant):
+    """The beat sweep re-publishes a pending message's task under the id stored with the message,
+    not the sweep's own."""
+    from datetime import timedelta
+
+    from celery import signals
+    from django.utils import timezone
+
+    from channels_app.inbound import requeue_stale_pending
+    from config.logs import TASK_HEADER, correlation_id
+
+    channel = make_whatsapp(tenant)
+    row = InboundEvent.objects.create(
+        tenant=tenant,
+        channel=channel,
+        kind=InboundEvent.Kind.MESSAGE,
+        dedupe_key="wamid.lost1",
+        sender_external_id="15551230001",
+        normalized={"platform": "whatsapp", "type": "text", "text": "hello?", "media": []},
+        correlation_id="lost-message-7",
+    )
+    InboundEvent.objects.filter(pk=row.pk).update(received_at=timezone.now() - timedelta(hours=1))
+    published: list[tuple[str, str | None]] = []
+
+    def record(headers: dict | None = None, **_: Any) -> None:
+        published.append(((headers or {}).get("task", ""), (headers or {}).get(TASK_HEADER)))
+
+    signals.before_task_publish.connect(record, weak=False)
+    token = correlation_id.set("the-sweeps-own-id")
+    try:
+        assert requeue_stale_pending(older_than=timedelta(minutes=5)) == 1
+    finally:
+        correlation_id.reset(token)
+        signals.before_task_publish.disconnect(record)
+
+    assert published == [("conversations.handle_inbound_message", "lost-message-7")]

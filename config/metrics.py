@@ -343,9 +343,10 @@ def _timed_statement(execute: Callable[..., Any], sql: Any, params: Any, many: b
 
 def _time_statements(sender: Any, connection: Any, **_: Any) -> None:
     """Every new database connection times its statements (Django's execute_wrappers: a wrapper kept
-    on the connection object, which outlives reconnections; added once)."""
+    on the connection object, which outlives reconnections; added once). First in the list, outermost:
+    a ``with connection.execute_wrapper(w)`` block that opened the connection pops its own ``w``."""
     if _timed_statement not in connection.execute_wrappers:
-        connection.execute_wrappers.append(_timed_statement)
+        connection.execute_wrappers.insert(0, _timed_statement)
 
 
 def _connect_database_timing() -> None:

@@ -109,6 +109,26 @@ def test_database_statements_are_timed_by_kind(client):
     assert value(after, name, operation="select") - value(before, name, operation="select") >= 2
 
 
+@pytest.mark.django_db
+def test_statement_timing_survives_a_wrapper_block_that_opened_the_connection():
+    from django.db import connections
+
+    seen: list[str] = []
+
+    def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    fresh = connections.create_connection("default")
+    try:
+        with fresh.execute_wrapper(spy), fresh.cursor() as cursor:  # connects inside the block
+            cursor.execute("SELECT 1")
+        assert seen == ["SELECT 1"]
+        assert fresh.execute_wrappers == [metrics._timed_statement]
+    finally:
+        fresh.close()
+
+
 # --- the tenant label -----------------------------------------------------------------------------------
 
 

@@ -248,3 +248,45 @@ def test_routes_are_url_pattern_names_not_paths():
     assert metrics.route_of("/webhooks/whatsapp") == "webhook-whatsapp"
     assert metrics.route_of("/no/such/path/4711") == "unmatched"
     assert metrics.route_of("/static/x.js") == "static"
+
+
+# --- the deployments give every process group an empty directory of its own ----------------------------
+
+
+def test_every_deployed_process_writes_its_metrics_to_an_empty_writable_directory():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    app = compose["x-app"]
+    assert app["environment"]["PROMETHEUS_MULTIPROC_DIR"] in app["tmpfs"]  # a tmpfs: empty at each start
+    assert app["environment"]["METRICS_PORT"] == "9100"
+    apps = {name: s for name, s in compose["services"].items() if s.get("image") == app["image"]}
+    assert {"api", "worker", "indexing-worker", "webhook-worker", "beat", "migrate"} <= set(apps)
+    for name, service in apps.items():
+        assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] in service["tmpfs"], name
+
+    base = root / "deploy" / "kubernetes" / "base"
+    deployments = [
+        doc
+        for path in sorted(base.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "Deployment"
+    ]
+    assert {d["metadata"]["name"] for d in deployments} >= {
+        "metachat-api", "metachat-worker-default", "metachat-worker-indexing", "metachat-worker-webhooks", "metachat-beat"
+    }  # fmt: skip
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            directory = env["PROMETHEUS_MULTIPROC_DIR"]
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+            assert "emptyDir" in mounts[directory], deployment["metadata"]["name"]  # empty with each pod
+            if "worker" in deployment["metadata"]["name"]:
+                assert {"name": "metrics", "containerPort": int(env["METRICS_PORT"])} in container["ports"]
+        for container in spec.get("initContainers", []):  # the migration wait keeps its metrics in memory
+            assert "PROMETHEUS_MULTIPROC_DIR" not in {e["name"] for e in container.get("env", [])}

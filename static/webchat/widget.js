@@ -264,6 +264,7 @@
     items.push(item);
     setOutbox(items); // persisted before anything can fail
     input.value = "";
+    typingSentAt = 0; // the next message's first keystroke shows at once
     renderMessage({ id: item.client_message_id, role: "user", text: text, status: "pending" });
     flush();
     ensureStarted();

@@ -15,6 +15,7 @@ from channels_app.models import Channel
 from conversations.models import Contact, Conversation, Message
 from tenants.models import Membership, Tenant
 from tests.conversations.conftest import _turn_settings, graph, openai_server, whatsapp  # noqa: F401
+from tests.webchat.conftest import _fresh_channel_layer, daphne_servers  # noqa: F401
 
 
 @pytest.fixture

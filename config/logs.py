@@ -381,8 +381,15 @@ def _log_uncaught(
     if issubclass(exc_type, KeyboardInterrupt):
         sys.__excepthook__(exc_type, exc, tb)
         return
+    # One JSON line on stderr, where a crash is looked for (not through the stdout handler).
     where = f" in thread {thread}" if thread else ""
-    _uncaught.critical("uncaught %s%s: %s", exc_type.__name__, where, exc, exc_info=(exc_type, exc, tb))
+    record = _uncaught.makeRecord(
+        _uncaught.name, logging.CRITICAL, __file__, 0, "uncaught %s%s: %s", (exc_type.__name__, where, exc),
+        (exc_type, exc, tb),
+    )  # fmt: skip
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(JsonFormatter().format(record) + "\n")
+        sys.stderr.flush()
 
 
 def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:

@@ -146,6 +146,7 @@ def test_warnings_schema_warnings_and_an_uncaught_exception_are_json_lines_witho
     assert by_logger["drf_spectacular"]["message"] == "schema warning: could not resolve the serializer of a view"
     assert "access_token=***" in by_logger["metachat.test"]["message"]
     crash = by_logger["metachat.uncaught"]
+    assert json.loads(run.stderr.strip().splitlines()[-1]) == crash  # where a crash is looked for
     assert crash["level"] == "CRITICAL"
     assert crash["exc_type"] == "RuntimeError"
     assert "access_token=***" in crash["message"]

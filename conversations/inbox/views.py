@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -53,8 +53,9 @@ def user_tenants(user: Any) -> list[Tenant]:
 
 def _tenant(request: HttpRequest) -> Tenant:
     wanted = request.GET.get("tenant") or request.headers.get("X-Tenant", "")
+    user: Any = request.user
     if not wanted:
-        ids = list(Membership.objects.filter(user_id=request.user.pk).values_list("tenant_id", flat=True)[:2])
+        ids = list(Membership.objects.filter(user_id=user.pk).values_list("tenant_id", flat=True)[:2])
         if len(ids) != 1:
             raise Refused(400, "tenant_required", "Name the tenant (?tenant=<id>).")
         wanted = str(ids[0])
@@ -74,11 +75,11 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def api(view: Callable[..., Any]) -> Callable[..., HttpResponse]:
+def api(view: Callable[..., Any]) -> Callable[..., HttpResponseBase]:
     """Staff session required (401 JSON otherwise); the tenant resolved and checked; refusals as JSON."""
 
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         user: Any = request.user
         if not (user.is_authenticated and user.is_active and user.is_staff):
             return _error(401, "not_authenticated", "Log in to the admin first.")
@@ -93,7 +94,7 @@ def api(view: Callable[..., Any]) -> Callable[..., HttpResponse]:
             return _error(400, exc.code, str(exc))
         except InvalidTransition as exc:
             return _error(409, "invalid_transition", str(exc))
-        return result if isinstance(result, HttpResponse) else JsonResponse(result)
+        return result if isinstance(result, HttpResponseBase) else JsonResponse(result)
 
     return wrapped
 
@@ -261,7 +262,7 @@ def mark_read(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dic
 
 @require_GET
 @api
-def media(request: HttpRequest, tenant: Tenant, conversation_id: Any, message_id: int, index: int) -> HttpResponse:
+def media(request: HttpRequest, tenant: Tenant, conversation_id: Any, message_id: int, index: int) -> HttpResponseBase:
     """An attachment of a message of the conversation, from the tenant's storage (images inline)."""
     message = Message.objects.for_tenant(tenant).get(conversation_id=conversation_id, pk=message_id)
     items = ((message.payload or {}).get("normalized") or {}).get("media") or []

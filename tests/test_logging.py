@@ -64,6 +64,16 @@ def test_each_request_has_one_access_line_with_its_route_status_latency_tenant_a
     assert str(unmatched["correlation_id"]) == missing.headers["X-Request-ID"]
 
 
+def test_the_access_log_can_be_turned_off(transactional_db, tmp_path):
+    server = start_daphne(free_port(), tmp_path, {"ACCESS_LOG": "false"})
+    try:
+        answered = requests.get(f"{server.url}/api/health", timeout=15)
+    finally:
+        server.stop()
+    assert answered.headers["X-Request-ID"]  # the id is still chosen and echoed
+    assert access_lines(server.log_path) == []
+
+
 def test_a_refused_request_logs_its_id_and_no_credential(transactional_db, tenant, tmp_path):
     server = start_daphne(free_port(), tmp_path)
     try:

@@ -34,7 +34,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 
 from config import egress, metrics
-from config.logs import HTTP_HEADER
+from config.logs import HTTP_HEADER, correlation_id
 from events import outbox, signing, transport
 from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint, message_body
 from events.services import emit
@@ -402,19 +402,24 @@ def _record(*, endpoint: WebhookEndpoint, results: list[AttemptResult], now: dat
             updated = _store(results)
             dead = [d for d in dead if d.pk in updated]
             for delivery in dead:
-                emit(
-                    tenant=delivery.tenant_id,
-                    type=EventType.WEBHOOK_DELIVERY_DEAD,
-                    payload={
-                        "delivery_id": delivery.pk,
-                        "endpoint_id": str(endpoint.pk),
-                        "event_id": str(delivery.event_id),
-                        "event_type": delivery.event_type,
-                        "attempts": delivery.attempt_count,
-                        "last_status_code": delivery.last_status_code,
-                        "last_error": delivery.last_error,
-                    },
-                )
+                # Tied to what caused the dead event, not to the drain that gave up on it.
+                token = correlation_id.set(delivery.correlation_id or correlation_id.get())
+                try:
+                    emit(
+                        tenant=delivery.tenant_id,
+                        type=EventType.WEBHOOK_DELIVERY_DEAD,
+                        payload={
+                            "delivery_id": delivery.pk,
+                            "endpoint_id": str(endpoint.pk),
+                            "event_id": str(delivery.event_id),
+                            "event_type": delivery.event_type,
+                            "attempts": delivery.attempt_count,
+                            "last_status_code": delivery.last_status_code,
+                            "last_error": delivery.last_error,
+                        },
+                    )
+                finally:
+                    correlation_id.reset(token)
             report.dead += len(dead)
             report.disabled = _note_failures(endpoint=endpoint, results=results, now=now)
     succeeded = sum(1 for r in results if r.success)

@@ -17,6 +17,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,6 @@ def test_one_id_follows_a_whatsapp_message_from_the_webhook_to_the_reply_events_
 def test_a_message_whose_task_was_lost_is_requeued_with_its_own_id(db, tenant):
     """The beat sweep re-publishes a pending message's task under the id stored with the message,
     not the sweep's own."""
-    from datetime import timedelta
-
     from celery import signals
     from django.utils import timezone
 
@@ -257,3 +256,37 @@ def test_a_message_whose_task_was_lost_is_requeued_with_its_own_id(db, tenant):
         signals.before_task_publish.disconnect(record)
 
     assert published == [("conversations.handle_inbound_message", "lost-message-7")]
+
+
+def test_a_dead_webhook_delivery_is_reported_under_the_id_of_what_caused_it(db, tenant, make_receiver, settings):
+    """Every attempt carries the event's id, and so does the webhook.delivery_dead event, although the
+    drain that gives up runs under an id of its own."""
+    from django.utils import timezone
+
+    from config.logs import correlation_id
+    from events import delivery
+    from events.services import emit
+    from events.types import EventType
+
+    settings.WEBHOOK_RETRY_SCHEDULE = [5]
+    receiver = make_receiver(default=500)
+    endpoint = webhook_endpoint_create(tenant=tenant, url=receiver.url, event_types=["message.received"]).endpoint
+    token = correlation_id.set("inbound-message-99")
+    try:
+        emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"text": "hi"})
+    finally:
+        correlation_id.reset(token)
+
+    now = timezone.now()
+    token = correlation_id.set("a-drain-task")
+    try:
+        for _attempt in range(2):
+            delivery.dispatch_pending_events(now=now)
+            assert delivery.deliver_due(endpoint_id=endpoint.pk, now=now).sent == 1
+            now += timedelta(seconds=60)
+    finally:
+        correlation_id.reset(token)
+
+    assert [r.headers["x-request-id"] for r in receiver.requests] == ["inbound-message-99"] * 2
+    dead = Event.objects.get(type=EventType.WEBHOOK_DELIVERY_DEAD)
+    assert dead.correlation_id == "inbound-message-99"

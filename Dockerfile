@@ -25,4 +25,4 @@ RUN python -c "import compileall; compileall.compile_dir('.', quiet=1)" \
  && mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+CMD ["python", "-m", "config.procfile", "web"]

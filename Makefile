@@ -64,7 +64,7 @@ format: install
 
 # The django-stubs plugin loads the settings: give it a throwaway key and unreachable servers.
 typecheck: install
-	SECRET_KEY_ID=typecheck SECRET_ENCRYPTION_KEY=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= \
+	SECRET_KEY_ID=typecheck SECRET_ENCRYPTION_KEY=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= DJANGO_SECRET_KEY=typecheck \
 	DATABASE_URL=postgresql://typecheck@127.0.0.1:1/typecheck REDIS_URL=redis://127.0.0.1:1/0 \
 	$(PY) -m mypy config tenants events channels_app knowledge conversations  # the same list as config.launcher.TYPED_PACKAGES
 

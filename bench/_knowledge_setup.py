@@ -20,6 +20,9 @@ def setup(database_name: str) -> Any:
     os.environ.setdefault("REDIS_KEY_PREFIX", f"bench{os.getpid()}")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["TEST_DATABASE_NAME"] = os.environ.get("BENCH_DATABASE_NAME", database_name)
+    from config import local
+
+    local.for_tests(os.environ)  # the embedded servers (unless DATABASE_URL / REDIS_URL name others)
     import django
 
     django.setup()

@@ -88,7 +88,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _prepare_env(db_name: str) -> tuple[dict[str, str], str]:
-    from config import embedded, launcher
+    from config import embedded, local
 
     env = dict(os.environ)
     env.setdefault("SECRET_KEY_ID", "bench")
@@ -100,7 +100,7 @@ def _prepare_env(db_name: str) -> tuple[dict[str, str], str]:
     if not env.get("RABBITMQ_URL") and embedded.port_open("127.0.0.1", 5672):
         env["RABBITMQ_URL"] = "amqp://guest:guest@127.0.0.1:5672//"
     base_url = env.get("DATABASE_URL", "")
-    launcher.resolve_services(env, prefer_local_redis=True)
+    local.for_tests(env)
     if not base_url:
         env["DATABASE_URL"] = embedded.embedded_postgres_url(db_name)
     else:

@@ -48,6 +48,9 @@ def setup_django(prefix: str) -> None:
         os.environ["SECRET_KEY_ID"] = "bench"
         os.environ["SECRET_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
     sys.path.insert(0, str(ROOT))
+    from config import local
+
+    local.for_tests(os.environ)  # the embedded servers, a throwaway Django key
     import django
 
     django.setup()

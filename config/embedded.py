@@ -240,11 +240,3 @@ def stop_embedded_redis() -> None:
     except (ValueError, ProcessLookupError):
         pass
     pidfile.unlink(missing_ok=True)
-
-
-def resolve_database_url() -> str:
-    return os.environ.get("DATABASE_URL") or embedded_postgres_url()
-
-
-def resolve_redis_url() -> str:
-    return os.environ.get("REDIS_URL") or embedded_redis_url()

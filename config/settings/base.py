@@ -1,5 +1,10 @@
 """Core settings, all from the environment (documented in the README's variable table).
 
+Importing the settings reads the environment and nothing else: it starts no server and writes no file.
+A required variable that is missing stops with a message naming it. A local checkout's programs
+(`make run`, `make test`, `manage.py`, the benchmarks) fill in what a developer does not set by hand
+(embedded servers, keys kept in var/) before Django starts: see config/local.py.
+
 Area-specific settings live beside this file (knowledge.py, channels.py, events.py, ...), one module
 per area, all star-imported by ``config/settings/__init__.py``: still one settings namespace.
 """
@@ -7,11 +12,10 @@ per area, all star-imported by ``config/settings/__init__.py``: still one settin
 from __future__ import annotations
 
 import os
-import secrets as _secrets
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from config import embedded
+from django.core.exceptions import ImproperlyConfigured
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -31,23 +35,26 @@ def env_float(name: str, default: float) -> float:
     return float(value) if value not in (None, "") else default
 
 
+LOCAL_HINT = "`make run` and `python manage.py` fill it in on a local checkout (config/local.py)"
+
+
+def env_required(name: str, what: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ImproperlyConfigured(f"{name} is not set: {what}. {LOCAL_HINT}.")
+    return value
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-VAR_DIR = embedded.var_dir()
+# Local state of a checkout (embedded servers' data, keys make run generated, media): read, not created.
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
 
 DEBUG = env_bool("DEBUG", False)
 
 
-def _django_secret_key() -> str:
-    if os.environ.get("DJANGO_SECRET_KEY"):
-        return os.environ["DJANGO_SECRET_KEY"]
-    path = VAR_DIR / "django_secret_key"
-    if not path.exists():
-        path.write_text(_secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-SECRET_KEY = _django_secret_key()
+SECRET_KEY = env_required(
+    "DJANGO_SECRET_KEY", "give it a long random string (sessions and CSRF tokens are signed with it)"
+)
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 PUBLIC_BASE_URL = os.environ.get(
@@ -105,8 +112,8 @@ TEMPLATES = [
     },
 ]
 
-# --- PostgreSQL (+pgvector): DATABASE_URL, else the embedded server under var/pgdata ---------------
-DATABASE_URL = embedded.resolve_database_url()
+# --- PostgreSQL (+pgvector): DATABASE_URL (make run: the embedded server under var/pgdata) ---------
+DATABASE_URL = env_required("DATABASE_URL", "give it PostgreSQL with pgvector, postgresql://user:password@host:5432/db")
 
 
 # pgvector, on every connection (knowledge.vectors): a filtered HNSW scan goes on until it has the
@@ -138,7 +145,7 @@ DATABASES = {"default": _database_from_url(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, rate limits, Channels layer, Celery broker ---------------------------------------
-REDIS_URL = embedded.resolve_redis_url()
+REDIS_URL = env_required("REDIS_URL", "give it Redis, redis://host:6379/0")
 # Prefix for every Redis key this deployment writes, so several deployments (or concurrent test runs)
 # can share one Redis without seeing each other's keys, queues or groups.
 REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "metachat")

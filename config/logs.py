@@ -171,10 +171,12 @@ access_logger = logging.getLogger("metachat.access")
 _access_entry: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("access_entry", default=None)
 
 
-def note_request(*, route: str | None = None, tenant_id: Any = None) -> None:
-    """Tell the access log the route pattern or the tenant of the request being served (if any)."""
+def note_request(*, route: str | None = None, tenant_id: Any = None, routed: bool = False) -> None:
+    """Tell the access log the route pattern or the tenant of the request being served (if any);
+    ``routed``: Django resolved the path (a ``None`` route then means that no pattern matched)."""
     entry = _access_entry.get()
     if entry is not None:
+        entry["routed"] = entry["routed"] or routed
         if route is not None:
             entry["route"] = route
         if tenant_id is not None:
@@ -221,7 +223,7 @@ class AccessLogMiddleware:
         if cid != incoming:
             kept = [(k, v) for k, v in headers if k.lower() != b"x-request-id"]
             scope = {**scope, "headers": [*kept, (b"x-request-id", cid.encode())]}
-        entry: dict[str, Any] = {"status": 500, "route": None, "tenant_id": None}
+        entry: dict[str, Any] = {"status": 500, "route": None, "routed": False, "tenant_id": None}
         tokens = (correlation_id.set(cid), _access_entry.set(entry))
 
         async def send_and_note(message: dict[str, Any]) -> None:
@@ -239,7 +241,7 @@ class AccessLogMiddleware:
 
     @staticmethod
     def _log(scope: dict[str, Any], entry: dict[str, Any], started: float) -> None:
-        route = entry["route"] or _route_of(scope.get("path", ""))
+        route = entry["route"] if entry["routed"] else _route_of(scope.get("path", ""))
         method = scope.get("method", "")
         access_logger.info(
             "%s %s %s",
@@ -277,7 +279,7 @@ class RequestIdMiddleware:
             correlation_id.reset(token)
         response[HTTP_HEADER] = cid
         if _access_entry.get() is not None:
-            note_request(route=_route_pattern(request), tenant_id=_tenant_of(request))
+            note_request(route=_route_pattern(request), tenant_id=_tenant_of(request), routed=True)
         return response
 
 

@@ -112,8 +112,10 @@ def run_stages(turn: Turn) -> Turn:
     for stage in STAGES:
         turn.stage = stage.__module__.rsplit(".", 1)[-1]
         started = time.perf_counter()
-        stage(turn)
-        observe_stage(turn.stage, time.perf_counter() - started)
+        try:
+            stage(turn)
+        finally:  # a stage that crashed is timed too
+            observe_stage(turn.stage, time.perf_counter() - started)
     return turn
 
 

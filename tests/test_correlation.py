@@ -34,10 +34,13 @@ from tests.conversations.conftest import APP_SECRET, make_whatsapp, whatsapp_pay
 from tests.conversations.servers import OpenAIScript, openai_handler
 from tests.events import conftest as events_fixtures
 from tests.events.conftest import Receiver, per_test_exchange
+from tests.webchat import test_consumer as consumer_tests
 from tests.webchat.conftest import ROOT, free_port, server_env, start_daphne
 
-# The events tests' receiver fixture, bound here so pytest finds it.
+# The events tests' receiver fixture, and the web chat tests' clean-up of the consumer's database
+# threads (module-scoped, autouse), bound here so pytest finds them.
 make_receiver = events_fixtures.make_receiver
+end_thread_connections = consumer_tests.end_thread_connections
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -290,3 +293,30 @@ def test_a_dead_webhook_delivery_is_reported_under_the_id_of_what_caused_it(db, 
     assert [r.headers["x-request-id"] for r in receiver.requests] == ["inbound-message-99"] * 2
     dead = Event.objects.get(type=EventType.WEBHOOK_DELIVERY_DEAD)
     assert dead.correlation_id == "inbound-message-99"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_web_chat_frame_gets_an_id_of_its_own_stored_with_the_message(tenant):
+    from asgiref.sync import async_to_sync
+
+    from channels_app.models import Channel, new_widget_key
+    from tests.webchat.conftest import ORIGIN
+    from tests.webchat.test_consumer import connected, inbound_rows, token_for
+
+    channel = Channel.objects.create(
+        tenant=tenant, type=Channel.Type.WEBCHAT, name="site", external_id=new_widget_key(),
+        config={"allowed_origins": [ORIGIN]},
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        socket = await connected(token_for(channel))
+        for n in (1, 2):
+            await socket.send_json_to({"type": "message", "client_message_id": f"c_corr00000{n}", "text": "hi"})
+            assert (await socket.receive_json_from(timeout=5))["status"] == "stored"
+            await socket.receive_json_from(timeout=5)  # the echo
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+
+    ids = [row.correlation_id for row in inbound_rows(channel)]
+    assert len(ids) == 2 and all(ids) and ids[0] != ids[1]

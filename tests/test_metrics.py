@@ -290,3 +290,30 @@ def test_every_deployed_process_writes_its_metrics_to_an_empty_writable_director
                 assert {"name": "metrics", "containerPort": int(env["METRICS_PORT"])} in container["ports"]
         for container in spec.get("initContainers", []):  # the migration wait keeps its metrics in memory
             assert "PROMETHEUS_MULTIPROC_DIR" not in {e["name"] for e in container.get("env", [])}
+
+
+def test_every_incr_and_observe_call_names_a_declared_metric_with_its_labels():
+    """``incr``/``observe`` log rather than raise on an undeclared name or wrong labels (a metrics bug
+    must not break a request): the code's calls are checked here instead."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for package in ("config", "tenants", "channels_app", "conversations", "knowledge", "events"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("incr", "observe")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "metrics"
+                ):
+                    labels = {k.arg for k in node.keywords if k.arg != "amount"}
+                    calls.append((path.name, node.args[0].value, labels))
+    assert len(calls) >= 20
+    for where, name, labels in calls:
+        declared = metrics._metrics.get(name)
+        assert declared is not None, (where, name)
+        assert set(declared._labelnames) == labels, (where, name)

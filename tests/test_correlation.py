@@ -320,3 +320,40 @@ def test_each_web_chat_frame_gets_an_id_of_its_own_stored_with_the_message(tenan
 
     ids = [row.correlation_id for row in inbound_rows(channel)]
     assert len(ids) == 2 and all(ids) and ids[0] != ids[1]
+
+
+def test_an_api_call_gives_its_id_to_the_graph_api_call_and_the_events_it_causes(
+    db, tenant, tenant_api, local_http_server, settings
+):
+    """An agent's reply through the API: the request's X-Request-ID is the Graph API call's and the
+    message.sent event's."""
+    import time
+
+    from conversations.models import Contact, Conversation
+
+    graph = GraphServer()
+    settings.GRAPH_API_BASE_URL = local_http_server(graph.handler()).url
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
+    channel = make_whatsapp(tenant)
+    contact = Contact.objects.create(tenant=tenant, channel=channel, external_id="15551230002")
+    conversation = Conversation.objects.create(
+        tenant=tenant, channel=channel, contact=contact, state="handoff_requested"
+    )
+    InboundEvent.objects.create(  # the contact wrote a minute ago: WhatsApp's window is open
+        tenant=tenant, channel=channel, kind=InboundEvent.Kind.MESSAGE, dedupe_key="wamid.api1",
+        sender_external_id=contact.external_id, status="processed",
+        normalized={"platform": "whatsapp", "type": "text", "text": "help", "timestamp": time.time() - 60},
+    )  # fmt: skip
+
+    response = tenant_api.post(
+        f"/api/tenants/{tenant.pk}/conversations/{conversation.pk}/reply/",
+        {"text": "Hi, Ana here"},
+        format="json",
+        HTTP_X_REQUEST_ID="helpdesk-ticket-5521",
+    )
+
+    assert response.status_code == 201, response.content
+    assert response.headers["X-Request-ID"] == "helpdesk-ticket-5521"
+    (sent,) = graph.texts()
+    assert sent["headers"]["X-Request-ID"] == "helpdesk-ticket-5521"
+    assert Event.objects.get(tenant_id=tenant.pk, type="message.sent").correlation_id == "helpdesk-ticket-5521"

@@ -102,7 +102,7 @@ class ConversationAdmin(TenantScopedAdmin):
     def analytics_view(self, request: HttpRequest) -> HttpResponse:
         return analytics_admin.analytics_view(self, request)
 
-    def _conversation(self, request: HttpRequest, object_id: Any, *, change: bool) -> Conversation:
+    def _conversation(self, request: HttpRequest, object_id: str, *, change: bool) -> Conversation:
         conversation = self.get_queryset(request).select_related("contact", "channel").filter(pk=object_id).first()
         if conversation is None:
             raise Http404("No such conversation.")
@@ -137,7 +137,7 @@ class ConversationAdmin(TenantScopedAdmin):
     def _back(self, conversation: Conversation) -> HttpResponseRedirect:
         return HttpResponseRedirect(reverse("admin:conversations_conversation_change", args=[conversation.pk]))
 
-    def reply_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
             raise Http404
         conversation = self._conversation(request, object_id, change=True)
@@ -155,7 +155,7 @@ class ConversationAdmin(TenantScopedAdmin):
             messages.success(request, "Reply sent.")
         return self._back(conversation)
 
-    def _transition(self, request: HttpRequest, object_id: Any, operation: Any, done: str) -> HttpResponse:
+    def _transition(self, request: HttpRequest, object_id: str, operation: Any, done: str) -> HttpResponse:
         if request.method != "POST":
             raise Http404
         conversation = self._conversation(request, object_id, change=True)
@@ -168,10 +168,10 @@ class ConversationAdmin(TenantScopedAdmin):
             messages.success(request, done)
         return self._back(conversation)
 
-    def resolve_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+    def resolve_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._transition(request, object_id, services.conversation_resolve, "Conversation resolved.")
 
-    def return_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
+    def return_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._transition(
             request, object_id, services.conversation_return_to_bot, "The bot answers this conversation again."
         )

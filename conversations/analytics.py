@@ -38,6 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -149,7 +150,7 @@ def ensure_rollups(tenant_ids: list[Any], period: DateRange) -> DateRange | None
     return closed
 
 
-def roll_up(tenant_id: Any, period: DateRange, only: set[dt.date]) -> None:
+def roll_up(tenant_id: UUID, period: DateRange, only: set[dt.date]) -> None:
     """Compute the days ``only`` (within ``period``) of one tenant and store them (a day another
     request stored meanwhile is kept)."""
     ids = [tenant_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Case, Count, IntegerField, QuerySet, Sum, Value, When
 
@@ -25,7 +26,7 @@ def conversation_list(
     *,
     tenant: Tenant,
     state: str | None = None,
-    channel_id: Any = None,
+    channel_id: UUID | str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     waiting_first: bool = True,
@@ -44,7 +45,7 @@ def conversation_list(
     return queryset.order_by("-last_activity_at")
 
 
-def conversation_get(*, tenant: Tenant, conversation_id: Any) -> Conversation:
+def conversation_get(*, tenant: Tenant, conversation_id: UUID | str) -> Conversation:
     return Conversation.objects.for_tenant(tenant).select_related("contact", "channel").get(pk=conversation_id)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -106,9 +107,9 @@ class ClaimedDelivery:
     (no model instances on the hot path). The fields after ``body`` are its new state once sent."""
 
     pk: int
-    tenant_id: Any
+    tenant_id: UUID
     attempt_count: int
-    event_id: Any  # the Event's UUID: the webhook-id
+    event_id: UUID  # the webhook-id
     event_type: str
     body: bytes
     correlation_id: str = ""  # the event's: sent as X-Request-ID, ties the call to what caused it
@@ -149,7 +150,7 @@ class DrainReport:
 
 
 def deliver_due(
-    *, endpoint_id: Any, now: datetime | None = None, batch_size: int | None = None, time_budget: float = 20.0
+    *, endpoint_id: UUID | str, now: datetime | None = None, batch_size: int | None = None, time_budget: float = 20.0
 ) -> DrainReport:
     """Send this endpoint's due deliveries, batch after batch, until none is due, the receiver is
     unreachable, or ``time_budget`` seconds have passed (then ``more`` is set: kick again)."""
@@ -198,7 +199,7 @@ def deliver_due(
         headers.clear()
 
 
-def _load_endpoint(endpoint_id: Any) -> WebhookEndpoint | None:
+def _load_endpoint(endpoint_id: UUID | str) -> WebhookEndpoint | None:
     """The endpoint, read with a fixed raw statement: a drain starts for every few deliveries, and
     compiling the ORM query (with its tenant join) cost as much as sending them."""
     fields = WebhookEndpoint._meta.concrete_fields
@@ -540,7 +541,7 @@ def _disable(*, endpoint: WebhookEndpoint, now: datetime) -> None:
     logger.warning("webhook endpoint disabled", extra={"endpoint_id": str(endpoint.pk), "hours": round(hours, 1)})
 
 
-def _schedule_retry(endpoint_id: Any, seconds: float) -> None:
+def _schedule_retry(endpoint_id: UUID | str, seconds: float) -> None:
     if seconds > COUNTDOWN_MAX_SECONDS:
         return
     from config.celery import app

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from uuid import UUID
 
 from django.db import models
 from django.db.models import Q
@@ -56,7 +56,7 @@ class Event(TenantOwned):
         }
 
 
-def message_body(*, event_id: Any, type: str, tenant_id: Any, created_at: datetime, payload_json: str) -> bytes:
+def message_body(*, event_id: UUID, type: str, tenant_id: UUID, created_at: datetime, payload_json: str) -> bytes:
     """``Event.as_message()`` as JSON bytes, built around the payload's JSON text as PostgreSQL stores
     it (jsonb): the delivery paths read events with raw SQL and never decode and re-encode payloads.
     The other members are UUIDs, an event type and a timestamp: nothing to escape."""

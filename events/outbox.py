@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.core.cache import cache
@@ -119,7 +120,7 @@ def publish_flag() -> str:
     return "events:kick:publish"
 
 
-def endpoint_flag(endpoint_id: Any) -> str:
+def endpoint_flag(endpoint_id: UUID | str) -> str:
     return f"events:kick:endpoint:{endpoint_id}"
 
 
@@ -133,7 +134,7 @@ def kick_publish() -> bool:
     return _kick(publish_flag(), PUBLISH_TASK)
 
 
-def kick_endpoint(endpoint_id: Any) -> bool:
+def kick_endpoint(endpoint_id: UUID | str) -> bool:
     return _kick(endpoint_flag(endpoint_id), DELIVER_TASK, [str(endpoint_id)])
 
 

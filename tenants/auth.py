@@ -13,6 +13,7 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.http import Http404
@@ -35,7 +36,7 @@ class Principal:
     # DRF treats request.user as a user object.
     is_authenticated = True
 
-    def can_access(self, tenant_id: Any) -> bool:
+    def can_access(self, tenant_id: UUID) -> bool:
         return self.is_admin or (self.tenant is not None and str(self.tenant.pk) == str(tenant_id))
 
 

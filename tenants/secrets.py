@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from django.conf import settings
@@ -238,7 +239,7 @@ class ReservedSecretName(SecretError):
     pass
 
 
-def tenant_secret_aad(tenant_id: Any, name: str) -> bytes:
+def tenant_secret_aad(tenant_id: UUID, name: str) -> bytes:
     return f"tenant-secret|{tenant_id}|{name}".encode()
 
 

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, Group, Permission
@@ -197,7 +198,7 @@ def api_key_create(*, tenant: Tenant, name: str = "") -> IssuedKey:
     return IssuedKey(api_key=api_key, raw_key=raw)
 
 
-def api_key_revoke(*, tenant: Tenant, api_key_id: Any) -> ApiKey:
+def api_key_revoke(*, tenant: Tenant, api_key_id: UUID | str) -> ApiKey:
     with transaction.atomic():
         api_key = ApiKey.objects.for_tenant(tenant).select_for_update().get(pk=api_key_id)
         if api_key.revoked_at is None:

@@ -204,11 +204,16 @@ def register_gauge(name: str, help_text: str, fn: Callable[[], Iterable[Sample]]
 
 
 class _ScrapeGauges:
+    """Each registered gauge, its samples under its own name only (a sample of another name below a
+    ``# TYPE`` line would be read as untyped)."""
+
     def collect(self) -> Iterator[Metric]:
         for name, (help_text, fn) in sorted(_gauges.items()):
             metric = Metric(name, help_text, "gauge")
             try:
                 for sample_name, labels, value in fn():
+                    if sample_name != name:
+                        raise ValueError(f"sample {sample_name!r} under gauge {name!r}")
                     metric.add_sample(sample_name, labels, float(value))
             except Exception as exc:
                 logger.warning("gauge failed", extra={"gauge": name, "error": str(exc)[:200]})

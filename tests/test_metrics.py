@@ -98,6 +98,16 @@ def test_a_failing_gauge_costs_only_itself(client, caplog):
 
 
 @pytest.mark.django_db
+def test_a_gauge_yielding_samples_of_another_name_is_left_out(client):
+    metrics.register_gauge("metachat_probe_gauge", "A gauge", lambda: [("metachat_probe_other", {}, 1)])
+    try:
+        body = scrape(client)
+    finally:
+        metrics._gauges.pop("metachat_probe_gauge")
+    assert "metachat_probe" not in body
+
+
+@pytest.mark.django_db
 def test_database_statements_are_timed_by_kind(client):
     before = scrape(client)
     with connection.cursor() as cursor:

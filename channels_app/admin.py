@@ -18,8 +18,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from channels_app import services, webchat
-from channels_app.models import Channel, InboundEvent, UnroutedWebhook, new_widget_key
+from channels_app.adapters.base import SendError
+from channels_app.models import Channel, InboundEvent, MessageTemplate, UnroutedWebhook, new_widget_key
 from channels_app.secrets import with_channel_secret
+from channels_app.services import templates
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import Tenant
 
@@ -28,7 +30,7 @@ _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 # The form fields of each channel type: only these are shown, and only their values are saved.
 TYPE_FIELDS: dict[str, list[str]] = {
-    Channel.Type.WHATSAPP: ["external_id", "display_phone_number"],
+    Channel.Type.WHATSAPP: ["external_id", "display_phone_number", "waba_id"],
     Channel.Type.MESSENGER: ["external_id"],
     Channel.Type.WEBCHAT: [
         "allowed_origins",
@@ -41,6 +43,7 @@ TYPE_FIELDS: dict[str, list[str]] = {
 }
 CONFIG_FIELDS = {  # form field -> key in Channel.config
     "display_phone_number": "display_phone_number",
+    "waba_id": "waba_id",
     "allowed_origins": "allowed_origins",
     "widget_title": "title",
     "greeting": "greeting",
@@ -70,6 +73,12 @@ class ChannelForm(forms.ModelForm):
     )
     display_phone_number = forms.CharField(
         required=False, max_length=32, help_text="Shown to staff only, e.g. +1 555 000 1111."
+    )
+    waba_id = forms.RegexField(
+        label="WhatsApp Business Account ID",
+        regex=r"^[0-9]{1,32}$",
+        required=False,
+        help_text="The WABA the number belongs to (WhatsApp Manager): its message templates are synced from it.",
     )
     allowed_origins = forms.CharField(
         required=False,
@@ -242,7 +251,7 @@ class ChannelAdmin(TenantScopedAdmin):
     list_filter = ["type", "is_active"]
     search_fields = ["name", "external_id"]
     readonly_fields = ["id", "sending_disabled_reason", "credentials_set", "created_at", "updated_at"]
-    actions = ["enable_sending"]
+    actions = ["enable_sending", "sync_templates"]
     change_form_template = "admin/channels_app/channel/change_form.html"
 
     def _type(self, request: HttpRequest, obj: Any) -> str:
@@ -340,6 +349,58 @@ class ChannelAdmin(TenantScopedAdmin):
         for channel in queryset:
             services.channel_enable_sending(channel=channel)
         self.message_user(request, f"Sending re-enabled on {queryset.count()} channel(s).")
+
+    @admin.action(description="Sync WhatsApp message templates from Meta")
+    def sync_templates(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for channel in queryset:
+            try:
+                result = templates.templates_sync(channel=channel)
+            except (templates.TemplateError, SendError) as exc:
+                self.message_user(request, f"{channel.name}: {exc}", level=messages.ERROR)
+                continue
+            counts = result.as_dict()
+            self.message_user(
+                request,
+                f"{channel.name}: {counts['total']} template(s) ({counts['created']} new, {counts['removed']} removed).",
+            )
+
+
+@admin.register(MessageTemplate)
+class MessageTemplateAdmin(TenantScopedAdmin):
+    """Templates as Meta last reported them (synced from the channel list's action): read-only here,
+    with a preview of what the contact reads; they are created and edited in WhatsApp Manager."""
+
+    list_display = ["name", "language", "category", "status_shown", "channel", "synced_at"]
+    list_filter = ["status", "category", "language"]
+    search_fields = ["name"]
+    fields = [
+        "channel", "name", "language", "category", "status", "rejected_reason", "parameter_format",
+        "variables", "preview", "components", "waba_id", "meta_id", "synced_at",
+    ]  # fmt: skip
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_shown(self, obj: MessageTemplate) -> str:
+        if obj.status.upper() == "APPROVED":
+            return obj.status
+        reason = f" ({obj.rejected_reason})" if obj.rejected_reason else ""
+        return format_html('<span style="color:#b00">{}{}</span>', obj.status, reason)
+
+    @admin.display(description="Preview")
+    def preview(self, obj: MessageTemplate) -> str:
+        return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', templates.template_preview(obj))
+
+    @admin.display(description="Variables to fill")
+    def variables(self, obj: MessageTemplate) -> str:
+        return str(templates.template_variables(obj))
 
 
 @admin.register(InboundEvent)

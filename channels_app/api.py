@@ -15,9 +15,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from channels_app import services
-from channels_app.models import Channel, new_widget_key
+from channels_app.adapters.base import Choice, Choices, InvalidChoices, InvalidMedia, OutboundMedia, SendError
+from channels_app.models import Channel, MessageTemplate, new_widget_key
+from channels_app.services import conversation_sends, outbound_media, templates, window
 from config.errors import ApiError
 from config.openapi import error_response
+from conversations.api import MessageSerializer
+from conversations.models import Conversation, Message
 from tenants.auth import TenantScopedMixin
 
 
@@ -272,3 +276,316 @@ class ChannelCredentialsView(_ChannelLookup, APIView):
         return Response(ChannelSerializer(channel).data)
 
     patch = put
+
+
+# --- WhatsApp message templates ------------------------------------------------------------------------
+
+
+class TemplateSerializer(serializers.ModelSerializer):
+    variables = serializers.SerializerMethodField(help_text="What a send must supply: body names, header kind")
+    preview = serializers.SerializerMethodField(help_text="The message as the contact reads it, unfilled")
+    sendable = serializers.SerializerMethodField(help_text="Only APPROVED templates can be sent")
+
+    class Meta:
+        model = MessageTemplate
+        fields = [
+            "id",
+            "name",
+            "language",
+            "category",
+            "status",
+            "rejected_reason",
+            "parameter_format",
+            "components",
+            "variables",
+            "preview",
+            "sendable",
+            "synced_at",
+        ]
+        read_only_fields = fields
+
+    def get_variables(self, template: MessageTemplate) -> dict[str, Any]:
+        return templates.template_variables(template)
+
+    def get_preview(self, template: MessageTemplate) -> str:
+        return templates.template_preview(template)
+
+    def get_sendable(self, template: MessageTemplate) -> bool:
+        return template.status.upper() == "APPROVED"
+
+
+class TemplateSyncSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    removed = serializers.IntegerField()
+    total = serializers.IntegerField()
+    templates = TemplateSerializer(many=True)
+
+
+class TemplateSendSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=512)
+    language = serializers.CharField(max_length=16)
+    variables = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text='{"body": ["Ana", "A42"]} (positional) or {"body": {"first_name": "Ana"}} (named); '
+        '"header": its text, or {"link": "https://..."} / {"id": "<media id>"} for a media header',
+    )
+
+
+def _template_error(exc: templates.TemplateError) -> ApiError:
+    status_code = {"not_found": 404, "template_not_sendable": 409}.get(exc.code, 400)
+    return ApiError(status_code, exc.code, str(exc), exc.details or None)
+
+
+class ChannelTemplateListView(_ChannelLookup, APIView):
+    @extend_schema(
+        responses={200: TemplateSerializer(many=True)},
+        summary="List a WhatsApp channel's message templates",
+        description="The templates of the channel's WhatsApp Business Account as last synced, with what a send "
+        "must supply (`variables`) and a `preview`. Only `sendable` (APPROVED) ones can be sent.",
+    )
+    def get(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
+        channel = self.get_channel(channel_id)
+        rows = MessageTemplate.objects.for_tenant(self.tenant).filter(channel=channel)
+        return Response(TemplateSerializer(rows, many=True).data)
+
+
+class ChannelTemplateSyncView(_ChannelLookup, APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: TemplateSyncSerializer,
+            400: error_response(400, "No WhatsApp Business Account id (config.waba_id) or not WhatsApp.", "no_account"),
+            503: error_response(503, "Meta's Graph API could not be asked now; try again later.", "graph_unavailable"),
+        },
+        summary="Sync a WhatsApp channel's templates from Meta",
+        description="Reads every template of the channel's WhatsApp Business Account (`config.waba_id`) from the "
+        "Graph API and replaces the stored ones: name, language, category, status (and why Meta rejected or "
+        "paused one), components.",
+    )
+    def post(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
+        channel = self.get_channel(channel_id)
+        try:
+            result = templates.templates_sync(channel=channel)
+        except templates.TemplateError as exc:
+            raise _template_error(exc) from None
+        except SendError as exc:
+            if exc.permanent:
+                raise ApiError(502, "graph_refused", f"Meta refused the template list: {exc}") from None
+            raise ApiError(503, "graph_unavailable", "Meta's Graph API could not be asked now.") from None
+        rows = MessageTemplate.objects.for_tenant(self.tenant).filter(channel=channel)
+        return Response({**result.as_dict(), "templates": TemplateSerializer(rows, many=True).data})
+
+
+class ConversationTemplateView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request=TemplateSendSerializer,
+        responses={
+            201: MessageSerializer,
+            404: error_response(404, "No such conversation, or no such template on its channel.", "not_found"),
+            409: error_response(409, "The template is not approved (rejected, paused, ...): the reason is given.",
+                                "template_not_sendable"),
+            502: error_response(502, "The message is stored but Meta refused it.", "not_delivered"),
+        },
+        summary="Send a WhatsApp template into a conversation",
+        description="The way to reach a contact outside the 24-hour customer-service window. The template must "
+        "be APPROVED; `variables` fill its body (and a header's text or media). The message is stored as the "
+        "agent's (kind `template`, the text the contact reads) and the conversation moves to `agent`.",
+        examples=[
+            OpenApiExample(
+                "Order update",
+                value={"name": "order_update", "language": "en_US", "variables": {"body": ["Ana", "A42"]}},
+                request_only=True,
+            )
+        ],
+    )  # fmt: skip
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
+        data = TemplateSendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
+        if conversation is None:
+            raise ApiError(404, "not_found", "No such conversation.")
+        values = data.validated_data
+        try:
+            message = templates.conversation_send_template(
+                tenant=self.tenant,
+                conversation=conversation,
+                name=values["name"],
+                language=values["language"],
+                variables=values.get("variables") or {},
+                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            )
+        except templates.TemplateError as exc:
+            raise _template_error(exc) from None
+        if message.status == Message.Status.FAILED:
+            raise ApiError(
+                502,
+                "not_delivered",
+                "The template message was stored but the channel did not accept it.",
+                {"message_id": message.pk, "error": message.error},
+            )
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+# --- options to tap ------------------------------------------------------------------------------------
+
+
+class ChoiceSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=1000, help_text="Comes back as the tap's reply.payload")
+    title = serializers.CharField(max_length=24)
+    description = serializers.CharField(max_length=72, required=False, default="")
+
+
+class ChoicesSendSerializer(serializers.Serializer):
+    body = serializers.CharField(max_length=4096)
+    options = ChoiceSerializer(many=True)
+    header = serializers.CharField(max_length=60, required=False, default="")
+    footer = serializers.CharField(max_length=60, required=False, default="")
+    button_label = serializers.CharField(max_length=20, required=False, default="")
+    layout = serializers.ChoiceField(
+        choices=["auto", "buttons", "list"],
+        required=False,
+        default="auto",
+        help_text="WhatsApp: auto (buttons when up to 3 without descriptions, else a list), buttons or list",
+    )
+
+
+class ConversationChoicesView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request=ChoicesSendSerializer,
+        responses={
+            201: MessageSerializer,
+            400: error_response(400, "The platform cannot show these options (count, lengths).", "invalid_choices"),
+            404: error_response(404, "No such conversation.", "not_found"),
+            409: error_response(409, "The customer-service window has closed: send a template.",
+                                "outside_customer_service_window"),
+            502: error_response(502, "The message is stored but the channel refused it.", "not_delivered"),
+        },
+        summary="Offer options to tap in a conversation",
+        description="WhatsApp: reply buttons (up to 3) or a list (up to 10 rows); Messenger: quick replies (up to "
+        "13); other channels: numbered text. The contact's tap comes back as an inbound message whose "
+        "`reply.payload` is the option's `id`. Stored as the agent's message (kind `choices`).",
+        examples=[
+            OpenApiExample(
+                "Delivery slot",
+                value={"body": "When should we deliver?", "options": [
+                    {"id": "slot_am", "title": "Morning"}, {"id": "slot_pm", "title": "Afternoon"}]},
+                request_only=True,
+            )
+        ],
+    )  # fmt: skip
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
+        data = ChoicesSendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
+        if conversation is None:
+            raise ApiError(404, "not_found", "No such conversation.")
+        values = dict(data.validated_data)
+        options = [Choice(**o) for o in values.pop("options")]
+        choices = Choices(options=options, style=values.pop("layout"), **values)
+        try:
+            message = conversation_sends.conversation_send_choices(
+                tenant=self.tenant,
+                conversation=conversation,
+                choices=choices,
+                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            )
+        except InvalidChoices as exc:
+            raise ApiError(400, "invalid_choices", str(exc)) from None
+        except window.OutsideWindow as exc:
+            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
+        if message.status == Message.Status.FAILED:
+            raise ApiError(
+                502,
+                "not_delivered",
+                "The message was stored but the channel did not accept it.",
+                {"message_id": message.pk, "error": message.error},
+            )
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # WhatsApp's largest (documents); each platform checks its own
+
+
+class MediaSendSerializer(serializers.Serializer):
+    file = serializers.FileField(required=False, help_text="The file (multipart); uploaded to the platform")
+    link = serializers.URLField(required=False, help_text="Or an https URL the platform fetches")
+    kind = serializers.ChoiceField(
+        choices=["image", "audio", "video", "document", "sticker"],
+        required=False,
+        help_text="Default: from the file's type (image/audio/video, else document)",
+    )
+    mime_type = serializers.CharField(max_length=127, required=False, help_text="Default: the upload's type")
+    filename = serializers.CharField(max_length=240, required=False, default="")
+    caption = serializers.CharField(max_length=1024, required=False, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("file")) == bool(attrs.get("link")):
+            raise serializers.ValidationError("give either file or link")
+        return attrs
+
+
+class ConversationMediaView(TenantScopedMixin, APIView):
+    @extend_schema(
+        request={"multipart/form-data": MediaSendSerializer, "application/json": MediaSendSerializer},
+        responses={
+            201: MessageSerializer,
+            400: error_response(400, "The platform does not take this file (type, size).", "invalid_media"),
+            404: error_response(404, "No such conversation.", "not_found"),
+            409: error_response(409, "The customer-service window has closed: send a template.",
+                                "outside_customer_service_window"),
+            502: error_response(502, "The message is stored but the channel refused it.", "not_delivered"),
+        },
+        summary="Send a file (image, document, audio, video) into a conversation",
+        description="Upload a `file` (multipart; uploaded to Meta's media endpoint, then sent by id) or give an "
+        "https `link` Meta fetches. WhatsApp: images JPEG/PNG up to 5 MB, audio and video up to 16 MB, "
+        "documents (PDF, Office, text) up to 100 MB; Messenger: up to 25 MB. Stored as the agent's message "
+        "(kind = the media kind, content = the caption).",
+    )  # fmt: skip
+    def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
+        data = MediaSendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
+        if conversation is None:
+            raise ApiError(404, "not_found", "No such conversation.")
+        values = data.validated_data
+        upload = values.get("file")
+        content = None
+        mime = values.get("mime_type") or ""
+        filename = values.get("filename") or ""
+        if upload is not None:
+            if upload.size > MAX_UPLOAD_BYTES:
+                raise ApiError(413, "payload_too_large", f"Files are at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+            content = upload.read()
+            mime = mime or upload.content_type or "application/octet-stream"
+            filename = filename or upload.name or ""
+        media = OutboundMedia(
+            kind=values.get("kind") or outbound_media.media_kind(mime),
+            link=values.get("link") or "",
+            content=content,
+            mime_type=mime,
+            filename=filename,
+            caption=values.get("caption") or "",
+        )
+        try:
+            message = outbound_media.conversation_send_media(
+                tenant=self.tenant,
+                conversation=conversation,
+                media=media,
+                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            )
+        except InvalidMedia as exc:
+            raise ApiError(400, "invalid_media", str(exc)) from None
+        except window.OutsideWindow as exc:
+            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
+        if message.status == Message.Status.FAILED:
+            raise ApiError(
+                502,
+                "not_delivered",
+                "The message was stored but the channel did not accept it.",
+                {"message_id": message.pk, "error": message.error},
+            )
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)

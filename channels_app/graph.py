@@ -149,6 +149,10 @@ class GraphClient:
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", self.url(path), json=payload)
 
+    def post_form(self, path: str, data: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> dict[str, Any]:
+        """A multipart/form-data POST (media uploads: ``files`` maps a field to (filename, bytes, mime))."""
+        return self._request("POST", self.url(path), data=data, files=files)
+
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._request("GET", self.url(path), params=params)
 

@@ -149,3 +149,35 @@ class UnroutedWebhook(models.Model):
 
     def __str__(self) -> str:
         return f"{self.platform} webhook for {', '.join(self.external_ids) or 'nothing'} ({self.reason})"
+
+
+class MessageTemplate(TenantOwned):
+    """A WhatsApp message template as Meta last reported it for a WhatsApp Business Account (WABA).
+
+    Synced from ``GET /{waba-id}/message_templates`` (channels_app.services.templates); only an
+    ``APPROVED`` one can be sent. Meta identifies a template by name and language within its WABA.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The channel it was synced through (its phone number sends it); the WABA owns it at Meta.
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="templates")
+    waba_id = models.CharField(max_length=32)
+    meta_id = models.CharField(max_length=64, blank=True, default="")
+    name = models.CharField(max_length=512)
+    language = models.CharField(max_length=16)
+    category = models.CharField(max_length=32, blank=True, default="")  # MARKETING | UTILITY | AUTHENTICATION
+    status = models.CharField(max_length=32, blank=True, default="")  # APPROVED | PENDING | REJECTED | PAUSED ...
+    rejected_reason = models.CharField(max_length=200, blank=True, default="")
+    parameter_format = models.CharField(max_length=16, blank=True, default="")  # POSITIONAL | NAMED
+    components = models.JSONField(default=list, blank=True)
+    synced_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name", "language"]
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "name", "language"], name="template_unique_name_language")
+        ]
+        indexes = [models.Index(fields=["tenant", "channel"], name="template_tenant_channel")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.language}, {self.status or 'unknown'})"

@@ -16,4 +16,29 @@ urlpatterns: list = [
         api.ChannelCredentialsView.as_view(),
         name="channel-credentials",
     ),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/templates/",
+        api.ChannelTemplateListView.as_view(),
+        name="channel-templates",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/templates/sync/",
+        api.ChannelTemplateSyncView.as_view(),
+        name="channel-templates-sync",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/conversations/<uuid:conversation_id>/template/",
+        api.ConversationTemplateView.as_view(),
+        name="conversation-template",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/conversations/<uuid:conversation_id>/choices/",
+        api.ConversationChoicesView.as_view(),
+        name="conversation-choices",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/conversations/<uuid:conversation_id>/media/",
+        api.ConversationMediaView.as_view(),
+        name="conversation-media",
+    ),
 ]

@@ -253,6 +253,101 @@ class MessageTagAdapter(Protocol):
     ) -> SendResult: ...
 
 
+@dataclass
+class Choice:
+    """One option the contact can tap; ``id`` comes back as the tap's ``reply.payload``."""
+
+    id: str
+    title: str
+    description: str = ""
+
+
+@dataclass
+class Choices:
+    """A message with options to tap: WhatsApp reply buttons (up to 3) or a list (up to 10 rows),
+    Messenger quick replies (up to 13). ``style``: ``auto`` (buttons when they fit, else a list),
+    ``buttons`` or ``list``; ``button_label`` opens a WhatsApp list."""
+
+    body: str
+    options: list[Choice]
+    header: str = ""
+    footer: str = ""
+    button_label: str = ""
+    style: str = "auto"
+
+
+class InvalidChoices(ValueError):
+    """Choices a platform cannot show (too many, titles too long, ...), refused before sending."""
+
+
+@runtime_checkable
+class InteractiveAdapter(Protocol):
+    """Optional: send options to tap; a tap comes back as a message with ``reply.payload``."""
+
+    def check_choices(self, choices: Choices) -> None:
+        """Raise InvalidChoices when the platform cannot show these (its documented limits)."""
+        ...
+
+    def send_choices(
+        self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]
+    ) -> SendResult: ...
+
+
+@dataclass
+class OutboundMedia:
+    """A file to send: by ``link`` (an https URL the platform fetches), by a ``media_id`` already
+    uploaded, or as ``content`` that is uploaded first. ``kind``: image | audio | video | document | sticker."""
+
+    kind: str
+    link: str = ""
+    media_id: str = ""
+    content: bytes | None = field(default=None, repr=False)
+    mime_type: str = ""
+    filename: str = ""
+    caption: str = ""
+
+
+class InvalidMedia(ValueError):
+    """A file the platform does not take (type, size, missing source), refused before sending."""
+
+
+@runtime_checkable
+class MediaSendAdapter(Protocol):
+    """Optional: send images, documents, audio and video (uploaded to the platform or by link)."""
+
+    def check_media(self, media: OutboundMedia) -> None:
+        """Raise InvalidMedia when the platform refuses this kind, type or size (its documented limits)."""
+        ...
+
+    def upload_media(self, *, channel_external_id: str, media: OutboundMedia, credentials: dict[str, str]) -> str:
+        """Upload ``media.content``; the platform's id for it."""
+        ...
+
+    def send_media(
+        self, *, channel_external_id: str, recipient_id: str, media: OutboundMedia, credentials: dict[str, str]
+    ) -> SendResult: ...
+
+
+@runtime_checkable
+class TemplateAdapter(Protocol):
+    """Optional: pre-approved message templates (WhatsApp), the one way to write outside the window."""
+
+    def fetch_templates(self, *, account_id: str, credentials: dict[str, str]) -> list[dict[str, Any]]:
+        """Every template of the business account, as Meta describes it (all pages)."""
+        ...
+
+    def send_template(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        name: str,
+        language: str,
+        components: list[dict[str, Any]],
+        credentials: dict[str, str],
+    ) -> SendResult: ...
+
+
 @runtime_checkable
 class PreparedVerifierAdapter(Protocol):
     """Optional: a reusable signature check for one app secret (the webhook intake caches it)."""

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from django.conf import settings
 
 from channels_app.adapters.base import (
+    Choices,
+    InvalidChoices,
+    InvalidMedia,
     Media,
     NormalizedMessage,
+    OutboundMedia,
     ParsedPayload,
     SendResult,
     ServiceWindow,
@@ -22,6 +27,11 @@ from channels_app.graph import GraphClient
 
 # Messenger attachment types -> our Media kinds ("file" stays "file": no caption, any mime type).
 ATTACHMENT_KINDS = {"image": "image", "audio": "audio", "video": "video", "file": "file"}
+
+
+# Outbound attachments: our kind -> Messenger's attachment type; 25 MB per file (Send API attachments).
+OUTBOUND_ATTACHMENT_TYPES = {"image": "image", "audio": "audio", "video": "video", "document": "file"}
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 
 
 class _EventBase(TypedDict):
@@ -234,6 +244,85 @@ class MessengerAdapter:
                 {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": {"text": part}},
             )
             ids.append(str(answer.get("message_id", "")))
+        return SendResult(platform_message_ids=ids)
+
+    def check_choices(self, choices: Choices) -> None:
+        """Quick replies: up to 13, titles up to 20 characters, payloads up to 1000, text up to 2000."""
+        options = choices.options
+        problems = [
+            (not options, "at least one option is needed"),
+            (len(options) > 13, "at most 13 quick replies"),
+            (not choices.body.strip() or len(choices.body) > self.max_text_length, "the text is 1-2000 characters"),
+            (any(not 0 < len(o.title) <= 20 for o in options), "quick reply titles are 1-20 characters"),
+            (any(not o.id.strip() or len(o.id) > 1000 for o in options), "quick reply payloads are 1-1000 characters"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise InvalidChoices(message)
+
+    def send_choices(
+        self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]
+    ) -> SendResult:
+        """Text with ``quick_replies``; header and footer, which Messenger lacks, go around the text."""
+        self.check_choices(choices)
+        text = "\n\n".join(part for part in (choices.header, choices.body, choices.footer) if part)
+        replies = [{"content_type": "text", "title": o.title, "payload": o.id} for o in choices.options]
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        answer = client.post(
+            f"{channel_external_id}/messages",
+            {
+                "recipient": {"id": recipient_id},
+                "messaging_type": "RESPONSE",
+                "message": {"text": text[: self.max_text_length], "quick_replies": replies},
+            },
+        )
+        return SendResult(platform_message_ids=[str(answer.get("message_id", ""))])
+
+    def check_media(self, media: OutboundMedia) -> None:
+        if media.kind not in OUTBOUND_ATTACHMENT_TYPES:
+            raise InvalidMedia(f"Messenger sends {', '.join(OUTBOUND_ATTACHMENT_TYPES)}, not '{media.kind}'")
+        if not (media.link or media.media_id or media.content):
+            raise InvalidMedia("give the file, an uploaded attachment id or an https link")
+        if media.link and not media.link.startswith("https://"):
+            raise InvalidMedia("a media link must be an https:// URL")
+        if media.content is not None and len(media.content) > MAX_ATTACHMENT_BYTES:
+            raise InvalidMedia(f"a Messenger attachment is at most {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB")
+        family = media.mime_type.split("/")[0].lower()
+        if media.content is not None and media.kind != "document" and family != media.kind:
+            raise InvalidMedia(f"a Messenger {media.kind} must have a {media.kind}/* type, not '{media.mime_type}'")
+
+    def upload_media(self, *, channel_external_id: str, media: OutboundMedia, credentials: dict[str, str]) -> str:
+        """``POST /{page-id}/message_attachments`` (Attachment Upload API): a reusable attachment id."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        kind = OUTBOUND_ATTACHMENT_TYPES[media.kind]
+        message = {"attachment": {"type": kind, "payload": {"is_reusable": True}}}
+        answer = client.post_form(
+            f"{channel_external_id}/message_attachments",
+            data={"message": json.dumps(message)},
+            files={"filedata": (media.filename or f"{media.kind}.bin", media.content or b"", media.mime_type)},
+        )
+        return str(answer.get("attachment_id", ""))
+
+    def send_media(
+        self, *, channel_external_id: str, recipient_id: str, media: OutboundMedia, credentials: dict[str, str]
+    ) -> SendResult:
+        """The attachment by id or URL; a caption, which Messenger attachments lack, follows as text."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        payload = {"attachment_id": media.media_id} if media.media_id else {"url": media.link, "is_reusable": True}
+        attachment = {"type": OUTBOUND_ATTACHMENT_TYPES[media.kind], "payload": payload}
+        answer = client.post(
+            f"{channel_external_id}/messages",
+            {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": {"attachment": attachment}},
+        )
+        ids = [str(answer.get("message_id", ""))]
+        if media.caption:
+            caption = self.send_text(
+                channel_external_id=channel_external_id,
+                recipient_id=recipient_id,
+                text=media.caption,
+                credentials=credentials,
+            )
+            ids += caption.platform_message_ids
         return SendResult(platform_message_ids=ids)
 
     def send_tagged_text(

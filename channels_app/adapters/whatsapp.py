@@ -8,8 +8,12 @@ from typing import Any
 from django.conf import settings
 
 from channels_app.adapters.base import (
+    Choices,
+    InvalidChoices,
+    InvalidMedia,
     Media,
     NormalizedMessage,
+    OutboundMedia,
     ParsedPayload,
     SendResult,
     ServiceWindow,
@@ -21,6 +25,35 @@ from channels_app.adapters.meta import MetaSignatureVerifier, as_dict, dicts, sp
 from channels_app.graph import GraphClient
 
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
+# Media the Cloud API sends (Meta's "Supported media types"): mime types and the size limit of each kind.
+MB = 1024 * 1024
+OUTBOUND_MEDIA: dict[str, tuple[frozenset[str], int]] = {
+    "image": (frozenset({"image/jpeg", "image/png"}), 5 * MB),
+    "audio": (frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"}), 16 * MB),
+    "video": (frozenset({"video/mp4", "video/3gpp"}), 16 * MB),
+    "sticker": (frozenset({"image/webp"}), 500 * 1024),
+    "document": (
+        frozenset(
+            {
+                "text/plain",
+                "application/pdf",
+                "application/msword",
+                "application/vnd.ms-excel",
+                "application/vnd.ms-powerpoint",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            }
+        ),
+        100 * MB,
+    ),
+}
+CAPTION_KINDS = ("image", "video", "document")
+MAX_CAPTION = 1024
+# What a template sync asks Meta for (Message Templates API), and how many templates per page.
+TEMPLATE_FIELDS = "id,name,language,category,status,rejected_reason,parameter_format,components"
+TEMPLATE_PAGE_SIZE = 100
+TEMPLATE_SYNC_MAX_PAGES = 50
 
 
 def _first_error(errors: Any) -> dict[str, Any] | None:
@@ -41,6 +74,11 @@ def _contact_text(contact: dict[str, Any]) -> str:
     name = str(name_parts.get("formatted_name") or name_parts.get("first_name", ""))
     phones = ", ".join(str(p["phone"]) for p in dicts(contact.get("phones")) if p.get("phone"))
     return f"{name} ({phones})" if phones else name
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidChoices(message)
 
 
 class WhatsAppAdapter:
@@ -157,7 +195,8 @@ class WhatsAppAdapter:
             sub = str(body.get("type", ""))
             reply = body.get(sub) if isinstance(body.get(sub), dict) else None
             if sub in ("button_reply", "list_reply") and reply:
-                msg.reply = {"id": str(reply.get("id", "")), "title": str(reply.get("title", ""))}
+                tapped = str(reply.get("id", ""))
+                msg.reply = {"id": tapped, "payload": tapped, "title": str(reply.get("title", ""))}
                 if reply.get("description"):
                     msg.reply["description"] = str(reply["description"])
                 msg.text = msg.reply["title"]
@@ -239,6 +278,143 @@ class WhatsAppAdapter:
         if settings.WHATSAPP_TYPING_INDICATOR:
             payload["typing_indicator"] = {"type": "text"}
         client.post(f"{channel_external_id}/messages", payload)
+
+    def check_choices(self, choices: Choices) -> None:
+        """Meta's limits: body 1024 (buttons) / 4096 (list) characters, 1-3 buttons of 20 characters, or
+        1-10 rows of 24 (description 72), ids up to 256 (list rows 200), header and footer 60."""
+        as_buttons = self._as_buttons(choices)
+        options = choices.options
+        if not options:
+            raise InvalidChoices("at least one option is needed")
+        if len({o.id for o in options}) != len(options) or any(not o.id.strip() for o in options):
+            raise InvalidChoices("every option needs its own non-empty id")
+        limits = (1024, 3, 20, 256) if as_buttons else (4096, 10, 24, 200)
+        body_max, count_max, title_max, id_max = limits
+        _check(bool(choices.body.strip()), "the body text is required")
+        _check(len(choices.body) <= body_max, f"the body is over {body_max} characters")
+        _check(len(options) <= count_max, f"at most {count_max} {'buttons' if as_buttons else 'rows'}")
+        for option in options:
+            _check(0 < len(option.title) <= title_max, f"option titles are 1-{title_max} characters: {option.title!r}")
+            _check(len(option.id) <= id_max, f"option ids are at most {id_max} characters")
+            _check(len(option.description) <= 72, "row descriptions are at most 72 characters")
+            _check(not (as_buttons and option.description), "reply buttons have no description: use style list")
+        _check(len(choices.header) <= 60 and len(choices.footer) <= 60, "header and footer are at most 60 characters")
+        _check(len(choices.button_label) <= 20, "the list's button label is at most 20 characters")
+
+    @staticmethod
+    def _as_buttons(choices: Choices) -> bool:
+        if choices.style in ("buttons", "list"):
+            return choices.style == "buttons"
+        return len(choices.options) <= 3 and not any(o.description for o in choices.options)
+
+    def send_choices(
+        self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]
+    ) -> SendResult:
+        """An interactive ``button`` message (reply buttons) or ``list`` message (one section of rows)."""
+        self.check_choices(choices)
+        interactive: dict[str, Any] = {"body": {"text": choices.body}}
+        if self._as_buttons(choices):
+            interactive["type"] = "button"
+            buttons = [{"type": "reply", "reply": {"id": o.id, "title": o.title}} for o in choices.options]
+            interactive["action"] = {"buttons": buttons}
+        else:
+            interactive["type"] = "list"
+            rows = [
+                {"id": o.id, "title": o.title, **({"description": o.description} if o.description else {})}
+                for o in choices.options
+            ]
+            interactive["action"] = {"button": choices.button_label or "Choose", "sections": [{"rows": rows}]}
+        if choices.header:
+            interactive["header"] = {"type": "text", "text": choices.header}
+        if choices.footer:
+            interactive["footer"] = {"text": choices.footer}
+        message = {"type": "interactive", "interactive": interactive}
+        return self._send(channel_external_id, recipient_id, message, credentials=credentials)
+
+    def check_media(self, media: OutboundMedia) -> None:
+        if media.kind not in OUTBOUND_MEDIA:
+            raise InvalidMedia(f"WhatsApp sends {', '.join(OUTBOUND_MEDIA)}, not '{media.kind}'")
+        types, limit = OUTBOUND_MEDIA[media.kind]
+        if not (media.link or media.media_id or media.content):
+            raise InvalidMedia("give the file, an uploaded media id or an https link")
+        if media.link and not media.link.startswith("https://"):
+            raise InvalidMedia("a media link must be an https:// URL")
+        if media.content is not None:
+            mime = media.mime_type.split(";")[0].strip().lower()
+            if mime not in types:
+                raise InvalidMedia(f"WhatsApp takes {media.kind} as {', '.join(sorted(types))}, not '{mime or '?'}'")
+            if len(media.content) > limit:
+                raise InvalidMedia(
+                    f"a WhatsApp {media.kind} is at most {limit // 1024} KB; this one is {len(media.content) // 1024} KB"
+                )
+        if media.caption and (media.kind not in CAPTION_KINDS or len(media.caption) > MAX_CAPTION):
+            raise InvalidMedia(f"captions go with {', '.join(CAPTION_KINDS)}, up to {MAX_CAPTION} characters")
+
+    def upload_media(self, *, channel_external_id: str, media: OutboundMedia, credentials: dict[str, str]) -> str:
+        """``POST /{phone-number-id}/media`` (multipart: file, type, messaging_product): the media id."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        mime = media.mime_type.split(";")[0].strip().lower()
+        answer = client.post_form(
+            f"{channel_external_id}/media",
+            data={"messaging_product": "whatsapp", "type": mime},
+            files={"file": (media.filename or f"{media.kind}.bin", media.content or b"", mime)},
+        )
+        return str(answer.get("id", ""))
+
+    def send_media(
+        self, *, channel_external_id: str, recipient_id: str, media: OutboundMedia, credentials: dict[str, str]
+    ) -> SendResult:
+        body: dict[str, Any] = {"id": media.media_id} if media.media_id else {"link": media.link}
+        if media.caption and media.kind in CAPTION_KINDS:
+            body["caption"] = media.caption
+        if media.filename and media.kind == "document":
+            body["filename"] = media.filename
+        return self._send(
+            channel_external_id, recipient_id, {"type": media.kind, media.kind: body}, credentials=credentials
+        )
+
+    def fetch_templates(self, *, account_id: str, credentials: dict[str, str]) -> list[dict[str, Any]]:
+        """``GET /{waba-id}/message_templates``, following ``paging.cursors.after`` while Meta says
+        there is a ``next`` page (bounded: TEMPLATE_SYNC_MAX_PAGES)."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        params: dict[str, Any] = {"fields": TEMPLATE_FIELDS, "limit": TEMPLATE_PAGE_SIZE}
+        found: list[dict[str, Any]] = []
+        for _page in range(TEMPLATE_SYNC_MAX_PAGES):
+            answer = client.get(f"{account_id}/message_templates", params=params)
+            found.extend(dicts(answer.get("data")))
+            paging = as_dict(answer.get("paging"))
+            after = as_dict(paging.get("cursors")).get("after")
+            if not paging.get("next") or not after:
+                break
+            params = {**params, "after": str(after)}
+        return found
+
+    def send_template(
+        self,
+        *,
+        channel_external_id: str,
+        recipient_id: str,
+        name: str,
+        language: str,
+        components: list[dict[str, Any]],
+        credentials: dict[str, str],
+    ) -> SendResult:
+        template: dict[str, Any] = {"name": name, "language": {"code": language}}
+        if components:
+            template["components"] = components
+        return self._send(
+            channel_external_id, recipient_id, {"type": "template", "template": template}, credentials=credentials
+        )
+
+    def _send(
+        self, channel_external_id: str, recipient_id: str, message: dict[str, Any], *, credentials: dict[str, str]
+    ) -> SendResult:
+        """One message of any type to ``POST /{phone-number-id}/messages``; its wamid back."""
+        client = GraphClient(access_token=credentials.get("access_token", ""))
+        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": recipient_id, **message}
+        answer = client.post(f"{channel_external_id}/messages", payload)
+        messages = answer.get("messages") or [{}]
+        return SendResult(platform_message_ids=[str(as_dict(messages[0]).get("id", ""))])
 
     def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
         """Look the media id up for a fresh URL, then download it with the bearer token."""

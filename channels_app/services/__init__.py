@@ -2,7 +2,10 @@
 
 - ``channels``: create, change and delete channels, their credentials and Graph-verified ids;
 - ``intake``: webhook routing, verification, storing and the handshake;
-- ``sending``: ``call_adapter`` (the one way to a platform), text replies, typing;
+- ``sending``: ``call_adapter`` (the one way to a platform), text replies, options to tap, typing;
+- ``window``: the customer-service window, checked before every free-form send;
+- ``templates``: WhatsApp message templates (sync, preview, send);
+- ``conversation_sends``: rich sends stored as an agent's message of a conversation;
 - ``statuses``: delivery statuses handed to the core;
 - ``media``: inbound attachments fetched before the turn;
 - ``health``: the channels health check.
@@ -38,7 +41,14 @@ from channels_app.services.intake import (
     webhook_too_large,
 )
 from channels_app.services.media import media_storage_path, prepare_inbound_message
-from channels_app.services.sending import call_adapter, guard_sendable, send_reply, send_typing
+from channels_app.services.sending import (
+    call_adapter,
+    choices_as_text,
+    guard_sendable,
+    send_choices,
+    send_reply,
+    send_typing,
+)
 from channels_app.services.statuses import StatusTargetNotFound, apply_status_update
 
 __all__ = [
@@ -58,6 +68,7 @@ __all__ = [
     "channel_enable_sending",
     "channel_set_credentials",
     "channel_update",
+    "choices_as_text",
     "clear_route_cache",
     "external_id_claim_apply",
     "external_id_claim_verify",
@@ -68,6 +79,7 @@ __all__ = [
     "media_storage_path",
     "prepare_inbound_message",
     "receive_webhook",
+    "send_choices",
     "send_reply",
     "send_typing",
     "verify_handshake",

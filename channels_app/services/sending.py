@@ -8,7 +8,15 @@ from typing import Any, TypeVar
 
 from django.utils import timezone
 
-from channels_app.adapters.base import MessageTagAdapter, SendError, SendResult, TypingAdapter, get_adapter
+from channels_app.adapters.base import (
+    Choices,
+    InteractiveAdapter,
+    MessageTagAdapter,
+    SendError,
+    SendResult,
+    TypingAdapter,
+    get_adapter,
+)
 from channels_app.models import Channel
 from channels_app.secrets import with_channel_secret
 from channels_app.services import window
@@ -85,6 +93,39 @@ def send_reply(
             reply_to_message_id=reply_to_message_id,
         ),
     )
+
+
+def send_choices(*, channel: Channel, recipient_id: str, choices: Choices, human: bool = False) -> SendResult:
+    """Options to tap (WhatsApp reply buttons or a list, Messenger quick replies); a tap comes back as a
+    message whose ``reply.payload`` is the option's id. Checked against the platform's limits
+    (InvalidChoices) and the window (OutsideWindow: options are free-form, never tagged) before any
+    call. A channel without the ability gets the options as numbered text."""
+    guard_sendable(channel)
+    adapter = get_adapter(channel.type)
+    if not isinstance(adapter, InteractiveAdapter):
+        return send_reply(channel=channel, recipient_id=recipient_id, text=choices_as_text(choices), human=human)
+    adapter.check_choices(choices)
+    if window.free_form_tag(channel=channel, recipient_id=recipient_id, human=human):
+        state = window.window_state(channel=channel, recipient_id=recipient_id)
+        raise window.OutsideWindow(
+            "options to tap need the 24-hour window; beyond it an agent can only write text or send a template",
+            last_inbound_at=state.last_inbound_at,
+            closed_at=state.closes_at,
+        )
+    return call_adapter(
+        channel=channel,
+        fn=lambda adapter, credentials: adapter.send_choices(
+            channel_external_id=channel.external_id, recipient_id=recipient_id, choices=choices, credentials=credentials
+        ),
+    )
+
+
+def choices_as_text(choices: Choices) -> str:
+    """The options as numbered lines, for channels that cannot show buttons, and for the transcript."""
+    lines = [
+        f"{i}. {o.title}" + (f" ({o.description})" if o.description else "") for i, o in enumerate(choices.options, 1)
+    ]
+    return "\n\n".join(part for part in (choices.header, choices.body, "\n".join(lines), choices.footer) if part)
 
 
 def _tagged(adapter: Any) -> MessageTagAdapter:

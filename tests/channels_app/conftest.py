@@ -1,5 +1,6 @@
 """Channels test kit: channels with real encrypted credentials, signed webhook posts, and a local
-HTTP server speaking the Graph API (messages, media lookup, media download, user profile)."""
+HTTP server speaking the Graph API (messages of every type, media lookup, media download, user
+profile, a WABA's message templates with cursor paging)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from email import policy as email_policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -23,6 +27,7 @@ from tenants.models import Tenant
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 WA_PHONE_NUMBER_ID = "1122334455667"
+WA_WABA_ID = "2233445566778"
 MS_PAGE_ID = "106543210987654"
 WA_SECRET = "wa-app-secret-0123456789abcdef"
 MS_SECRET = "ms-app-secret-fedcba9876543210"
@@ -58,7 +63,7 @@ def wa_channel(tenant: Tenant) -> Channel:
         type="whatsapp",
         name="Support line",
         external_id=WA_PHONE_NUMBER_ID,
-        config={"display_phone_number": "15550001111"},
+        config={"display_phone_number": "15550001111", "waba_id": WA_WABA_ID},
         credentials={"app_secret": WA_SECRET, "access_token": WA_TOKEN, "verify_token": "wa-verify-token"},
     )
 
@@ -131,6 +136,9 @@ class GraphRecorder:
         self.scripted: list[tuple[int, dict[str, Any]]] = []  # answers for the next POSTs, in order
         self.media: dict[str, tuple[bytes, str]] = {}
         self.profiles: dict[str, dict[str, str]] = {}
+        # WABA id -> its message templates as Meta lists them; served a page of template_page_size at a time.
+        self.templates: dict[str, list[dict[str, Any]]] = {}
+        self.template_page_size = 2
         self.lock = threading.Lock()
         self.counter = 0
         self.url = ""
@@ -169,7 +177,10 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+                return self._upload(raw)
+            body = json.loads(raw or b"{}")
             self._record(body)
             with recorder.lock:
                 scripted = recorder.scripted.pop(0) if recorder.scripted else None
@@ -201,6 +212,8 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
                     return self._answer(401, {"error": {"message": "token required", "code": 190}})
                 content, mime = recorder.media[key]
                 return self._answer(200, content, mime)
+            if path.endswith("/message_templates"):
+                return self._answer(*self._templates(path.split("/")[-2]))
             media_id = path.rsplit("/", 1)[1]
             if media_id in recorder.profiles:
                 return self._answer(200, {**recorder.profiles[media_id], "id": media_id})
@@ -218,6 +231,58 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
                     },
                 )
             return self._answer(404, {"error": {"message": "Unsupported get request.", "code": 100}})
+
+        def _upload(self, raw: bytes) -> None:
+            """Media upload (WhatsApp ``/{pnid}/media``, Messenger ``/{page}/message_attachments``): the
+            form's fields are recorded (files as (filename, mime, bytes)) under ``form``."""
+            head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+            parsed = BytesParser(policy=email_policy.HTTP).parsebytes(head + raw)
+            form: dict[str, Any] = {}
+            for part in parsed.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                content = part.get_payload(decode=True) or b""
+                filename = part.get_filename()
+                form[str(name)] = (filename, part.get_content_type(), content) if filename else content.decode()
+            with recorder.lock:
+                recorder.requests.append(
+                    {
+                        "method": "POST",
+                        "path": self.path.split("?")[0],
+                        "query": "",
+                        "json": None,
+                        "form": form,
+                        "authorization": self.headers.get("Authorization", ""),
+                    }
+                )
+                recorder.counter += 1
+                n = recorder.counter
+                scripted = recorder.scripted.pop(0) if recorder.scripted else None
+            if scripted is not None:
+                return self._answer(*scripted)
+            if self.path.split("?")[0].endswith("/message_attachments"):
+                return self._answer(200, {"attachment_id": f"att{n}"})
+            return self._answer(200, {"id": f"media{n}"})
+
+        def _templates(self, waba_id: str) -> tuple[int, dict[str, Any]]:
+            """``GET /{waba-id}/message_templates``: cursor paging as the Graph API does it."""
+            if self.headers.get("Authorization") != f"Bearer {WA_TOKEN}":
+                return 400, {"error": {"message": "Invalid OAuth access token.", "code": 190}}
+            if waba_id not in recorder.templates:
+                return 400, {
+                    "error": {"message": f"Unsupported get request. Object {waba_id} does not exist", "code": 100}
+                }
+            query = parse_qs(self.path.partition("?")[2])
+            start = int(query.get("after", ["0"])[0])
+            size = min(int(query.get("limit", ["25"])[0]), recorder.template_page_size)
+            everything = recorder.templates[waba_id]
+            page = everything[start : start + size]
+            answer: dict[str, Any] = {
+                "data": page,
+                "paging": {"cursors": {"before": str(start), "after": str(start + size)}},
+            }
+            if start + size < len(everything):
+                answer["paging"]["next"] = f"{recorder.url}/v25.0/{waba_id}/message_templates?after={start + size}"
+            return 200, answer
 
     running = local_http_server(Handler)
     recorder.url = running.url

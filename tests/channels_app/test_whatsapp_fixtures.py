@@ -150,7 +150,7 @@ def test_interactive_button_reply(wa_channel, post_webhook):
     receive(post_webhook, "interactive_button_reply")
     m = only_message(wa_channel)
     assert (m["type"], m["text"]) == ("interactive", "Talk to sales")
-    assert m["reply"] == {"id": "talk_to_sales", "title": "Talk to sales"}
+    assert m["reply"] == {"id": "talk_to_sales", "payload": "talk_to_sales", "title": "Talk to sales"}
     assert m["context_message_id"] == "wamid.OUTBOUND2=="
 
 
@@ -158,7 +158,7 @@ def test_interactive_list_reply(wa_channel, post_webhook):
     receive(post_webhook, "interactive_list_reply")
     m = only_message(wa_channel)
     assert (m["type"], m["text"]) == ("interactive", "Medium")
-    assert m["reply"] == {"id": "size_m", "title": "Medium", "description": "Fits 38-40"}
+    assert m["reply"] == {"id": "size_m", "payload": "size_m", "title": "Medium", "description": "Fits 38-40"}
 
 
 def test_button(wa_channel, post_webhook):

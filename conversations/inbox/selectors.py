@@ -38,25 +38,34 @@ def _list_sql() -> str:
         ConversationRead._meta.db_table,
     )
     users = get_user_model()._meta.db_table
+    # The page is chosen first (the order and the filters read the conversation row alone, from the
+    # tenant's rows), then only its rows get their contact, preview and unread count: computed for every
+    # row before the sort, those cost ~3 ms per 100 conversations.
     return f"""
+        WITH page AS (
+            SELECT c.*,
+                   CASE c.state WHEN 'handoff_requested' THEN 0 WHEN 'agent' THEN 1 WHEN 'bot' THEN 2 ELSE 3 END
+                       AS state_rank,
+                   CASE WHEN c.state = 'handoff_requested' THEN c.waiting_since END AS waiting_rank
+            FROM {c} c
+            WHERE c.tenant_id = %(tenant)s {{where}}
+            ORDER BY state_rank, waiting_rank ASC NULLS LAST, c.last_activity_at DESC, c.id
+            LIMIT %(limit)s OFFSET %(offset)s
+        )
         SELECT c.id, c.state, c.last_activity_at, c.waiting_since, c.created_at, c.handoff_reason,
                c.channel_id, ch.type, ch.name, c.assignee_id, u.username, u.first_name, u.last_name,
                k.id, k.profile_name, k.external_id, lm.content, lm.sender, lm.kind,
                (SELECT count(*) FROM (SELECT 1 FROM {m} x WHERE x.tenant_id = c.tenant_id
                     AND x.conversation_id = c.id AND x.direction = 'in'
                     AND x.id > COALESCE(r.last_read_message_id, 0) LIMIT {UNREAD_CAP + 1}) AS unread_rows)
-        FROM {c} c
+        FROM page c
         JOIN {k} k ON k.id = c.contact_id
         JOIN {ch} ch ON ch.id = c.channel_id
         LEFT JOIN {users} u ON u.id = c.assignee_id
         LEFT JOIN {r} r ON r.tenant_id = c.tenant_id AND r.conversation_id = c.id AND r.user_id = %(user)s
         LEFT JOIN LATERAL (SELECT x.content, x.sender, x.kind FROM {m} x WHERE x.tenant_id = c.tenant_id
             AND x.conversation_id = c.id AND x.sender = ANY(%(senders)s) ORDER BY x.id DESC LIMIT 1) lm ON true
-        WHERE c.tenant_id = %(tenant)s {{where}}
-        ORDER BY CASE c.state WHEN 'handoff_requested' THEN 0 WHEN 'agent' THEN 1 WHEN 'bot' THEN 2 ELSE 3 END,
-                 CASE WHEN c.state = 'handoff_requested' THEN c.waiting_since END ASC NULLS LAST,
-                 c.last_activity_at DESC, c.id
-        LIMIT %(limit)s OFFSET %(offset)s
+        ORDER BY c.state_rank, c.waiting_rank ASC NULLS LAST, c.last_activity_at DESC, c.id
     """  # noqa: S608 (our tables; values are parameters)
 
 

@@ -380,8 +380,8 @@ _captured = False
 def _log_uncaught(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, *, thread: str | None = None
 ) -> None:
-    if issubclass(exc_type, KeyboardInterrupt):
-        sys.__excepthook__(exc_type, exc, tb)
+    if issubclass(exc_type, KeyboardInterrupt) or _is_a_terminal(sys.stderr):
+        sys.__excepthook__(exc_type, exc, tb)  # a person reads it (manage.py shell, a command typed)
         return
     # One JSON line on stderr, where a crash is looked for (not through the stdout handler).
     where = f" in thread {thread}" if thread else ""
@@ -392,6 +392,13 @@ def _log_uncaught(
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(JsonFormatter().format(record) + "\n")
         sys.stderr.flush()
+
+
+def _is_a_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:

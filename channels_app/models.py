@@ -181,3 +181,22 @@ class MessageTemplate(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.language}, {self.status or 'unknown'})"
+
+
+class ContactAlias(TenantOwned):
+    """Another id Meta gives the same WhatsApp user on this channel: their phone number (``wa_id``) and
+    their business-scoped user id (BSUID, ``user_id``) both map to the one id the contact is known by
+    (``external_id``: the first seen). Written on intake (channels_app.services.identities)."""
+
+    id = models.BigAutoField(primary_key=True)
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="+", db_index=False)
+    alias = models.CharField(max_length=255)
+    external_id = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "alias"], name="contact_alias_unique")]
+        indexes = [models.Index(fields=["tenant", "channel", "external_id"], name="contact_alias_external_id")]
+
+    def __str__(self) -> str:
+        return f"{self.alias} -> {self.external_id}"

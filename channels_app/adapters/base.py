@@ -349,6 +349,15 @@ class TemplateAdapter(Protocol):
 
 
 @runtime_checkable
+class ScopedIdentityAdapter(Protocol):
+    """Optional: a platform that may name one user by several ids (WhatsApp: phone number and BSUID)."""
+
+    def sender_identities(self, message: NormalizedMessage) -> list[str]:
+        """Every id this message names its sender by, the phone number (when given) first."""
+        ...
+
+
+@runtime_checkable
 class PreparedVerifierAdapter(Protocol):
     """Optional: a reusable signature check for one app secret (the webhook intake caches it)."""
 

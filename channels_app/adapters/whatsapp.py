@@ -76,6 +76,12 @@ def _contact_text(contact: dict[str, Any]) -> str:
     return f"{name} ({phones})" if phones else name
 
 
+def addressed(recipient_id: str) -> dict[str, str]:
+    """A phone number goes in ``to``; a contact known only by a business-scoped user id (BSUID, e.g.
+    ``US.13491208655302741918``) in ``recipient`` (BSUID rollout, 2026; see docs/channels.md)."""
+    return {"to": recipient_id} if recipient_id.isdigit() else {"recipient": recipient_id}
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise InvalidChoices(message)
@@ -251,7 +257,7 @@ class WhatsAppAdapter:
             payload: dict[str, Any] = {
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
-                "to": recipient_id,
+                **addressed(recipient_id),
                 "type": "text",
                 "text": {"preview_url": False, "body": part},
             }
@@ -278,6 +284,12 @@ class WhatsAppAdapter:
         if settings.WHATSAPP_TYPING_INDICATOR:
             payload["typing_indicator"] = {"type": "text"}
         client.post(f"{channel_external_id}/messages", payload)
+
+    def sender_identities(self, message: NormalizedMessage) -> list[str]:
+        """``from`` (the phone number, absent for some username users) and ``from_user_id`` (the BSUID)."""
+        raw = message.raw if isinstance(message.raw, dict) else {}
+        ids = [str(raw.get(key) or "") for key in ("from", "from_user_id")]
+        return [i for n, i in enumerate(ids) if i and i not in ids[:n]]
 
     def check_choices(self, choices: Choices) -> None:
         """Meta's limits: body 1024 (buttons) / 4096 (list) characters, 1-3 buttons of 20 characters, or
@@ -411,7 +423,12 @@ class WhatsAppAdapter:
     ) -> SendResult:
         """One message of any type to ``POST /{phone-number-id}/messages``; its wamid back."""
         client = GraphClient(access_token=credentials.get("access_token", ""))
-        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": recipient_id, **message}
+        payload = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            **addressed(recipient_id),
+            **message,
+        }
         answer = client.post(f"{channel_external_id}/messages", payload)
         messages = answer.get("messages") or [{}]
         return SendResult(platform_message_ids=[str(as_dict(messages[0]).get("id", ""))])

@@ -26,6 +26,7 @@ from channels_app.adapters.base import (
 )
 from channels_app.models import Channel, ChannelSecret
 from channels_app.secrets import with_channel_secret
+from channels_app.services import identities
 from config import metrics
 from config.errors import error_body
 from tenants.secrets import SecretError
@@ -215,6 +216,9 @@ def _store(routes: dict[str, Route], parsed: ParsedPayload) -> int:
             groups.setdefault(status.channel_external_id, ([], []))[1].append(status)
     if not groups:
         return 0
+    for ext, (messages, _statuses) in groups.items():
+        if messages:
+            identities.resolve_senders(channel=routes[ext].channel, messages=messages)
     if len(groups) == 1 and connection.get_autocommit():
         # One INSERT is atomic by itself: skip BEGIN/COMMIT round trips on the hot path.
         ext, (messages, statuses) = next(iter(groups.items()))

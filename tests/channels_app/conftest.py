@@ -197,7 +197,7 @@ def graph(local_http_server: Callable[..., Any], settings: Any) -> GraphRecorder
                     200,
                     {
                         "messaging_product": "whatsapp",
-                        "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                        "contacts": [{"input": body.get("to") or body.get("recipient"), "wa_id": body.get("to", "")}],
                         "messages": [{"id": f"wamid.OUT{n}=="}],
                     },
                 )

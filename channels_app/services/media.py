@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from channels_app import inbound
+from channels_app import inbound, transcription
 from channels_app.adapters.base import Media, NormalizedMessage, ProfileAdapter, SendError, get_adapter
 from channels_app.models import Channel, InboundEvent
 from channels_app.services.sending import call_adapter
@@ -66,6 +66,8 @@ def prepare_inbound_message(*, inbound_id: int, final_attempt: bool = False) -> 
             ),
             ContentFile(content),
         )
+        if media.kind == "audio" and media.voice and not message.text:
+            _transcribe_voice(message, media, content, final_attempt=final_attempt)
     if not message.sender_name and isinstance(adapter, ProfileAdapter):
         message.sender_name = _profile_name(channel, message.sender_id)
     message.raw = {**message.raw, "_prepared": True}
@@ -81,6 +83,29 @@ def prepare_inbound_message(*, inbound_id: int, final_attempt: bool = False) -> 
         if updated:
             transaction.on_commit(lambda: inbound.enqueue([(row.pk, InboundEvent.Kind.MESSAGE, False)]), robust=True)
     return bool(updated)
+
+
+def _transcribe_voice(message: NormalizedMessage, media: Media, content: bytes, *, final_attempt: bool) -> None:
+    """A voice note's transcript becomes the message's text (what the pipeline answers and agents read,
+    beside the audio), kept in ``raw._transcript``. Without a transcription endpoint the message is
+    marked ``raw._voice_untranscribed`` so the pipeline can say it cannot understand voice notes yet.
+    Transient endpoint failures raise (the task retries); after the last attempt, or a permanent
+    failure, the error is kept in ``raw._transcript_error`` and the message goes on untranscribed."""
+    if not transcription.configured():
+        message.raw = {**message.raw, "_voice_untranscribed": True}
+        return
+    try:
+        text = transcription.transcribe(content, mime_type=media.mime_type, filename=media.filename or "voice.ogg")
+    except SendError as exc:
+        if not exc.permanent and not final_attempt:
+            raise
+        message.raw = {**message.raw, "_voice_untranscribed": True, "_transcript_error": str(exc)[:300]}
+        logger.warning("voice note not transcribed", extra={"message_id": message.message_id, "error": str(exc)})
+        return
+    message.text = text
+    message.raw = {**message.raw, "_transcript": {"text": text, "model": settings.VOICE_TRANSCRIPTION_MODEL}}
+    if not text:
+        message.raw["_voice_untranscribed"] = True
 
 
 def _profile_name(channel: Channel, user_id: str) -> str:

@@ -40,6 +40,12 @@ WEBHOOK_CHANNEL_CACHE_SECONDS = env_float("WEBHOOK_CHANNEL_CACHE_SECONDS", 5.0)
 MESSENGER_PROFILE_CACHE_SECONDS = env_int("MESSENGER_PROFILE_CACHE_SECONDS", 86400)
 # Inbound media larger than this is not downloaded (WhatsApp allows 100 MB).
 CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
+# Voice notes: an OpenAI-compatible transcription endpoint (base URL, e.g. https://api.openai.com/v1;
+# POST <url>/audio/transcriptions). Empty: voice notes are not transcribed (channels_app.transcription).
+VOICE_TRANSCRIPTION_URL = os.environ.get("VOICE_TRANSCRIPTION_URL", "")
+VOICE_TRANSCRIPTION_API_KEY = os.environ.get("VOICE_TRANSCRIPTION_API_KEY", "")
+VOICE_TRANSCRIPTION_MODEL = os.environ.get("VOICE_TRANSCRIPTION_MODEL", "whisper-1")
+VOICE_TRANSCRIPTION_TIMEOUT = env_float("VOICE_TRANSCRIPTION_TIMEOUT", 30.0)
 # bench/webhook_ingest.py only: POST /webhooks/_bench/bare answers 200 at once (channels_app.webhook_asgi).
 WEBHOOK_BENCH_BARE_ENDPOINT = env_bool("WEBHOOK_BENCH_BARE_ENDPOINT", False)
 # Publish inbound tasks from a background thread so webhook acknowledgements never wait on the broker

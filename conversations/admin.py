@@ -20,6 +20,7 @@ from django.utils.html import format_html
 
 from channels_app.models import Channel
 from conversations import analytics_admin, selectors, services
+from conversations.inbox import services as inbox_services
 from conversations.models import CannedReply, Conversation, Message, SatisfactionRating, TenantFunction
 from conversations.state import InvalidTransition
 from conversations.tools import FunctionDefinitionError, validate_definition
@@ -57,8 +58,17 @@ class ReplyForm(forms.Form):
 
 @admin.register(Conversation)
 class ConversationAdmin(TenantScopedAdmin):
-    list_display = ["contact_name", "state_badge", "channel", "handoff_reason", "last_activity_at", "cost_usd"]
-    list_filter = ["state", ChannelFilter, ("last_activity_at", admin.DateFieldListFilter)]
+    list_display = [
+        "contact_name",
+        "state_badge",
+        "channel",
+        "handoff_reason",
+        "sentiment",
+        "tag_list",
+        "last_activity_at",
+        "cost_usd",
+    ]
+    list_filter = ["state", ChannelFilter, "sentiment", ("last_activity_at", admin.DateFieldListFilter)]
     search_fields = ["contact__profile_name", "contact__external_id"]
     list_select_related = ["contact", "channel"]
     date_hierarchy = "last_activity_at"
@@ -79,6 +89,10 @@ class ConversationAdmin(TenantScopedAdmin):
         return bool(request.user.is_superuser)
 
     @admin.display(description="contact", ordering="contact__profile_name")
+    @admin.display(description="Tags")
+    def tag_list(self, obj: Conversation) -> str:
+        return ", ".join(obj.tags)
+
     def contact_name(self, obj: Conversation) -> str:
         return str(obj.contact)
 
@@ -146,7 +160,8 @@ class ConversationAdmin(TenantScopedAdmin):
             messages.error(request, "The reply is empty or too long.")
             return self._back(conversation)
         tenant = Tenant.objects.get(pk=conversation.tenant_id)
-        message = services.agent_reply(
+        # As from the live inbox: an unassigned conversation is assigned to the agent who answers it.
+        message = inbox_services.reply(
             tenant=tenant, conversation=conversation, text=form.cleaned_data["text"], user=request.user
         )
         if message.status == Message.Status.FAILED:
@@ -169,7 +184,11 @@ class ConversationAdmin(TenantScopedAdmin):
         return self._back(conversation)
 
     def resolve_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._transition(request, object_id, services.conversation_resolve, "Conversation resolved.")
+        # As from the live inbox: the closing message and the satisfaction question follow.
+        def resolve(*, tenant: Tenant, conversation: Conversation, actor: str) -> Conversation:
+            return inbox_services.resolve(tenant=tenant, conversation=conversation, user=request.user)
+
+        return self._transition(request, object_id, resolve, "Conversation resolved.")
 
     def return_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._transition(

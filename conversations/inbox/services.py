@@ -18,8 +18,10 @@ from django.db import transaction
 from django.db.models import Avg, Count
 from django.utils import timezone
 
-from channels_app.adapters.base import NoticeAdapter, SendError, get_adapter
+from channels_app import services as channel_services
+from channels_app.adapters.base import Choice, Choices, InvalidChoices, NoticeAdapter, SendError, get_adapter
 from channels_app.models import Channel
+from channels_app.services.window import OutsideWindow
 from conversations import outbound, phrases, services, state
 from conversations.inbox import live
 from conversations.models import (
@@ -331,8 +333,53 @@ def resolve(*, tenant: Tenant, conversation: Conversation, user: Any) -> Convers
                         "conversation_id": str(conversation.pk)},
             )  # fmt: skip
         else:
-            _tell(tenant, conversation, f"{closing}\n{question}", kind="csat_question", notice=None)
+            _tell(tenant, conversation, closing, kind="closing", notice=None)
+            _ask_rating(tenant, conversation, question)
     return conversation
+
+
+RATING_PAYLOAD = "csat:"
+
+
+def _ask_rating(tenant: Tenant, conversation: Conversation, question: str) -> Message:
+    """The satisfaction question with options to tap where the channel has them (WhatsApp: a list of
+    five rows, more than its three reply buttons; Messenger: quick replies), each option's id
+    ``csat:<n>``; as text otherwise, or when the options are refused (outside WhatsApp's window)."""
+    message = Message.objects.create(
+        tenant_id=tenant.pk,
+        conversation=conversation,
+        channel_id=conversation.channel_id,
+        direction=Message.Direction.OUTBOUND,
+        sender=Message.Sender.SYSTEM,
+        kind="csat_question",
+        content=question,
+        status=Message.Status.QUEUED,
+    )
+    channel, recipient = conversation.channel, conversation.contact.external_id
+    choices = Choices(
+        body=question,
+        options=[Choice(id=f"{RATING_PAYLOAD}{n}", title=str(n)) for n in range(1, 6)],
+        button_label="1 - 5",
+    )
+    error = ""
+    try:
+        try:
+            result = channel_services.send_choices(channel=channel, recipient_id=recipient, choices=choices)
+        except (InvalidChoices, OutsideWindow) as exc:  # refused before sending: the question as text
+            logger.info("rating options not sent, asking in text", extra={"error": str(exc)})
+            result = outbound.send_text(channel=channel, recipient_id=recipient, text=question, message_id=message.pk)
+        message.platform_message_id = result.platform_message_ids[0] if result.platform_message_ids else ""
+    except SendError as exc:
+        error = str(exc)
+    message.status = Message.Status.FAILED if error else Message.Status.SENT
+    message.error = {"stage": "send", "message": error} if error else {}
+    message.save(update_fields=["status", "error", "platform_message_id", "updated_at"])
+    live.push_after_commit(
+        tenant.pk,
+        {"type": "message", "conversation_id": str(conversation.pk), "message": message_frame(message),
+         "preview": question[: live.PREVIEW_CHARS]},
+    )  # fmt: skip
+    return message
 
 
 def return_to_bot(*, tenant: Tenant, conversation: Conversation, user: Any) -> Conversation:
@@ -342,6 +389,13 @@ def return_to_bot(*, tenant: Tenant, conversation: Conversation, user: Any) -> C
         services.conversation_return_to_bot(tenant=tenant, conversation=conversation, actor=actor)
         Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(waiting_since=None)
     return conversation
+
+
+def rating_from_tap(payload: str) -> int | None:
+    """The score of a tapped rating option (``csat:<n>``), else None."""
+    if payload.startswith(RATING_PAYLOAD) and payload[len(RATING_PAYLOAD) :] in {"1", "2", "3", "4", "5"}:
+        return int(payload[len(RATING_PAYLOAD) :])
+    return None
 
 
 def rating_from_text(text: str) -> int | None:

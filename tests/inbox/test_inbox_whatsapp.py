@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 from conversations.inbox import live, services
 from conversations.models import Conversation, SatisfactionRating
 from tests.conftest import wait_until
-from tests.conversations.conftest import deliver
+from tests.conversations.conftest import APP_SECRET, deliver, whatsapp_payload
 
 
 def frames_until(channel_name: str, predicate, timeout: float = 15.0) -> list[dict]:
@@ -29,6 +29,29 @@ def frames_until(channel_name: str, predicate, timeout: float = 15.0) -> list[di
         if predicate(frame):
             return frames
     raise AssertionError(f"not seen; got {frames}")
+
+
+def tap_rating(channel, option_id: str, title: str, sender: str = "15551234567") -> None:
+    """The contact taps a row of the list (an interactive list_reply, through the signed webhook)."""
+    import hashlib
+    import hmac
+    import json
+
+    from django.test import Client
+
+    payload = whatsapp_payload(
+        phone_number_id=channel.external_id, sender=sender, text="", wamid=f"wamid.tap.{time.time_ns()}"
+    )
+    message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    del message["text"]
+    message["type"] = "interactive"
+    message["interactive"] = {"type": "list_reply", "list_reply": {"id": option_id, "title": title}}
+    body = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    response = Client().post(
+        "/webhooks/whatsapp", data=body, content_type="application/json", HTTP_X_HUB_SIGNATURE_256=signature
+    )
+    assert response.status_code == 200, response.content
 
 
 def test_whatsapp_messages_reach_the_inbox_live_and_the_rating_is_stored(
@@ -55,13 +78,33 @@ def test_whatsapp_messages_reach_the_inbox_live_and_the_rating_is_stored(
     services.resolve(tenant=tenant, conversation=Conversation.objects.get(), user=amy)
     sent = graph.text_bodies()
     assert sent[1:3] == ["Amy joined the conversation.", "Hi, Amy here"], sent
-    assert sent[-1].startswith("This conversation is now closed.")
-    assert "from 1 (not at all) to 5" in sent[-1]
+    assert sent[-1] == "This conversation is now closed. Thank you for contacting us!"
+    # The question as a list of five options to tap (WhatsApp has at most three reply buttons).
+    question = graph.requests[-1]["body"]
+    assert question["type"] == "interactive"
+    assert "from 1 (not at all) to 5" in question["interactive"]["body"]["text"]
+    rows = question["interactive"]["action"]["sections"][0]["rows"]
+    assert [(r["id"], r["title"]) for r in rows] == [(f"csat:{n}", str(n)) for n in range(1, 6)]
 
-    deliver(whatsapp, text="4")
+    tap_rating(whatsapp, "csat:4", "4")
 
     rating = wait_until(lambda: SatisfactionRating.objects.first())
     assert (rating.score, rating.agent_id) == (4, amy.pk)
     wait_until(lambda: graph.text_bodies()[-1] == "Thank you for your feedback!")
     assert wait_until(lambda: Conversation.objects.get().state == "resolved")
-    assert openai_server.requests == []  # the bot did not answer the "4"
+    assert openai_server.requests == []  # the bot did not answer the tap
+
+
+def test_a_written_digit_also_answers_the_question(live_worker, whatsapp, graph, openai_server, tenant, make_agent):
+    amy = make_agent(tenant, "amy")
+    deliver(whatsapp, text="help")
+    conversation = wait_until(lambda: Conversation.objects.filter(state="handoff_requested").first())
+    services.resolve(tenant=tenant, conversation=conversation, user=amy)
+
+    deliver(whatsapp, text="5/5")
+
+    assert wait_until(lambda: SatisfactionRating.objects.first()).score == 5
+    wait_until(lambda: graph.text_bodies()[-1] == "Thank you for your feedback!")
+    deliver(whatsapp, text="3")  # answered already: an ordinary message, the bot answers it
+    wait_until(lambda: openai_server.requests)
+    assert SatisfactionRating.objects.count() == 1

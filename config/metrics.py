@@ -296,23 +296,29 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # the application failed before answering
+        # No answer started: "disconnected" (the client went away, the server cancelled the request),
+        # unless the application raised ("5xx").
+        status = "disconnected"
 
         async def send_and_note(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = f"{message['status'] // 100}xx"
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
+        except Exception:
+            if status == "disconnected":
+                status = "5xx"
+            raise
         finally:
             method = scope.get("method", "")
             try:
                 _http.labels(
                     route=route_of(scope.get("path", "")),
                     method=method if method in HTTP_METHODS else "other",
-                    status=f"{status // 100}xx",
+                    status=status,
                 ).observe(time.perf_counter() - started)
             except Exception as exc:
                 logger.error("metric not observed", extra={"metric": "http", "error": str(exc)[:200]})

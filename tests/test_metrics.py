@@ -252,6 +252,53 @@ def test_the_declared_stages_are_the_pipelines():
     assert tuple(stage.__module__.rsplit(".", 1)[-1] for stage in STAGES) == TURN_STAGES
 
 
+def _http_count(status: str) -> float:
+    body = metrics.render(gauges=False).decode()
+    return value(body, "metachat_http_request_duration_seconds_count", route="health", method="GET", status=status)
+
+
+def _serve_once(app: Any) -> list[dict]:
+    """One GET /api/health through HttpMetrics around ``app``; the messages sent."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/api/health", "headers": []}
+    asyncio.run(metrics.HttpMetrics(app)(scope, receive, send))
+    return sent
+
+
+def test_a_request_is_counted_by_the_status_class_it_was_answered_with():
+    async def answers_503(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b"down"})
+
+    before = _http_count("5xx")
+    assert [m["type"] for m in _serve_once(answers_503)] == ["http.response.start", "http.response.body"]
+    assert _http_count("5xx") - before == 1
+
+
+def test_an_application_error_is_5xx_and_a_request_left_unanswered_is_disconnected():
+    async def fails(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("bug")
+
+    async def client_went_away(scope: Any, receive: Any, send: Any) -> None:
+        return None  # Django's handler gives up on a request whose client disconnected
+
+    failed, gone = _http_count("5xx"), _http_count("disconnected")
+    with pytest.raises(RuntimeError):
+        _serve_once(fails)
+    assert _serve_once(client_went_away) == []
+    assert _http_count("5xx") - failed == 1
+    assert _http_count("disconnected") - gone == 1
+
+
 def test_routes_are_url_pattern_names_not_paths():
     assert metrics.route_of("/api/health") == "health"
     assert metrics.route_of("/metrics") == "metrics"

@@ -4,7 +4,9 @@ Authenticated by the Django session (the admin's login cookie, read by Channels'
 an active staff user who is an agent of the tenant (a Membership; superusers: any tenant). The Origin
 must be the page's own host (a page of another site cannot ride the agent's cookie: cross-site
 WebSocket hijacking). Refusals close with 4401 (not logged in) or 4403 (not this tenant's agent,
-foreign origin).
+foreign origin). An open socket checks every RECHECK_SECONDS that its session still logs the agent in
+and that they are still the tenant's agent; if not (logged out, expired, password changed, membership
+removed, deactivated) it gets ``session_ended`` and closes with 4401.
 
 The socket joins its tenant's group (``live.tenant_group``) and receives every frame pushed there:
 ``message``, ``conversation``, ``assigned``, ``note``, ``agent_typing``, ``contact_typing``, ``rating``.
@@ -14,14 +16,19 @@ our typing indicator; and ``ping``.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
 import uuid
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 
 from conversations.inbox import live, services
 from conversations.models import Conversation
@@ -33,6 +40,9 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 # Typing frames forwarded per conversation at most this often (the end user's channel, the others' marker).
 TYPING_INTERVAL_SECONDS = 2.5
+# How often an open socket checks that its session and the agent's access still hold (logout, expiry,
+# password change, deactivation, membership removed): the socket then closes.
+RECHECK_SECONDS = 30.0
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -68,6 +78,21 @@ def tenant_for(user: Any, tenant_id: str) -> Tenant | None:
     return tenant
 
 
+def still_allowed(session_key: str | None, user_id: Any, tenant: Tenant) -> bool:
+    """The session still logs this user in (not logged out, expired, or invalidated by a password
+    change) and the user is still an active agent of the tenant."""
+    if not session_key:
+        return False
+    engine = import_module(settings.SESSION_ENGINE)
+    session = engine.SessionStore(session_key)
+    if str(session.get(SESSION_KEY, "")) != str(user_id):
+        return False
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not hmac.compare_digest(str(session.get(HASH_SESSION_KEY, "")), user.get_session_auth_hash()):
+        return False
+    return services.is_tenant_agent(tenant, user)
+
+
 def typing(tenant: Tenant, user: Any, conversation_id: str, on: bool) -> bool:
     conversation = (
         Conversation.objects.for_tenant(tenant).select_related("contact", "channel").filter(pk=conversation_id).first()
@@ -100,6 +125,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         self.group = live.tenant_group(self.tenant.pk)
         self._typing_sent: dict[tuple[str, bool], float] = {}
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self._watcher = asyncio.create_task(self._watch(user.pk))
         await self.send_json(
             {
                 "type": "ready",
@@ -113,13 +139,32 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "code": error, "message": message})
         await self.close(code=code)
 
+    async def _watch(self, user_id: Any) -> None:
+        session = self.scope.get("session")
+        session_key = getattr(session, "session_key", None)
+        check = database_sync_to_async(still_allowed, thread_sensitive=False)
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            if not await check(session_key, user_id, self.tenant):
+                await self._leave()
+                await self._refuse(CLOSE_UNAUTHORIZED, "session_ended", "Your session ended: log in again.")
+                return
+
+    async def _leave(self) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+
     async def disconnect(self, code: int) -> None:
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             self.group = None
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        if self.tenant is None or not isinstance(content, dict):
+        if self.tenant is None or self.group is None or not isinstance(content, dict):
             return
         kind = content.get("type")
         if kind == "typing":
@@ -149,4 +194,5 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "code": "invalid_conversation", "message": "No such conversation."})
 
     async def inbox_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["event"])
+        if self.group is not None:
+            await self.send_json(message["event"])

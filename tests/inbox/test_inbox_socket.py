@@ -3,6 +3,8 @@ and it carries the tenant's changes live (and nothing of another tenant's)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
@@ -131,5 +133,67 @@ def test_an_agent_gets_their_tenants_changes_live_and_nothing_of_another_tenant(
         assert (following["type"], following["note"]["text"]) == ("note", "again")
         await amy_socket.disconnect()
         await stranger_socket.disconnect()
+
+    async_to_sync(scenario)()
+
+
+async def closed_for(socket: WebsocketCommunicator) -> tuple[str, int]:
+    """The frames until the socket closes: the last error's code and the close code."""
+    code = ""
+    while True:
+        output = await socket.receive_output(timeout=10)
+        if output["type"] == "websocket.close":
+            return code, output["code"]
+        frame = json.loads(output["text"])
+        if frame.get("type") == "error":
+            code = frame["code"]
+
+
+@pytest.mark.parametrize("revoke", ["logout", "membership", "password"])
+def test_an_open_socket_closes_when_the_agent_loses_access(revoke, tenant, make_agent, monkeypatch):
+    from django.contrib.sessions.models import Session
+
+    from conversations.inbox import consumer
+    from tenants.models import Membership
+
+    monkeypatch.setattr(consumer, "RECHECK_SECONDS", 0.2)
+    amy = make_agent(tenant, "amy")
+    cookie = session_cookie(amy)
+
+    def take_access() -> None:
+        if revoke == "logout":
+            Session.objects.filter(session_key=cookie).delete()
+        elif revoke == "membership":
+            Membership.objects.filter(user=amy).delete()
+        else:
+            amy.set_password("another one")
+            amy.save()
+
+    async def scenario():
+        socket = communicator(cookie=cookie, tenant=tenant)
+        await ready(socket)
+        await sync_to_async(take_access)()
+        assert await closed_for(socket) == ("session_ended", 4401)
+
+    async_to_sync(scenario)()
+
+
+def test_a_socket_whose_access_holds_stays_open_across_rechecks(tenant, make_agent, monkeypatch):
+    import asyncio
+
+    from conversations.inbox import consumer
+
+    monkeypatch.setattr(consumer, "RECHECK_SECONDS", 0.1)
+    amy = make_agent(tenant, "amy")
+    conversation = make_conversation(tenant)
+
+    async def scenario():
+        socket = communicator(cookie=await sync_to_async(session_cookie)(amy), tenant=tenant)
+        await ready(socket)
+        await asyncio.sleep(1.0)  # several rechecks
+        await sync_to_async(services.add_note)(tenant=tenant, conversation=conversation, text="still here", user=amy)
+        frame = await socket.receive_json_from(timeout=5)
+        assert (frame["type"], frame["note"]["text"]) == ("note", "still here")
+        await socket.disconnect()
 
     async_to_sync(scenario)()

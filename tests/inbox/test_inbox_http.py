@@ -195,3 +195,32 @@ def test_the_page_renders_for_an_agent(tenant, make_agent):
     assert page.status_code == 200
     assert b'id="inbox"' in page.content
     assert str(tenant.pk).encode() in page.content
+
+
+def test_attachments_are_served_from_the_tenants_storage_only(tenant, other_tenant, make_agent, settings, tmp_path):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    settings.MEDIA_ROOT = tmp_path
+    amy = make_agent(tenant, "amy")
+    conversation = make_conversation(tenant, texts=())
+    image = default_storage.save(f"{tenant.pk}/media/x/photo.png", ContentFile(b"\x89PNG fake"))
+    stray = default_storage.save(f"{other_tenant.pk}/media/x/theirs.pdf", ContentFile(b"%PDF theirs"))
+    media = [
+        {"kind": "image", "mime_type": "image/png", "storage_path": image},
+        {"kind": "document", "mime_type": "application/pdf", "storage_path": stray, "filename": "theirs.pdf"},
+    ]
+    message = Message.objects.create(
+        tenant=tenant, conversation=conversation, channel=conversation.channel, direction="in", sender="user",
+        kind="image", payload={"normalized": {"media": media}},
+    )  # fmt: skip
+    base = f"/inbox/api/conversations/{conversation.pk}/media/{message.pk}"
+
+    shown = client_for(amy).get(f"{base}/0/?tenant={tenant.pk}")
+    assert (shown.status_code, shown["Content-Type"]) == (200, "image/png")
+    assert b"".join(shown.streaming_content) == b"\x89PNG fake"
+    timeline = get(client_for(amy), f"conversations/{conversation.pk}/", tenant)["timeline"]
+    assert [m["kind"] for m in timeline[0]["media"]] == ["image", "document"]
+    # A path outside the tenant's storage is never served, whatever the message says.
+    assert client_for(amy).get(f"{base}/1/?tenant={tenant.pk}").status_code == 404
+    assert client_for(amy).get(f"{base}/2/?tenant={tenant.pk}").status_code == 404

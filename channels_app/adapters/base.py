@@ -89,6 +89,13 @@ class ParsedPayload:
     messages: list[NormalizedMessage] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # why parts were skipped (echo, other field, ...)
+    # Business-account news (WhatsApp template status changes), routed as "account:<id>" (ACCOUNT_PREFIX).
+    account_updates: list[dict[str, Any]] = field(default_factory=list)
+
+
+# A routing id naming a business account rather than a phone number or page: the channels whose
+# ``config.waba_id`` is that account receive it (channels_app.services.intake).
+ACCOUNT_PREFIX = "account:"
 
 
 class InvalidPayload(ValueError):

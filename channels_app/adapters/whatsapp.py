@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from channels_app.adapters.base import (
+    ACCOUNT_PREFIX,
     Choices,
     InvalidChoices,
     InvalidMedia,
@@ -20,11 +21,14 @@ from channels_app.adapters.base import (
     StatusUpdate,
     finite_float,
     keep_storable,
+    storable,
 )
 from channels_app.adapters.meta import MetaSignatureVerifier, as_dict, dicts, split_text
 from channels_app.graph import GraphClient
 
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
+# WhatsApp Business Account fields routed by the account (entry.id), not a phone number id.
+ACCOUNT_FIELDS = frozenset({"message_template_status_update"})
 # Media the Cloud API sends (Meta's "Supported media types"): mime types and the size limit of each kind.
 MB = 1024 * 1024
 OUTBOUND_MEDIA: dict[str, tuple[frozenset[str], int]] = {
@@ -111,10 +115,12 @@ class WhatsAppAdapter:
 
     def routing_ids(self, payload: dict[str, Any]) -> list[str]:
         ids: list[str] = []
-        for _entry, change in self._changes(payload):
+        for entry, change in self._changes(payload):
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
             pnid = str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
+            if not pnid and change.get("field") in ACCOUNT_FIELDS and entry.get("id"):
+                pnid = f"{ACCOUNT_PREFIX}{entry['id']}"
             if pnid and pnid not in ids:
                 ids.append(pnid)
         return ids
@@ -128,6 +134,9 @@ class WhatsAppAdapter:
             field = change.get("field")
             raw_value = change.get("value")
             value: dict[str, Any] = raw_value if isinstance(raw_value, dict) else {}
+            if field == "message_template_status_update":
+                parsed.account_updates.append(self._template_update(str(entry.get("id", "")), value))
+                continue
             if field != "messages":
                 parsed.ignored.append(f"field '{field}' of entry {entry.get('id', '?')}")
                 continue
@@ -145,6 +154,22 @@ class WhatsAppAdapter:
             if value.get("errors") and not value.get("messages") and not value.get("statuses"):
                 parsed.ignored.append(f"errors without messages: {_first_error(value.get('errors'))}")
         return keep_storable(parsed)
+
+    @staticmethod
+    def _template_update(waba_id: str, value: dict[str, Any]) -> dict[str, Any]:
+        """A ``message_template_status_update``: the template (name, language) and what happened to it."""
+        return storable(
+            {
+                "kind": "template_status",
+                "routing_id": f"{ACCOUNT_PREFIX}{waba_id}",
+                "waba_id": waba_id,
+                "template_id": str(value.get("message_template_id", "")),
+                "name": str(value.get("message_template_name", "")),
+                "language": str(value.get("message_template_language", "")),
+                "event": str(value.get("event", "")),
+                "reason": str(value.get("reason", "")),
+            }
+        )
 
     @staticmethod
     def _changes(payload: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

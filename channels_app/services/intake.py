@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from channels_app import inbound, unrouted
 from channels_app.adapters.base import (
+    ACCOUNT_PREFIX,
     NormalizedMessage,
     ParsedPayload,
     PreparedVerifierAdapter,
@@ -26,7 +27,7 @@ from channels_app.adapters.base import (
 )
 from channels_app.models import Channel, ChannelSecret
 from channels_app.secrets import with_channel_secret
-from channels_app.services import identities
+from channels_app.services import identities, templates_status
 from config import metrics
 from config.errors import error_body
 from tenants.secrets import SecretError
@@ -111,20 +112,56 @@ def find_routes(*, platform: str, external_ids: list[str]) -> dict[str, Route]:
             else:
                 missing.append(ext)
     if missing:
-        rows = Channel.objects.filter(type=platform, external_id__in=missing).select_related("secret")
         by_ext: dict[str, Route] = {}
-        for channel in rows:
+        for channel in _channels_for(platform, missing):
             try:
                 secret: ChannelSecret | None = channel.secret
             except ChannelSecret.DoesNotExist:
                 secret = None
-            by_ext[channel.external_id] = Route(channel=channel, verify=_verifier_for(channel, secret))
+            ext = channel.external_id if channel.external_id in missing else _account_id(channel)
+            by_ext.setdefault(ext, Route(channel=channel, verify=_verifier_for(channel, secret)))
         found.update(by_ext)
         if ttl > 0:
             with _cache_lock:
                 for ext in missing:
                     _routes[(platform, ext)] = (now + ttl, by_ext.get(ext))
     return found
+
+
+def _channels_for(platform: str, ids: list[str]) -> list[Channel]:
+    """The channels these routing ids name: external ids, and business accounts ("account:<waba id>",
+    the channels whose ``config.waba_id`` it is; the oldest answers for the account)."""
+    plain = [i for i in ids if not i.startswith(ACCOUNT_PREFIX)]
+    accounts = [i[len(ACCOUNT_PREFIX) :] for i in ids if i.startswith(ACCOUNT_PREFIX)]
+    found: list[Channel] = []
+    if plain:
+        found += list(Channel.objects.filter(type=platform, external_id__in=plain).select_related("secret"))
+    if accounts:
+        rows = Channel.objects.filter(type=platform, config__waba_id__in=accounts).exclude(external_id="")
+        found += list(rows.select_related("secret").order_by("created_at"))
+    return found
+
+
+def _account_route(platform: str, ext: str, first: Route, body: bytes, headers: Mapping[str, str]) -> Route:
+    """Any tenant can type a business account id into its channel's config, so the account's news go
+    to the channel whose app secret verifies them, not merely to the oldest channel naming it."""
+    if first.verify is not None and first.verify(body, headers):
+        return first
+    for channel in _channels_for(platform, [ext]):
+        if channel.pk == first.channel.pk:
+            continue
+        try:
+            secret: ChannelSecret | None = channel.secret
+        except ChannelSecret.DoesNotExist:
+            secret = None
+        verify = _verifier_for(channel, secret)
+        if verify is not None and verify(body, headers):
+            return Route(channel=channel, verify=verify)
+    return first
+
+
+def _account_id(channel: Channel) -> str:
+    return f"{ACCOUNT_PREFIX}{(channel.config or {}).get('waba_id', '')}"
 
 
 def _too_deeply_nested() -> WebhookOutcome:
@@ -163,6 +200,8 @@ def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str], s
             platform=platform, reason=reason, external_ids=external_ids, body=body, headers=headers, source=source
         )
         return WebhookOutcome(200, "unrouted", "No channel for this payload.", {"kept": kept})
+    for ext in [e for e in routes if e.startswith(ACCOUNT_PREFIX)]:
+        routes[ext] = _account_route(platform, ext, routes[ext], body, headers)
     for ext, route in routes.items():
         if route.verify is None:
             unrouted.keep(
@@ -191,6 +230,8 @@ def receive_webhook(*, platform: str, body: bytes, headers: Mapping[str, str], s
             source=source,
         )
     stored = _store(routes, parsed)
+    if parsed.account_updates:
+        stored += templates_status.apply({ext: route.channel for ext, route in routes.items()}, parsed.account_updates)
     if parsed.ignored:
         logger.info("webhook parts ignored", extra={"platform": platform, "ignored": parsed.ignored[:20]})
     return WebhookOutcome(

@@ -263,3 +263,80 @@ def test_the_admin_syncs_lists_and_previews_templates(wa_channel, meta_templates
     page = client.get(f"/admin/channels_app/messagetemplate/{order.pk}/change/").content.decode()
     assert "Hi {{1}}, your order {{2}} has shipped." in page
     assert "[Track it]" in page
+
+
+def template_update(event: str, name: str = "order_update", language: str = "en_US", reason: str = "NONE") -> bytes:
+    import json
+
+    value = {
+        "event": event,
+        "message_template_id": 1001,
+        "message_template_name": name,
+        "message_template_language": language,
+        "reason": reason,
+        "message_template_category": "UTILITY",
+    }
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WA_WABA_ID,
+                "time": 1767225600,
+                "changes": [{"field": "message_template_status_update", "value": value}],
+            }
+        ],
+    }
+    return json.dumps(body).encode()
+
+
+def test_metas_status_webhook_pauses_and_reapproves_a_template_at_once(
+    wa_channel, graph, synced, tenant_api, post_webhook
+):
+    from tests.channels_app.conftest import WA_SECRET
+
+    inbound_from(wa_channel, WA_USER, hours_ago=30)
+    conversation = conversation_with(wa_channel, WA_USER)
+    graph.requests.clear()
+
+    answer = post_webhook("whatsapp", template_update("PAUSED", reason="Low quality ratings"), WA_SECRET)
+    assert answer.status_code == 200 and answer.json()["stored"] == 1
+    refused = send(tenant_api, conversation, name="order_update", language="en_US",
+                   variables={"body": ["Ana", "A42"], "header": {"id": "777"}})  # fmt: skip
+    assert refused.status_code == 409
+    assert "paused by Meta" in refused.json()["error"]["message"]
+    assert "Low quality ratings" in refused.json()["error"]["message"]
+    assert graph.requests == []
+
+    post_webhook("whatsapp", template_update("APPROVED"), WA_SECRET)
+    sent = send(tenant_api, conversation, name="order_update", language="en_US",
+                variables={"body": ["Ana", "A42"], "header": {"id": "777"}})  # fmt: skip
+    assert sent.status_code == 201
+    assert MessageTemplate.objects.get(name="order_update").rejected_reason == ""
+
+
+def test_a_status_webhook_signed_by_the_account_owner_is_not_lost_to_a_channel_claiming_its_waba(
+    wa_channel, synced, post_webhook, other_tenant
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from channels_app import services
+    from channels_app.models import Channel
+    from tests.channels_app.conftest import WA_SECRET
+
+    squatter = services.channel_create(
+        tenant=other_tenant, type="whatsapp", name="Squat", external_id="5550001", config={"waba_id": WA_WABA_ID},
+        credentials={"app_secret": "squatter-secret", "access_token": "EAAsquat"},
+    )  # fmt: skip
+    Channel.objects.filter(pk=squatter.pk).update(created_at=timezone.now() - timedelta(days=30))
+    services.clear_route_cache()
+
+    answer = post_webhook("whatsapp", template_update("REJECTED", reason="INCORRECT_CATEGORY"), WA_SECRET)
+
+    assert answer.status_code == 200
+    order = MessageTemplate.objects.get(channel=wa_channel, name="order_update")
+    assert (order.status, order.rejected_reason) == ("REJECTED", "INCORRECT_CATEGORY")
+    # Signed with the squatter's own secret, it would change none of our templates.
+    post_webhook("whatsapp", template_update("APPROVED"), "squatter-secret")
+    assert MessageTemplate.objects.get(channel=wa_channel, name="order_update").status == "REJECTED"

@@ -174,6 +174,8 @@ def test_one_id_follows_a_whatsapp_message_from_the_webhook_to_the_reply_events_
     worker = worker_process(**env)
     server = start_daphne(free_port(), tmp_path, env)
     try:
+        # Generous waits: the machine running the tests may be busy; nothing here is timed.
+        wait_until(lambda: any(line["message"].endswith(" ready.") for line in json_lines(worker.log_path)), 180)
         body = json.dumps(
             whatsapp_payload(
                 phone_number_id=channel.external_id, sender="15551230000", text="Where is my order?", wamid="wamid.c1"
@@ -189,10 +191,10 @@ def test_one_id_follows_a_whatsapp_message_from_the_webhook_to_the_reply_events_
         assert response.status_code == 200, response.text
         cid = response.headers["X-Request-ID"]  # Meta sends none: the platform made one
 
-        reply = wait_until(lambda: graph.texts(), timeout=60)[0]
-        delivered = wait_until(lambda: list(receiver.requests), timeout=60)[0]
-        (published,) = rabbit.drain(queue, expect=1, timeout=60)
-        wait_until(lambda: [line for line in json_lines(worker.log_path) if line["message"] == "turn finished"])
+        reply = wait_until(lambda: graph.texts(), timeout=120)[0]
+        delivered = wait_until(lambda: list(receiver.requests), timeout=120)[0]
+        (published,) = rabbit.drain(queue, expect=1, timeout=120)
+        wait_until(lambda: [line for line in json_lines(worker.log_path) if line["message"] == "turn finished"], 60)
     finally:
         server.stop()
         worker.stop()  # its shutdown notice too must be a JSON line

@@ -199,7 +199,7 @@ def test_celery_beat_writes_json_lines_even_without_quiet(tmp_path, redis_client
         env = {**server_env(), "REDIS_KEY_PREFIX": prefix}
         beat = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: any(line["message"] == "celery beat starting" for line in json_lines(log_path)), timeout=60)
+        wait_until(lambda: any(line["message"] == "celery beat starting" for line in json_lines(log_path)), timeout=180)
     finally:
         beat.terminate()
         beat.wait(timeout=20)

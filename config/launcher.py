@@ -107,7 +107,7 @@ def _wait_for_health(base_url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{base_url}/api/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{base_url}/api/health", timeout=10) as response:
                 if response.status == 200:
                     return
         except OSError:

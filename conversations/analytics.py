@@ -585,3 +585,32 @@ def top_documents(
         titles[document_id] = max(titles.get(document_id, ""), title or "")
     ranked = sorted(replies.items(), key=lambda item: (-item[1], item[0]))[:limit]
     return [{"document_id": doc, "title": titles[doc], "replies": n} for doc, n in ranked]
+
+
+def insights(tenant_ids: list[Any], period: DateRange) -> dict[str, list[dict[str, Any]]]:
+    """The conversations started in the period by the user's sentiment and by tag
+    (conversations.intelligence); not analysed yet counts as no sentiment and no tag."""
+    start, end = period.bounds()
+    table = CONVERSATIONS
+    where = "tenant_id = ANY(%s::uuid[]) AND created_at >= %s AND created_at < %s"
+    params = [_ids(tenant_ids), start, end]
+    by_sentiment = dict(
+        _rows(f"SELECT sentiment, count(*)::int FROM {table} WHERE {where} GROUP BY 1", params)  # noqa: S608
+    )
+    tags = _rows(
+        f"""SELECT tag, count(*)::int FROM {table}, unnest(tags) AS tag WHERE {where}
+            GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 50""",  # noqa: S608
+        params,
+    )
+    return {
+        "sentiment": [
+            {"sentiment": label, "conversations": by_sentiment.get(key, 0)}
+            for key, label in (
+                ("negative", "Negative"),
+                ("neutral", "Neutral"),
+                ("positive", "Positive"),
+                ("", "Not analysed yet"),
+            )
+        ],
+        "tags": [{"tag": tag, "conversations": n} for tag, n in tags],
+    }

@@ -28,7 +28,7 @@ from tenants.models import Tenant
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
-TABLES = ["messages", "conversations", "response_times", "unanswered", "documents", "usage"]
+TABLES = ["messages", "conversations", "response_times", "unanswered", "documents", "usage", "sentiment", "tags"]
 
 
 class RangeForm(forms.Form):
@@ -100,6 +100,7 @@ def analytics_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     rate = analytics.handoff_rate(conversations)
     unanswered = analytics.unanswered(tenant_ids, period, ensure=False)
     documents = analytics.top_documents(tenant_ids, period, ensure=False)
+    insights = analytics.insights(tenant_ids, period)
     # The tables' cells as text here: the template engine's filters (|date) cost more than the SQL.
     for row in unanswered["rows"]:
         row["url"] = reverse("admin:conversations_conversation_change", args=[row["conversation_id"]])
@@ -125,6 +126,7 @@ def analytics_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
             "rate": rate,
             "unanswered": unanswered,
             "documents": documents,
+            "insights": insights,
             "chart_data": _chart_data(period, messages, conversations, usage, times, documents),
         }
     )
@@ -188,6 +190,14 @@ def _table(name: str, tenant_ids: list[Any], period: DateRange) -> tuple[list[st
             ["at", "channel", "question", "reason", "conversation_id"],
             ([r["at"].isoformat(), r["channel"], r["question"], r["reason"], r["conversation_id"]]
              for r in analytics.unanswered(tenant_ids, period)["rows"]),
+        ),
+        "sentiment": lambda: (
+            ["sentiment", "conversations"],
+            ([r["sentiment"], r["conversations"]] for r in analytics.insights(tenant_ids, period)["sentiment"]),
+        ),
+        "tags": lambda: (
+            ["tag", "conversations"],
+            ([r["tag"], r["conversations"]] for r in analytics.insights(tenant_ids, period)["tags"]),
         ),
         "documents": lambda: (
             ["document_id", "title", "citing_replies"],

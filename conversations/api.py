@@ -57,6 +57,9 @@ class ConversationSerializer(serializers.ModelSerializer):
             "prompt_tokens",
             "completion_tokens",
             "cost_usd",
+            "language",
+            "sentiment",
+            "tags",
         ]
         read_only_fields = fields
 
@@ -178,12 +181,15 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
             OpenApiParameter("channel", str, description="channel id"),
             OpenApiParameter("since", str, description="last activity at or after (ISO date/time)"),
             OpenApiParameter("until", str, description="last activity before (ISO date/time)"),
+            OpenApiParameter("sentiment", str, enum=["negative", "neutral", "positive"]),
+            OpenApiParameter("tag", str, description="one of the tenant's conversation categories"),
         ],
         responses={200: ConversationSerializer(many=True), 400: error_response(400)},
         summary="List conversations (waiting for a human first)",
         description="The tenant's conversations across channels, those waiting for a human (`handoff_requested`) "
         "first, then by last activity, newest first. Filter by `state`, by `channel` id and by a period of last "
-        "activity (`since` inclusive, `until` exclusive; ISO 8601 date or date-time). An agent inbox polls this "
+        "activity (`since` inclusive, `until` exclusive; ISO 8601 date or date-time), by `sentiment` and by `tag` (the "
+        "user's sentiment and the tenant's categories, analysed about a minute after the user writes). An agent inbox polls this "
         "with `state=handoff_requested`, or follows the `human_handoff.requested` webhook event instead.",
     )
     def get(self, request: Request, tenant_id: UUID) -> Response:
@@ -202,12 +208,19 @@ class ConversationListView(TenantScopedMixin, generics.GenericAPIView):
                 raise ApiError(
                     400, "validation_error", "'channel' must be a channel id.", {"channel": [channel]}
                 ) from None
+        sentiment = request.query_params.get("sentiment") or None
+        if sentiment and sentiment not in {"negative", "neutral", "positive"}:
+            raise ApiError(
+                400, "validation_error", "Unknown sentiment.", {"sentiment": ["one of negative, neutral, positive"]}
+            )
         queryset = selectors.conversation_list(
             tenant=self.tenant,
             state=state,
             channel_id=channel,
             since=_date_param(request, "since"),
             until=_date_param(request, "until"),
+            sentiment=sentiment,
+            tag=request.query_params.get("tag") or None,
         )
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(ConversationSerializer(page, many=True).data)

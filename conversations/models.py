@@ -60,6 +60,16 @@ class Conversation(TenantOwned):
     satisfaction_requested_at = models.DateTimeField(null=True, blank=True)
     # The language the user writes in (ISO 639-1, detected from their messages: conversations.language).
     language = models.CharField(max_length=16, blank=True, default="")
+    # Conversation intelligence (conversations.intelligence): the user's sentiment and the tenant's
+    # categories the conversation is about, from what the user wrote up to analysed_at.
+    sentiment = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        choices=[("negative", "Negative"), ("neutral", "Neutral"), ("positive", "Positive")],
+    )
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    analysed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-last_activity_at"]

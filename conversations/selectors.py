@@ -29,6 +29,8 @@ def conversation_list(
     channel_id: UUID | str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    sentiment: str | None = None,
+    tag: str | None = None,
     waiting_first: bool = True,
 ) -> QuerySet[Conversation]:
     queryset = Conversation.objects.for_tenant(tenant).select_related("contact", "channel")
@@ -40,6 +42,10 @@ def conversation_list(
         queryset = queryset.filter(last_activity_at__gte=since)
     if until:
         queryset = queryset.filter(last_activity_at__lt=until)
+    if sentiment:
+        queryset = queryset.filter(sentiment=sentiment)
+    if tag:
+        queryset = queryset.filter(tags__contains=[tag])
     if waiting_first:
         return queryset.annotate(state_priority=STATE_PRIORITY).order_by("state_priority", "-last_activity_at")
     return queryset.order_by("-last_activity_at")

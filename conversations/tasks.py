@@ -61,3 +61,12 @@ def roll_up_analytics(days: int | None = None) -> int:
     if tenant_ids and span > 0:
         analytics.ensure_rollups(tenant_ids, analytics.DateRange(last - dt.timedelta(days=span - 1), last))
     return len(tenant_ids)
+
+
+@shared_task(name="conversations.analyse_conversations", ignore_result=True)
+def analyse_conversations() -> int:
+    """Sentiment and tags of the conversations whose user wrote since their last analysis
+    (conversations.intelligence); every minute from beat. Returns how many were analysed."""
+    from conversations import intelligence
+
+    return intelligence.analyse_pending()

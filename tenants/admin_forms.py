@@ -36,7 +36,7 @@ from tenants.settings_schema import (
 class SettingField:
     name: str  # the form field
     path: tuple[str, ...]  # where it lives in the camelCase settings
-    kind: str = "value"  # "value" | "list_lines" | "list_commas"
+    kind: str = "value"  # "value" | "list_lines" | "list_commas" | "categories"
 
 
 SETTING_FIELDS = [
@@ -64,6 +64,7 @@ SETTING_FIELDS = [
     SettingField("embedding_base_url", ("embedding", "baseUrl")),
     SettingField("embedding_dimensions", ("embedding", "dimensions")),
     SettingField("embedding_api_key_secret", ("embedding", "apiKeySecret")),
+    SettingField("categories", ("categories",), "categories"),
 ]
 _BY_NAME = {f.name: f for f in SETTING_FIELDS}
 
@@ -80,6 +81,15 @@ SETTINGS_FIELDSETS: list[tuple[str, dict[str, Any]]] = [
     (
         "Retrieval (answers from your documents)",
         {"fields": ["rag_top_k", "rag_min_similarity", "rag_keyword_weight", "rag_vector_weight", "rag_fusion"]},
+    ),
+    (
+        "Conversation categories",
+        {
+            "fields": ["categories"],
+            "description": "Each conversation is tagged with the categories it is about (and given a sentiment), "
+            "from what the user wrote, about a minute after they write; shown in the inbox and analytics, and "
+            "filterable in the API.",
+        },
     ),
     (
         "Language model",
@@ -220,6 +230,14 @@ class TenantSettingsFormMixin(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="One per line (1 to 60 characters each, at most 100): a message with one of them asks for a person.",
     )
+    categories = forms.CharField(
+        label="Categories",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        help_text="One per line, 'Name: what it is about' (at most 50; names up to 64 characters), e.g. "
+        "'Shipping: delivery times, costs and tracking'. The description is what a conversation is compared "
+        "with, in any language.",
+    )
     rag_top_k = forms.IntegerField(
         label="Top K", help_text="How many document passages the assistant reads per question (1 to 50)."
     )
@@ -285,6 +303,12 @@ class TenantSettingsFormMixin(forms.Form):
                 value = "\n".join(str(v) for v in value)
             elif spec.kind == "list_commas" and isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
+            elif spec.kind == "categories" and isinstance(value, list):
+                value = "\n".join(
+                    f"{c.get('name', '')}: {c.get('description', '')}".rstrip(": ")
+                    for c in value
+                    if isinstance(c, dict)
+                )
             self.initial.setdefault(spec.name, value)
         tenant = self.instance if self.instance.pk else None
         for name in ("llm_api_key_secret", "embedding_api_key_secret"):
@@ -308,6 +332,12 @@ class TenantSettingsFormMixin(forms.Form):
                 value = [line.strip() for line in str(value or "").splitlines() if line.strip()]
             elif spec.kind == "list_commas":
                 value = [item.strip() for item in str(value or "").split(",") if item.strip()]
+            elif spec.kind == "categories":
+                value = [
+                    {"name": name.strip(), "description": description.strip()}
+                    for name, _, description in (line.partition(":") for line in str(value or "").splitlines())
+                    if name.strip()
+                ]
             elif spec.name == "embedding_dimensions" and value is None:
                 value = None
             _set(data, spec.path, value)

@@ -124,6 +124,14 @@ class EmbeddingConfig(_Schema):
     api_key_secret: SecretReference = ""
 
 
+class ConversationCategory(_Schema):
+    """A category conversations are tagged with (conversations.intelligence): what it is about, in
+    words the embedder compares the user's messages with."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str = Field("", max_length=500)
+
+
 class TenantSettings(_Schema):
     brand_name: str = Field("Your Business", min_length=1, max_length=120)
     tone: str = Field("friendly", min_length=1, max_length=60)
@@ -135,6 +143,7 @@ class TenantSettings(_Schema):
     rag_config: RagConfig = Field(default_factory=RagConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    categories: list[ConversationCategory] = Field(default_factory=list, max_length=50)
 
     @field_validator("locale")
     @classmethod
@@ -142,6 +151,14 @@ class TenantSettings(_Schema):
         for item in value:
             if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", item):
                 raise ValueError(f"'{item}' is not a language tag such as 'en' or 'pt-BR'")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[ConversationCategory]) -> list[ConversationCategory]:
+        names = [c.name.strip().casefold() for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError("category names must be different")
         return value
 
     @field_validator("human_handoff_keywords")

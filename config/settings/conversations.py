@@ -59,3 +59,9 @@ CELERY_BEAT_SCHEDULE["conversations-roll-up-analytics"] = {
     "task": "conversations.roll_up_analytics",
     "schedule": 3600.0,
 }
+
+# Conversation intelligence (conversations.intelligence): sentiment and tags, every minute.
+CELERY_BEAT_SCHEDULE["conversations-analyse"] = {
+    "task": "conversations.analyse_conversations",
+    "schedule": 60.0,
+}

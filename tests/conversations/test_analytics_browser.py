@@ -89,7 +89,7 @@ def test_owner_sees_the_seeded_figures_in_charts_and_tables(browser, daphne_serv
     assert page.locator("#handoff-rate").inner_text() == "50.0 %"
     assert "Globex" not in page.content()
     assert page.locator(".messagelist").count() == 0  # no flash message banner
-    assert page.get_by_role("link", name="CSV").count() == 6
+    assert page.get_by_role("link", name="CSV").count() == 8
 
     # An unanswered question links to its conversation.
     page.locator("#table-unanswered a").first.click()

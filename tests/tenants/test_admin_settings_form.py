@@ -93,6 +93,28 @@ def test_invalid_retrieval_settings_show_the_schema_error_on_their_field(tenant)
     assert tenant.settings["ragConfig"]["topK"] == 5
 
 
+def test_conversation_categories_are_lines_of_name_and_description(tenant):
+    client = logged_in(tenant)
+    page = client.get(change_url(tenant))
+
+    twice = client.post(change_url(tenant), form_data(page, categories="Shipping: parcels\nshipping: again"))
+    saved = client.post(
+        change_url(tenant),
+        form_data(page, categories="Shipping: delivery times, tracking\n\nReturns:refunds and exchanges\nBilling"),
+    )
+
+    assert twice.context["adminform"].form.errors == {"categories": ["category names must be different"]}
+    assert saved.status_code == 302
+    tenant.refresh_from_db()
+    assert tenant.settings["categories"] == [
+        {"name": "Shipping", "description": "delivery times, tracking"},
+        {"name": "Returns", "description": "refunds and exchanges"},
+        {"name": "Billing", "description": ""},
+    ]
+    shown = client.get(change_url(tenant)).context["adminform"].form.initial["categories"]
+    assert shown == "Shipping: delivery times, tracking\nReturns: refunds and exchanges\nBilling"
+
+
 def test_settings_saved_by_the_form_keep_what_the_form_does_not_show(tenant):
     stored = {**tenant.settings, "legacyWidget": {"x": 1}}
     stored["llm"] = {**stored["llm"], "oldOption": True}

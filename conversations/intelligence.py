@@ -1,0 +1,168 @@
+"""Conversation intelligence, offline: each conversation's sentiment (negative / neutral / positive)
+and tags from the tenant's own categories (``categories`` in the tenant settings: a name and a
+description each), computed with the tenant's embedder from what the user wrote.
+
+Both are nearest-meaning decisions in the embedder's space, so they work in any language the embedder
+knows (multilingual-e5-small: ~100):
+
+- sentiment: the user's recent messages against short anchor sentences of each class (five per class,
+  in English, Portuguese, Spanish, French and German); the class with the highest mean cosine wins.
+- tags: the same text against "name: description" of each category. A category is a tag when it is the
+  clear best (cosine >= TAG_STRONG, or >= TAG_MIN with a lead of TAG_MARGIN over the next category),
+  and so is any other category within TAG_TIE of the best. Greetings and off-topic messages get none.
+
+The thresholds were set on multilingual-e5-small, whose cosines are compressed into ~0.75-0.90 (see
+docs/conversations.md for the labelled examples they were checked on); for another embedder the
+ranking still holds and the thresholds may want adjusting.
+
+``analyse_pending`` runs every minute (beat): conversations whose user wrote since they were last
+analysed. The LLM is not used (it would cost a call per conversation); the rule here is the same with
+or without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from django.db.models import F, Q
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+SENTIMENTS = ("negative", "neutral", "positive")
+ANCHORS: dict[str, list[str]] = {
+    "negative": [
+        "This is terrible, I am very disappointed and angry.",
+        "Your service is awful, nothing works.",
+        "Isto é inaceitável, estou muito insatisfeito.",
+        "Es un desastre, nadie me ayuda y estoy harto.",
+        "C'est scandaleux, je suis très mécontent. Das ist eine Frechheit.",
+    ],
+    "neutral": [
+        "What are your opening hours?",
+        "How much is shipping to Spain?",
+        "Qual é o prazo de entrega?",
+        "¿Puedo cambiar la dirección de envío?",
+        "Où est ma commande ? Wie kann ich bezahlen?",
+    ],
+    "positive": [
+        "Thank you so much, that was very helpful!",
+        "Great service, I love it.",
+        "Perfeito, muito obrigado pela ajuda!",
+        "¡Excelente, todo funcionó muy bien!",
+        "Merci beaucoup, c'est parfait. Vielen Dank, super!",
+    ],
+}
+TAG_STRONG = 0.845
+TAG_MIN = 0.825
+TAG_MARGIN = 0.025
+TAG_TIE = 0.01
+# What is read of a conversation: its latest user messages, at most this much text.
+RECENT_MESSAGES = 6
+MAX_CHARS = 1500
+
+_anchor_cache: dict[str, dict[str, np.ndarray]] = {}
+_anchor_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Insight:
+    sentiment: str
+    tags: list[str]
+
+
+def _embed(embedder: Any, texts: list[str]) -> np.ndarray:
+    # Symmetric comparisons (text against text): e5's "query:" side for both.
+    return np.stack([np.asarray(embedder.embed_query(text), dtype=np.float32) for text in texts])
+
+
+def _anchors(embedder: Any) -> dict[str, np.ndarray]:
+    key = getattr(embedder, "model_id", type(embedder).__name__)
+    with _anchor_lock:
+        if key not in _anchor_cache:
+            _anchor_cache[key] = {label: _embed(embedder, texts) for label, texts in ANCHORS.items()}
+        return _anchor_cache[key]
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm else vector
+
+
+def sentiment_of(vector: np.ndarray, embedder: Any) -> str:
+    scores = {label: float((_anchors(embedder)[label] @ vector).mean()) for label in SENTIMENTS}
+    return max(scores, key=lambda label: scores[label])
+
+
+def tags_of(vector: np.ndarray, categories: list[dict[str, str]], embedder: Any) -> list[str]:
+    if not categories:
+        return []
+    names = [c["name"] for c in categories]
+    described = [f"{c['name']}: {c.get('description') or c['name']}" for c in categories]
+    scores = _embed(embedder, described) @ vector
+    order = np.argsort(-scores)
+    best = float(scores[order[0]])
+    runner_up = float(scores[order[1]]) if len(order) > 1 else -1.0
+    if not (best >= TAG_STRONG or (best >= TAG_MIN and best - runner_up >= TAG_MARGIN)):
+        return []
+    return [names[i] for i in order if float(scores[i]) >= best - TAG_TIE]
+
+
+def analyse_texts(texts: list[str], categories: list[dict[str, str]], embedder: Any) -> Insight | None:
+    """The insight of what a user wrote (oldest first); None when there is nothing to read."""
+    text = " ".join(t.strip() for t in texts if t and t.strip())[-MAX_CHARS:]
+    if not text:
+        return None
+    vector = _unit(_embed(embedder, [text])[0])
+    return Insight(sentiment=sentiment_of(vector, embedder), tags=tags_of(vector, categories, embedder))
+
+
+def conversation_analyse(*, conversation: Any) -> Insight | None:
+    """Analyse one conversation's latest user messages and store its sentiment and tags."""
+    from conversations.models import Conversation, Message
+    from knowledge.embedders import get_embedder
+    from tenants.settings_schema import parse_tenant_settings
+
+    tenant = conversation.tenant
+    texts = list(
+        Message.objects.for_tenant(tenant)
+        .filter(conversation=conversation, direction=Message.Direction.INBOUND, sender=Message.Sender.USER)
+        .exclude(content="")
+        .order_by("-id")
+        .values_list("content", flat=True)[:RECENT_MESSAGES]
+    )[::-1]
+    categories = [c.model_dump() for c in parse_tenant_settings(tenant.settings).categories]
+    insight = analyse_texts(texts, categories, get_embedder(tenant=tenant))
+    Conversation.objects.for_tenant(tenant).filter(pk=conversation.pk).update(
+        sentiment=insight.sentiment if insight else "",
+        tags=insight.tags if insight else [],
+        analysed_at=timezone.now(),
+    )
+    return insight
+
+
+def analyse_pending(*, limit: int = 200, settle_seconds: float = 30.0) -> int:
+    """Analyse the conversations whose user wrote since their last analysis (and not in the last
+    ``settle_seconds``, so a burst of messages is read once); returns how many were analysed."""
+    from conversations.models import Conversation
+
+    settled = timezone.now() - timedelta(seconds=settle_seconds)
+    due = (
+        Conversation.objects.filter(last_activity_at__lte=settled)
+        .filter(Q(analysed_at__isnull=True) | Q(analysed_at__lt=F("last_activity_at")))
+        .select_related("tenant")
+        .order_by("last_activity_at")[:limit]
+    )
+    done = 0
+    for conversation in due:
+        try:
+            conversation_analyse(conversation=conversation)
+            done += 1
+        except Exception:  # one tenant's broken embedder must not stop the others
+            logger.exception("conversation analysis failed", extra={"conversation_id": str(conversation.pk)})
+    return done

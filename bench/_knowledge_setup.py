@@ -32,6 +32,21 @@ def setup(database_name: str) -> Any:
     return connection
 
 
+def setup_django(redis_prefix: str) -> None:
+    """Django on the platform's database as ``make test`` finds it (the embedded server unless
+    DATABASE_URL names another), this run's own Redis key prefix and throwaway keys, quiet logs: for the
+    benchmarks that make their own database afterwards (or none)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["REDIS_KEY_PREFIX"] = redis_prefix
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    from config import local
+
+    local.for_tests(os.environ)
+    import django
+
+    django.setup()
+
+
 def start_worker(queues: tuple[str, ...] = ("indexing", "default"), concurrency: int = 1) -> Any:
     """A real Celery worker (threads) on the real broker, inside this process: returns a context manager."""
     from celery.contrib.testing.worker import start_worker as _start

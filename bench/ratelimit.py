@@ -24,11 +24,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from bench._knowledge_setup import setup_django
 from bench.turn import signed_payload
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,24 +34,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hits", type=int, default=20000, help="bare limiter hits per limiter (default 20000)")
     parser.add_argument("--webhooks", type=int, default=5000, help="dropped webhooks per limiter (default 5000)")
     return parser.parse_args(argv)
-
-
-def setup_django(prefix: str) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ["REDIS_KEY_PREFIX"] = prefix
-    os.environ["LOG_LEVEL"] = "WARNING"
-    if not os.environ.get("SECRET_ENCRYPTION_KEY"):  # the bench database is thrown away: any key will do
-        import base64
-
-        os.environ["SECRET_KEY_ID"] = "bench"
-        os.environ["SECRET_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
-    sys.path.insert(0, str(ROOT))
-    from config import local
-
-    local.for_tests(os.environ)  # the embedded servers, a throwaway Django key
-    import django
-
-    django.setup()
 
 
 def measure(n: int, fn: Callable[[int], object]) -> tuple[float, float]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bench._cpu import CpuMeter
+from bench._knowledge_setup import setup_django
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://bench.example"
@@ -75,32 +76,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def setup_django(prefix: str) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ["REDIS_KEY_PREFIX"] = prefix
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    if not os.environ.get("SECRET_ENCRYPTION_KEY"):  # the bench database is thrown away: any key will do
-        import base64
-
-        os.environ["SECRET_KEY_ID"] = "bench"
-        os.environ["SECRET_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
-    sys.path.insert(0, str(ROOT))
-    from config import local
-
-    local.for_tests(os.environ)  # the embedded servers, a throwaway Django key
-    import django
-
-    django.setup()
-
-
-def pipeline_installed() -> bool:
-    try:
-        from conversations import tasks
-    except ImportError:
-        return False
-    return hasattr(tasks, "handle_inbound_message")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -272,12 +247,7 @@ def main(argv: list[str]) -> int:
     from django.conf import settings
     from django.db import connection
 
-    until = args.until
-    if until == "auto":
-        until = "reply" if pipeline_installed() else "ack"
-    if until == "reply" and not pipeline_installed():
-        print("--until reply needs the conversation pipeline (conversations.handle_inbound_message)")
-        return 2
+    until = "reply" if args.until == "auto" else args.until
     args.until = until
 
     print(

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from config import embedded, local, metrics_dir, procfile
+from config.serve import stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -96,7 +97,7 @@ def run() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop_children(children)
+        stop_processes(children)
         stop_services(started)
         say("stopped")
 
@@ -131,18 +132,6 @@ def _supervise(children: list[subprocess.Popen]) -> int:
                 return child.returncode or 1
         time.sleep(0.5)
     return 0
-
-
-def _stop_children(children: list[subprocess.Popen]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 def test_env() -> tuple[dict[str, str], list[str]]:

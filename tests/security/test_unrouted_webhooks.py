@@ -21,6 +21,7 @@ from channels_app.models import UnroutedWebhook
 from config.celery import app as celery_app
 from tests.channels_app.conftest import asgi_request
 from tests.metrics_scrape import scrape, value
+from tests.payloads import whatsapp_payload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,27 +30,9 @@ UNKNOWN_NUMBER = "5550009999"
 
 def unrouted_body(padding: int = 0, number: str = UNKNOWN_NUMBER) -> bytes:
     """A WhatsApp-shaped notification for a phone number id no channel has (unsigned, as anyone can send)."""
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "1555", "phone_number_id": number},
-                            "messages": [
-                                {"id": "wamid.X", "from": "1", "type": "text", "text": {"body": "x" * padding}}
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(payload).encode()
+    return json.dumps(
+        whatsapp_payload(phone_number_id=number, sender="1", text="x" * padding, wamid="wamid.X")
+    ).encode()
 
 
 def post(client: Any, body: bytes, address: str = "203.0.113.10") -> Any:

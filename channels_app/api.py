@@ -16,8 +16,8 @@ from rest_framework.views import APIView
 
 from channels_app import services
 from channels_app.adapters.base import Choice, Choices, InvalidChoices, InvalidMedia, OutboundMedia, SendError
-from channels_app.models import Channel, MessageTemplate, new_widget_key
-from channels_app.services import conversation_sends, outbound_media, templates, window
+from channels_app.models import Campaign, Channel, MessageTemplate, new_widget_key
+from channels_app.services import campaigns, conversation_sends, outbound_media, templates, window
 from config.errors import ApiError
 from config.openapi import error_response
 from conversations.api import MessageSerializer
@@ -589,3 +589,139 @@ class ConversationMediaView(TenantScopedMixin, APIView):
                 {"message_id": message.pk, "error": message.error},
             )
         return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+# --- campaigns -----------------------------------------------------------------------------------------
+
+
+class ConsentImportSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV with a `contact` column (phone number or BSUID); other columns "
+                                 "are the contact's variables for campaign templates")  # fmt: skip
+    opt_in_source = serializers.CharField(
+        max_length=100, required=False, default="csv", help_text="Where these contacts opted in (kept with each)"
+    )
+
+
+class ConsentImportResultSerializer(serializers.Serializer):
+    imported = serializers.IntegerField()
+    opted_out = serializers.IntegerField(help_text="Contacts who opted out: kept out, forever")
+    invalid = serializers.IntegerField()
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    template = serializers.SerializerMethodField()
+    totals = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id", "channel", "name", "template", "variables", "status", "scheduled_at", "quiet_start",
+            "quiet_end", "rate_per_second", "daily_limit", "totals", "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_template(self, campaign: Campaign) -> dict[str, str]:
+        return {"name": campaign.template.name, "language": campaign.template.language}
+
+    def get_totals(self, campaign: Campaign) -> dict[str, int]:
+        return campaigns.campaign_totals(campaign)
+
+
+class CampaignCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    template_name = serializers.CharField(max_length=512)
+    language = serializers.CharField(max_length=16)
+    variables = serializers.JSONField(
+        required=False, default=dict, help_text='As for a template send; "{column}" is the contact\'s own value'
+    )
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    quiet_start = serializers.TimeField(required=False, allow_null=True, default=None, help_text="UTC")
+    quiet_end = serializers.TimeField(required=False, allow_null=True, default=None, help_text="UTC")
+    rate_per_second = serializers.FloatField(required=False, allow_null=True, default=None)
+    daily_limit = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+
+
+class ChannelConsentImportView(_ChannelLookup, APIView):
+    @extend_schema(
+        request={"multipart/form-data": ConsentImportSerializer},
+        responses={200: ConsentImportResultSerializer},
+        summary="Import opted-in contacts (CSV) for campaigns",
+        description="Records each contact's opt-in with its source and time. A contact who opted out (sent an "
+        "opt-out word such as STOP) stays out: no import opts them in again.",
+    )
+    def post(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
+        channel = self.get_channel(channel_id)
+        data = ConsentImportSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            text = data.validated_data["file"].read().decode("utf-8-sig")
+            counts = campaigns.consent_import_csv(
+                channel=channel, text=text, source=data.validated_data["opt_in_source"]
+            )
+        except (UnicodeDecodeError, campaigns.CampaignError) as exc:
+            raise ApiError(400, "invalid_csv", str(exc)) from None
+        return Response(counts)
+
+
+class ChannelCampaignListView(_ChannelLookup, APIView):
+    @extend_schema(responses={200: CampaignSerializer(many=True)}, summary="List a channel's campaigns")
+    def get(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
+        channel = self.get_channel(channel_id)
+        rows = Campaign.objects.for_tenant(self.tenant).filter(channel=channel).select_related("template")
+        return Response(CampaignSerializer(rows, many=True).data)
+
+    @extend_schema(
+        request=CampaignCreateSerializer,
+        responses={201: CampaignSerializer, 404: error_response(404, "No such template.", "not_found"),
+                   409: error_response(409, "The template is not approved.", "template_not_sendable")},
+        summary="Create a campaign (a draft until started)",
+        description="An approved template for the channel's opted-in contacts, with per-contact variables, an "
+        "optional schedule and quiet hours (UTC), throttled to `rate_per_second` (Meta's default throughput: "
+        "80/s) and `daily_limit` (the number's messaging tier).",
+    )  # fmt: skip
+    def post(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
+        channel = self.get_channel(channel_id)
+        data = CampaignCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        try:
+            template = templates.template_get(
+                channel=channel, name=values.pop("template_name"), language=values.pop("language")
+            )
+            campaign = campaigns.campaign_create(channel=channel, template=template, **values)
+        except templates.TemplateError as exc:
+            raise _template_error(exc) from None
+        except campaigns.CampaignError as exc:
+            raise ApiError(400, exc.code, str(exc)) from None
+        return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
+
+
+class CampaignDetailView(TenantScopedMixin, APIView):
+    def campaign(self, campaign_id: UUID) -> Campaign:
+        found = Campaign.objects.for_tenant(self.tenant).filter(pk=campaign_id).select_related("template").first()
+        if found is None:
+            raise ApiError(404, "not_found", "No such campaign.")
+        return found
+
+    @extend_schema(responses={200: CampaignSerializer}, summary="A campaign and its totals")
+    def get(self, request: Request, tenant_id: UUID, campaign_id: UUID) -> Response:
+        return Response(CampaignSerializer(self.campaign(campaign_id)).data)
+
+
+class CampaignActionView(CampaignDetailView):
+    action = ""
+
+    @extend_schema(
+        request=None,
+        responses={200: CampaignSerializer},
+        summary="Start, pause or resume a campaign",
+        description="start: snapshot the opted-in audience (nobody twice) and send; pause: stop after the "
+        "current batch; resume: go on.",
+    )
+    def post(self, request: Request, tenant_id: UUID, campaign_id: UUID) -> Response:
+        campaign = self.campaign(campaign_id)
+        {"start": lambda: campaigns.campaign_start(campaign=campaign),
+         "pause": lambda: campaigns.campaign_pause(campaign=campaign),
+         "resume": lambda: campaigns.campaign_resume(campaign=campaign)}[self.action]()  # fmt: skip
+        campaign.refresh_from_db()
+        return Response(CampaignSerializer(campaign).data)

@@ -200,3 +200,93 @@ class ContactAlias(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.alias} -> {self.external_id}"
+
+
+class Consent(TenantOwned):
+    """A contact's permission to be messaged first on this channel (campaigns): where and when they
+    opted in, and, forever once set, when they opted out (an opt-out word such as "STOP").
+    ``variables`` are the contact's own values for campaign templates (CSV columns)."""
+
+    id = models.BigAutoField(primary_key=True)
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="+", db_index=False)
+    contact_id = models.CharField(max_length=255)  # phone number or BSUID, as the contact is known
+    source = models.CharField(max_length=100)
+    opted_in_at = models.DateTimeField()
+    opted_out_at = models.DateTimeField(null=True, blank=True)
+    opt_out_source = models.CharField(max_length=100, blank=True, default="")
+    variables = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "contact_id"], name="consent_unique_contact")]
+        indexes = [models.Index(fields=["tenant", "channel"], name="consent_tenant_channel")]
+
+
+class Campaign(TenantOwned):
+    """A template sent first to the channel's opted-in contacts, throttled to the number's throughput
+    and daily limit, outside quiet hours (channels_app.services.campaigns)."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        DONE = "done", "Done"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="+")
+    template = models.ForeignKey(MessageTemplate, on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=200)
+    # {"body": ["{first_name}", "fixed"], "header": {...}}: "{column}" is the contact's own variable.
+    variables = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    quiet_start = models.TimeField(null=True, blank=True)  # in UTC; no message goes from start to end
+    quiet_end = models.TimeField(null=True, blank=True)
+    rate_per_second = models.FloatField(default=80.0)
+    daily_limit = models.PositiveIntegerField(default=1000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "status"], name="campaign_tenant_status")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignRecipient(TenantOwned):
+    """One contact of a campaign; unique per (campaign, contact), so nobody is in it twice. ``sending``
+    is committed before the Graph call: a row left there by a crash is never sent again (at most
+    once); the status webhooks (``biz_opaque_callback_data``) tell whether it went."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        READ = "read", "Read"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="recipients", db_index=False)
+    contact_id = models.CharField(max_length=255)
+    variables = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    platform_message_id = models.CharField(max_length=255, blank=True, default="")
+    error = models.CharField(max_length=500, blank=True, default="")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "contact_id"], name="campaign_recipient_unique")]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="campaign_recipient_status"),
+            models.Index(
+                fields=["platform_message_id"],
+                condition=~models.Q(platform_message_id=""),
+                name="campaign_recipient_wamid",
+            ),
+        ]

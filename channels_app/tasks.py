@@ -61,3 +61,25 @@ def prepare_inbound_message(self, inbound_id: int) -> bool:
 def purge_unrouted_webhooks() -> int:
     """Deleting what is past its retention is idempotent: a rerun finds nothing left."""
     return unrouted.purge()
+
+
+@shared_task(name="channels_app.run_campaign", bind=True, acks_late=True, ignore_result=True)
+def run_campaign(self, campaign_id: str) -> str:
+    """Send a slice of a campaign (~50 s), then enqueue the next slice, or come back after quiet hours,
+    the schedule or the daily limit. Safe to run twice: rows are claimed with SKIP LOCKED and a row
+    claimed once is never sent again."""
+    from channels_app.services import campaigns
+
+    outcome, wait = campaigns.run_campaign(campaign_id=campaign_id)
+    if outcome in ("continue", "quiet", "scheduled", "daily_limit"):
+        campaigns.enqueue(campaign_id, countdown=wait)
+    return outcome
+
+
+@shared_task(name="channels_app.resume_stalled_campaigns", ignore_result=True)
+def resume_stalled_campaigns() -> int:
+    from django.conf import settings
+
+    from channels_app.services import campaigns
+
+    return campaigns.resume_stalled(stall_seconds=settings.CAMPAIGN_STALL_SECONDS)

@@ -41,4 +41,23 @@ urlpatterns: list = [
         api.ConversationMediaView.as_view(),
         name="conversation-media",
     ),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/consents/import/",
+        api.ChannelConsentImportView.as_view(),
+        name="channel-consents-import",
+    ),
+    path(
+        "tenants/<uuid:tenant_id>/channels/<uuid:channel_id>/campaigns/",
+        api.ChannelCampaignListView.as_view(),
+        name="channel-campaigns",
+    ),
+    path("tenants/<uuid:tenant_id>/campaigns/<uuid:campaign_id>/", api.CampaignDetailView.as_view(), name="campaign"),
+    *[
+        path(
+            f"tenants/<uuid:tenant_id>/campaigns/<uuid:campaign_id>/{action}/",
+            api.CampaignActionView.as_view(action=action),
+            name=f"campaign-{action}",
+        )
+        for action in ("start", "pause", "resume")
+    ],
 ]

@@ -352,7 +352,10 @@ class TemplateAdapter(Protocol):
         language: str,
         components: list[dict[str, Any]],
         credentials: dict[str, str],
-    ) -> SendResult: ...
+        callback_data: str = "",
+    ) -> SendResult:
+        """``callback_data`` comes back on the message's status webhooks (campaigns match by it)."""
+        ...
 
 
 @runtime_checkable

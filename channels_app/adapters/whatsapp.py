@@ -435,13 +435,15 @@ class WhatsAppAdapter:
         language: str,
         components: list[dict[str, Any]],
         credentials: dict[str, str],
+        callback_data: str = "",
     ) -> SendResult:
         template: dict[str, Any] = {"name": name, "language": {"code": language}}
         if components:
             template["components"] = components
-        return self._send(
-            channel_external_id, recipient_id, {"type": "template", "template": template}, credentials=credentials
-        )
+        message: dict[str, Any] = {"type": "template", "template": template}
+        if callback_data:
+            message["biz_opaque_callback_data"] = callback_data[:512]
+        return self._send(channel_external_id, recipient_id, message, credentials=credentials)
 
     def _send(
         self, channel_external_id: str, recipient_id: str, message: dict[str, Any], *, credentials: dict[str, str]

@@ -260,6 +260,10 @@ def _store(routes: dict[str, Route], parsed: ParsedPayload) -> int:
     for ext, (messages, _statuses) in groups.items():
         if messages:
             identities.resolve_senders(channel=routes[ext].channel, messages=messages)
+            if any(len(m.text) <= 20 and m.text.strip() for m in messages):  # a possible opt-out word
+                from channels_app.services import campaigns  # (sending imports this module)
+
+                campaigns.record_opt_outs(channel=routes[ext].channel, messages=messages)
     if len(groups) == 1 and connection.get_autocommit():
         # One INSERT is atomic by itself: skip BEGIN/COMMIT round trips on the hot path.
         ext, (messages, statuses) = next(iter(groups.items()))

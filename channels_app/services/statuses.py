@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from channels_app.adapters.base import StatusUpdate
 from channels_app.models import InboundEvent
+from channels_app.services import campaigns
 from conversations.statuses import StatusNotApplicable, message_status_update
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def apply_status_update(*, inbound_id: int, final_attempt: bool = False) -> str:
             return "skipped"
         update = StatusUpdate(**row.normalized)
         row.attempts += 1
+        if campaigns.apply_status(tenant_id=row.tenant_id, update=update):
+            return _finish(row, InboundEvent.Status.PROCESSED, "", result="applied")
         try:
             changed = message_status_update(tenant=row.tenant_id, channel_id=row.channel_id, update=update)
         except StatusNotApplicable as exc:

@@ -339,7 +339,12 @@ def check_sendable(template: MessageTemplate) -> None:
 
 
 def send_template(
-    *, channel: Channel, recipient_id: str, template: MessageTemplate, variables: dict[str, Any] | None = None
+    *,
+    channel: Channel,
+    recipient_id: str,
+    template: MessageTemplate,
+    variables: dict[str, Any] | None = None,
+    callback_data: str = "",
 ) -> tuple[SendResult, str]:
     """Send an approved template with its variables (no window applies). Returns the result and the text
     the contact reads. Raises TemplateError before any Graph call, or SendError from Meta."""
@@ -358,6 +363,7 @@ def send_template(
             language=template.language,
             components=components,
             credentials=credentials,
+            callback_data=callback_data,
         ),
     )
     return result, text

@@ -16,6 +16,8 @@ CELERY_TASK_ROUTES.update(
         "channels_app.apply_status_update": {"queue": "default"},
         "channels_app.prepare_inbound_message": {"queue": "default"},
         "channels_app.dispatch_inbound": {"queue": "default"},
+        "channels_app.run_campaign": {"queue": "default"},
+        "channels_app.resume_stalled_campaigns": {"queue": "default"},
     }
 )
 
@@ -40,6 +42,18 @@ WEBHOOK_CHANNEL_CACHE_SECONDS = env_float("WEBHOOK_CHANNEL_CACHE_SECONDS", 5.0)
 MESSENGER_PROFILE_CACHE_SECONDS = env_int("MESSENGER_PROFILE_CACHE_SECONDS", 86400)
 # Inbound media larger than this is not downloaded (WhatsApp allows 100 MB).
 CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
+# Campaigns: Meta's default throughput per phone number (80 messages/s, up to 1,000 when upgraded) and
+# a daily limit of business-initiated messages (the number's messaging tier); words that opt a contact
+# out when sent as a whole message (a channel's config.opt_out_words replaces them).
+CAMPAIGN_RATE_PER_SECOND = env_float("CAMPAIGN_RATE_PER_SECOND", 80.0)
+CAMPAIGN_MAX_RATE_PER_SECOND = env_float("CAMPAIGN_MAX_RATE_PER_SECOND", 1000.0)
+CAMPAIGN_DAILY_LIMIT = env_int("CAMPAIGN_DAILY_LIMIT", 1000)
+# A running campaign with nothing claimed for this long lost its runner (a killed worker): beat resumes it.
+CAMPAIGN_STALL_SECONDS = env_float("CAMPAIGN_STALL_SECONDS", 120.0)
+CELERY_BEAT_SCHEDULE["resume-stalled-campaigns"] = {"task": "channels_app.resume_stalled_campaigns", "schedule": 15.0}
+CAMPAIGN_OPT_OUT_WORDS = [
+    w for w in os.environ.get("CAMPAIGN_OPT_OUT_WORDS", "STOP,UNSUBSCRIBE,STOPALL").split(",") if w
+]
 # Voice notes: an OpenAI-compatible transcription endpoint (base URL, e.g. https://api.openai.com/v1;
 # POST <url>/audio/transcriptions). Empty: voice notes are not transcribed (channels_app.transcription).
 VOICE_TRANSCRIPTION_URL = os.environ.get("VOICE_TRANSCRIPTION_URL", "")

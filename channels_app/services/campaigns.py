@@ -1,0 +1,381 @@
+"""Campaigns: an approved WhatsApp template sent first to the contacts who opted in.
+
+- Consent: imported from CSV (``contact`` column: phone number or BSUID; other columns are the
+  contact's variables) with its source and time; an opt-out word ("STOP", the channel's
+  ``config.opt_out_words``) received on the channel records the opt-out at once and forever: no
+  import opts the contact in again, and their pending campaign messages are skipped.
+- ``campaign_start`` snapshots the audience into ``CampaignRecipient`` rows, unique per contact.
+- ``run_campaign`` (the Celery task ``channels_app.run_campaign``) claims batches of pending rows
+  with SKIP LOCKED, commits them as ``sending`` before the Graph call, sends with
+  ``biz_opaque_callback_data = "campaign:<row id>"`` and records the outcome; it paces itself to the
+  campaign's ``rate_per_second`` and stops for quiet hours, the daily limit and a pause. A row left
+  ``sending`` by a crash is never sent again (nobody gets a campaign twice); the status webhooks tell
+  whether it went (``apply_status``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as day_time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from channels_app.adapters.base import NormalizedMessage, SendError, StatusUpdate
+from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, MessageTemplate
+from channels_app.services import templates
+
+logger = logging.getLogger(__name__)
+
+CALLBACK_PREFIX = "campaign:"
+_CONTACT = re.compile(r"^(?:[0-9]{6,20}|[A-Z]{2}\.[A-Za-z0-9.]{1,140})$")
+_VARIABLE = re.compile(r"^\{([A-Za-z0-9_]+)\}$")
+STATUS_ORDER = {"sending": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+class CampaignError(Exception):
+    def __init__(self, message: str, *, code: str = "invalid"):
+        super().__init__(message)
+        self.code = code
+
+
+# --- consent ----------------------------------------------------------------------------------------
+
+
+def opt_out_words(channel: Channel) -> set[str]:
+    words = (channel.config or {}).get("opt_out_words") or settings.CAMPAIGN_OPT_OUT_WORDS
+    return {str(w).strip().upper() for w in words if str(w).strip()}
+
+
+def record_opt_outs(*, channel: Channel, messages: list[NormalizedMessage]) -> int:
+    """An opt-out word as a whole message opts its sender out, at once and forever."""
+    words = opt_out_words(channel)
+    senders = {m.sender_id for m in messages if m.text.strip().upper().strip(".!") in words and m.sender_id}
+    now = timezone.now()
+    for sender in senders:
+        consent, created = Consent.objects.get_or_create(
+            tenant_id=channel.tenant_id,
+            channel=channel,
+            contact_id=sender,
+            defaults={"source": "opt_out_word", "opted_in_at": now, "opted_out_at": now, "opt_out_source": "message"},
+        )
+        if not created and consent.opted_out_at is None:
+            Consent.objects.filter(pk=consent.pk).update(opted_out_at=now, opt_out_source="message")
+        CampaignRecipient.objects.filter(
+            tenant_id=channel.tenant_id,
+            campaign__channel=channel,
+            contact_id=sender,
+            status=CampaignRecipient.Status.PENDING,
+        ).update(status=CampaignRecipient.Status.SKIPPED, error="opted out")
+    return len(senders)
+
+
+def consent_import_csv(*, channel: Channel, text: str, source: str = "csv") -> dict[str, int]:
+    """Opt-ins from CSV text with a ``contact`` column. Returns counts: imported, opted_out (kept out),
+    invalid. Re-importing updates the variables and never clears an opt-out."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "contact" not in reader.fieldnames:
+        raise CampaignError("the CSV needs a 'contact' column (phone number or BSUID)")
+    now = timezone.now()
+    rows: dict[str, dict[str, str]] = {}
+    invalid = 0
+    for line in reader:
+        contact = str(line.get("contact") or "").strip().lstrip("+")
+        if not _CONTACT.match(contact):
+            invalid += 1
+            continue
+        rows[contact] = {k: str(v or "") for k, v in line.items() if k and k != "contact"}
+    opted_out = set(
+        Consent.objects.for_tenant(channel.tenant_id)
+        .filter(channel=channel, contact_id__in=list(rows), opted_out_at__isnull=False)
+        .values_list("contact_id", flat=True)
+    )
+    Consent.objects.bulk_create(
+        [
+            Consent(
+                tenant_id=channel.tenant_id,
+                channel=channel,
+                contact_id=contact,
+                source=source[:100],
+                opted_in_at=now,
+                variables=variables,
+            )
+            for contact, variables in rows.items()
+            if contact not in opted_out
+        ],
+        update_conflicts=True,
+        unique_fields=["channel", "contact_id"],
+        update_fields=["variables", "source"],
+    )
+    return {"imported": len(rows) - len(opted_out), "opted_out": len(opted_out), "invalid": invalid}
+
+
+# --- campaigns ---------------------------------------------------------------------------------------
+
+
+def campaign_create(
+    *,
+    channel: Channel,
+    name: str,
+    template: MessageTemplate,
+    variables: dict[str, Any] | None = None,
+    scheduled_at: datetime | None = None,
+    quiet_start: day_time | None = None,
+    quiet_end: day_time | None = None,
+    rate_per_second: float | None = None,
+    daily_limit: int | None = None,
+) -> Campaign:
+    if template.channel_id != channel.pk or template.tenant_id != channel.tenant_id:
+        raise CampaignError("the template is not one of this channel's", code="not_found")
+    templates.check_sendable(template)
+    rate = float(rate_per_second or settings.CAMPAIGN_RATE_PER_SECOND)
+    if not 0 < rate <= settings.CAMPAIGN_MAX_RATE_PER_SECOND:
+        raise CampaignError(f"rate_per_second is 0-{settings.CAMPAIGN_MAX_RATE_PER_SECOND} (Meta's throughput)")
+    return Campaign.objects.create(
+        tenant_id=channel.tenant_id,
+        channel=channel,
+        template=template,
+        name=name,
+        variables=variables or {},
+        scheduled_at=scheduled_at,
+        quiet_start=quiet_start,
+        quiet_end=quiet_end,
+        rate_per_second=rate,
+        daily_limit=daily_limit or settings.CAMPAIGN_DAILY_LIMIT,
+    )
+
+
+def campaign_start(*, campaign: Campaign) -> int:
+    """Snapshot the opted-in audience and start sending. Starting again adds nobody twice."""
+    consents = Consent.objects.for_tenant(campaign.tenant_id).filter(
+        channel_id=campaign.channel_id, opted_out_at__isnull=True
+    )
+    with transaction.atomic():
+        CampaignRecipient.objects.bulk_create(
+            [
+                CampaignRecipient(
+                    tenant_id=campaign.tenant_id, campaign=campaign, contact_id=c.contact_id, variables=c.variables
+                )
+                for c in consents.only("contact_id", "variables").iterator()
+            ],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status=Campaign.Status.RUNNING, started_at=campaign.started_at or timezone.now()
+        )
+        transaction.on_commit(lambda: enqueue(campaign.pk))
+    campaign.refresh_from_db()
+    return campaign.recipients.count()
+
+
+def campaign_pause(*, campaign: Campaign) -> None:
+    Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(status=Campaign.Status.PAUSED)
+
+
+def campaign_resume(*, campaign: Campaign) -> None:
+    with transaction.atomic():
+        if Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
+            status=Campaign.Status.RUNNING
+        ):
+            transaction.on_commit(lambda: enqueue(campaign.pk))
+
+
+def enqueue(campaign_id: Any, countdown: float = 0) -> None:
+    from channels_app.tasks import run_campaign as task
+
+    task.apply_async(args=[str(campaign_id)], countdown=countdown)
+
+
+def campaign_totals(campaign: Campaign) -> dict[str, int]:
+    counts = {s: 0 for s in CampaignRecipient.Status.values}
+    for status, n in _grouped(campaign):
+        counts[status] = n
+    counts["total"] = sum(v for k, v in counts.items() if k != "total")
+    return counts
+
+
+def _grouped(campaign: Campaign) -> list[tuple[str, int]]:
+    from django.db.models import Count
+
+    rows = CampaignRecipient.objects.filter(campaign=campaign).values_list("status").annotate(n=Count("id"))
+    return [(str(s), int(n)) for s, n in rows]
+
+
+# --- the runner --------------------------------------------------------------------------------------
+
+
+def _in_quiet_hours(campaign: Campaign, now: datetime) -> bool:
+    start, end = campaign.quiet_start, campaign.quiet_end
+    if start is None or end is None or start == end:
+        return False
+    current = now.astimezone(UTC).time()
+    return start <= current < end if start < end else current >= start or current < end
+
+
+def _sent_today(channel_id: Any, now: datetime) -> int:
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (
+        CampaignRecipient.objects.filter(campaign__channel_id=channel_id, claimed_at__gte=midnight)
+        .exclude(status__in=[CampaignRecipient.Status.PENDING, CampaignRecipient.Status.SKIPPED])
+        .count()
+    )
+
+
+def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str, float]:
+    """Send for up to ``budget_seconds``. Returns (outcome, seconds until the task should run again):
+    ``continue`` (0), ``done``, ``paused``, ``scheduled`` / ``quiet`` / ``daily_limit`` (later)."""
+    deadline = time.monotonic() + budget_seconds
+    while True:
+        campaign = Campaign.objects.select_related("template", "channel").filter(pk=campaign_id).first()
+        if campaign is None or campaign.status != Campaign.Status.RUNNING:
+            return (campaign.status if campaign else "missing"), 0.0
+        now = timezone.now()
+        blocked = _blocked(campaign, now)
+        if blocked is not None:
+            return blocked
+        room = campaign.daily_limit - _sent_today(campaign.channel_id, now)
+        batch = _claim(campaign, min(room, max(1, int(campaign.rate_per_second))))
+        if not batch:
+            _finish(campaign)
+            return "done", 0.0
+        started = time.monotonic()
+        for row in batch:
+            _send_one(campaign, row)
+        pause = len(batch) / campaign.rate_per_second - (time.monotonic() - started)
+        if pause > 0:
+            time.sleep(pause)
+        if time.monotonic() >= deadline:
+            return "continue", 0.0
+
+
+def _blocked(campaign: Campaign, now: datetime) -> tuple[str, float] | None:
+    """Why the campaign may not send now, and for how long: its schedule, quiet hours, the daily limit."""
+    if campaign.scheduled_at and now < campaign.scheduled_at:
+        return "scheduled", (campaign.scheduled_at - now).total_seconds()
+    if _in_quiet_hours(campaign, now):
+        return "quiet", 60.0
+    if campaign.daily_limit - _sent_today(campaign.channel_id, now) <= 0:
+        tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=5, microsecond=0)
+        return "daily_limit", (tomorrow - now).total_seconds()
+    return None
+
+
+def resume_stalled(*, stall_seconds: float) -> int:
+    """Beat: a running campaign with recipients pending and nothing claimed for ``stall_seconds`` lost
+    its runner (a worker killed; its unacknowledged task comes back only after the broker's visibility
+    timeout): enqueue a new one. Safe beside a live runner (claims skip locked rows; a claimed row is
+    never sent twice). Returns how many were resumed."""
+    from django.db.models import Max
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stall_seconds)
+    resumed = 0
+    for campaign in Campaign.objects.filter(status=Campaign.Status.RUNNING, started_at__lt=cutoff):
+        rows = CampaignRecipient.objects.filter(campaign=campaign)
+        if not rows.filter(status=CampaignRecipient.Status.PENDING).exists() or _blocked(campaign, now):
+            continue
+        last = rows.aggregate(last=Max("claimed_at"))["last"]
+        if last is None or last < cutoff:
+            enqueue(campaign.pk)
+            resumed += 1
+    return resumed
+
+
+def _claim(campaign: Campaign, size: int) -> list[CampaignRecipient]:
+    with transaction.atomic():
+        rows = list(
+            CampaignRecipient.objects.select_for_update(skip_locked=True)
+            .filter(campaign=campaign, status=CampaignRecipient.Status.PENDING)
+            .order_by("id")[:size]
+        )
+        if rows:
+            CampaignRecipient.objects.filter(pk__in=[r.pk for r in rows]).update(
+                status=CampaignRecipient.Status.SENDING, claimed_at=timezone.now()
+            )
+    return rows
+
+
+def _finish(campaign: Campaign) -> None:
+    if not CampaignRecipient.objects.filter(campaign=campaign, status=CampaignRecipient.Status.PENDING).exists():
+        Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(
+            status=Campaign.Status.DONE, finished_at=timezone.now()
+        )
+
+
+def _values(campaign: Campaign, row: CampaignRecipient) -> dict[str, Any]:
+    def fill(value: Any) -> Any:
+        if isinstance(value, str) and (match := _VARIABLE.match(value)):
+            return str(row.variables.get(match.group(1), ""))
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return fill(campaign.variables or {})
+
+
+def _send_one(campaign: Campaign, row: CampaignRecipient) -> None:
+    update: dict[str, Any]
+    opted_out = Consent.objects.filter(
+        channel_id=campaign.channel_id, contact_id=row.contact_id, opted_out_at__isnull=False
+    ).exists()
+    if opted_out:
+        update = {"status": CampaignRecipient.Status.SKIPPED, "error": "opted out"}
+    else:
+        try:
+            result, _text = templates.send_template(
+                channel=campaign.channel,
+                recipient_id=row.contact_id,
+                template=campaign.template,
+                variables=_values(campaign, row),
+                callback_data=f"{CALLBACK_PREFIX}{row.pk}",
+            )
+            wamid = result.platform_message_ids[0] if result.platform_message_ids else ""
+            update = {"status": CampaignRecipient.Status.SENT, "platform_message_id": wamid}
+        except templates.TemplateError as exc:
+            update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
+        except SendError as exc:
+            if exc.permanent:
+                update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
+            else:  # Meta answered "not now" (throttled, 5xx): not sent, so it may go again
+                update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
+                logger.warning("campaign send deferred", extra={"campaign_id": str(campaign.pk), "error": str(exc)})
+    CampaignRecipient.objects.filter(pk=row.pk, status=CampaignRecipient.Status.SENDING).update(**update)
+
+
+# --- statuses -----------------------------------------------------------------------------------------
+
+
+def apply_status(*, tenant_id: Any, update: StatusUpdate) -> bool:
+    """A delivery status for a campaign message (by wamid, or by our callback data for a row a crash
+    left ``sending``). Never moves backwards; ``failed`` wins. Returns whether it was a campaign's."""
+    raw = update.raw if isinstance(update.raw, dict) else {}
+    callback = str(raw.get("biz_opaque_callback_data") or "")
+    rows = CampaignRecipient.objects.filter(tenant_id=tenant_id)
+    row = None
+    if update.message_id:
+        row = rows.filter(platform_message_id=update.message_id).first()
+    if row is None and callback.startswith(CALLBACK_PREFIX) and callback[len(CALLBACK_PREFIX) :].isdigit():
+        row = rows.filter(pk=int(callback[len(CALLBACK_PREFIX) :])).first()
+    if row is None:
+        return False
+    status = update.status
+    fields: dict[str, Any] = {}
+    if status == "failed":
+        fields = {"status": CampaignRecipient.Status.FAILED, "error": str((update.error or {}).get("title", ""))[:500]}
+    elif status in STATUS_ORDER and STATUS_ORDER[status] > STATUS_ORDER.get(row.status, 99):
+        fields = {"status": status}
+    if not row.platform_message_id and update.message_id:
+        fields["platform_message_id"] = update.message_id
+    if fields:
+        CampaignRecipient.objects.filter(pk=row.pk).update(**fields)
+    return True

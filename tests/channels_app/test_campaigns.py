@@ -1,0 +1,232 @@
+"""Campaigns against the local Graph API server: opted-in contacts (CSV with source and time), a
+template with per-contact variables, throttled sending; "STOP" honoured at once and forever; a
+restarted campaign never sends anyone the same campaign twice; delivery statuses per recipient."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import time as day_time
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from channels_app.models import Campaign, CampaignRecipient, Consent, MessageTemplate
+from channels_app.services import campaigns, templates
+from tests.channels_app.conftest import WA_PHONE_NUMBER_ID, WA_SECRET, WA_WABA_ID
+
+PROMO = {
+    "id": "2001",
+    "name": "spring_offer",
+    "language": "en_US",
+    "category": "MARKETING",
+    "status": "APPROVED",
+    "components": [{"type": "BODY", "text": "Hi {{1}}, spring is here: 20% off until Sunday."}],
+}
+
+
+@pytest.fixture
+def template(wa_channel, graph) -> MessageTemplate:
+    graph.templates[WA_WABA_ID] = [PROMO]
+    templates.templates_sync(channel=wa_channel)
+    return MessageTemplate.objects.get(name="spring_offer")
+
+
+def phone(i: int) -> str:
+    return f"1555{i:07d}"
+
+
+def csv_of(n: int, start: int = 0) -> str:
+    return "contact,first_name\n" + "".join(f"+{phone(i)},Name{i}\n" for i in range(start, start + n))
+
+
+def user_says(post_webhook: Any, sender: str, text: str, n: int) -> None:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": WA_PHONE_NUMBER_ID},
+        "contacts": [{"profile": {"name": "X"}, "wa_id": sender}],
+        "messages": [{"from": sender, "id": f"wamid.S{n}", "timestamp": str(int(time.time())), "type": "text",
+                      "text": {"body": text}}],
+    }  # fmt: skip
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W", "changes": [{"field": "messages", "value": value}]}],
+    }
+    assert post_webhook("whatsapp", json.dumps(body).encode(), WA_SECRET).status_code == 200
+
+
+def sent_to(graph: Any) -> Counter:
+    return Counter(p["json"]["to"] for p in graph.posts() if p["json"].get("type") == "template")
+
+
+def test_2000_opted_in_contacts_each_get_it_once_and_the_50_who_said_stop_never(
+    wa_channel, graph, template, post_webhook
+):
+    counts = campaigns.consent_import_csv(channel=wa_channel, text=csv_of(2000) + "not-a-number,x\n")
+    assert counts == {"imported": 2000, "opted_out": 0, "invalid": 1}
+    for i in range(25):  # before the campaign starts
+        user_says(post_webhook, phone(i), "STOP", i)
+    campaign = campaigns.campaign_create(
+        channel=wa_channel, name="Spring", template=template, variables={"body": ["{first_name}"]}, rate_per_second=80,
+        daily_limit=10_000,
+    )  # fmt: skip
+    assert campaigns.campaign_start(campaign=campaign) == 1975
+    for i in range(25, 50):  # after: their pending messages are skipped at once
+        user_says(post_webhook, phone(i), "stop", i)
+    assert campaigns.consent_import_csv(channel=wa_channel, text=csv_of(50))["opted_out"] == 50  # forever
+
+    outcome, _wait = campaigns.run_campaign(campaign_id=campaign.pk, budget_seconds=600)
+
+    assert outcome == "done"
+    got = sent_to(graph)
+    assert len(got) == 1950 and set(got.values()) == {1}
+    assert not any(phone(i) in got for i in range(50))
+    first = next(p["json"] for p in graph.posts() if p["json"].get("to") == phone(77))
+    assert first["template"]["components"] == [{"type": "body", "parameters": [{"type": "text", "text": "Name77"}]}]
+    assert first["biz_opaque_callback_data"].startswith("campaign:")
+    totals = campaigns.campaign_totals(campaign)
+    assert (totals["sent"], totals["skipped"], totals["total"]) == (1950, 25, 1975)
+    campaign.refresh_from_db()
+    assert campaign.status == "done" and campaign.finished_at is not None
+
+
+def test_a_restarted_campaign_never_sends_a_claimed_contact_again(wa_channel, graph, template, post_webhook):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(30))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    # A worker claims 10 rows and dies before, during or after its Graph calls.
+    crashed = campaigns._claim(campaign, 10)
+    campaigns.run_campaign(campaign_id=campaign.pk, budget_seconds=60)  # the task runs again
+
+    got = sent_to(graph)
+    assert len(got) == 20 and set(got.values()) == {1}
+    assert not any(r.contact_id in got for r in crashed)
+    # Meta's status webhook for one the crashed worker did send tells us it went.
+    status = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": WA_PHONE_NUMBER_ID},
+        "statuses": [{"id": "wamid.CRASHED", "status": "delivered", "timestamp": str(int(time.time())),
+                      "recipient_id": crashed[0].contact_id, "biz_opaque_callback_data": f"campaign:{crashed[0].pk}"}],
+    }  # fmt: skip
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W", "changes": [{"field": "messages", "value": status}]}],
+    }
+    post_webhook("whatsapp", json.dumps(body).encode(), WA_SECRET)
+    from channels_app.models import InboundEvent
+    from channels_app.services import apply_status_update
+
+    for row in InboundEvent.objects.filter(kind="status"):
+        apply_status_update(inbound_id=row.pk)
+    row = CampaignRecipient.objects.get(pk=crashed[0].pk)
+    assert (row.status, row.platform_message_id) == ("delivered", "wamid.CRASHED")
+    assert CampaignRecipient.objects.filter(campaign=campaign, status="sending").count() == 9
+
+
+def test_statuses_move_each_recipient_forward_and_failed_is_kept(wa_channel, graph, template):
+    from channels_app.adapters.base import StatusUpdate
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(2))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    campaigns.run_campaign(campaign_id=campaign.pk)
+    one, two = CampaignRecipient.objects.filter(campaign=campaign).order_by("id")
+
+    def status(row: CampaignRecipient, value: str) -> None:
+        update = StatusUpdate(platform="whatsapp", channel_external_id=WA_PHONE_NUMBER_ID,
+                              message_id=row.platform_message_id, status=value, timestamp=0,
+                              error={"title": "Message undeliverable"} if value == "failed" else None)  # fmt: skip
+        assert campaigns.apply_status(tenant_id=row.tenant_id, update=update)
+
+    status(one, "read")
+    status(one, "delivered")  # late: never downgrades
+    status(two, "failed")
+    one.refresh_from_db()
+    two.refresh_from_db()
+    assert (one.status, two.status, two.error) == ("read", "failed", "Message undeliverable")
+
+
+def test_quiet_hours_pause_and_the_daily_limit_hold_sending(wa_channel, graph, template):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(10))
+    now = timezone.now()
+    quiet = campaigns.campaign_create(
+        channel=wa_channel, name="Q", template=template, variables={"body": ["x"]},
+        quiet_start=day_time((now.hour - 1) % 24), quiet_end=day_time((now.hour + 1) % 24),
+    )  # fmt: skip
+    campaigns.campaign_start(campaign=quiet)
+    assert campaigns.run_campaign(campaign_id=quiet.pk)[0] == "quiet"
+    campaigns.campaign_pause(campaign=quiet)
+    assert campaigns.run_campaign(campaign_id=quiet.pk)[0] == "paused"
+    assert graph.posts() == []
+
+    limited = campaigns.campaign_create(
+        channel=wa_channel, name="L", template=template, variables={"body": ["x"]}, daily_limit=4
+    )
+    campaigns.campaign_start(campaign=limited)
+    outcome, wait = campaigns.run_campaign(campaign_id=limited.pk)
+    assert outcome == "daily_limit" and wait > 0
+    assert len(sent_to(graph)) == 4
+
+
+def test_a_campaign_reaches_only_this_channels_opted_in_contacts(wa_channel, graph, template, other_tenant):
+    from channels_app import services
+
+    theirs = services.channel_create(tenant=other_tenant, type="whatsapp", name="G", external_id="9988776655")
+    campaigns.consent_import_csv(channel=theirs, text=csv_of(5, start=100))
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+
+    assert campaigns.campaign_start(campaign=campaign) == 3
+    assert Consent.objects.filter(channel=theirs).count() == 5
+    assert Campaign.objects.filter(tenant=other_tenant).count() == 0
+
+
+def test_a_template_that_is_not_approved_cannot_start_a_campaign(wa_channel, graph, template):
+    template.status = "PAUSED"
+    template.save()
+    with pytest.raises(templates.TemplateError):
+        campaigns.campaign_create(channel=wa_channel, name="C", template=template)
+
+
+def test_the_api_imports_opt_ins_creates_starts_pauses_and_totals_a_campaign(wa_channel, graph, template, tenant_api):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    base = f"/api/tenants/{wa_channel.tenant_id}"
+    upload = SimpleUploadedFile("optins.csv", csv_of(3).encode(), content_type="text/csv")
+    imported = tenant_api.post(f"{base}/channels/{wa_channel.pk}/consents/import/", {"file": upload, "opt_in_source": "shop"},
+                               format="multipart")  # fmt: skip
+    assert imported.status_code == 200 and imported.json() == {"imported": 3, "opted_out": 0, "invalid": 0}
+    consent = Consent.objects.get(contact_id=phone(1))
+    assert (consent.source, consent.variables) == ("shop", {"first_name": "Name1"})
+
+    created = tenant_api.post(
+        f"{base}/channels/{wa_channel.pk}/campaigns/",
+        {
+            "name": "Spring",
+            "template_name": "spring_offer",
+            "language": "en_US",
+            "variables": {"body": ["{first_name}"]},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    campaign_id = created.json()["id"]
+    started = tenant_api.post(f"{base}/campaigns/{campaign_id}/start/")
+    assert started.json()["status"] == "running" and started.json()["totals"]["pending"] == 3
+    assert tenant_api.post(f"{base}/campaigns/{campaign_id}/pause/").json()["status"] == "paused"
+    assert campaigns.run_campaign(campaign_id=campaign_id)[0] == "paused"
+    tenant_api.post(f"{base}/campaigns/{campaign_id}/resume/")
+    campaigns.run_campaign(campaign_id=campaign_id)
+
+    detail = tenant_api.get(f"{base}/campaigns/{campaign_id}/").json()
+    assert (detail["status"], detail["totals"]["sent"]) == ("done", 3)
+
+
+def test_another_tenant_cannot_see_or_start_the_campaign(wa_channel, graph, template, api_for, other_tenant):
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    theirs = api_for(other_tenant)
+    assert theirs.get(f"/api/tenants/{other_tenant.pk}/campaigns/{campaign.pk}/").status_code == 404
+    assert theirs.post(f"/api/tenants/{other_tenant.pk}/campaigns/{campaign.pk}/start/").status_code == 404
+    assert Campaign.objects.get(pk=campaign.pk).status == "draft"

@@ -16,16 +16,17 @@ from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from channels_app.models import Channel
-from conversations import analytics_admin, selectors, services
+from conversations import analytics_admin, experiments, selectors, services
 from conversations.inbox import services as inbox_services
-from conversations.models import CannedReply, Conversation, Message, SatisfactionRating, TenantFunction
+from conversations.models import CannedReply, Conversation, Experiment, Message, SatisfactionRating, TenantFunction
 from conversations.state import InvalidTransition
 from conversations.tools import FunctionDefinitionError, validate_definition
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import Tenant
+from tenants.settings_schema import TenantSettingsError
 
 STATE_COLOURS: dict[str, str] = {
     Conversation.State.HANDOFF_REQUESTED: "#b91c1c",
@@ -277,3 +278,107 @@ class SatisfactionRatingAdmin(TenantScopedAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ExperimentForm(forms.ModelForm):
+    """Variants as JSON: ``[{"name": "control", "share": 50, "overrides": {}}, {"name": "warm", "share": 50,
+    "overrides": {"tone": "warm"}}]``, validated like the API's (shares sum to 100, overrides by the schema)."""
+
+    default_tenant_id: Any = None
+
+    class Meta:
+        model = Experiment
+        fields = ["tenant", "name", "goal", "variants"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        tenant = data.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
+        if tenant is None and self.default_tenant_id is not None:
+            tenant = Tenant.objects.get(pk=self.default_tenant_id)
+        if tenant is not None and "variants" in data:
+            try:
+                data["variants"] = experiments.validate_variants(tenant=tenant, variants=data["variants"])
+            except experiments.ExperimentError as exc:
+                self.add_error("variants", [f"{path}: {', '.join(problems)}" for path, problems in exc.errors.items()])
+        return data
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(TenantScopedAdmin):
+    """A/B tests of the assistant: define (a draft), start, stop, and promote the winner into the tenant
+    settings; the change page shows the results per variant."""
+
+    form = ExperimentForm
+    list_display = ["name", "goal", "status", "started_at", "stopped_at", "promoted_variant"]
+    list_filter = ["status", "goal"]
+    actions = ["start_experiments", "stop_experiments", "promote_winners"]
+    FIXED = ["status", "started_at", "stopped_at", "promoted_variant", "results"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None and obj.status != Experiment.Status.DRAFT:
+            return ["tenant", "name", "goal", "variants", *self.FIXED]
+        return ["tenant", *self.FIXED] if obj is not None else self.FIXED
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        tenant_ids = user_tenant_ids(request)
+        form.default_tenant_id = tenant_ids[0] if tenant_ids else None  # type: ignore[attr-defined]
+        return form
+
+    def save_model(self, request: HttpRequest, obj: Experiment, form: Any, change: bool) -> None:
+        tenant_ids = user_tenant_ids(request)
+        if not obj.tenant_id:
+            obj.tenant_id = tenant_ids[0]  # type: ignore[index]
+        if tenant_ids is not None and obj.tenant_id not in tenant_ids:
+            raise PermissionDenied
+        obj.save()
+
+    @admin.display(description="Results")
+    def results(self, obj: Experiment) -> str:
+        if obj.pk is None or obj.started_at is None:
+            return "Not started."
+        found = experiments.experiment_results(tenant=Tenant.objects.get(pk=obj.tenant_id), experiment=obj)
+
+        def number(value: float | None) -> str:
+            return "–" if value is None else f"{value:.4g}"
+
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}%</td><td>{}</td><td>{}</td><td>{} [{}, {}]</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    r["name"] + (" (control)" if r["control"] else ""), r["share"], r["conversations"],
+                    r["observations"], number(r["value"]), number(r["ci_low"]), number(r["ci_high"]),
+                    number(r["p_value"]), "better" if r["better"] else ("significant" if r["significant"] else "–"),
+                )
+                for r in found["variants"]
+            ),
+        )  # fmt: skip
+        return format_html(
+            "<table><tr><th>Variant</th><th>Share</th><th>Conversations</th><th>Observations</th>"
+            "<th>{} (95% CI)</th><th>p vs control</th><th>Result</th></tr>{}</table><p>Winner: <strong>{}</strong></p>",
+            obj.get_goal_display(),
+            rows,
+            found["winner"] or "none yet (no significant difference)",
+        )
+
+    def _each(self, request: HttpRequest, queryset: models.QuerySet, operation: Any, done: str) -> None:
+        for experiment in queryset:
+            try:
+                operation(tenant=Tenant.objects.get(pk=experiment.tenant_id), experiment=experiment)
+            except (experiments.ExperimentConflict, TenantSettingsError) as exc:
+                messages.error(request, f"{experiment}: {exc}")
+            else:
+                messages.success(request, f"{experiment}: {done}")
+
+    @admin.action(description="Start the selected experiments")
+    def start_experiments(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        self._each(request, queryset, experiments.experiment_start, "started.")
+
+    @admin.action(description="Stop the selected experiments")
+    def stop_experiments(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        self._each(request, queryset, experiments.experiment_stop, "stopped.")
+
+    @admin.action(description="Promote the winner into the tenant settings (and stop)")
+    def promote_winners(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        self._each(request, queryset, experiments.experiment_promote, "winner promoted into the tenant settings.")

@@ -70,6 +70,12 @@ class Conversation(TenantOwned):
     )
     tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     analysed_at = models.DateTimeField(null=True, blank=True)
+    # The A/B test (conversations.experiments) whose variant answered this conversation, recorded by the
+    # turn that applied it; the variant is its name in the experiment.
+    experiment = models.ForeignKey(
+        "conversations.Experiment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    experiment_variant = models.CharField(max_length=40, blank=True, default="")
 
     class Meta:
         ordering = ["-last_activity_at"]
@@ -80,6 +86,11 @@ class Conversation(TenantOwned):
             # Analytics: conversations created per day.
             models.Index(fields=["tenant", "created_at"], name="conv_tenant_created"),
             models.Index(fields=["tenant", "assignee", "-last_activity_at"], name="conv_tenant_assignee"),
+            models.Index(
+                fields=["tenant", "experiment", "experiment_variant"],
+                condition=models.Q(experiment__isnull=False),
+                name="conv_tenant_experiment",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -220,6 +231,46 @@ class SatisfactionRating(TenantOwned):
             models.Index(fields=["tenant", "conversation"], name="rating_tenant_conv"),
         ]
         constraints = [models.CheckConstraint(condition=models.Q(score__gte=1, score__lte=5), name="rating_1_to_5")]
+
+
+class Experiment(TenantOwned):
+    """An A/B test of the tenant's assistant (conversations.experiments): variants of its settings, each
+    answering a share of the contacts, compared on one goal. ``variants`` is a list of
+    ``{"name", "share", "overrides"}`` (camelCase overrides of the tenant settings; the first variant is
+    the control); the shares sum to 100. At most one experiment of a tenant runs at a time."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    class Goal(models.TextChoices):
+        RESOLVED_WITHOUT_HUMAN = "resolved_without_human", "Resolved without a human (rate)"
+        SATISFACTION = "satisfaction", "Satisfaction (mean 1-5 rating)"
+        COST = "cost", "Cost per conversation (mean, lower is better)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=120)
+    goal = models.CharField(max_length=30, choices=Goal.choices)
+    variants = models.JSONField(default=list)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # The variant whose overrides were written into the tenant settings (empty: none promoted).
+    promoted_variant = models.CharField(max_length=40, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="experiment_tenant_created")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"], condition=models.Q(status="running"), name="experiment_one_running"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class TenantFunction(TenantOwned):

@@ -135,6 +135,8 @@ class ConversationCategory(_Schema):
 class TenantSettings(_Schema):
     brand_name: str = Field("Your Business", min_length=1, max_length=120)
     tone: str = Field("friendly", min_length=1, max_length=60)
+    # Instructions added to the LLM's system prompt (an A/B test's variant can try some: conversations.experiments).
+    prompt_addition: str = Field("", max_length=2000)
     locale: list[LanguageTag] = Field(default_factory=lambda: ["en"], min_length=1, max_length=20)
     enable_rag: bool = True
     enable_function_calling: bool = True

@@ -74,6 +74,8 @@ def system_prompt(turn: Turn, *, tools_offered: bool) -> str:
         "Answer from the context passages when they are relevant and cite them by their markers, like [1]. "
         "If the context does not contain the answer, say so plainly; never invent facts, prices or policies.",
     ]
+    if config.prompt_addition.strip():
+        lines.append(config.prompt_addition.strip())
     if tools_offered and config.enable_human_handoff:
         lines.append(
             f"If the user asks for a person or you cannot help, call {tools.REQUEST_HUMAN} instead of answering."

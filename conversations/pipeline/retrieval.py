@@ -1,4 +1,5 @@
-"""Stage 4: retrieve the tenant's relevant passages (``enableRag``), and the seam to knowledge.
+"""Stage 4: the tenant's running A/B test applied (conversations.experiments), then its relevant passages
+(``enableRag``) retrieved; the seam to knowledge.
 
 ``knowledge.retrieval.search`` is the knowledge area's contract; its chunks become the LLM's
 ``ContextPassage`` list here. A retrieval failure costs the turn its context, never its answer.
@@ -10,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from conversations import experiments
 from conversations.llm.base import ContextPassage
 from conversations.pipeline.turn import Turn
 from knowledge.retrieval import search
@@ -40,7 +42,10 @@ def search_passages(*, tenant: Tenant, query: str, marker_start: int = 1, k: int
 
 
 def run(turn: Turn) -> None:
-    if not turn.answering or not turn.config.enable_rag:
+    if not turn.answering:
+        return
+    experiments.apply(turn)  # the tenant's running A/B test: this contact's variant of the settings, from here on
+    if not turn.config.enable_rag:
         return
     started = time.monotonic()
     try:

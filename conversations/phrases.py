@@ -46,20 +46,20 @@ PHRASES: Final[dict[str, dict[str, str]]] = {
             "only quote those documents (no AI model is connected), so I don't know the answer."
         ),
         "pt": (
-            "Não encontrei nada sobre isso nos documentos {owner}, por isso não sei. Sou um assistente automático "
-            "que só pode citar esses documentos (nenhum modelo de IA está conectado)."
+            "Não encontrei nada sobre isso nos documentos {owner}. Sou um assistente automático que só pode "
+            "citar esses documentos (nenhum modelo de IA está conectado), por isso não sei a resposta."
         ),
         "es": (
-            "No encontré nada sobre eso en los documentos {owner}, así que no lo sé. Soy un asistente automático "
-            "que solo puede citar esos documentos (no hay ningún modelo de IA conectado)."
+            "No encontré nada sobre eso en los documentos {owner}. Soy un asistente automático que solo puede "
+            "citar esos documentos (no hay ningún modelo de IA conectado), así que no sé la respuesta."
         ),
         "fr": (
-            "Je n'ai rien trouvé à ce sujet dans les documents {owner}, je ne sais donc pas. Je suis un "
-            "assistant automatique qui ne peut que citer ces documents (aucun modèle d'IA n'est connecté)."
+            "Je n'ai rien trouvé à ce sujet dans les documents {owner}. Je suis un assistant automatique qui "
+            "ne peut que citer ces documents (aucun modèle d'IA n'est connecté), je ne connais donc pas la réponse."
         ),
         "de": (
-            "Dazu habe ich in den Dokumenten {owner} nichts gefunden, deshalb weiß ich es nicht. Ich bin ein "
-            "automatischer Assistent, der nur diese Dokumente zitieren kann (kein KI-Modell ist verbunden)."
+            "Dazu habe ich in den Dokumenten {owner} nichts gefunden. Ich bin ein automatischer Assistent, der "
+            "nur diese Dokumente zitieren kann (kein KI-Modell ist verbunden), deshalb kenne ich die Antwort nicht."
         ),
     },
     # The offer of a human after "I don't know"; {keyword} is the tenant's first handoff keyword.

@@ -49,11 +49,13 @@ MAX_SENTENCE_CHARS = 500
 # embedder places it this high on its calibrated scale (0 = an unrelated pair, 1 = a clearly relevant one).
 MIN_KEYWORD = 0.34
 MIN_SEMANTIC = 0.45
-SEMANTIC_WEIGHT = 0.5  # the mix of the two scores in the ranking (keyword: 1 - this)
-NEIGHBOUR_SHARE = 0.75  # a next sentence referring back joins when it scores this share of the best
+SEMANTIC_WEIGHT = 0.3  # the mix of the two scores in the ranking (keyword: 1 - this)
+NEIGHBOUR_SHARE = 0.0  # a next sentence referring back joins when it scores this share of the best
 OTHER_SOURCE_SHARE = 0.9  # another passage's best sentence joins when it scores this share of the best
 OTHER_LANGUAGE_FACTOR = 0.85  # a passage in another language than the conversation's, when some are in it
 HEADING_MAX_WORDS = 12
+RANK_SPREAD = True
+SAME_PASSAGE = False
 
 
 def _wordlist(text: str) -> frozenset[str]:
@@ -97,7 +99,8 @@ class Sentence:
     context: str  # the heading it sits under
     paragraph: int
     keyword: float = 0.0
-    semantic: float = 0.0
+    semantic: float = 0.0  # calibrated (0 unrelated .. 1 clearly relevant): the threshold's scale
+    cosine: float = 0.0
     score: float = 0.0
 
 
@@ -231,6 +234,7 @@ def semantic_scores(query: str, sentences: list[Sentence], embedder: Any) -> boo
     cosines = matrix @ query_vector / np.where(norms == 0, 1.0, norms)
     low, high = getattr(embedder, "calibration", (0.0, 1.0))
     for sentence, cosine in zip(sentences, cosines, strict=True):
+        sentence.cosine = float(cosine)
         sentence.semantic = float(min(max((cosine - low) / ((high - low) or 1.0), 0.0), 1.0))
     return True
 
@@ -263,8 +267,12 @@ def select(query: str, passages: list[ContextPassage], *, language: str = "en", 
     weight = SEMANTIC_WEIGHT if semantic else 0.0
     languages = [_passage_language(p) for p in passages]
     prefer = lang in languages
+    # Ranked on the cosines spread over this question's sentences (the calibrated scale saturates:
+    # e5 puts many sentences of a relevant passage above its "clearly relevant" point).
+    top, bottom = max(s.cosine for s in sentences), min(s.cosine for s in sentences)
     for s in sentences:
-        s.score = weight * s.semantic + (1 - weight) * s.keyword
+        spread = (s.cosine - bottom) / ((top - bottom) or 1.0) if RANK_SPREAD else s.semantic
+        s.score = weight * spread + (1 - weight) * s.keyword
         s.score *= 1.0 - 0.02 * s.passage  # retrieval's order breaks near-ties
         if prefer and languages[s.passage] not in (None, lang):
             s.score *= OTHER_LANGUAGE_FACTOR
@@ -278,7 +286,7 @@ def select(query: str, passages: list[ContextPassage], *, language: str = "en", 
     for s in ranked[1:]:
         if len(chosen) >= MAX_SENTENCES or s.score < OTHER_SOURCE_SHARE * best.score:
             break
-        if s in chosen or s.passage in used_passages or len(s.text.split()) > budget:
+        if s in chosen or (s.passage in used_passages and not SAME_PASSAGE) or len(s.text.split()) > budget:
             continue
         if any(s.text == c.text for c in chosen):  # a chunk's overlap repeats its neighbour's sentences
             continue

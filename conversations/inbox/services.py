@@ -398,6 +398,11 @@ def rating_from_tap(payload: str) -> int | None:
     return None
 
 
+def rating_answer(taps: list[str], text: str) -> int | None:
+    """The score a burst gives the satisfaction question: a tapped option, else the whole text ("4")."""
+    return next((n for n in map(rating_from_tap, taps) if n), None) or rating_from_text(text.strip())
+
+
 def rating_from_text(text: str) -> int | None:
     """The score in an answer to the satisfaction question ("4", "4/5", "⭐⭐⭐⭐"), else None."""
     if match := _RATING.match(text or ""):

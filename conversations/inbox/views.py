@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.core.files.storage import default_storage
@@ -137,12 +138,15 @@ def inbox_page(request: HttpRequest) -> HttpResponse:
     if wanted:
         tenant = next((t for t in tenants if str(t.pk) == wanted), None)
         if tenant is None:
-            return render(request, "inbox/choose_tenant.html", {"tenants": tenants, "refused": True}, status=403)
+            context = {**admin.site.each_context(request), "tenants": tenants, "refused": True}
+            return render(request, "inbox/choose_tenant.html", context, status=403)
     else:
         tenant = tenants[0] if len(tenants) == 1 else None
+    site = admin.site.each_context(request)  # the admin's header, titles and colour theme
     if tenant is None:
-        return render(request, "inbox/choose_tenant.html", {"tenants": tenants})
-    return render(request, "inbox/inbox.html", {"tenant": tenant, "tenants": tenants})
+        return render(request, "inbox/choose_tenant.html", {**site, "tenants": tenants})
+    context = {**site, "is_nav_sidebar_enabled": False, "tenant": tenant, "tenants": tenants}
+    return render(request, "inbox/inbox.html", context)
 
 
 # --- JSON ---------------------------------------------------------------------------------------------

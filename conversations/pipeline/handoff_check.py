@@ -56,13 +56,12 @@ def escalate(turn: Turn, *, reason: str) -> None:
 
 def _satisfaction_answer(turn: Turn) -> bool:
     """The user answers the closing message's satisfaction question (taps an option, or writes "4",
-    "⭐⭐⭐⭐"): the rating is stored, the user thanked, and the conversation stays resolved (intake
-    reopened it for the bot when the answer arrived: it is closed again). Anything else: the question
-    lapses and the turn goes on."""
+    "⭐⭐⭐⭐"): the rating is stored, the user thanked, and the conversation stays resolved (intake did
+    not reopen it for such an answer). Anything else: the question lapses and the turn goes on."""
     conversation = turn.conversation
     assert conversation is not None
     taps = [((e.normalized or {}).get("reply") or {}).get("payload") or "" for e in turn.inbound_events]
-    score = next((n for n in map(inbox.rating_from_tap, taps) if n), None) or inbox.rating_from_text(turn.query.strip())
+    score = inbox.rating_answer(taps, turn.query)
     if score is None:
         Conversation.objects.filter(pk=conversation.pk, tenant_id=turn.tenant.pk).update(satisfaction_requested_at=None)
         conversation.satisfaction_requested_at = None

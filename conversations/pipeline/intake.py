@@ -203,6 +203,17 @@ def _context(turn: Turn, conversation: Conversation) -> list[Message]:
         return [Message.from_db(connection.alias, CONTEXT_FIELDS, row) for row in cursor.fetchall()]
 
 
+def _answers_rating(conversation: Conversation, messages: list[tuple[Any, NormalizedMessage]]) -> bool:
+    """The burst answers the closing satisfaction question: the conversation stays resolved (the
+    handoff check stores the rating)."""
+    if conversation.satisfaction_requested_at is None:
+        return False
+    from conversations.inbox.services import rating_answer
+
+    taps = [str((m.reply or {}).get("payload") or "") for _, m in messages]
+    return rating_answer(taps, "\n".join(m.text or "" for _, m in messages)) is not None
+
+
 def run(turn: Turn) -> None:
     started = time.monotonic()
     messages = _normalized(turn)
@@ -219,6 +230,7 @@ def run(turn: Turn) -> None:
         and turn.conversation is not None
         and turn.conversation.state == Conversation.State.RESOLVED
         and not turn.ignore_reason
+        and not _answers_rating(turn.conversation, messages)
     )
     # The everyday case, a returning contact's new messages and nothing else to write: one statement,
     # atomic on its own (no transaction to open and commit around it).

@@ -238,6 +238,11 @@
     });
     select.value = row.assignee ? String(row.assignee.id) : "";
     $("ib-take").hidden = !!(row.assignee && state.me && row.assignee.id === state.me.id);
+    // Two agents never reply unaware of each other: the assignee is named above the composer.
+    var owner = $("ib-owner");
+    var someoneElse = row.assignee && state.me && row.assignee.id !== state.me.id;
+    owner.textContent = someoneElse ? row.assignee.name + " is assigned to this conversation; your reply is sent as you." : "";
+    owner.hidden = !someoneElse;
     $("ib-resolve").disabled = row.state === "resolved";
     $("ib-bot").disabled = row.state === "bot";
   }
@@ -370,17 +375,20 @@
     var path = "conversations/" + open.id + (state.mode === "note" ? "/notes/" : "/reply/");
     $("ib-send").disabled = true;
     showError("");
+    // Cleared now, not when the server answers: what the agent types meanwhile is kept.
+    input.value = "";
+    hideCanned();
+    stopTyping();
     api("POST", path, { text: text }).then(function (data) {
-      input.value = "";
-      hideCanned();
-      stopTyping();
       if (state.open && state.open.id === open.id) {
         if (data.note) appendItem({ type: "note", id: data.note.id, text: data.note.text, author: data.note.author, created_at: data.note.created_at });
         if (data.message) appendItem(Object.assign({ type: "message" }, data.message));
         $("ib-timeline").scrollTop = $("ib-timeline").scrollHeight;
       }
-    }).catch(function (error) { showError(error.message); })
-      .then(function () { $("ib-send").disabled = false; });
+    }).catch(function (error) {
+      showError(error.message);
+      if (!input.value && state.open && state.open.id === open.id) input.value = text; // not lost
+    }).then(function () { $("ib-send").disabled = false; });
   }
 
   function typing() {
@@ -601,7 +609,10 @@
     }
   });
   $("ib-text").addEventListener("input", function () { showCanned(); typing(); });
-  $("ib-text").addEventListener("blur", function () { setTimeout(hideCanned, 150); });
+  $("ib-text").addEventListener("blur", function () {
+    // Later, so that a click on a canned reply lands first; not if the composer has the focus again.
+    setTimeout(function () { if (document.activeElement !== $("ib-text")) hideCanned(); }, 150);
+  });
   $("ib-take").addEventListener("click", function () { assignTo(state.me ? state.me.id : null); });
   $("ib-assignee").addEventListener("change", function (e) { assignTo(e.target.value ? parseInt(e.target.value, 10) : null); });
   $("ib-resolve").addEventListener("click", function () { action("resolve/"); });
@@ -643,6 +654,9 @@
       state.agents = meta.agents;
       state.channels = meta.channels;
       state.canned = meta.canned;
+      if (meta.satisfaction && meta.satisfaction.count) {
+        $("ib-csat").textContent = "Satisfaction " + meta.satisfaction.average + "/5 (" + meta.satisfaction.count + ")";
+      }
       var select = $("ib-channel");
       meta.channels.forEach(function (c) {
         var option = el("option", null, c.name + " (" + (CHANNEL_NAMES[c.type] || c.type) + ")");

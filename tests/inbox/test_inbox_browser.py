@@ -10,6 +10,8 @@ reaches the Graph API."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from channels_app.models import Channel, new_widget_key
@@ -80,11 +82,16 @@ def test_two_agents_a_visitor_and_a_whatsapp_contact_in_one_live_inbox(
     expect(bob.page.locator(".ib-row .ib-assignee")).to_have_text("Amy", timeout=15000)
     expect(widget.get_by_text("Amy joined the conversation.")).to_have_count(1, timeout=15000)
 
-    # Amy types: the visitor sees typing; Enter sends; the visitor sees the reply.
+    # Bob opens it too: it names Amy as the assignee.
+    bob.page.locator(".ib-row button").click()
+    expect(bob.page.locator("#ib-owner")).to_contain_text("Amy is assigned")
+
+    # Amy types: the visitor sees typing, Bob sees "Amy is replying"; Enter sends; the visitor sees it.
     composer = amy.page.locator("#ib-text")
     composer.click()
     composer.type("Hello, I am Amy")
     expect(visitor.page.locator(".mc-typing")).to_be_visible(timeout=15000)
+    expect(bob.page.locator("#ib-agent-typing")).to_have_text("Amy is replying…", timeout=15000)
     composer.press("Enter")
     expect(widget.locator(".mc-msg--agent .mc-text")).to_have_text("Hello, I am Amy", timeout=15000)
 
@@ -98,12 +105,14 @@ def test_two_agents_a_visitor_and_a_whatsapp_contact_in_one_live_inbox(
     composer.fill("VIP customer, secret note")
     composer.press("Enter")
     expect(amy.page.locator(".ib-note .ib-text")).to_have_text("VIP customer, secret note")
+    expect(bob.page.locator(".ib-note .ib-text")).to_have_text("VIP customer, secret note", timeout=15000)
     expect(bob.page.locator(".ib-row .ib-assignee")).to_have_text("Amy")
 
     # A canned reply by /shortcut.
     amy.page.click('.ib-modes button[data-mode="reply"]')
     composer.fill("")
     composer.type("/tha")
+    expect(amy.page.locator("#ib-canned")).to_be_visible()
     expect(amy.page.locator("#ib-canned .ib-canned-item")).to_have_count(1)
     composer.press("Enter")
     expect(composer).to_have_value("Thank you for your patience!")
@@ -131,9 +140,14 @@ def test_two_agents_a_visitor_and_a_whatsapp_contact_in_one_live_inbox(
     composer.fill("Yes, Amy here on WhatsApp")
     composer.press("Enter")
     wait_until(lambda: "Yes, Amy here on WhatsApp" in graph.text_bodies())
+    expect(amy.page.locator(".ib-msg--system .ib-text")).to_have_text("Amy joined the conversation.")
     assert "Amy joined the conversation." in graph.text_bodies()  # answering it assigned it to Amy
     expect(bob.page.locator('.ib-row:has(.ib-channel:text("WhatsApp")) .ib-assignee')).to_have_text("Amy")
 
+    if os.environ.get("INBOX_SCREENSHOT_DIR"):  # to look at it: INBOX_SCREENSHOT_DIR=/tmp pytest ...
+        amy.page.set_viewport_size({"width": 1400, "height": 900})
+        amy.page.screenshot(path=os.path.join(os.environ["INBOX_SCREENSHOT_DIR"], "inbox.png"))
+        visitor.page.screenshot(path=os.path.join(os.environ["INBOX_SCREENSHOT_DIR"], "inbox-visitor.png"))
     for watched in (amy, bob):
         assert watched.errors == []
     for watched in (amy, bob, visitor):

@@ -11,6 +11,7 @@ from channels.layers import get_channel_layer
 
 from conversations.inbox import live, services
 from conversations.models import Conversation, SatisfactionRating
+from events.models import Event
 from tests.conftest import wait_until
 from tests.conversations.conftest import APP_SECRET, deliver, whatsapp_payload
 
@@ -93,6 +94,9 @@ def test_whatsapp_messages_reach_the_inbox_live_and_the_rating_is_stored(
     wait_until(lambda: graph.text_bodies()[-1] == "Thank you for your feedback!")
     assert wait_until(lambda: Conversation.objects.get().state == "resolved")
     assert openai_server.requests == []  # the bot did not answer the tap
+    # The answer did not reopen the conversation for the bot (the last state change is the resolve).
+    states = [e.payload["state"] for e in Event.objects.filter(type="conversation.updated").order_by("id")]
+    assert states == ["handoff_requested", "agent", "resolved"]
 
 
 def test_a_written_digit_also_answers_the_question(live_worker, whatsapp, graph, openai_server, tenant, make_agent):

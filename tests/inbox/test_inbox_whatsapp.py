@@ -112,3 +112,32 @@ def test_a_written_digit_also_answers_the_question(live_worker, whatsapp, graph,
     deliver(whatsapp, text="3")  # answered already: an ordinary message, the bot answers it
     wait_until(lambda: openai_server.requests)
     assert SatisfactionRating.objects.count() == 1
+
+
+def test_messenger_gets_the_question_as_five_quick_replies(graph, tenant, make_agent):
+    from channels_app.adapters.base import NormalizedMessage
+    from channels_app.inbound import record_inbound
+    from channels_app.models import Channel
+    from channels_app.secrets import channel_secret_set
+    from tests.inbox.conftest import make_conversation
+
+    page = Channel.objects.create(tenant=tenant, type="messenger", name="Page", external_id="555000111")
+    channel_secret_set(channel=page, values={"app_secret": "s", "access_token": "EAApage", "verify_token": "v"})
+    psid = "7001002003"
+    message = NormalizedMessage(
+        platform="messenger", channel_external_id=page.external_id, message_id="m_1", sender_id=psid,
+        timestamp=time.time(), type="text", text="human please",
+    )  # fmt: skip
+    record_inbound(channel=page, messages=[message])  # the contact wrote: the window is open
+    conversation = make_conversation(tenant, channel=page, external_id=psid, state="agent")
+    amy = make_agent(tenant, "amy")
+
+    services.resolve(tenant=tenant, conversation=conversation, user=amy)
+
+    sent = graph.requests[-1]["body"]
+    assert sent["recipient"] == {"id": psid}
+    assert "from 1 (not at all) to 5" in sent["message"]["text"]
+    replies = sent["message"]["quick_replies"]
+    assert [(r["title"], r["payload"]) for r in replies] == [(str(n), f"csat:{n}") for n in range(1, 6)]
+    assert services.rating_answer(["csat:3"], "3") == 3
+    assert services.rating_answer(["csat:9"], "whatever") is None

@@ -141,3 +141,19 @@ def test_messenger_gets_the_question_as_five_quick_replies(graph, tenant, make_a
     assert [(r["title"], r["payload"]) for r in replies] == [(str(n), f"csat:{n}") for n in range(1, 6)]
     assert services.rating_answer(["csat:3"], "3") == 3
     assert services.rating_answer(["csat:9"], "whatever") is None
+
+
+def test_an_agent_typing_shows_the_whatsapp_contact_our_typing_indicator(graph, whatsapp, tenant, make_agent, settings):
+    from tests.inbox.conftest import make_conversation
+
+    settings.WHATSAPP_TYPING_INDICATOR = True
+    amy = make_agent(tenant, "amy")
+    conversation = make_conversation(tenant, channel=whatsapp, external_id="15550009999", state="agent", texts=())
+    conversation.messages.create(
+        tenant=tenant, channel=whatsapp, direction="in", sender="user", content="hi", platform_message_id="wamid.LAST"
+    )
+
+    services.agent_typing(tenant=tenant, conversation=conversation, user=amy, on=True)
+
+    body = graph.requests[-1]["body"]
+    assert (body["status"], body["message_id"], body["typing_indicator"]) == ("read", "wamid.LAST", {"type": "text"})

@@ -285,6 +285,17 @@ def test_cost_is_better_when_lower(tenant, whatsapp):
     assert results["winner"] == "warm"
 
 
+def test_the_statistics_match_scipys_figures_and_a_tie_of_means_is_not_significant():
+    # Reference values computed with scipy 1.17 (stats.t.ppf, stats.ttest_ind(equal_var=False)).
+    assert experiments.t_critical(1) == pytest.approx(12.706205, rel=1e-6)
+    assert experiments.t_critical(5) == pytest.approx(2.570582, rel=1e-6)
+    assert experiments.t_critical(200) == pytest.approx(1.971896, rel=1e-6)
+    assert experiments.welch_t([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 10.0]) == pytest.approx(0.0691336, rel=1e-4)
+    ratings = [3.0, 4.0, 5.0, 4.0, 2.0]
+    assert experiments.welch_t(ratings, list(reversed(ratings))) == pytest.approx(1.0)
+    assert experiments.two_proportion_z(10, 50, 10, 50) == pytest.approx(1.0)
+
+
 # --- API ---------------------------------------------------------------------------------------------------
 
 

@@ -68,7 +68,8 @@ def agent_reply(*, tenant: Tenant, conversation: Conversation, text: str, user: 
         message.status = Message.Status.FAILED if error else Message.Status.SENT
         message.error = {"stage": "send", "message": error} if error else {}
         message.save(update_fields=["platform_message_id", "payload", "status", "error", "updated_at"])
-        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
+        # An agent answered: the inbox's waiting time stops (until the user writes again).
+        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now(), waiting_since=None)
         payload = {
             "conversation_id": str(conversation.pk),
             "message_id": message.pk,

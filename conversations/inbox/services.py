@@ -220,7 +220,6 @@ def reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any) -
     if conversation.assignee_id is None and user is not None and is_tenant_agent(tenant, user):
         assign(tenant=tenant, conversation=conversation, assignee=user, by=user)
     message = services.agent_reply(tenant=tenant, conversation=conversation, text=text, user=user)
-    Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(waiting_since=None)
     mark_read(tenant=tenant, conversation=conversation, user=user)
     return message
 

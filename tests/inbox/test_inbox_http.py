@@ -224,3 +224,22 @@ def test_attachments_are_served_from_the_tenants_storage_only(tenant, other_tena
     # A path outside the tenant's storage is never served, whatever the message says.
     assert client_for(amy).get(f"{base}/1/?tenant={tenant.pk}").status_code == 404
     assert client_for(amy).get(f"{base}/2/?tenant={tenant.pk}").status_code == 404
+
+
+def test_the_waiting_time_runs_from_the_request_for_a_human_until_an_agent_answers(tenant, make_agent, tenant_api):
+    from conversations import state
+
+    amy = make_agent(tenant, "amy")
+    conversation = make_conversation(tenant)
+    state.transition(conversation=conversation, to="handoff_requested", reason="keyword: human")
+    conversation.refresh_from_db()
+    assert conversation.waiting_since == conversation.last_activity_at
+
+    # Answered through the REST API (an integrator's helpdesk) as well as from the inbox.
+    answer = tenant_api.post(
+        f"/api/tenants/{tenant.pk}/conversations/{conversation.pk}/reply/", {"text": "on it"}, format="json"
+    )
+    assert answer.status_code in (200, 201), answer.content
+    conversation.refresh_from_db()
+    assert (conversation.state, conversation.waiting_since) == ("agent", None)
+    assert get(client_for(amy), "conversations/", tenant)["results"][0]["waiting_since"] is None

@@ -48,6 +48,8 @@ CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
 CAMPAIGN_RATE_PER_SECOND = env_float("CAMPAIGN_RATE_PER_SECOND", 80.0)
 CAMPAIGN_MAX_RATE_PER_SECOND = env_float("CAMPAIGN_MAX_RATE_PER_SECOND", 1000.0)
 CAMPAIGN_DAILY_LIMIT = env_int("CAMPAIGN_DAILY_LIMIT", 1000)
+# Graph calls a campaign runner makes at once (one at a time, a runner is bound by the API's latency).
+CAMPAIGN_SEND_THREADS = env_int("CAMPAIGN_SEND_THREADS", 8)
 # A running campaign with nothing claimed for this long lost its runner (a killed worker): beat resumes it.
 CAMPAIGN_STALL_SECONDS = env_float("CAMPAIGN_STALL_SECONDS", 120.0)
 CELERY_BEAT_SCHEDULE["resume-stalled-campaigns"] = {"task": "channels_app.resume_stalled_campaigns", "schedule": 15.0}

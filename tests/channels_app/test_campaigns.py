@@ -27,6 +27,13 @@ PROMO = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_sending_thread(settings: Any) -> None:
+    """These tests' rows live in the test's transaction, which other connections cannot see; the
+    threaded sending (CAMPAIGN_SEND_THREADS) runs with committed rows in test_campaign_kill.py."""
+    settings.CAMPAIGN_SEND_THREADS = 1
+
+
 @pytest.fixture
 def template(wa_channel, graph) -> MessageTemplate:
     graph.templates[WA_WABA_ID] = [PROMO]

@@ -19,9 +19,17 @@ from django.utils.html import format_html
 
 from channels_app import services, webchat
 from channels_app.adapters.base import SendError
-from channels_app.models import Channel, InboundEvent, MessageTemplate, UnroutedWebhook, new_widget_key
+from channels_app.models import (
+    Campaign,
+    Channel,
+    Consent,
+    InboundEvent,
+    MessageTemplate,
+    UnroutedWebhook,
+    new_widget_key,
+)
 from channels_app.secrets import with_channel_secret
-from channels_app.services import templates
+from channels_app.services import campaigns, templates
 from tenants.admin_scoping import TenantScopedAdmin, user_tenant_ids
 from tenants.models import Tenant
 
@@ -401,6 +409,65 @@ class MessageTemplateAdmin(TenantScopedAdmin):
     @admin.display(description="Variables to fill")
     def variables(self, obj: MessageTemplate) -> str:
         return str(templates.template_variables(obj))
+
+
+@admin.register(Consent)
+class ConsentAdmin(TenantScopedAdmin):
+    """Who may be messaged first (campaigns): imported through the API; opt-outs are recorded from the
+    contact's own opt-out word and are final, so nothing here is editable."""
+
+    list_display = ["contact_id", "channel", "source", "opted_in_at", "opted_out_at"]
+    list_filter = ["source", ("opted_out_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=contact_id"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [f.name for f in Consent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Campaign)
+class CampaignAdmin(TenantScopedAdmin):
+    """Campaigns with their totals (sent, delivered, read, failed, skipped) and start / pause / resume;
+    created through the API (docs/channels.md)."""
+
+    list_display = ["name", "channel", "template", "status", "totals", "created_at", "finished_at"]
+    list_filter = ["status"]
+    actions = ["start", "pause", "resume"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*(f.name for f in Campaign._meta.fields), "totals"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="Totals")
+    def totals(self, obj: Campaign) -> str:
+        counts = campaigns.campaign_totals(obj)
+        shown = ("pending", "sent", "delivered", "read", "failed", "skipped")
+        return ", ".join(f"{name} {counts[name]}" for name in shown if counts[name]) or "none"
+
+    @admin.action(description="Start (snapshot the opted-in audience and send)")
+    def start(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for campaign in queryset.filter(status=Campaign.Status.DRAFT):
+            campaigns.campaign_start(campaign=campaign)
+        self.message_user(request, "Started.")
+
+    @admin.action(description="Pause")
+    def pause(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for campaign in queryset:
+            campaigns.campaign_pause(campaign=campaign)
+        self.message_user(request, "Paused after the current batch.")
+
+    @admin.action(description="Resume")
+    def resume(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        for campaign in queryset:
+            campaigns.campaign_resume(campaign=campaign)
+        self.message_user(request, "Resumed.")
 
 
 @admin.register(InboundEvent)

@@ -237,3 +237,20 @@ def test_another_tenant_cannot_see_or_start_the_campaign(wa_channel, graph, temp
     assert theirs.get(f"/api/tenants/{other_tenant.pk}/campaigns/{campaign.pk}/").status_code == 404
     assert theirs.post(f"/api/tenants/{other_tenant.pk}/campaigns/{campaign.pk}/start/").status_code == 404
     assert Campaign.objects.get(pk=campaign.pk).status == "draft"
+
+
+def test_the_admin_shows_a_campaigns_totals_and_pauses_it(wa_channel, graph, template, client):
+    from tenants.services import staff_user_create
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    campaign = campaigns.campaign_create(
+        channel=wa_channel, name="Spring", template=template, variables={"body": ["x"]}
+    )
+    campaigns.campaign_start(campaign=campaign)
+    campaigns.run_campaign(campaign_id=campaign.pk)
+    owner, _ = staff_user_create(tenant=wa_channel.tenant, username="owner", role="owner", password="pw-123456789")
+    client.force_login(owner)
+
+    listing = client.get("/admin/channels_app/campaign/").content.decode()
+    assert "Spring" in listing and "sent 3" in listing
+    assert "1555" in client.get("/admin/channels_app/consent/").content.decode()

@@ -172,6 +172,17 @@
     document.title = "(!) " + document.title.replace(/^\(!\) /, "");
   }
 
+  // A new message in a conversation assigned to me, while I look elsewhere.
+  function notifyMessage(row, text) {
+    if (window.Notification && Notification.permission === "granted") {
+      try {
+        var n = new Notification("New message from " + row.contact.name, { body: text || "", tag: "inbox-msg-" + row.id });
+        n.onclick = function () { window.focus(); openConversation(row.id); };
+      } catch (e) { /* some browsers only allow notifications from a service worker */ }
+    }
+    if ($("ib-sound").checked) beep();
+  }
+
   function beep() {
     try {
       var Ctx = window.AudioContext || window.webkitAudioContext;
@@ -185,6 +196,14 @@
       osc.start();
       osc.stop(ctx.currentTime + 0.2);
     } catch (e) { /* no audio */ }
+  }
+
+  function setupSound() {
+    var box = $("ib-sound");
+    try { box.checked = window.localStorage.getItem("metachat.inbox.sound") === "1"; } catch (e) { /* no storage */ }
+    box.addEventListener("change", function () {
+      try { window.localStorage.setItem("metachat.inbox.sound", box.checked ? "1" : "0"); } catch (e) { /* no storage */ }
+    });
   }
 
   function setupNotifications() {
@@ -553,6 +572,9 @@
       row.last_activity_at = message.created_at || new Date().toISOString();
       if (message.direction === "in") {
         if (!isOpen || document.hidden) row.unread = (row.unread || 0) + 1;
+        if ((!isOpen || document.hidden) && row.assignee && state.me && row.assignee.id === state.me.id) {
+          notifyMessage(row, message.text);
+        }
         if ((row.state === "agent" || row.state === "handoff_requested") && !row.waiting_since) row.waiting_since = row.last_activity_at;
       } else if (message.sender === "agent") {
         row.waiting_since = null;
@@ -649,6 +671,7 @@
   function start() {
     setMode("reply");
     setupNotifications();
+    setupSound();
     api("GET", "meta/").then(function (meta) {
       state.me = meta.me;
       state.agents = meta.agents;

@@ -144,6 +144,13 @@ def test_two_agents_a_visitor_and_a_whatsapp_contact_in_one_live_inbox(
     assert "Amy joined the conversation." in graph.text_bodies()  # answering it assigned it to Amy
     expect(bob.page.locator('.ib-row:has(.ib-channel:text("WhatsApp")) .ib-assignee')).to_have_text("Amy")
 
+    # Amy looks at another conversation: a new message in hers (assigned to her) notifies her.
+    amy.page.locator('.ib-row:has(.ib-channel:text("Web chat")) button').click()
+    expect(amy.page.locator(".ib-row[aria-current=true] .ib-channel")).to_have_text("Web chat")
+    deliver(whatsapp, text="Thanks!", sender="15557654321")
+    wait_until(lambda: "New message from Alice" in amy.page.evaluate("window.__notifications"))
+    expect(amy.page.locator('.ib-row:has(.ib-channel:text("WhatsApp")) .ib-unread')).to_have_text("1")
+
     if os.environ.get("INBOX_SCREENSHOT_DIR"):  # to look at it: INBOX_SCREENSHOT_DIR=/tmp pytest ...
         amy.page.set_viewport_size({"width": 1400, "height": 900})
         amy.page.screenshot(path=os.path.join(os.environ["INBOX_SCREENSHOT_DIR"], "inbox.png"))

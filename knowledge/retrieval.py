@@ -10,9 +10,10 @@
 4. Pseudo-relevance feedback: the query vector moves towards the mean of the top 3 fused results
    (Rocchio, weight 0.5) and the candidates are ranked again (KNOWLEDGE_PRF_DOCS / _WEIGHT), on the
    candidates' vectors the statement returned.
-5. ``score`` is a calibrated, query-independent relevance in 0..1 that ``minSimilarity`` cuts on:
-   the embedder-calibrated cosine (see Embedder.calibration), or the keyword coverage (share of
-   the query's idf mass the chunk contains) when higher. Nothing passing: ``[]``.
+5. ``score`` is a calibrated relevance in 0..1 that ``minSimilarity`` cuts on: the calibrated
+   cosine (e5: the margin over the query's own similarity to unrelated text, knowledge.background;
+   other embedders: Embedder.calibration), or the keyword coverage (share of the query's idf mass
+   the chunk contains) when higher. Nothing passing: ``[]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from knowledge import queries, vectors
+from knowledge import background, queries, vectors
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_query, keyword_search, text_search_config
 from knowledge.metrics import retrieval_duration
@@ -116,6 +117,7 @@ def hybrid_search(
             embedder = embedder or get_embedder(tenant=tenant)
             calibration, model_id = embedder.calibration, embedder.model_id
             vector = query_vector if query_vector is not None else embedder.embed_query(query)
+            calibration = background.calibration_for(embedder, vector) or calibration
         except EmbeddingError as exc:
             vector = None  # the keyword leg still answers
             logger.warning("vector leg skipped", extra={"tenant_id": str(tenant.pk), "error": str(exc)})

@@ -103,7 +103,8 @@ def prepare(
 
 def for_tests(env: Environment) -> list[str]:
     """The environment of the test suite and the benchmarks: throwaway keys, this run's own Redis key
-    prefix, the machine's Redis when it has one; returns the embedded servers it started."""
+    prefix, the machine's Redis and RabbitMQ (guest) when it has them; returns the embedded servers it
+    started."""
     env.setdefault("SECRET_KEY_ID", "test-k1")
     env.setdefault("SECRET_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     env.setdefault("DJANGO_SECRET_KEY", "test-" + secrets.token_urlsafe(32))
@@ -111,4 +112,6 @@ def for_tests(env: Environment) -> list[str]:
     env.setdefault("REDIS_KEY_PREFIX", f"test{os.getpid()}")
     env.setdefault("EGRESS_ALLOW_PRIVATE_TARGETS", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("RABBITMQ_URL") and embedded.port_open("127.0.0.1", 5672):
+        env["RABBITMQ_URL"] = "amqp://guest:guest@127.0.0.1:5672//"  # the machine's broker, as CI has it
     return services(env, prefer_local_redis=True, say=lambda message: print(f"[metachat] {message}", flush=True))

@@ -14,6 +14,7 @@ import pytest
 from channels_app.models import InboundEvent
 from channels_app.services import prepare_inbound_message
 from tests.channels_app.conftest import WA_SECRET, WA_TOKEN, fresh_fixture_bytes
+from tests.conversations.conftest import openai_server  # noqa: F401  (fixture)
 
 OGG = b"OggS\x00\x02" + b"\x01" * 200
 MEDIA_ID = "2093201377827364"  # the fixture's audio id
@@ -108,3 +109,40 @@ def test_a_busy_endpoint_is_retried_then_given_up_with_the_reason(wa_channel, gr
     row.refresh_from_db()
     assert row.normalized["raw"]["_voice_untranscribed"] is True
     assert "HTTP 503" in row.normalized["raw"]["_transcript_error"]
+
+
+@pytest.fixture
+def worker(live_worker: Any) -> Any:
+    """The live worker, drained at the end (as in test_end_to_end)."""
+    yield live_worker
+    from tests.conftest import wait_until
+
+    wait_until(lambda: not InboundEvent.objects.filter(status="pending").exists(), timeout=30)
+
+
+def test_a_voice_note_is_answered_from_its_transcript_through_a_real_turn(
+    worker,
+    wa_channel,
+    graph,
+    post_webhook,
+    transcriber,
+    openai_server,
+    settings,  # noqa: F811
+):
+    from conversations.models import Message
+    from tests.conftest import wait_until
+
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
+    settings.LLM_MAX_RETRIES = 0
+    graph.media[MEDIA_ID] = (OGG, "audio/ogg")
+
+    assert post_webhook("whatsapp", fresh_fixture_bytes("whatsapp", "audio_voice"), WA_SECRET).status_code == 200
+
+    def answer() -> list[str]:
+        return [p["json"]["text"]["body"] for p in graph.posts() if (p["json"] or {}).get("type") == "text"]
+
+    assert wait_until(answer, timeout=60) == ["LLM answer to: Do you deliver on Sundays?"]
+    assert openai_server.requests[0]["messages"][-1] == {"role": "user", "content": "Do you deliver on Sundays?"}
+    user_message = wait_until(lambda: Message.objects.filter(sender="user").first())
+    assert user_message.content == "Do you deliver on Sundays?"

@@ -284,7 +284,14 @@
       node.appendChild(el("div", "ib-who", "Private note · " + (item.author ? item.author.name : "")));
       node.appendChild(el("div", "ib-text", item.text));
     } else {
-      if (item.id && box.querySelector('[data-message="' + item.id + '"]')) return;
+      var shown = item.id ? box.querySelector('[data-message="' + item.id + '"]') : null;
+      if (shown) {
+        // Known already: only a delivery failure changes it (message.failed after the send).
+        if (item.status === "failed") shown.querySelector(".ib-meta").textContent = clock(item.created_at) + " · not delivered: " + (item.error || "");
+        return;
+      }
+      // A failure of a message this page never showed (message.failed carries no text): say so.
+      if (item.status === "failed" && !item.text) item = Object.assign({}, item, { text: "(a message that could not be delivered)" });
       var role = item.sender === "user" ? "user" : item.sender;
       node = el("div", "ib-item ib-msg ib-msg--" + role);
       if (item.id) node.setAttribute("data-message", String(item.id));

@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage
-from conversations import language, state
+from conversations import language, phrases, state
 from conversations.models import Contact, Conversation, Message
 from conversations.pipeline import rows
 from conversations.pipeline.turn import Turn
@@ -274,4 +274,18 @@ def run(turn: Turn) -> None:
         turn.silent_reason = "nothing new to answer"
     elif not turn.query and all(m.kind in SILENT_KINDS for m in turn.user_messages):
         turn.silent_reason = "nothing to answer (reaction or status only)"
+    elif not turn.query and any(m.kind == "audio" for m in turn.user_messages):
+        # A voice note nobody could transcribe (no transcription endpoint, or it failed; a transcribed
+        # one has its transcript as content): say so plainly, with the way to a person, instead of
+        # searching the documents for nothing.
+        turn.fixed_reply_reason = "voice note not transcribed"
+        turn.reply_text = _voice_not_understood(turn)
     turn.time("intake_ms", started)
+
+
+def _voice_not_understood(turn: Turn) -> str:
+    config = turn.config
+    text = phrases.phrase("voice_not_understood", turn.language)
+    if config.enable_human_handoff and config.human_handoff_keywords:
+        text += " " + phrases.phrase("offer_human", turn.language, keyword=config.human_handoff_keywords[0])
+    return text

@@ -45,6 +45,7 @@ class Turn:
     # handoff check / completion
     handoff_reason: str = ""
     silent_reason: str = ""  # the bot does not answer (agent owns it, nothing to answer, ...)
+    fixed_reply_reason: str = ""  # set: reply_text is the answer as it is (no retrieval, no LLM)
     passages: list[ContextPassage] = field(default_factory=list)
     provider_name: str = ""
     model: str = ""
@@ -71,7 +72,7 @@ class Turn:
     @property
     def answering(self) -> bool:
         """Stages after the handoff check run only while this holds."""
-        return not (self.ignore_reason or self.silent_reason or self.handoff_reason)
+        return not (self.ignore_reason or self.silent_reason or self.handoff_reason or self.fixed_reply_reason)
 
     def time(self, name: str, since: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + (time.monotonic() - since) * 1000, 2)

@@ -126,8 +126,8 @@ def test_a_voice_note_is_answered_from_its_transcript_through_a_real_turn(
     graph,
     post_webhook,
     transcriber,
-    openai_server,
-    settings,  # noqa: F811
+    openai_server,  # noqa: F811
+    settings,
 ):
     from conversations.models import Message
     from tests.conftest import wait_until
@@ -146,3 +146,23 @@ def test_a_voice_note_is_answered_from_its_transcript_through_a_real_turn(
     assert openai_server.requests[0]["messages"][-1] == {"role": "user", "content": "Do you deliver on Sundays?"}
     user_message = wait_until(lambda: Message.objects.filter(sender="user").first())
     assert user_message.content == "Do you deliver on Sundays?"
+
+
+def test_without_an_endpoint_a_voice_note_gets_an_honest_reply_and_the_way_to_a_person(
+    worker, wa_channel, graph, post_webhook, settings
+):
+    from tests.conftest import wait_until
+
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    settings.VOICE_TRANSCRIPTION_URL = ""
+    graph.media[MEDIA_ID] = (OGG, "audio/ogg")
+
+    assert post_webhook("whatsapp", fresh_fixture_bytes("whatsapp", "audio_voice"), WA_SECRET).status_code == 200
+
+    def answer() -> list[str]:
+        return [p["json"]["text"]["body"] for p in graph.posts() if (p["json"] or {}).get("type") == "text"]
+
+    assert wait_until(answer, timeout=60) == [
+        "Sorry, I couldn't understand your voice note. Could you write your message instead? "
+        'If you would like to talk to a person, write "human".'
+    ]

@@ -89,11 +89,11 @@ class ConversationAdmin(TenantScopedAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return bool(request.user.is_superuser)
 
-    @admin.display(description="contact", ordering="contact__profile_name")
     @admin.display(description="Tags")
     def tag_list(self, obj: Conversation) -> str:
         return ", ".join(obj.tags)
 
+    @admin.display(description="contact", ordering="contact__profile_name")
     def contact_name(self, obj: Conversation) -> str:
         return str(obj.contact)
 

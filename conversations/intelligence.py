@@ -66,8 +66,13 @@ TAG_TIE = 0.01
 RECENT_MESSAGES = 6
 MAX_CHARS = 1500
 
-_anchor_cache: dict[str, dict[str, np.ndarray]] = {}
-_anchor_lock = threading.Lock()
+# Anchor and category vectors, per embedder (its model and endpoint: a tenant's own endpoint never
+# shares vectors with another tenant's or the deployment's) and per text; bounded.
+_vector_cache: dict[tuple[str, str, str], np.ndarray] = {}
+_cache_lock = threading.Lock()
+VECTOR_CACHE_MAX = 5000
+# One tenant's conversations per run at most (a large or broken tenant never starves the others).
+PER_TENANT_PER_RUN = 50
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,33 @@ def _embed(embedder: Any, texts: list[str]) -> np.ndarray:
     return np.stack([np.asarray(embedder.embed_query(text), dtype=np.float32) for text in texts])
 
 
+def _embedder_key(embedder: Any) -> tuple[str, str]:
+    inner = getattr(embedder, "inner", embedder)  # CachedEmbedder wraps the real one
+    return (
+        str(getattr(embedder, "model_id", type(embedder).__name__)),
+        str(getattr(inner, "base_url", "") or getattr(embedder, "base_url", "") or ""),
+    )
+
+
+def _cached(embedder: Any, texts: list[str]) -> np.ndarray:
+    """The vectors of fixed texts (anchors, category descriptions), embedded once per embedder."""
+    model, endpoint = _embedder_key(embedder)
+    keys = [(model, endpoint, text) for text in texts]
+    with _cache_lock:
+        found = {key: _vector_cache[key] for key in keys if key in _vector_cache}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        vectors = _embed(embedder, [key[2] for key in missing])
+        found.update(zip(missing, vectors, strict=True))
+        with _cache_lock:
+            if len(_vector_cache) + len(missing) > VECTOR_CACHE_MAX:
+                _vector_cache.clear()
+            _vector_cache.update(zip(missing, vectors, strict=True))
+    return np.stack([found[key] for key in keys])
+
+
 def _anchors(embedder: Any) -> dict[str, np.ndarray]:
-    key = getattr(embedder, "model_id", type(embedder).__name__)
-    with _anchor_lock:
-        if key not in _anchor_cache:
-            _anchor_cache[key] = {label: _embed(embedder, texts) for label, texts in ANCHORS.items()}
-        return _anchor_cache[key]
+    return {label: _cached(embedder, texts) for label, texts in ANCHORS.items()}
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -104,7 +130,7 @@ def tags_of(vector: np.ndarray, categories: list[dict[str, str]], embedder: Any)
         return []
     names = [c["name"] for c in categories]
     described = [f"{c['name']}: {c.get('description') or c['name']}" for c in categories]
-    scores = _embed(embedder, described) @ vector
+    scores = _cached(embedder, described) @ vector
     order = np.argsort(-scores)
     best = float(scores[order[0]])
     runner_up = float(scores[order[1]]) if len(order) > 1 else -1.0
@@ -148,13 +174,21 @@ def conversation_analyse(*, conversation: Any) -> Insight | None:
 
 def analyse_pending(*, limit: int = 200, settle_seconds: float = 30.0) -> int:
     """Analyse the conversations whose user wrote since their last analysis (and not in the last
-    ``settle_seconds``, so a burst of messages is read once); returns how many were analysed."""
+    ``settle_seconds``, so a burst of messages is read once), at most PER_TENANT_PER_RUN of one tenant
+    per run so a large tenant never starves the others; returns how many were analysed. A failure (a
+    tenant's broken embedder) is logged and the conversation waits for its user's next message, so
+    it is not retried every minute at the head of the queue."""
+    from django.db.models import Window
+    from django.db.models.functions import RowNumber
+
     from conversations.models import Conversation
 
-    settled = timezone.now() - timedelta(seconds=settle_seconds)
+    now = timezone.now()
     due = (
-        Conversation.objects.filter(last_activity_at__lte=settled)
+        Conversation.objects.filter(last_activity_at__lte=now - timedelta(seconds=settle_seconds))
         .filter(Q(analysed_at__isnull=True) | Q(analysed_at__lt=F("last_activity_at")))
+        .annotate(place=Window(RowNumber(), partition_by=[F("tenant_id")], order_by=F("last_activity_at").asc()))
+        .filter(place__lte=PER_TENANT_PER_RUN)
         .select_related("tenant")
         .order_by("last_activity_at")[:limit]
     )
@@ -163,6 +197,7 @@ def analyse_pending(*, limit: int = 200, settle_seconds: float = 30.0) -> int:
         try:
             conversation_analyse(conversation=conversation)
             done += 1
-        except Exception:  # one tenant's broken embedder must not stop the others
+        except Exception:
             logger.exception("conversation analysis failed", extra={"conversation_id": str(conversation.pk)})
+            Conversation.objects.filter(pk=conversation.pk, tenant_id=conversation.tenant_id).update(analysed_at=now)
     return done

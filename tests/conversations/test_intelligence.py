@@ -145,3 +145,44 @@ def test_conversations_get_sentiment_and_tags_filterable_in_the_api_and_counted_
     }
     assert counted["tags"] == [{"tag": "Shipping", "conversations": 1}]
     assert theirs.pk not in {c.pk for c in Conversation.objects.for_tenant(tenant)}
+
+
+def test_a_tenants_own_embedding_endpoint_never_shares_cached_vectors_with_the_deployments() -> None:
+    from knowledge.embedders import OpenAIEmbedder
+
+    def embedder(base_url: str | None) -> OpenAIEmbedder:
+        return OpenAIEmbedder(
+            provider="openai", model="text-embedding-3-small", base_url=base_url, dimensions=None,
+            with_key=lambda call: call("k"), guarded=True,
+        )  # fmt: skip
+
+    deployment, hostile = embedder(None), embedder("https://tenant.example/v1")
+    assert deployment.model_id == hostile.model_id
+    assert intelligence._embedder_key(deployment) != intelligence._embedder_key(hostile)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tenant_with_a_broken_embedder_never_holds_up_the_others(tenant, other_tenant, settings) -> None:
+    settings.EGRESS_ALLOW_PRIVATE_TARGETS = True
+    tenant.settings = {
+        **tenant.settings,
+        # Nothing listens there: every embedding call of this tenant fails.
+        "embedding": {"provider": "openai_compatible", "model": "m", "baseUrl": "http://127.0.0.1:9/v1"},
+    }
+    tenant.save(update_fields=["settings"])
+    now = timezone.now()
+    channel, other_channel = (
+        Channel.objects.create(tenant=t, type=Channel.Type.WEBCHAT, name="Site", external_id=new_widget_key())
+        for t in (tenant, other_tenant)
+    )
+    broken = [_conversation(tenant, channel, [f"Where is my parcel {n}?"], created=now) for n in range(3)]
+    theirs = _conversation(other_tenant, other_channel, ["Thanks a lot, you solved my problem!"], created=now)
+    Conversation.objects.filter(pk=theirs.pk).update(last_activity_at=now - dt.timedelta(minutes=1))
+
+    assert intelligence.analyse_pending(limit=2) == 0  # the broken tenant's two oldest fail...
+    assert intelligence.analyse_pending(limit=2) == 1  # ...and are not retried ahead of the others
+
+    theirs.refresh_from_db()
+    assert theirs.sentiment == "positive"
+    assert Conversation.objects.filter(pk__in=[c.pk for c in broken], analysed_at__isnull=False).count() == 3
+    assert not Conversation.objects.filter(pk__in=[c.pk for c in broken]).exclude(sentiment="").exists()

@@ -15,11 +15,14 @@ a URL, so no exception message or log line can carry one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +42,32 @@ MESSENGER_OUTSIDE_WINDOW_SUBCODES = frozenset({2018278, 2534022})
 TOKEN_CODES = frozenset({190})
 
 _local = threading.local()
+
+# The code of a SendError raised when a POST may have been taken by Meta although no answer says so.
+OUTCOME_UNKNOWN = "outcome_unknown"
+_at_most_once: contextvars.ContextVar[bool] = contextvars.ContextVar("graph_post_at_most_once", default=False)
+
+
+@contextlib.contextmanager
+def posts_at_most_once() -> Iterator[None]:
+    """Within this block a POST is made once and never repeated when Meta may have taken it: a read
+    timeout, a dropped connection, a 5xx or an answer that is not JSON raise SendError with code
+    OUTCOME_UNKNOWN instead of posting again (a campaign message: the status webhook tells what
+    happened). A POST Meta certainly did not take (no connection made, 429 / throttled) raises its
+    usual transient SendError, to be sent later."""
+    token = _at_most_once.set(True)
+    try:
+        yield
+    finally:
+        _at_most_once.reset(token)
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """The request certainly never reached the server: the connection itself failed."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if isinstance(exc, requests.ConnectionError) and exc.args else None
+    return type(reason).__name__ in {"NewConnectionError", "ConnectTimeoutError", "NameResolutionError"}
 
 
 def _session() -> requests.Session:
@@ -203,9 +232,10 @@ class GraphClient:
         try:
             body = response.json()
         except ValueError:
+            once = method == "POST" and _at_most_once.get()
             raise SendError(
                 f"Graph API answered HTTP {response.status_code} with a body that is not JSON",
-                code=response.status_code,
+                code=OUTCOME_UNKNOWN if once else response.status_code,
                 permanent=False,
             ) from None
         return body if isinstance(body, dict) else {"data": body}
@@ -215,14 +245,21 @@ class GraphClient:
         if cid := get_correlation_id():  # the inbound message's id, for Meta's side and any proxy's log
             headers[HTTP_HEADER] = cid
         cfg = self.config
+        once = method == "POST" and _at_most_once.get()
         last_error: SendError | None = None
-        for attempt in range(cfg.max_attempts):
+        for attempt in range(1 if once else cfg.max_attempts):
             if attempt:
                 delay = backoff_delay(attempt - 1, base=cfg.backoff_base, cap=cfg.backoff_max)
                 time.sleep(delay)
             try:
                 response = _session().request(method, url, headers=headers, timeout=cfg.timeout, **kwargs)
             except requests.RequestException as exc:
+                if once and not _never_connected(exc):
+                    raise SendError(
+                        f"Graph API gave no answer ({type(exc).__name__}): the message may have been sent",
+                        code=OUTCOME_UNKNOWN,
+                        permanent=False,
+                    ) from None
                 # The URL never holds a token, so the exception text is safe to keep.
                 last_error = SendError(
                     f"Graph API unreachable: {type(exc).__name__}", permanent=False, details={"error": str(exc)[:300]}
@@ -236,6 +273,8 @@ class GraphClient:
             except ValueError:
                 body = None
             last_error = classify_error(response.status_code, body)
+            if once and response.status_code >= 500 and not last_error.permanent:
+                last_error.code = OUTCOME_UNKNOWN  # Meta may have taken it before failing
             logger.warning(
                 "graph api error",
                 extra={

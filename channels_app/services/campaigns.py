@@ -30,6 +30,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage, SendError, StatusUpdate
+from channels_app.graph import OUTCOME_UNKNOWN, posts_at_most_once
 from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, MessageTemplate
 from channels_app.services import templates
 
@@ -355,13 +356,14 @@ def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) ->
         update = {"status": CampaignRecipient.Status.SKIPPED, "error": "opted out"}
     else:
         try:
-            result, _text = templates.send_template(
-                channel=campaign.channel,
-                recipient_id=row.contact_id,
-                template=campaign.template,
-                variables=_values(campaign, row),
-                callback_data=f"{CALLBACK_PREFIX}{row.pk}",
-            )
+            with posts_at_most_once():  # a message Meta may have taken is never posted again
+                result, _text = templates.send_template(
+                    channel=campaign.channel,
+                    recipient_id=row.contact_id,
+                    template=campaign.template,
+                    variables=_values(campaign, row),
+                    callback_data=f"{CALLBACK_PREFIX}{row.pk}",
+                )
             wamid = result.platform_message_ids[0] if result.platform_message_ids else ""
             update = {"status": CampaignRecipient.Status.SENT, "platform_message_id": wamid}
         except templates.TemplateError as exc:
@@ -369,7 +371,12 @@ def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) ->
         except SendError as exc:
             if exc.permanent:
                 update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
-            else:  # Meta answered "not now" (throttled, 5xx): not sent, so it may go again
+            elif exc.code == OUTCOME_UNKNOWN:
+                # Meta may have taken it: never sent again; the status webhook (our callback data
+                # names the row) says what happened. Until then it stays "sending".
+                update = {"error": str(exc)[:500]}
+                logger.warning("campaign send outcome unknown", extra={"campaign_id": str(campaign.pk)})
+            else:  # Meta certainly did not take it (throttled, no connection): it may go again
                 update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
                 logger.warning("campaign send deferred", extra={"campaign_id": str(campaign.pk), "error": str(exc)})
     CampaignRecipient.objects.filter(pk=row.pk, status=CampaignRecipient.Status.SENDING).update(**update)

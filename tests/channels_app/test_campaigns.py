@@ -254,3 +254,32 @@ def test_the_admin_shows_a_campaigns_totals_and_pauses_it(wa_channel, graph, tem
     listing = client.get("/admin/channels_app/campaign/").content.decode()
     assert "Spring" in listing and "sent 3" in listing
     assert "1555" in client.get("/admin/channels_app/consent/").content.decode()
+
+
+def test_a_message_meta_may_have_taken_is_never_posted_again_and_its_status_settles_it(wa_channel, graph, template):
+    """A 5xx after the POST reached Meta: the outcome is unknown, so the recipient is not posted again
+    (the Graph client's own retry included); a 429 means Meta took nothing, so that one goes later."""
+    from channels_app.adapters.base import StatusUpdate
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    graph.scripted = [
+        (500, {"error": {"message": "An unknown error occurred", "type": "OAuthException", "code": 1}}),
+        (429, {"error": {"message": "Rate limit hit", "type": "OAuthException", "code": 130429}}),
+    ]
+    for _ in range(3):
+        campaigns.run_campaign(campaign_id=campaign.pk)
+
+    first, second, third = CampaignRecipient.objects.filter(campaign=campaign).order_by("id")
+    assert sent_to(graph) == {phone(0): 1, phone(1): 2, phone(2): 1}
+    assert (first.status, second.status, third.status) == ("sending", "sent", "sent")
+    assert first.error == "Graph API busy (1): An unknown error occurred"
+
+    # Meta's status webhook names the row by our callback data: the unknown outcome is settled.
+    update = StatusUpdate(platform="whatsapp", channel_external_id=WA_PHONE_NUMBER_ID, message_id="wamid.late",
+                          status="delivered", timestamp=0,
+                          raw={"biz_opaque_callback_data": f"{campaigns.CALLBACK_PREFIX}{first.pk}"})  # fmt: skip
+    assert campaigns.apply_status(tenant_id=first.tenant_id, update=update)
+    first.refresh_from_db()
+    assert first.status == "delivered"

@@ -713,15 +713,21 @@ class CampaignActionView(CampaignDetailView):
 
     @extend_schema(
         request=None,
-        responses={200: CampaignSerializer},
+        responses={
+            200: CampaignSerializer,
+            409: error_response(409, "Only a draft campaign can be started.", "campaign_state"),
+        },
         summary="Start, pause or resume a campaign",
-        description="start: snapshot the opted-in audience (nobody twice) and send; pause: stop after the "
-        "current batch; resume: go on.",
+        description="start: snapshot the opted-in audience (nobody twice) and send (a draft only: 409 "
+        "`campaign_state` otherwise); pause: stop after the current batch; resume: go on.",
     )
     def post(self, request: Request, tenant_id: UUID, campaign_id: UUID) -> Response:
         campaign = self.campaign(campaign_id)
-        {"start": lambda: campaigns.campaign_start(campaign=campaign),
-         "pause": lambda: campaigns.campaign_pause(campaign=campaign),
-         "resume": lambda: campaigns.campaign_resume(campaign=campaign)}[self.action]()  # fmt: skip
+        try:
+            {"start": lambda: campaigns.campaign_start(campaign=campaign),
+             "pause": lambda: campaigns.campaign_pause(campaign=campaign),
+             "resume": lambda: campaigns.campaign_resume(campaign=campaign)}[self.action]()  # fmt: skip
+        except campaigns.CampaignStateError as exc:
+            raise ApiError(409, "campaign_state", str(exc)) from None
         campaign.refresh_from_db()
         return Response(CampaignSerializer(campaign).data)

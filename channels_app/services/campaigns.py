@@ -154,8 +154,13 @@ def campaign_create(
     )
 
 
+class CampaignStateError(CampaignError):
+    """The campaign is not in a state that allows this (a start of a campaign already started)."""
+
+
 def campaign_start(*, campaign: Campaign) -> int:
-    """Snapshot the opted-in audience and start sending. Starting again adds nobody twice."""
+    """Snapshot the opted-in audience and start sending; only a draft starts (a started campaign is
+    paused and resumed, never started again: that would queue a second runner)."""
     consents = Consent.objects.for_tenant(campaign.tenant_id).filter(
         channel_id=campaign.channel_id, opted_out_at__isnull=True
     )
@@ -170,9 +175,11 @@ def campaign_start(*, campaign: Campaign) -> int:
             ignore_conflicts=True,
             batch_size=1000,
         )
-        Campaign.objects.filter(pk=campaign.pk).update(
+        started = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.DRAFT).update(
             status=Campaign.Status.RUNNING, started_at=campaign.started_at or timezone.now()
         )
+        if not started:
+            raise CampaignStateError(f"the campaign is {campaign.status}: only a draft can be started")
         transaction.on_commit(lambda: enqueue(campaign.pk))
     campaign.refresh_from_db()
     return campaign.recipients.count()
@@ -234,6 +241,21 @@ def _sent_today(channel_id: Any, now: datetime) -> int:
 def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str, float]:
     """Send for up to ``budget_seconds``. Returns (outcome, seconds until the task should run again):
     ``continue`` (0), ``done``, ``paused``, ``scheduled`` / ``quiet`` / ``daily_limit`` (later)."""
+    # One runner per campaign: a second one (a start and a resume racing, beat's stall check beside a
+    # countdown) would send at N times the rate. A killed runner's lock goes with its connection.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign_id}"])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        return "busy", 0.0
+    try:
+        return _run_locked(campaign_id, budget_seconds)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign_id}"])
+
+
+def _run_locked(campaign_id: Any, budget_seconds: float) -> tuple[str, float]:
     deadline = time.monotonic() + budget_seconds
     while True:
         campaign = Campaign.objects.select_related("template", "channel").filter(pk=campaign_id).first()

@@ -283,3 +283,26 @@ def test_a_message_meta_may_have_taken_is_never_posted_again_and_its_status_sett
     assert campaigns.apply_status(tenant_id=first.tenant_id, update=update)
     first.refresh_from_db()
     assert first.status == "delivered"
+
+
+def test_a_campaign_starts_once_and_has_one_runner_at_a_time(wa_channel, graph, template, tenant_api):
+    from django.db import connections
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    url = f"/api/tenants/{wa_channel.tenant_id}/campaigns/{campaign.pk}/start/"
+    again = tenant_api.post(url)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "campaign_state"
+
+    # Another runner holds the campaign (a second worker, a racing resume): this one sends nothing.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign.pk}"])
+        assert campaigns.run_campaign(campaign_id=campaign.pk) == ("busy", 0.0)
+        assert sent_to(graph) == {}
+    finally:
+        other.close()  # its lock goes with its connection, as a killed worker's does
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "done"
+    assert sum(sent_to(graph).values()) == 3

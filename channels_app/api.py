@@ -507,7 +507,6 @@ class ConversationChoicesView(TenantScopedMixin, APIView):
 
 # --- files ---------------------------------------------------------------------------------------------
 
-MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # WhatsApp's largest (documents); each platform checks its own
 
 
 class MediaSendSerializer(serializers.Serializer):
@@ -557,8 +556,9 @@ class ConversationMediaView(TenantScopedMixin, APIView):
         mime = values.get("mime_type") or ""
         filename = values.get("filename") or ""
         if upload is not None:
-            if upload.size > MAX_UPLOAD_BYTES:
-                raise ApiError(413, "payload_too_large", f"Files are at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+            limit = settings.CHANNEL_MEDIA_SEND_MAX_BYTES
+            if upload.size > limit:
+                raise ApiError(413, "payload_too_large", f"Files are at most {limit // (1024 * 1024)} MB.")
             content = upload.read()
             mime = mime or upload.content_type or "application/octet-stream"
             filename = filename or upload.name or ""

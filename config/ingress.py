@@ -51,6 +51,7 @@ ASGIApp = Any
 # Room for the multipart boundaries, part headers and the optional title field around the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _UPLOAD_PATHS = re.compile(r"/api/tenants/[0-9a-fA-F-]{32,36}/documents/?|/admin/knowledge/document/add/")
+_MEDIA_SEND_PATH = re.compile(r"/api/tenants/[0-9a-fA-F-]{32,36}/conversations/[0-9a-fA-F-]{32,36}/media/?")
 
 
 def body_limit(path: str, header: Callable[[bytes], bytes | None]) -> int:
@@ -59,6 +60,8 @@ def body_limit(path: str, header: Callable[[bytes], bytes | None]) -> int:
         return settings.WEBHOOK_MAX_BODY_BYTES
     if _UPLOAD_PATHS.fullmatch(path) and _has_credentials(header):
         return settings.KNOWLEDGE_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES
+    if _MEDIA_SEND_PATH.fullmatch(path) and _has_credentials(header):
+        return settings.CHANNEL_MEDIA_SEND_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 

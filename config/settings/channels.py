@@ -42,6 +42,10 @@ WEBHOOK_CHANNEL_CACHE_SECONDS = env_float("WEBHOOK_CHANNEL_CACHE_SECONDS", 5.0)
 MESSENGER_PROFILE_CACHE_SECONDS = env_int("MESSENGER_PROFILE_CACHE_SECONDS", 86400)
 # Inbound media larger than this is not downloaded (WhatsApp allows 100 MB).
 CHANNEL_MEDIA_MAX_BYTES = env_int("CHANNEL_MEDIA_MAX_BYTES", 100 * 1024 * 1024)
+# A file an agent or integrator sends (POST .../conversations/<id>/media/): WhatsApp's largest kind
+# (documents); each platform's own limit is checked too. The request body may be this big plus the
+# multipart overhead (config.ingress).
+CHANNEL_MEDIA_SEND_MAX_BYTES = env_int("CHANNEL_MEDIA_SEND_MAX_BYTES", 100 * 1024 * 1024)
 # Campaigns: Meta's default throughput per phone number (80 messages/s, up to 1,000 when upgraded) and
 # a daily limit of business-initiated messages (the number's messaging tier); words that opt a contact
 # out when sent as a whole message (a channel's config.opt_out_words replaces them).

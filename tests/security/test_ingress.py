@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,22 @@ def test_only_a_keyed_upload_gets_the_document_limit_and_a_larger_one_is_refused
     assert with_key.status == 201, with_key.body
     assert_error(too_large, 413, "payload_too_large")
     assert list(Document.objects.for_tenant(tenant).values_list("filename", flat=True)) == ["notes.txt"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_keyed_media_send_gets_the_media_limit_not_the_json_one(server, tenant):
+    """An agent's 6 MB PDF to POST .../conversations/<id>/media/ reaches the view (which answers for
+    the conversation: 404 here), where a JSON body of that size is refused 413 unread."""
+    key = tenant_services.api_key_create(tenant=tenant).raw_key
+    path = f"/api/tenants/{tenant.pk}/conversations/{uuid.uuid4()}/media/"
+    content_type, body = multipart("brochure.pdf", b"%PDF-1.4\n" + b"0" * (6 * 1024 * 1024))
+    head = {"Content-Type": content_type, "Content-Length": str(len(body))}
+
+    with_key = exchange(server, request_head("POST", path, {**head, "X-API-Key": key}), [body])
+    without_key = exchange(server, request_head("POST", path, head))
+
+    assert_error(with_key, 404, "not_found")
+    assert_error(without_key, 413, "payload_too_large")
 
 
 # --- the ASGI application, body streamed in pieces -----------------------------------------------------

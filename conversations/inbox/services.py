@@ -169,10 +169,14 @@ def message_frame(message: Message, *, agent: Any = None) -> dict[str, Any]:
 # --- assignment ---------------------------------------------------------------------------------------
 
 
-def assign(*, tenant: Tenant, conversation: Conversation, assignee: Any, by: Any) -> Conversation:
+def assign(
+    *, tenant: Tenant, conversation: Conversation, assignee: Any, by: Any, only_if_unassigned: bool = False
+) -> Conversation:
     """Give the conversation to ``assignee`` (an agent of the tenant; None: unassign). Taking it moves a
     waiting (or bot) conversation to ``agent`` — the bot stays silent — and tells the end user
-    "<agent> joined" once per new assignee. Every agent's page shows it live."""
+    "<agent> joined" once per new assignee. Every agent's page shows it live. ``only_if_unassigned``:
+    do nothing when someone has it already (decided under the row lock: two agents answering an
+    unassigned conversation at once do not both take it)."""
     _check_owner(tenant, conversation)
     if assignee is not None and not is_tenant_agent(tenant, assignee):
         raise InboxError("not_an_agent", "Conversations can be assigned only to an agent of this tenant.")
@@ -184,6 +188,9 @@ def assign(*, tenant: Tenant, conversation: Conversation, assignee: Any, by: Any
             .get(pk=conversation.pk, tenant_id=tenant.pk)
         )
         previous = locked.assignee_id
+        if only_if_unassigned and previous is not None:
+            conversation.assignee_id, conversation.state = previous, locked.state
+            return conversation
         locked.assignee = assignee
         locked.save(update_fields=["assignee"])
         joined = assignee is not None and previous != assignee.pk and locked.state != State.RESOLVED
@@ -218,7 +225,7 @@ def reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any) -
     if not text.strip():
         raise InboxError("empty", "The reply is empty.")
     if conversation.assignee_id is None and user is not None and is_tenant_agent(tenant, user):
-        assign(tenant=tenant, conversation=conversation, assignee=user, by=user)
+        assign(tenant=tenant, conversation=conversation, assignee=user, by=user, only_if_unassigned=True)
     message = services.agent_reply(tenant=tenant, conversation=conversation, text=text, user=user)
     mark_read(tenant=tenant, conversation=conversation, user=user)
     return message
@@ -309,10 +316,18 @@ def resolve(*, tenant: Tenant, conversation: Conversation, user: Any) -> Convers
     _check_owner(tenant, conversation)
     actor = f"agent:{user.get_username()}" if user is not None else "agent"
     with transaction.atomic():
-        previous = conversation.state
-        services.conversation_resolve(tenant=tenant, conversation=conversation, actor=actor)
-        if previous == State.RESOLVED:
+        # The state as it is now, under the row lock: two agents (or a double click) resolving at once
+        # send the closing message and the question once.
+        previous = (
+            Conversation.objects.select_for_update()
+            .filter(pk=conversation.pk, tenant_id=tenant.pk)
+            .values_list("state", flat=True)
+            .first()
+        )
+        if previous is None or previous == State.RESOLVED:
+            conversation.state = State.RESOLVED if previous else conversation.state
             return conversation
+        services.conversation_resolve(tenant=tenant, conversation=conversation, actor=actor)
         now = timezone.now()
         Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(
             waiting_since=None, satisfaction_requested_at=now

@@ -127,6 +127,23 @@ def test_resolve_asks_for_a_rating_that_is_stored_once_and_counted(tenant, make_
         webchat.receive_rating(channel=channel, visitor_id=visitor, score=9)
 
 
+def test_two_agents_resolving_or_answering_at_once_send_the_end_user_one_of_each(tenant, make_agent):
+    """Each request holds its own copy of the conversation, read before the other one acted."""
+    amy, bob = make_agent(tenant, "amy"), make_agent(tenant, "bob")
+    waiting = make_conversation(tenant, state="handoff_requested")
+    amys, bobs = Conversation.objects.get(pk=waiting.pk), Conversation.objects.get(pk=waiting.pk)
+
+    services.reply(tenant=tenant, conversation=amys, text="Hi, Amy here", user=amy)
+    services.reply(tenant=tenant, conversation=bobs, text="Hi, Bob here", user=bob)
+    services.resolve(tenant=tenant, conversation=amys, user=amy)
+    services.resolve(tenant=tenant, conversation=bobs, user=bob)
+
+    waiting.refresh_from_db()
+    assert waiting.assignee_id == amy.pk  # the first to answer took it; Bob's answer did not take it over
+    kinds = list(Message.objects.filter(conversation=waiting, sender="system").values_list("kind", flat=True))
+    assert kinds == ["agent_joined", "closing", "csat_question"]
+
+
 # --- permissions ------------------------------------------------------------------------------------------
 
 ENDPOINTS = [

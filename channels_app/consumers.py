@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -192,9 +193,21 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
                 },
             )
 
+    # A visitor's typing reaches the agents when it changes, and "still typing" at most every few
+    # seconds: an anonymous socket flooding typing frames must not flood every agent's socket.
+    TYPING_REPEAT_SECONDS = 3.0
+    # Satisfaction answers a socket may send per minute (each is a database write attempt).
+    RATINGS_PER_MINUTE = 5
+
     async def on_typing(self, content: dict[str, Any]) -> None:
         """The visitor types: the tenant's agents see it in the inbox (no database work)."""
         assert self.session is not None
+        on = content.get("on") is not False
+        now = time.monotonic()
+        last_on, last_at = getattr(self, "_typing_sent", (None, 0.0))
+        if on == last_on and now - last_at < self.TYPING_REPEAT_SECONDS:
+            return
+        self._typing_sent = (on, now)
         await self.channel_layer.group_send(
             tenant_group(self.session.tenant_id),
             {
@@ -203,7 +216,7 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
                     "type": "contact_typing",
                     "channel_id": str(self.session.channel.pk),
                     "contact_external_id": self.session.visitor_id,
-                    "on": content.get("on") is not False,
+                    "on": on,
                 },
             },
         )
@@ -211,6 +224,12 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
     async def on_rating(self, content: dict[str, Any]) -> None:
         """The visitor's answer to the satisfaction question (a button): stored once per question."""
         assert self.session is not None
+        now = time.monotonic()
+        recent = [t for t in getattr(self, "_ratings_at", []) if now - t < 60]
+        if len(recent) >= self.RATINGS_PER_MINUTE:
+            await self.send_error("rate_limited", "Too many answers; try again in a minute.")
+            return
+        self._ratings_at = [*recent, now]
         score = content.get("score")
         try:
             stored = await database_sync_to_async(webchat.receive_rating, thread_sensitive=False)(

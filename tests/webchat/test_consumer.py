@@ -6,6 +6,8 @@ committed data: hence transactional tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import jwt
@@ -347,3 +349,29 @@ def test_token_naming_tenant_a_and_a_channel_of_tenant_b_is_refused(
 
     assert frame["code"] == "token_invalid"
     assert code == 4401
+
+
+def test_a_visitor_flooding_typing_frames_reaches_the_agents_only_when_it_changes(webchat_channel):
+    from channels.layers import get_channel_layer
+
+    from conversations.inbox.live import tenant_group
+
+    async def scenario() -> list[bool]:
+        layer = get_channel_layer()
+        inbox = await layer.new_channel()
+        await layer.group_add(tenant_group(webchat_channel.tenant_id), inbox)
+        socket = await connected(token_for(webchat_channel))
+        for _ in range(200):
+            await socket.send_json_to({"type": "typing", "on": True})
+        await socket.send_json_to({"type": "typing", "on": False})
+        await socket.send_json_to({"type": "ping"})
+        assert await socket.receive_json_from(timeout=5) == {"type": "pong"}  # every frame was handled
+        seen = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while True:
+                message = await asyncio.wait_for(layer.receive(inbox), timeout=1)
+                seen.append(message["event"]["on"])
+        await socket.disconnect()
+        return seen
+
+    assert async_to_sync(scenario)() == [True, False]

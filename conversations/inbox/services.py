@@ -142,13 +142,22 @@ def _tell(
     return message
 
 
+def message_media(message: Message) -> list[Any]:
+    """A message's attachments: what the end user sent (the normalized inbound message's media) or
+    the file an agent sent (channels_app.services.outbound_media stores it as ``payload.media``)."""
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    sent = payload.get("media")
+    if isinstance(sent, dict):
+        return [sent]
+    return list((payload.get("normalized") or {}).get("media") or [])
+
+
 def message_frame(message: Message, *, agent: Any = None) -> dict[str, Any]:
     payload = message.payload if isinstance(message.payload, dict) else {}
-    normalized = payload.get("normalized") or {}
     media = [
         {"index": i, "kind": m.get("kind", "file"), "mime_type": m.get("mime_type", ""),
          "filename": m.get("filename", ""), "caption": m.get("caption", ""), "stored": bool(m.get("storage_path"))}
-        for i, m in enumerate(normalized.get("media") or [])
+        for i, m in enumerate(message_media(message))
         if isinstance(m, dict)
     ]  # fmt: skip
     return {

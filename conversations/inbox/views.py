@@ -269,7 +269,7 @@ def mark_read(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dic
 def media(request: HttpRequest, tenant: Tenant, conversation_id: Any, message_id: int, index: int) -> HttpResponseBase:
     """An attachment of a message of the conversation, from the tenant's storage (images inline)."""
     message = Message.objects.for_tenant(tenant).get(conversation_id=conversation_id, pk=message_id)
-    items = ((message.payload or {}).get("normalized") or {}).get("media") or []
+    items = services.message_media(message)
     if index >= len(items) or not isinstance(items[index], dict) or not items[index].get("storage_path"):
         raise Http404("No such attachment.")
     item = items[index]

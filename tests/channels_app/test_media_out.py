@@ -67,6 +67,25 @@ def test_an_uploaded_image_goes_to_whatsapps_media_endpoint_then_by_id(wa_channe
     with default_storage.open(message.payload["media"]["storage_path"]) as kept:
         assert kept.read() == PNG  # kept for the transcript
 
+    # The agents see it in the inbox like a file the end user sent, and can open it.
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from tenants.models import Membership
+
+    amy = get_user_model().objects.create_user(username="amy", password="pw-amy-123456", is_staff=True)
+    Membership.objects.create(tenant=wa_channel.tenant, user=amy, role=Membership.Role.AGENT)
+    agent = Client()
+    agent.force_login(amy)
+    query = f"?tenant={wa_channel.tenant_id}"
+    timeline = agent.get(f"/inbox/api/conversations/{conversation.pk}/{query}").json()["timeline"]
+    assert [m["media"] for m in timeline if m["id"] == message.pk] == [
+        [{"index": 0, "kind": "image", "mime_type": "image/png", "filename": "receipt.png", "caption": "Your receipt",
+          "stored": True}]
+    ]  # fmt: skip
+    opened = agent.get(f"/inbox/api/conversations/{conversation.pk}/media/{message.pk}/0/{query}")
+    assert (opened.status_code, b"".join(opened.streaming_content)) == (200, PNG)
+
 
 def test_a_document_by_link_keeps_its_filename(wa_channel, graph):
     inbound_from(wa_channel, WA_USER, hours_ago=1)

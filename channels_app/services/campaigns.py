@@ -137,6 +137,10 @@ def campaign_create(
     if template.channel_id != channel.pk or template.tenant_id != channel.tenant_id:
         raise CampaignError("the template is not one of this channel's", code="not_found")
     templates.check_sendable(template)
+    try:  # the variables fit the template (each contact's own values stand in as "x")
+        templates.template_render(template, _fill_variables(variables or {}, lambda _name: "x"))
+    except templates.TemplateError as exc:
+        raise CampaignError(str(exc), code="invalid_variables") from None
     rate = float(rate_per_second or settings.CAMPAIGN_RATE_PER_SECOND)
     if not 0 < rate <= settings.CAMPAIGN_MAX_RATE_PER_SECOND:
         raise CampaignError(f"rate_per_second is 0-{settings.CAMPAIGN_MAX_RATE_PER_SECOND} (Meta's throughput)")
@@ -333,17 +337,24 @@ def _finish(campaign: Campaign) -> None:
         )
 
 
-def _values(campaign: Campaign, row: CampaignRecipient) -> dict[str, Any]:
+def _fill_variables(variables: dict[str, Any], contact_value: Any) -> dict[str, Any]:
+    """The campaign's template variables with each per-contact reference replaced by
+    ``contact_value(name)``."""
+
     def fill(value: Any) -> Any:
         if isinstance(value, str) and (match := _VARIABLE.match(value)):
-            return str(row.variables.get(match.group(1), ""))
+            return str(contact_value(match.group(1)))
         if isinstance(value, list):
             return [fill(v) for v in value]
         if isinstance(value, dict):
             return {k: fill(v) for k, v in value.items()}
         return value
 
-    return fill(campaign.variables or {})
+    return fill(variables)
+
+
+def _values(campaign: Campaign, row: CampaignRecipient) -> dict[str, Any]:
+    return _fill_variables(campaign.variables or {}, lambda name: row.variables.get(name, ""))
 
 
 def _send_batch(campaign: Campaign, rows: list[CampaignRecipient]) -> None:
@@ -372,6 +383,13 @@ def _send_batch(campaign: Campaign, rows: list[CampaignRecipient]) -> None:
             future.result()
 
 
+def _pause_for(campaign: Campaign, reason: str) -> None:
+    """Stop the campaign where it stands (resume when the cause is fixed): a problem of the template or
+    of the channel would otherwise fail every remaining recipient, who could never get it."""
+    if Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(status=Campaign.Status.PAUSED):
+        logger.warning("campaign paused", extra={"campaign_id": str(campaign.pk), "reason": reason[:300]})
+
+
 def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) -> None:
     update: dict[str, Any]
     if opted_out:
@@ -389,9 +407,16 @@ def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) ->
             wamid = result.platform_message_ids[0] if result.platform_message_ids else ""
             update = {"status": CampaignRecipient.Status.SENT, "platform_message_id": wamid}
         except templates.TemplateError as exc:
-            update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
+            if exc.code == "invalid_variables":  # this contact's own values do not fit
+                update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
+            else:  # the template stopped being sendable (Meta paused or rejected it): nobody else fails
+                update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
+                _pause_for(campaign, str(exc))
         except SendError as exc:
-            if exc.permanent:
+            if exc.disable_channel or exc.code == "channel_disabled":  # the channel cannot send at all
+                update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
+                _pause_for(campaign, str(exc))
+            elif exc.permanent:
                 update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
             elif exc.code == OUTCOME_UNKNOWN:
                 # Meta may have taken it: never sent again; the status webhook (our callback data

@@ -306,3 +306,26 @@ def test_a_campaign_starts_once_and_has_one_runner_at_a_time(wa_channel, graph, 
         other.close()  # its lock goes with its connection, as a killed worker's does
     assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "done"
     assert sum(sent_to(graph).values()) == 3
+
+
+def test_a_template_paused_by_meta_pauses_the_campaign_and_fails_nobody(wa_channel, graph, template):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(4))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    MessageTemplate.objects.filter(pk=template.pk).update(status="PAUSED")  # Meta paused it meanwhile
+
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "paused"
+    campaign.refresh_from_db()
+    assert campaign.status == "paused" and sent_to(graph) == {}
+    assert set(CampaignRecipient.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"pending"}
+
+    MessageTemplate.objects.filter(pk=template.pk).update(status="APPROVED")
+    campaigns.campaign_resume(campaign=campaign)
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "done"
+    assert sum(sent_to(graph).values()) == 4
+
+
+def test_variables_that_do_not_fit_the_template_are_refused_when_the_campaign_is_made(wa_channel, template):
+    with pytest.raises(campaigns.CampaignError) as refused:
+        campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["a", "b"]})
+    assert refused.value.code == "invalid_variables"

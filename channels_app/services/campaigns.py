@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage, SendError, StatusUpdate
 from channels_app.graph import OUTCOME_UNKNOWN, posts_at_most_once
-from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, MessageTemplate
-from channels_app.services import templates
+from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, ContactAlias, MessageTemplate
+from channels_app.services import identities, templates
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def record_opt_outs(*, channel: Channel, messages: list[NormalizedMessage]) -> i
     words = opt_out_words(channel)
     senders = {m.sender_id for m in messages if m.text.strip().upper().strip(".!") in words and m.sender_id}
     now = timezone.now()
-    for sender in senders:
+    # Every id the contact is known by (phone number and BSUID): an opt-out under one holds for all.
+    every_id = {i for sender in senders for i in identities.contact_ids(channel=channel, external_id=sender)}
+    for sender in every_id:
         consent, created = Consent.objects.get_or_create(
             tenant_id=channel.tenant_id,
             channel=channel,
@@ -358,13 +360,26 @@ def _values(campaign: Campaign, row: CampaignRecipient) -> dict[str, Any]:
 
 
 def _send_batch(campaign: Campaign, rows: list[CampaignRecipient]) -> None:
-    """Send a claimed batch over CAMPAIGN_SEND_THREADS connections at once: one runner is otherwise
-    bound by the Graph API's latency, not by the limit. Each thread closes its database connection."""
-    opted_out = set(
-        Consent.objects.filter(
-            channel_id=campaign.channel_id, contact_id__in=[r.contact_id for r in rows], opted_out_at__isnull=False
-        ).values_list("contact_id", flat=True)
+    """Send a claimed batch, skipping whoever opted out."""
+    ids = [r.contact_id for r in rows]
+    # A recipient known by another id too (phone number and BSUID): an opt-out under either holds.
+    canonical = dict(
+        ContactAlias.objects.for_tenant(campaign.tenant_id)
+        .filter(channel_id=campaign.channel_id, alias__in=ids)
+        .values_list("alias", "external_id")
     )
+    said_stop = set(
+        Consent.objects.for_tenant(campaign.tenant_id)
+        .filter(channel_id=campaign.channel_id, contact_id__in={*ids, *canonical.values()}, opted_out_at__isnull=False)
+        .values_list("contact_id", flat=True)
+    )
+    opted_out = {i for i in ids if i in said_stop or canonical.get(i) in said_stop}
+    return _send_rows(campaign, rows, opted_out)
+
+
+def _send_rows(campaign: Campaign, rows: list[CampaignRecipient], opted_out: set[str]) -> None:
+    """Over CAMPAIGN_SEND_THREADS connections at once: one runner is otherwise bound by the Graph API's
+    latency, not by the limit. Each thread closes its database connection."""
     threads = max(1, min(settings.CAMPAIGN_SEND_THREADS, len(rows)))
     if threads == 1:
         for row in rows:

@@ -329,3 +329,24 @@ def test_variables_that_do_not_fit_the_template_are_refused_when_the_campaign_is
     with pytest.raises(campaigns.CampaignError) as refused:
         campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["a", "b"]})
     assert refused.value.code == "invalid_variables"
+
+
+def test_stop_under_a_bsuid_holds_for_the_phone_number_the_campaign_knows(wa_channel, graph, template):
+    """The CSV opted the phone number in; Meta names the same user by a business-scoped user id
+    (BSUID) when they write STOP: they are never sent the campaign at their phone number."""
+    from channels_app.adapters.base import NormalizedMessage
+    from channels_app.models import ContactAlias
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(2))
+    bsuid = "US.13491208655302741918"
+    for alias in (phone(0), bsuid):  # the user was first known by the BSUID (identities.resolve_senders)
+        ContactAlias.objects.create(tenant_id=wa_channel.tenant_id, channel=wa_channel, alias=alias, external_id=bsuid)
+    stop = NormalizedMessage(platform="whatsapp", channel_external_id=WA_PHONE_NUMBER_ID, message_id="wamid.STOP",
+                             sender_id=bsuid, timestamp=time.time(), type="text", text="STOP")  # fmt: skip
+    campaigns.record_opt_outs(channel=wa_channel, messages=[stop])
+
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    campaigns.run_campaign(campaign_id=campaign.pk)
+
+    assert sent_to(graph) == {phone(1): 1}

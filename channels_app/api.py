@@ -508,7 +508,6 @@ class ConversationChoicesView(TenantScopedMixin, APIView):
 # --- files ---------------------------------------------------------------------------------------------
 
 
-
 class MediaSendSerializer(serializers.Serializer):
     file = serializers.FileField(required=False, help_text="The file (multipart); uploaded to the platform")
     link = serializers.URLField(required=False, help_text="Or an https URL the platform fetches")
@@ -624,7 +623,8 @@ class CampaignSerializer(serializers.ModelSerializer):
         return {"name": campaign.template.name, "language": campaign.template.language}
 
     def get_totals(self, campaign: Campaign) -> dict[str, int]:
-        return campaigns.campaign_totals(campaign)
+        known = self.context.get("totals")  # a list's, counted at once
+        return known[campaign.pk] if known is not None else campaigns.campaign_totals(campaign)
 
 
 class CampaignCreateSerializer(serializers.Serializer):
@@ -663,12 +663,21 @@ class ChannelConsentImportView(_ChannelLookup, APIView):
         return Response(counts)
 
 
-class ChannelCampaignListView(_ChannelLookup, APIView):
-    @extend_schema(responses={200: CampaignSerializer(many=True)}, summary="List a channel's campaigns")
+class ChannelCampaignListView(_ChannelLookup, generics.GenericAPIView):
+    serializer_class = CampaignSerializer
+
+    @extend_schema(responses={200: CampaignSerializer(many=True)}, summary="List a channel's campaigns, newest first")
     def get(self, request: Request, tenant_id: UUID, channel_id: UUID) -> Response:
         channel = self.get_channel(channel_id)
-        rows = Campaign.objects.for_tenant(self.tenant).filter(channel=channel).select_related("template")
-        return Response(CampaignSerializer(rows, many=True).data)
+        rows = (
+            Campaign.objects.for_tenant(self.tenant)
+            .filter(channel=channel)
+            .select_related("template")
+            .order_by("-created_at")
+        )
+        page = self.paginate_queryset(rows)
+        totals = campaigns.campaigns_totals([c.pk for c in page])
+        return self.get_paginated_response(CampaignSerializer(page, many=True, context={"totals": totals}).data)
 
     @extend_schema(
         request=CampaignCreateSerializer,

@@ -210,18 +210,24 @@ def enqueue(campaign_id: Any, countdown: float = 0) -> None:
 
 
 def campaign_totals(campaign: Campaign) -> dict[str, int]:
-    counts = {s: 0 for s in CampaignRecipient.Status.values}
-    for status, n in _grouped(campaign):
-        counts[status] = n
-    counts["total"] = sum(v for k, v in counts.items() if k != "total")
-    return counts
+    return campaigns_totals([campaign.pk])[campaign.pk]
 
 
-def _grouped(campaign: Campaign) -> list[tuple[str, int]]:
+def campaigns_totals(campaign_ids: list[Any]) -> dict[Any, dict[str, int]]:
+    """Each campaign's recipients by status, and their total: one grouped query for all of them."""
     from django.db.models import Count
 
-    rows = CampaignRecipient.objects.filter(campaign=campaign).values_list("status").annotate(n=Count("id"))
-    return [(str(s), int(n)) for s, n in rows]
+    totals: dict[Any, dict[str, int]] = {pk: dict.fromkeys(CampaignRecipient.Status.values, 0) for pk in campaign_ids}
+    rows = (
+        CampaignRecipient.objects.filter(campaign_id__in=campaign_ids)
+        .values_list("campaign_id", "status")
+        .annotate(n=Count("id"))
+    )
+    for campaign_id, status, n in rows:
+        totals[campaign_id][str(status)] = int(n)
+    for counts in totals.values():
+        counts["total"] = sum(counts.values())
+    return totals
 
 
 # --- the runner --------------------------------------------------------------------------------------

@@ -350,3 +350,22 @@ def test_stop_under_a_bsuid_holds_for_the_phone_number_the_campaign_knows(wa_cha
     campaigns.run_campaign(campaign_id=campaign.pk)
 
     assert sent_to(graph) == {phone(1): 1}
+
+
+def test_the_campaign_list_is_paged_with_totals_counted_at_once(
+    wa_channel, template, tenant_api, django_assert_max_num_queries
+):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    made = [
+        campaigns.campaign_create(channel=wa_channel, name=f"C{n}", template=template, variables={"body": ["x"]})
+        for n in range(6)
+    ]
+    campaigns.campaign_start(campaign=made[0])
+    url = f"/api/tenants/{wa_channel.tenant_id}/channels/{wa_channel.pk}/campaigns/"
+
+    with django_assert_max_num_queries(8):  # the same for 6 campaigns as for 1
+        body = tenant_api.get(url).json()
+
+    assert [c["name"] for c in body["results"]] == ["C5", "C4", "C3", "C2", "C1", "C0"]
+    assert body["results"][-1]["totals"]["pending"] == 3 and body["results"][-1]["totals"]["total"] == 3
+    assert body["results"][0]["totals"]["total"] == 0

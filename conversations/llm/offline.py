@@ -192,7 +192,7 @@ def keyword_scores(query: str, sentences: list[Sentence], language: str) -> None
 
 
 class _VectorCache:
-    """Sentence vectors by (model, text), least recently used dropped past ``size``."""
+    """Sentence vectors by (model, text); the oldest are dropped past ``size``."""
 
     def __init__(self, size: int = 20000):
         self.size = size
@@ -202,8 +202,10 @@ class _VectorCache:
     def vectors(self, embedder: Any, texts: list[str]) -> np.ndarray:
         model = str(getattr(embedder, "model_id", ""))
         with self.lock:
-            found = {i: self.items.get((model, t)) for i, t in enumerate(texts)}
-        missing = [i for i, v in found.items() if v is None]
+            found: dict[int, np.ndarray] = {
+                i: v for i, t in enumerate(texts) if (v := self.items.get((model, t))) is not None
+            }
+        missing = [i for i in range(len(texts)) if i not in found]
         if missing:
             fresh = np.asarray(embedder.embed_passages([texts[i] for i in missing]), dtype=np.float32)
             with self.lock:

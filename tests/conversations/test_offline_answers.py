@@ -141,8 +141,9 @@ def test_portuguese_questions_are_answered_from_the_portuguese_passages_in_portu
     assert answer in reply
     assert "Fontes: Manual (" in reply
     assert reply.endswith("(Resposta automática citada dos documentos; nenhum modelo de IA está conectado.)")
-    conversation = Conversation.objects.get(contact__external_id=graph.texts[-1]["body"]["to"])
-    assert conversation.language == "pt"
+    contact = graph.texts[-1]["body"]["to"]
+    # Stored by the finish stage, with the turn's outcome (after the reply was sent).
+    assert wait_until(lambda: Conversation.objects.filter(contact__external_id=contact, language="pt").exists())
 
 
 def test_the_sample_document_of_the_demo_answers_its_questions(
@@ -231,7 +232,7 @@ def test_the_conversation_language_is_stored_and_the_llm_is_told_to_answer_in_it
     wait_until(lambda: graph.text_bodies())
     system = openai_server.requests[0]["messages"][0]["content"]
     assert "Answer in Portuguese" in system
-    assert Conversation.objects.get(contact__external_id="15550009999").language == "pt"
+    assert wait_until(lambda: Conversation.objects.filter(contact__external_id="15550009999", language="pt").exists())
 
     deliver(whatsapp, text="ok", sender="15550009999")  # says nothing of its language: still Portuguese
 

@@ -249,7 +249,7 @@ def main(argv: list[str]) -> int:
         cursor.execute(f"SELECT pg_relation_size('{index_name}'), pg_database_size(current_database())")
         index_bytes, database_bytes = cursor.fetchone()
         cursor.execute(
-            "SELECT count(*), coalesce(sum(pg_relation_size(indexrelid)), 0) FROM pg_stat_user_indexes"
+            "SELECT count(*), coalesce(sum(pg_relation_size(indexrelid)), 0)::bigint FROM pg_stat_user_indexes"
             " WHERE indexrelname LIKE 'chunk_hnsw_t%%'"
         )
         own_count, own_bytes = cursor.fetchone()

@@ -12,8 +12,8 @@ A detection is kept only when it is confident:
 - the best of the *expected* languages (the platform's five, the tenant's locales, the conversation's
   language so far) with >= ``EXPECTED_SHARE`` of their probability mass,
 
-and only for text with at least ``MIN_LETTERS`` letters in at least two words ("ok", "thanks" say
-nothing). Otherwise the conversation keeps the language it had (``None`` here).
+and only for text with at least ``MIN_LETTERS`` letters in at least two distinct words ("ok",
+"thanks", "question 1 question 2" say nothing). Otherwise the conversation keeps the language it had (``None`` here).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def detect(text: str, expected: Iterable[str] = ()) -> str | None:
     the detector is not confident. ``expected``: language tags more likely than the rest."""
     cleaned = URL_OR_MENTION.sub(" ", text or "")
     words = WORD.findall(cleaned)
-    if len(words) < 2 or sum(len(w) for w in words) < MIN_LETTERS:
+    distinct = {w.casefold() for w in words}
+    if len(distinct) < 2 or sum(len(w) for w in distinct) < MIN_LETTERS:
         return None
     ranked: list[tuple[str, float]] = _model().rank(cleaned[:2000])
     best, probability = ranked[0]

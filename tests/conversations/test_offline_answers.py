@@ -216,6 +216,7 @@ def test_language_detection_on_labelled_short_messages():
         ("Quero falar com um humano, por favor", "en", "pt"),  # the user switched
         ("Ciao, quanto costa la spedizione in Italia?", "", "it"),  # beyond the platform's five
         ("👍", "de", "de"),
+        ("question 0\nquestion 1", "", "en"),  # one word, repeated: not enough to tell English from French
     ],
 )
 def test_conversation_language_follows_confident_detections_only(text, current, expected):

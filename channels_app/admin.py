@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from django import forms
@@ -462,9 +463,8 @@ class CampaignAdmin(TenantScopedAdmin):
 
     @admin.display(description="Totals")
     def totals(self, obj: Campaign) -> str:
-        counts = {s: getattr(obj, f"n_{s}", None) for s in self.TOTALS_SHOWN}
-        if None in counts.values():
-            counts = campaigns.campaign_totals(obj)
+        annotated = {s: getattr(obj, f"n_{s}", None) for s in self.TOTALS_SHOWN}
+        counts: Mapping[str, Any] = annotated if None not in annotated.values() else campaigns.campaign_totals(obj)
         return ", ".join(f"{name} {counts[name]}" for name in self.TOTALS_SHOWN if counts[name]) or "none"
 
     @admin.action(description="Start (snapshot the opted-in audience and send)")

@@ -3,6 +3,7 @@ ones are set, never their values. Views validate input and call channels_app.ser
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -378,7 +379,38 @@ class ChannelTemplateSyncView(_ChannelLookup, APIView):
         return Response({**result.as_dict(), "templates": TemplateSerializer(rows, many=True).data})
 
 
-class ConversationTemplateView(TenantScopedMixin, APIView):
+class _ConversationSend(TenantScopedMixin, APIView):
+    """What the sends to a conversation share (templates, options to tap, files): the tenant's
+    conversation, the agent sending, and the stored message's answer."""
+
+    def conversation(self, conversation_id: UUID) -> Conversation:
+        found = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
+        if found is None:
+            raise ApiError(404, "not_found", "No such conversation.")
+        return found
+
+    def sender(self, request: Request) -> Any:
+        return request.user if getattr(request.user, "is_authenticated", False) else None
+
+    @staticmethod
+    def sent(send: Callable[[], Message]) -> Response:
+        """201 with the stored message; 409 outside the customer-service window; 502 when it was stored
+        but the channel did not accept it."""
+        try:
+            message = send()
+        except window.OutsideWindow as exc:
+            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
+        if message.status == Message.Status.FAILED:
+            raise ApiError(
+                502,
+                "not_delivered",
+                "The message was stored but the channel did not accept it.",
+                {"message_id": message.pk, "error": message.error},
+            )
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+class ConversationTemplateView(_ConversationSend):
     @extend_schema(
         request=TemplateSendSerializer,
         responses={
@@ -403,29 +435,20 @@ class ConversationTemplateView(TenantScopedMixin, APIView):
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         data = TemplateSendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
-        if conversation is None:
-            raise ApiError(404, "not_found", "No such conversation.")
-        values = data.validated_data
+        conversation, values = self.conversation(conversation_id), data.validated_data
         try:
-            message = templates.conversation_send_template(
-                tenant=self.tenant,
-                conversation=conversation,
-                name=values["name"],
-                language=values["language"],
-                variables=values.get("variables") or {},
-                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            return self.sent(
+                lambda: templates.conversation_send_template(
+                    tenant=self.tenant,
+                    conversation=conversation,
+                    name=values["name"],
+                    language=values["language"],
+                    variables=values.get("variables") or {},
+                    user=self.sender(request),
+                )
             )
         except templates.TemplateError as exc:
             raise _template_error(exc) from None
-        if message.status == Message.Status.FAILED:
-            raise ApiError(
-                502,
-                "not_delivered",
-                "The template message was stored but the channel did not accept it.",
-                {"message_id": message.pk, "error": message.error},
-            )
-        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
 
 
 # --- options to tap ------------------------------------------------------------------------------------
@@ -451,7 +474,7 @@ class ChoicesSendSerializer(serializers.Serializer):
     )
 
 
-class ConversationChoicesView(TenantScopedMixin, APIView):
+class ConversationChoicesView(_ConversationSend):
     @extend_schema(
         request=ChoicesSendSerializer,
         responses={
@@ -478,31 +501,18 @@ class ConversationChoicesView(TenantScopedMixin, APIView):
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         data = ChoicesSendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
-        if conversation is None:
-            raise ApiError(404, "not_found", "No such conversation.")
+        conversation = self.conversation(conversation_id)
         values = dict(data.validated_data)
         options = [Choice(**o) for o in values.pop("options")]
         choices = Choices(options=options, style=values.pop("layout"), **values)
         try:
-            message = conversation_sends.conversation_send_choices(
-                tenant=self.tenant,
-                conversation=conversation,
-                choices=choices,
-                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            return self.sent(
+                lambda: conversation_sends.conversation_send_choices(
+                    tenant=self.tenant, conversation=conversation, choices=choices, user=self.sender(request)
+                )
             )
         except InvalidChoices as exc:
             raise ApiError(400, "invalid_choices", str(exc)) from None
-        except window.OutsideWindow as exc:
-            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
-        if message.status == Message.Status.FAILED:
-            raise ApiError(
-                502,
-                "not_delivered",
-                "The message was stored but the channel did not accept it.",
-                {"message_id": message.pk, "error": message.error},
-            )
-        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -526,7 +536,7 @@ class MediaSendSerializer(serializers.Serializer):
         return attrs
 
 
-class ConversationMediaView(TenantScopedMixin, APIView):
+class ConversationMediaView(_ConversationSend):
     @extend_schema(
         request={"multipart/form-data": MediaSendSerializer, "application/json": MediaSendSerializer},
         responses={
@@ -546,9 +556,7 @@ class ConversationMediaView(TenantScopedMixin, APIView):
     def post(self, request: Request, tenant_id: UUID, conversation_id: UUID) -> Response:
         data = MediaSendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        conversation = Conversation.objects.for_tenant(self.tenant).filter(pk=conversation_id).first()
-        if conversation is None:
-            raise ApiError(404, "not_found", "No such conversation.")
+        conversation = self.conversation(conversation_id)
         values = data.validated_data
         upload = values.get("file")
         content = None
@@ -570,24 +578,13 @@ class ConversationMediaView(TenantScopedMixin, APIView):
             caption=values.get("caption") or "",
         )
         try:
-            message = outbound_media.conversation_send_media(
-                tenant=self.tenant,
-                conversation=conversation,
-                media=media,
-                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+            return self.sent(
+                lambda: outbound_media.conversation_send_media(
+                    tenant=self.tenant, conversation=conversation, media=media, user=self.sender(request)
+                )
             )
         except InvalidMedia as exc:
             raise ApiError(400, "invalid_media", str(exc)) from None
-        except window.OutsideWindow as exc:
-            raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
-        if message.status == Message.Status.FAILED:
-            raise ApiError(
-                502,
-                "not_delivered",
-                "The message was stored but the channel did not accept it.",
-                {"message_id": message.pk, "error": message.error},
-            )
-        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
 
 
 # --- campaigns -----------------------------------------------------------------------------------------
@@ -675,7 +672,7 @@ class ChannelCampaignListView(_ChannelLookup, generics.GenericAPIView):
             .select_related("template")
             .order_by("-created_at")
         )
-        page = self.paginate_queryset(rows)
+        page = self.paginate_queryset(rows) or []
         totals = campaigns.campaigns_totals([c.pk for c in page])
         return self.get_paginated_response(CampaignSerializer(page, many=True, context={"totals": totals}).data)
 

@@ -26,3 +26,8 @@ class EventType(models.TextChoices):
     API_KEY_REVOKED = "api_key.revoked"
     SECRET_UPDATED = "secret.updated"
     SECRET_DELETED = "secret.deleted"
+    # Campaigns (channels_app.services.campaigns): written with the campaign's state change.
+    CAMPAIGN_STARTED = "campaign.started"
+    CAMPAIGN_PAUSED = "campaign.paused"
+    CAMPAIGN_RESUMED = "campaign.resumed"
+    CAMPAIGN_FINISHED = "campaign.finished"

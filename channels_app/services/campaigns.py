@@ -11,6 +11,10 @@
   campaign's ``rate_per_second`` and stops for quiet hours, the daily limit and a pause. A row left
   ``sending`` by a crash is never sent again (nobody gets a campaign twice); the status webhooks tell
   whether it went (``apply_status``).
+- Events (docs/events.md), each written in the transaction of the state change it reports, once:
+  ``campaign.started`` (with the audience), ``campaign.paused`` (``reason``: ``manual``,
+  ``template_paused``, ``template_rejected``, ``template_not_sendable``, ``channel_disabled``),
+  ``campaign.resumed`` and ``campaign.finished`` (with the totals).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from channels_app.adapters.base import NormalizedMessage, SendError, StatusUpdat
 from channels_app.graph import OUTCOME_UNKNOWN, posts_at_most_once
 from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, ContactAlias, MessageTemplate
 from channels_app.services import identities, templates
+from events.services import emit
+from events.types import EventType
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +192,24 @@ def campaign_start(*, campaign: Campaign) -> int:
         )
         if not started:
             raise CampaignStateError(f"the campaign is {campaign.status}: only a draft can be started")
+        campaign.refresh_from_db()
+        recipients = campaign.recipients.count()
+        _emit(
+            campaign,
+            EventType.CAMPAIGN_STARTED,
+            recipients=recipients,
+            scheduled_at=campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
+            rate_per_second=campaign.rate_per_second,
+            daily_limit=campaign.daily_limit,
+        )
         transaction.on_commit(lambda: enqueue(campaign.pk))
-    campaign.refresh_from_db()
-    return campaign.recipients.count()
+    return recipients
 
 
 def campaign_pause(*, campaign: Campaign) -> None:
-    Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(status=Campaign.Status.PAUSED)
+    """Pause a running campaign by hand (after its current batch); ``campaign.paused`` with reason
+    ``manual``. A campaign that is not running is left as it is."""
+    _pause(campaign, reason=PAUSE_MANUAL, detail="")
 
 
 def campaign_resume(*, campaign: Campaign) -> None:
@@ -200,7 +217,42 @@ def campaign_resume(*, campaign: Campaign) -> None:
         if Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PAUSED).update(
             status=Campaign.Status.RUNNING
         ):
+            _emit(campaign, EventType.CAMPAIGN_RESUMED)
             transaction.on_commit(lambda: enqueue(campaign.pk))
+
+
+# Why a campaign paused (``campaign.paused``'s ``reason``).
+PAUSE_MANUAL = "manual"
+PAUSE_CHANNEL_DISABLED = "channel_disabled"
+_TEMPLATE_PAUSE_REASONS = {"PAUSED": "template_paused", "REJECTED": "template_rejected"}
+
+
+def _emit(campaign: Campaign, type: EventType, **details: Any) -> None:
+    """A ``campaign.*`` event, in the caller's transaction (the one that changed the campaign)."""
+    template = campaign.template
+    emit(
+        tenant=campaign.tenant_id,
+        type=type,
+        payload={
+            "campaign_id": str(campaign.pk),
+            "channel_id": str(campaign.channel_id),
+            "name": campaign.name,
+            "template": {"name": template.name, "language": template.language},
+            **details,
+        },
+    )
+
+
+def _pause(campaign: Campaign, *, reason: str, detail: str) -> bool:
+    """RUNNING → PAUSED with ``campaign.paused`` in one transaction; False when it was not running
+    (paused already, by hand or by another sending thread: the event is written once)."""
+    with transaction.atomic():
+        if not Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(
+            status=Campaign.Status.PAUSED
+        ):
+            return False
+        _emit(campaign, EventType.CAMPAIGN_PAUSED, reason=reason, detail=detail[:500])
+    return True
 
 
 def enqueue(campaign_id: Any, countdown: float = 0) -> None:
@@ -339,9 +391,21 @@ def _claim(campaign: Campaign, size: int) -> list[CampaignRecipient]:
 
 
 def _finish(campaign: Campaign) -> None:
-    if not CampaignRecipient.objects.filter(campaign=campaign, status=CampaignRecipient.Status.PENDING).exists():
-        Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(
-            status=Campaign.Status.DONE, finished_at=timezone.now()
+    """Done once nobody is pending: ``campaign.finished`` with the totals, in the same transaction."""
+    if CampaignRecipient.objects.filter(campaign=campaign, status=CampaignRecipient.Status.PENDING).exists():
+        return
+    with transaction.atomic():
+        finished_at = timezone.now()
+        if not Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(
+            status=Campaign.Status.DONE, finished_at=finished_at
+        ):
+            return
+        totals = campaign_totals(campaign)
+        _emit(
+            campaign,
+            EventType.CAMPAIGN_FINISHED,
+            finished_at=finished_at.isoformat(),
+            totals={k: totals[k] for k in ("total", "sent", "delivered", "read", "failed", "skipped", "sending")},
         )
 
 
@@ -404,11 +468,18 @@ def _send_rows(campaign: Campaign, rows: list[CampaignRecipient], opted_out: set
             future.result()
 
 
-def _pause_for(campaign: Campaign, reason: str) -> None:
+def _pause_for(campaign: Campaign, reason: str, detail: str) -> None:
     """Stop the campaign where it stands (resume when the cause is fixed): a problem of the template or
     of the channel would otherwise fail every remaining recipient, who could never get it."""
-    if Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.RUNNING).update(status=Campaign.Status.PAUSED):
-        logger.warning("campaign paused", extra={"campaign_id": str(campaign.pk), "reason": reason[:300]})
+    if _pause(campaign, reason=reason, detail=detail):
+        logger.warning(
+            "campaign paused", extra={"campaign_id": str(campaign.pk), "reason": f"{reason}: {detail[:300]}"}
+        )
+
+
+def _template_pause_reason(exc: templates.TemplateError) -> str:
+    status = str(exc.details.get("status", "")).upper()
+    return _TEMPLATE_PAUSE_REASONS.get(status, "template_not_sendable")
 
 
 def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) -> None:
@@ -432,11 +503,11 @@ def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) ->
                 update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
             else:  # the template stopped being sendable (Meta paused or rejected it): nobody else fails
                 update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
-                _pause_for(campaign, str(exc))
+                _pause_for(campaign, _template_pause_reason(exc), str(exc))
         except SendError as exc:
             if exc.disable_channel or exc.code == "channel_disabled":  # the channel cannot send at all
                 update = {"status": CampaignRecipient.Status.PENDING, "claimed_at": None}
-                _pause_for(campaign, str(exc))
+                _pause_for(campaign, PAUSE_CHANNEL_DISABLED, str(exc))
             elif exc.permanent:
                 update = {"status": CampaignRecipient.Status.FAILED, "error": str(exc)[:500]}
             elif exc.code == OUTCOME_UNKNOWN:

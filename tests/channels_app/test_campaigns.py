@@ -369,3 +369,83 @@ def test_the_campaign_list_is_paged_with_totals_counted_at_once(
     assert [c["name"] for c in body["results"]] == ["C5", "C4", "C3", "C2", "C1", "C0"]
     assert body["results"][-1]["totals"]["pending"] == 3 and body["results"][-1]["totals"]["total"] == 3
     assert body["results"][0]["totals"]["total"] == 0
+
+
+def campaign_events(campaign: Campaign) -> list[tuple[str, dict[str, Any]]]:
+    from events.models import Event
+
+    rows = Event.objects.filter(type__startswith="campaign.", payload__campaign_id=str(campaign.pk)).order_by("id")
+    return [(e.type, e.payload) for e in rows]
+
+
+def test_each_campaign_event_is_written_once_with_its_payload(wa_channel, graph, template, post_webhook):
+    from events.models import Event
+
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(3))
+    campaign = campaigns.campaign_create(
+        channel=wa_channel, name="Spring", template=template, variables={"body": ["{first_name}"]}
+    )
+    campaigns.campaign_start(campaign=campaign)
+    campaigns.campaign_pause(campaign=campaign)
+    campaigns.campaign_pause(campaign=campaign)  # a second click: nothing changes, no second event
+    campaigns.campaign_resume(campaign=campaign)
+    campaigns.campaign_resume(campaign=campaign)
+    user_says(post_webhook, phone(1), "STOP", 1)  # skipped
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "done"
+    campaigns.run_campaign(campaign_id=campaign.pk)  # a late runner: finished already, nothing again
+
+    events = campaign_events(campaign)
+    assert [t for t, _ in events] == ["campaign.started", "campaign.paused", "campaign.resumed", "campaign.finished"]
+    common = {
+        "campaign_id": str(campaign.pk),
+        "channel_id": str(wa_channel.pk),
+        "name": "Spring",
+        "template": {"name": "spring_offer", "language": "en_US"},
+    }
+    started, paused, resumed, finished = (payload for _, payload in events)
+    assert started == {**common, "recipients": 3, "scheduled_at": None, "rate_per_second": 80.0, "daily_limit": 1000}
+    assert paused == {**common, "reason": "manual", "detail": ""}
+    assert resumed == common
+    assert finished["totals"] == {
+        "total": 3, "sent": 2, "delivered": 0, "read": 0, "failed": 0, "skipped": 1, "sending": 0,
+    }  # fmt: skip
+    assert finished["finished_at"]
+    # Tenant-scoped: the tenant's audit log has them, with the outbox flags set for delivery.
+    rows = Event.objects.filter(type__startswith="campaign.")
+    assert {e.tenant_id for e in rows} == {wa_channel.tenant_id}
+    assert all(e.dispatch_pending for e in rows)
+
+
+def test_a_template_meta_paused_or_rejected_pauses_the_campaign_with_that_reason(wa_channel, graph, template):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(4))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    MessageTemplate.objects.filter(pk=template.pk).update(status="PAUSED")
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "paused"
+    MessageTemplate.objects.filter(pk=template.pk).update(status="REJECTED", rejected_reason="INVALID_FORMAT")
+    campaigns.campaign_resume(campaign=campaign)
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "paused"
+
+    events = campaign_events(campaign)
+    assert [(t, p.get("reason")) for t, p in events] == [
+        ("campaign.started", None),
+        ("campaign.paused", "template_paused"),
+        ("campaign.resumed", None),
+        ("campaign.paused", "template_rejected"),
+    ]
+    assert "INVALID_FORMAT" in events[-1][1]["detail"]
+    assert sent_to(graph) == {}
+
+
+def test_a_channel_that_can_no_longer_send_pauses_the_campaign_with_channel_disabled(wa_channel, graph, template):
+    campaigns.consent_import_csv(channel=wa_channel, text=csv_of(2))
+    campaign = campaigns.campaign_create(channel=wa_channel, name="C", template=template, variables={"body": ["x"]})
+    campaigns.campaign_start(campaign=campaign)
+    from channels_app.models import Channel
+
+    Channel.objects.filter(pk=wa_channel.pk).update(sending_disabled_reason="the access token was revoked")
+
+    assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "paused"
+    (_t, paused) = campaign_events(campaign)[-1]
+    assert (_t, paused["reason"]) == ("campaign.paused", "channel_disabled")
+    assert "the access token was revoked" in paused["detail"]

@@ -164,10 +164,17 @@ def conversation_analyse(*, conversation: Any) -> Insight | None:
     )[::-1]
     categories = [c.model_dump() for c in parse_tenant_settings(tenant.settings).categories]
     insight = analyse_texts(texts, categories, get_embedder(tenant=tenant))
+    sentiment = insight.sentiment if insight else ""
+    tags = insight.tags if insight else []
+    analysed_at = timezone.now()
     Conversation.objects.for_tenant(tenant).filter(pk=conversation.pk).update(
-        sentiment=insight.sentiment if insight else "",
-        tags=insight.tags if insight else [],
-        analysed_at=timezone.now(),
+        sentiment=sentiment, tags=tags, analysed_at=analysed_at
+    )
+    # The tenant's open inbox pages show the new sentiment and tags without a reload.
+    from conversations.inbox import live
+
+    live.push_analysis(
+        tenant_id=tenant.pk, conversation_id=conversation.pk, sentiment=sentiment, tags=tags, analysed_at=analysed_at
     )
     return insight
 

@@ -9,7 +9,8 @@ and that they are still the tenant's agent; if not (logged out, expired, passwor
 removed, deactivated) it gets ``session_ended`` and closes with 4401.
 
 The socket joins its tenant's group (``live.tenant_group``) and receives every frame pushed there:
-``message``, ``conversation``, ``assigned``, ``note``, ``agent_typing``, ``contact_typing``, ``rating``.
+``message``, ``conversation``, ``assigned``, ``note``, ``agent_typing``, ``contact_typing``, ``rating``,
+``analysis``.
 It sends ``typing`` ({conversation_id, on}): the other agents see "X is replying" and the end user sees
 our typing indicator; and ``ping``.
 """

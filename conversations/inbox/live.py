@@ -3,7 +3,8 @@
 Every staff socket of a tenant (``consumer.InboxConsumer``) is in ``tenant_group(tenant_id)``. Messages
 and state changes reach it from the event bus (``on_event``: the process that committed the change,
 after the commit: a Celery worker for a turn, daphne for an agent's action); assignment, notes and
-typing, which are no integrator events, are pushed by ``conversations.inbox.services``. Best effort:
+typing, which are no integrator events, are pushed by ``conversations.inbox.services``; a conversation's
+new analysis (sentiment and tags) by ``conversations.intelligence`` through ``push_analysis``. Best effort:
 a lost push (Redis down) costs an agent nothing a reload would not give back.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -47,6 +49,23 @@ def push(tenant_id: Any, frame: dict[str, Any]) -> None:
 def push_after_commit(tenant_id: Any, frame: dict[str, Any]) -> None:
     """``push`` once the caller's transaction commits (nothing if it rolls back)."""
     transaction.on_commit(lambda: push(tenant_id, frame), robust=True)
+
+
+def push_analysis(
+    *, tenant_id: Any, conversation_id: Any, sentiment: str, tags: list[str], analysed_at: datetime | None
+) -> None:
+    """A conversation's sentiment and tags were (re)computed: its row and contact panel change in place
+    on the tenant's agents' pages (and it enters or leaves a list filtered by sentiment or tag)."""
+    push_after_commit(
+        tenant_id,
+        {
+            "type": "analysis",
+            "conversation_id": str(conversation_id),
+            "sentiment": sentiment,
+            "tags": list(tags),
+            "analysed_at": analysed_at.isoformat() if analysed_at else None,
+        },
+    )
 
 
 def _message_frame(event: Event) -> dict[str, Any]:

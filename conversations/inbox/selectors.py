@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from channels_app.models import Channel, InboundEvent
+from conversations import intelligence
 from conversations.inbox.services import display_name, message_frame, note_frame, user_frame
 from conversations.models import (
     Contact,
@@ -24,6 +25,8 @@ from tenants.models import Tenant
 PAGE_SIZE = 50
 UNREAD_CAP = 99  # "99+" is all a badge says
 FILTERS = ("all", "mine", "unassigned")
+SENTIMENTS = intelligence.SENTIMENTS
+TAG_MAX_CHARS = 64  # Conversation.tags' items
 TIMELINE_LIMIT = 300
 PREVIEW_SENDERS = ("user", "assistant", "agent", "system")
 
@@ -55,6 +58,7 @@ def _list_sql() -> str:
         SELECT c.id, c.state, c.last_activity_at, c.waiting_since, c.created_at, c.handoff_reason,
                c.channel_id, ch.type, ch.name, c.assignee_id, u.username, u.first_name, u.last_name,
                k.id, k.profile_name, k.external_id, lm.content, lm.sender, lm.kind,
+               c.sentiment, c.tags, c.analysed_at,
                (SELECT count(*) FROM (SELECT 1 FROM {m} x WHERE x.tenant_id = c.tenant_id
                     AND x.conversation_id = c.id AND x.direction = 'in'
                     AND x.id > COALESCE(r.last_read_message_id, 0) LIMIT {UNREAD_CAP + 1}) AS unread_rows)
@@ -72,7 +76,7 @@ def _list_sql() -> str:
 def _row(row: tuple[Any, ...]) -> dict[str, Any]:
     (cid, state, last_activity, waiting_since, created_at, reason, channel_id, channel_type, channel_name,
      assignee_id, username, first_name, last_name, contact_id, profile_name, external_id,
-     preview, preview_sender, preview_kind, unread) = row  # fmt: skip
+     preview, preview_sender, preview_kind, sentiment, tags, analysed_at, unread) = row  # fmt: skip
     assignee = None
     if assignee_id is not None:
         assignee = {"id": assignee_id, "name": f"{first_name} {last_name}".strip() or username}
@@ -94,6 +98,10 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
         "preview_sender": preview_sender or "",
         "preview_kind": preview_kind or "",
         "unread": min(int(unread), UNREAD_CAP + 1),
+        # Conversation intelligence (conversations.intelligence): empty until first analysed.
+        "sentiment": sentiment or "",
+        "tags": list(tags or []),
+        "analysed_at": _iso(analysed_at),
     }
 
 
@@ -118,12 +126,16 @@ def conversation_rows(
     scope: str = "all",
     state: str = "",
     channel_id: str = "",
+    sentiment: str = "",
+    tag: str = "",
     conversation_id: str = "",
     limit: int = PAGE_SIZE,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """The inbox list for ``user``: waiting for a human first (longest wait first), then with an agent,
-    then the bot's, then resolved; each row with its preview, channel, assignee and the user's unread count."""
+    then the bot's, then resolved; each row with its preview, channel, assignee, sentiment and tags and the
+    user's unread count. ``sentiment`` and ``tag`` keep the conversations last analysed so (a tag: exactly
+    one of the tenant's category names)."""
     where: list[str] = []
     params: dict[str, Any] = {
         "tenant": tenant.pk,
@@ -142,6 +154,12 @@ def conversation_rows(
     if channel_id:
         where.append("AND c.channel_id = %(channel)s")
         params["channel"] = channel_id
+    if sentiment:
+        where.append("AND c.sentiment = %(sentiment)s")
+        params["sentiment"] = sentiment
+    if tag:
+        where.append("AND c.tags @> ARRAY[%(tag)s]::varchar[]")
+        params["tag"] = tag
     if conversation_id:
         where.append("AND c.id = %(conversation)s")
         params["conversation"] = conversation_id

@@ -163,6 +163,9 @@ def meta(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
         "channels": [{"id": str(c["id"]), "name": c["name"], "type": c["type"]} for c in channels],
         "canned": services.canned_replies(tenant=tenant),
         "satisfaction": services.satisfaction_summary(tenant=tenant),
+        # The list's tag filter offers the tenant's conversation categories (what analysis tags with).
+        "categories": [c.name for c in tenant.config.categories],
+        "sentiments": list(selectors.SENTIMENTS),
     }
 
 
@@ -178,6 +181,12 @@ def conversation_list(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
     channel = request.GET.get("channel", "")
     if channel and not _is_uuid(channel):
         raise Refused(400, "invalid_channel", "channel is a channel id.")
+    sentiment = request.GET.get("sentiment", "")
+    if sentiment and sentiment not in selectors.SENTIMENTS:
+        raise Refused(400, "invalid_sentiment", f"sentiment is one of {', '.join(selectors.SENTIMENTS)}.")
+    tag = request.GET.get("tag", "")
+    if len(tag) > selectors.TAG_MAX_CHARS:
+        raise Refused(400, "invalid_tag", f"tag is a category name of at most {selectors.TAG_MAX_CHARS} characters.")
     only = request.GET.get("id", "")
     if only and not _is_uuid(only):
         raise Refused(404, "not_found", "No such conversation.")
@@ -186,8 +195,8 @@ def conversation_list(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
     except ValueError:
         raise Refused(400, "invalid_offset", "offset is a number.") from None
     rows = selectors.conversation_rows(
-        tenant=tenant, user=request.user, scope=scope, state=state, channel_id=channel, conversation_id=only,
-        offset=offset,
+        tenant=tenant, user=request.user, scope=scope, state=state, channel_id=channel, sentiment=sentiment,
+        tag=tag, conversation_id=only, offset=offset,
     )  # fmt: skip
     return {"results": rows, "offset": offset, "page_size": selectors.PAGE_SIZE}
 

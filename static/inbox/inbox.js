@@ -15,11 +15,14 @@
   var STATE_NAMES = { handoff_requested: "Waiting for a human", agent: "With an agent", bot: "Bot", resolved: "Resolved" };
   var STATE_ORDER = { handoff_requested: 0, agent: 1, bot: 2, resolved: 3 };
   var CHANNEL_NAMES = { whatsapp: "WhatsApp", messenger: "Messenger", webchat: "Web chat" };
+  // The user's sentiment (conversations.intelligence): a symbol for the eye, the word for everyone.
+  var SENTIMENT_NAMES = { negative: "Negative", neutral: "Neutral", positive: "Positive" };
+  var SENTIMENT_SYMBOLS = { negative: "\u2639", neutral: "\u25CB", positive: "\u263A" };
 
   var state = {
     me: null, agents: [], channels: [], canned: [],
     rows: {}, // id -> row
-    scope: "all", stateFilter: "", channelFilter: "", offset: 0,
+    scope: "all", stateFilter: "", channelFilter: "", sentimentFilter: "", tagFilter: "", offset: 0,
     open: null, // the open conversation's detail
     mode: "reply",
     socket: null, attempt: 0, ready: false,
@@ -85,6 +88,12 @@
     if (state.scope === "unassigned" && row.assignee) return false;
     if (state.stateFilter && row.state !== state.stateFilter) return false;
     if (state.channelFilter && row.channel.id !== state.channelFilter) return false;
+    return matchesAnalysis(row);
+  }
+
+  function matchesAnalysis(analysis) {
+    if (state.sentimentFilter && analysis.sentiment !== state.sentimentFilter) return false;
+    if (state.tagFilter && (analysis.tags || []).indexOf(state.tagFilter) < 0) return false;
     return true;
   }
 
@@ -129,14 +138,43 @@
     }
     bottom.appendChild(el("span", "ib-assignee", row.assignee ? row.assignee.name : "Unassigned"));
     button.appendChild(bottom);
+    if (row.sentiment || (row.tags && row.tags.length)) button.appendChild(renderAnalysis(row, "div"));
     button.addEventListener("click", function () { openConversation(row.id); });
     li.appendChild(button);
     return li;
   }
 
+  // The sentiment marker and the tags of a conversation (a row's line, or the contact panel's).
+  function sentimentMarker(sentiment) {
+    var marker = el("span", "ib-sentiment ib-sentiment--" + sentiment);
+    marker.setAttribute("data-sentiment", sentiment);
+    marker.title = "Sentiment: " + (SENTIMENT_NAMES[sentiment] || sentiment);
+    marker.appendChild(el("span", "ib-sr", "Sentiment: "));
+    var symbol = el("span", "ib-sentiment-symbol", SENTIMENT_SYMBOLS[sentiment] || "");
+    symbol.setAttribute("aria-hidden", "true");
+    marker.appendChild(symbol);
+    marker.appendChild(el("span", "ib-sentiment-name", (SENTIMENT_NAMES[sentiment] || sentiment).toLowerCase()));
+    return marker;
+  }
+
+  function tagList(tags) {
+    var box = el("span", "ib-tags");
+    box.appendChild(el("span", "ib-sr", "Tags: "));
+    tags.forEach(function (tag) { box.appendChild(el("span", "ib-tag", tag)); });
+    return box;
+  }
+
+  function renderAnalysis(row, tag) {
+    var line = el(tag, "ib-analysis");
+    if (row.sentiment) line.appendChild(sentimentMarker(row.sentiment));
+    if (row.tags && row.tags.length) line.appendChild(tagList(row.tags));
+    return line;
+  }
+
   function loadList(append) {
     var query = "conversations/?scope=" + state.scope + "&state=" + encodeURIComponent(state.stateFilter) +
-      "&channel=" + encodeURIComponent(state.channelFilter) + "&offset=" + (append ? state.offset : 0);
+      "&channel=" + encodeURIComponent(state.channelFilter) + "&sentiment=" + encodeURIComponent(state.sentimentFilter) +
+      "&tag=" + encodeURIComponent(state.tagFilter) + "&offset=" + (append ? state.offset : 0);
     return api("GET", query).then(function (data) {
       if (!append) state.rows = {};
       data.results.forEach(function (row) { state.rows[row.id] = row; });
@@ -264,6 +302,29 @@
     owner.hidden = !someoneElse;
     $("ib-resolve").disabled = row.state === "resolved";
     $("ib-bot").disabled = row.state === "bot";
+    renderInsight(row);
+  }
+
+  // The contact panel's "Analysis": sentiment, tags and when they were computed.
+  function renderInsight(row) {
+    var dl = $("ib-insight");
+    dl.textContent = "";
+    if (!row.analysed_at) {
+      dl.appendChild(el("dd", "ib-quiet", "Not analysed yet (about a minute after the contact writes)."));
+      return;
+    }
+    dl.appendChild(el("dt", null, "Sentiment"));
+    var sentiment = el("dd");
+    sentiment.appendChild(row.sentiment ? sentimentMarker(row.sentiment) : el("span", "ib-quiet", "None"));
+    dl.appendChild(sentiment);
+    dl.appendChild(el("dt", null, "Tags"));
+    var tags = el("dd");
+    tags.appendChild(row.tags && row.tags.length ? tagList(row.tags) : el("span", "ib-quiet", "None"));
+    dl.appendChild(tags);
+    dl.appendChild(el("dt", null, "Analysed"));
+    var when = el("dd", "ib-analysed-at", clock(row.analysed_at));
+    when.setAttribute("data-at", row.analysed_at);
+    dl.appendChild(when);
   }
 
   function renderTimeline(items) {
@@ -557,6 +618,9 @@
           if (frame.on) state.contactTypingTimer = setTimeout(function () { typingNode.hidden = true; }, 6000);
         }
         break;
+      case "analysis":
+        onAnalysis(frame);
+        break;
       case "rating":
         if (state.open && state.open.id === frame.conversation_id) openConversation(frame.conversation_id);
         break;
@@ -600,6 +664,23 @@
     }
   }
 
+  // A conversation's new sentiment and tags (the analysis beat task): changed in place; a row this page
+  // does not hold is fetched when it now belongs to the filtered list.
+  function onAnalysis(frame) {
+    var analysis = { sentiment: frame.sentiment || "", tags: frame.tags || [], analysed_at: frame.analysed_at };
+    var row = state.rows[frame.conversation_id];
+    if (row) {
+      Object.assign(row, analysis);
+      renderList();
+    } else if ((state.sentimentFilter || state.tagFilter) && matchesAnalysis(analysis)) {
+      refreshRow(frame.conversation_id).catch(function () {});
+    }
+    if (state.open && state.open.id === frame.conversation_id && state.open.row) {
+      Object.assign(state.open.row, analysis);
+      renderInsight(state.open.row);
+    }
+  }
+
   // --- wiring ---------------------------------------------------------------------------------------
   root.querySelectorAll(".ib-scopes button").forEach(function (button) {
     button.addEventListener("click", function () {
@@ -610,6 +691,8 @@
   });
   $("ib-state").addEventListener("change", function (e) { state.stateFilter = e.target.value; loadList(false); });
   $("ib-channel").addEventListener("change", function (e) { state.channelFilter = e.target.value; loadList(false); });
+  $("ib-sentiment").addEventListener("change", function (e) { state.sentimentFilter = e.target.value; loadList(false); });
+  $("ib-tag").addEventListener("change", function (e) { state.tagFilter = e.target.value; loadList(false); });
   $("ib-more").addEventListener("click", function () { loadList(true); });
   root.querySelectorAll(".ib-modes button").forEach(function (b) {
     b.addEventListener("click", function () { setMode(b.getAttribute("data-mode")); $("ib-text").focus(); });
@@ -693,6 +776,13 @@
         option.value = c.id;
         select.appendChild(option);
       });
+      var tags = $("ib-tag");
+      (meta.categories || []).forEach(function (name) {
+        var option = el("option", null, name);
+        option.value = name;
+        tags.appendChild(option);
+      });
+      tags.hidden = !(meta.categories || []).length;
       return loadList(false);
     }).then(connect).catch(function (error) { showError(error.message); });
   }

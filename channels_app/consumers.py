@@ -176,6 +176,8 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "ack", "client_message_id": received.client_message_id, "status": received.status}
         )
+        # The agents' inbox stops showing "typing" when a message arrives: the next keystroke is news.
+        self._typing_sent = (False, 0.0)
         if received.status == "stored":
             # Other tabs of the same visitor (on any server) show the message too; this tab skips its own.
             await self.channel_layer.group_send(

@@ -7,6 +7,15 @@ signing secret) and sent through the egress guard (``config.egress``: private/lo
 targets refused at connect time, no redirects, the answer's size capped); the timeout is the function's.
 Built-ins: ``search_knowledge`` (the tenant's documents) and ``request_human`` (handoff).
 Every failure becomes a result the model can read (``{"error": ...}``), never an exception.
+
+A function's answer may also carry files and options for the user (``split_answer``):
+``{"result": ..., "attachments": [{"kind", "link", "mime_type", "filename", "caption"}],
+"choices": {"body", "options": [{"id", "title", "description"}], "header", "footer", "button_label",
+"layout"}}`` (the names of the conversation media and choices API). The model reads only ``result``;
+the files and options are checked here (shape, https, the egress guard's URL rules) and sent after
+the turn's text reply by the pipeline (``conversations.pipeline.function_sends``), which applies the
+platform's own limits and the customer-service window. The request names the option the user tapped
+(``reply``), so a function can act on it.
 """
 
 from __future__ import annotations
@@ -14,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import mimetypes
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import requests
 from django.conf import settings
 
+from channels_app.adapters.base import Choice, Choices, OutboundMedia
 from config import egress
 from conversations.llm.base import ContextPassage, ToolCall
 
@@ -45,6 +57,19 @@ class FunctionDefinitionError(ValueError):
 
 
 @dataclass
+class FunctionSend:
+    """A file or options to tap that a function's answer gives the user, sent after the turn's text
+    reply. ``refused``: why it is not sent (recorded as a failed message instead)."""
+
+    function: str
+    kind: str  # image | document | audio | video | choices
+    described: dict[str, Any]  # what the transcript and the events say about it
+    media: OutboundMedia | None = None
+    choices: Choices | None = None
+    refused: str = ""
+
+
+@dataclass
 class ToolResult:
     ok: bool
     content: Any  # what the model reads back (JSON-able)
@@ -54,6 +79,188 @@ class ToolResult:
     status_code: int | None = None
     duration_ms: int = 0
     arguments: Any = None
+    sends: list[FunctionSend] = field(default_factory=list)  # files and options for the user
+
+
+# --- files and options in a function's answer -------------------------------------------------------------
+
+SEND_KINDS = ("image", "document", "audio", "video")
+MAX_ATTACHMENTS = 5  # per answer
+MAX_SENDS_PER_TURN = 10  # files and options of all the turn's calls
+ATTACHMENT_FIELDS = frozenset({"kind", "link", "mime_type", "filename", "caption"})
+CHOICES_FIELDS = frozenset({"body", "options", "header", "footer", "button_label", "layout"})
+OPTION_FIELDS = frozenset({"id", "title", "description"})
+LAYOUTS = ("auto", "buttons", "list")
+
+
+def split_answer(function_name: str, answer: Any) -> tuple[Any, list[FunctionSend]]:
+    """(what the model reads, the files and options for the user) of a function's JSON answer.
+
+    An answer without ``attachments`` or ``choices`` is read by the model as it is. With them, the
+    model reads ``result`` only (or, without ``result``, the other keys), never the links: it should
+    not repeat them. Each item is checked on its own; a bad one is kept as refused (recorded, not
+    sent) and the others go."""
+    if not isinstance(answer, dict) or not ({"attachments", "choices"} & answer.keys()):
+        return answer, []
+    sends: list[FunctionSend] = []
+    attachments = answer.get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            sends.append(_refused(function_name, "document", {}, "attachments must be a list"))
+        else:
+            for index, item in enumerate(attachments):
+                if index >= MAX_ATTACHMENTS:
+                    why = f"at most {MAX_ATTACHMENTS} attachments in one answer"
+                    described = _describe(item)
+                    sends.append(_refused(function_name, _recorded_kind(described), described, why))
+                else:
+                    sends.append(attachment_send(function_name, item))
+    if answer.get("choices") is not None:
+        sends.append(choices_send(function_name, answer["choices"]))
+    if "result" in answer:
+        return answer["result"], sends
+    return {k: v for k, v in answer.items() if k not in ("attachments", "choices")}, sends
+
+
+def _refused(function_name: str, kind: str, described: dict[str, Any], why: str) -> FunctionSend:
+    return FunctionSend(function=function_name, kind=kind, described=described, refused=why)
+
+
+def _describe(item: Any) -> dict[str, Any]:
+    """An item as the transcript keeps it: its known string fields, bounded."""
+    if not isinstance(item, dict):
+        return {}
+    return {k: str(item[k])[:2048] for k in sorted(ATTACHMENT_FIELDS) if isinstance(item.get(k), str)}
+
+
+def _text(item: dict[str, Any], name: str, limit: int, *, required: bool = False) -> str:
+    value = item.get(name, "")
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    value = value.strip()
+    if required and not value:
+        raise ValueError(f"{name} is required")
+    if len(value) > limit:
+        raise ValueError(f"{name} is over {limit} characters")
+    return value
+
+
+def attachment_send(function_name: str, item: Any) -> FunctionSend:
+    """One ``attachments`` item as a file sent by link (the platform fetches it), or refused: an
+    https link that the egress guard's URL rules accept (no credentials, no private, loopback,
+    link-local or metadata address), a known kind and type (``mime_type``, or the link's or the
+    filename's extension), a filename and caption within bounds."""
+    described = _describe(item)
+    kind = str(described.get("kind", ""))
+    try:
+        if not isinstance(item, dict):
+            raise ValueError("an attachment must be an object")
+        unknown = sorted(set(item) - ATTACHMENT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}: use {', '.join(sorted(ATTACHMENT_FIELDS))}")
+        link = _text(item, "link", egress.MAX_URL_LENGTH, required=True)
+        if urlsplit(link).scheme != "https":
+            raise ValueError("the link must be an https:// URL (the platform fetches it)")
+        try:
+            egress.check_url(link, https_only=True)
+        except egress.EgressRefused as exc:
+            raise ValueError(f"the link is refused: {exc}") from None
+        filename = _text(item, "filename", 240)
+        caption = _text(item, "caption", 1024)
+        mime_type = _text(item, "mime_type", 127).lower()
+        mime_type = mime_type or _guess_type(filename, _path(link))
+        if not mime_type:
+            raise ValueError("give mime_type (the link's and the filename's extension do not say the type)")
+        kind = _text(item, "kind", 16) or _kind_of(mime_type)
+        if kind not in SEND_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(SEND_KINDS)}")
+    except ValueError as exc:
+        if kind not in SEND_KINDS:  # recorded as the kind its link says, when it says one
+            kind = _kind_of(
+                _guess_type(str(described.get("filename", "")), urlsplit(str(described.get("link", ""))).path)
+            )
+        return _refused(function_name, kind, described, str(exc))
+    described = {"kind": kind, "link": link, "mime_type": mime_type, "filename": filename, "caption": caption}
+    media = OutboundMedia(kind=kind, link=link, mime_type=mime_type, filename=filename, caption=caption)
+    return FunctionSend(function=function_name, kind=kind, described=described, media=media)
+
+
+def _recorded_kind(described: dict[str, Any]) -> str:
+    """The kind a refused attachment is recorded as: its own when valid, else what its link says."""
+    kind = str(described.get("kind", ""))
+    if kind in SEND_KINDS:
+        return kind
+    return _kind_of(_guess_type(str(described.get("filename", "")), _path(str(described.get("link", "")))))
+
+
+def _path(link: str) -> str:
+    try:
+        return urlsplit(link).path
+    except ValueError:
+        return ""
+
+
+def _guess_type(*names: str) -> str:
+    """The type the first of ``names`` with a known extension says ("" when none does)."""
+    for name in names:
+        guessed = mimetypes.guess_type(name)[0] if name else None
+        if guessed:
+            return guessed.lower()
+    return ""
+
+
+def _kind_of(mime_type: str) -> str:
+    family = mime_type.split("/")[0]
+    return family if family in ("image", "audio", "video") else "document"
+
+
+def choices_send(function_name: str, item: Any) -> FunctionSend:
+    """``choices`` as options to tap, or refused. The shape and the widest platform bounds are checked
+    here; each platform's own (WhatsApp: 3 buttons of 20 characters or 10 rows of 24; Messenger: 13
+    quick replies of 20) when it is sent."""
+    described: dict[str, Any] = item if isinstance(item, dict) else {}
+    try:
+        if not isinstance(item, dict):
+            raise ValueError("choices must be an object")
+        unknown = sorted(set(item) - CHOICES_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}: use {', '.join(sorted(CHOICES_FIELDS))}")
+        options = item.get("options")
+        if not isinstance(options, list) or not 1 <= len(options) <= 13:
+            raise ValueError("options must be a list of 1-13 options")
+        parsed: list[Choice] = []
+        for option in options:
+            if not isinstance(option, dict) or set(option) - OPTION_FIELDS:
+                raise ValueError(f"each option is an object with {', '.join(sorted(OPTION_FIELDS))}")
+            parsed.append(
+                Choice(
+                    id=_text(option, "id", 256, required=True),
+                    title=_text(option, "title", 24, required=True),
+                    description=_text(option, "description", 72),
+                )
+            )
+        if len({o.id for o in parsed}) != len(parsed):
+            raise ValueError("every option needs its own id")
+        layout = _text(item, "layout", 10) or "auto"
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
+        choices = Choices(
+            body=_text(item, "body", 4096, required=True),
+            options=parsed,
+            header=_text(item, "header", 60),
+            footer=_text(item, "footer", 60),
+            button_label=_text(item, "button_label", 20),
+            style=layout,
+        )
+    except ValueError as exc:
+        return _refused(function_name, "choices", storable_choices(described), str(exc))
+    return FunctionSend(function=function_name, kind="choices", described=asdict(choices), choices=choices)
+
+
+def storable_choices(value: dict[str, Any]) -> dict[str, Any]:
+    """A refused ``choices`` as the transcript keeps it: bounded (its JSON, cut at 2,000 characters)."""
+    text = json.dumps(value, default=str)
+    return value if len(text) <= 2000 else {"truncated": text[:2000]}
 
 
 # --- definitions -------------------------------------------------------------------------------------
@@ -159,8 +366,16 @@ def sign(*, secret: str, timestamp: int, body: bytes) -> str:
 
 
 def call_function(
-    *, tenant: Tenant, function: TenantFunction, arguments: dict[str, Any], conversation_id: str, call_id: str
+    *,
+    tenant: Tenant,
+    function: TenantFunction,
+    arguments: dict[str, Any],
+    conversation_id: str,
+    call_id: str,
+    reply: dict[str, Any] | None = None,
 ) -> ToolResult:
+    """POST the call to the function's endpoint. ``reply``: the option the user tapped in the
+    messages this turn answers (``{"payload", "title"}``), sent as the request's ``reply``."""
     from tenants.secrets import SecretError, with_tenant_secret
 
     started = time.monotonic()
@@ -175,6 +390,7 @@ def call_function(
             "call_id": call_id,
             "conversation_id": conversation_id,
             "tenant_id": str(tenant.pk),
+            "reply": reply,
         },
         separators=(",", ":"),
     ).encode()
@@ -230,7 +446,8 @@ def call_function(
         return done(
             ok=False, content={"error": error, "body": text[:500]}, error=error, status_code=response.status_code
         )
-    return done(ok=True, content=content, status_code=response.status_code)
+    content, sends = split_answer(function.name, content)
+    return done(ok=True, content=content, status_code=response.status_code, sends=sends)
 
 
 def run_tool_call(
@@ -242,8 +459,10 @@ def run_tool_call(
     marker_start: int,
     search_enabled: bool,
     handoff_enabled: bool,
+    reply: dict[str, Any] | None = None,
 ) -> ToolResult:
-    """Validate and run one call the model made. Never raises for the model's mistakes."""
+    """Validate and run one call the model made. Never raises for the model's mistakes. ``reply``:
+    the option the user tapped (see ``call_function``)."""
     started = time.monotonic()
     if call.name == REQUEST_HUMAN and handoff_enabled:
         arguments, problem = parse_arguments(call, None)
@@ -280,5 +499,10 @@ def run_tool_call(
     if arguments is None:
         return ToolResult(ok=False, content={"error": problem}, error=problem)
     return call_function(
-        tenant=tenant, function=function, arguments=arguments, conversation_id=conversation_id, call_id=call.id
+        tenant=tenant,
+        function=function,
+        arguments=arguments,
+        conversation_id=conversation_id,
+        call_id=call.id,
+        reply=reply,
     )

@@ -1,6 +1,7 @@
 """The turn pipeline: stages over one ``Turn``, run strictly in order per contact.
 
-    resolve → intake → handoff_check → typing → retrieval → completion (LLM + tool loop) → reply → finish
+    resolve → intake → handoff_check → typing → retrieval → completion (LLM + tool loop) → reply
+    → function_sends (the files and options the tenant's functions gave) → finish
 
 ``process_inbound`` is what the Celery task calls for an InboundEvent. Turns of one contact (hence
 of one conversation) never run at the same time, on any worker: a PostgreSQL session advisory lock
@@ -34,6 +35,7 @@ from conversations.pipeline import (
     completion,
     failure,
     finish,
+    function_sends,
     handoff_check,
     intake,
     reply,
@@ -55,6 +57,7 @@ STAGES = (
     retrieval.run,
     completion.run,
     reply.run,
+    function_sends.run,
     finish.run,
 )
 MAX_EVENTS_PER_TURN = 20

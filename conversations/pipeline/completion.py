@@ -76,6 +76,9 @@ def system_prompt(turn: Turn, *, tools_offered: bool) -> str:
     ]
     if config.prompt_addition.strip():
         lines.append(config.prompt_addition.strip())
+    if turn.tap:
+        # The title is what the user's message says; the id is what the business's functions know.
+        lines.append(f'The user tapped the option "{turn.tap["title"]}" (option id: {turn.tap["payload"]}).')
     if tools_offered and config.enable_human_handoff:
         lines.append(
             f"If the user asks for a person or you cannot help, call {tools.REQUEST_HUMAN} instead of answering."
@@ -289,9 +292,11 @@ def _take(turn: Turn, loop: ToolLoop, completion: Completion) -> bool:
             marker_start=len(turn.passages) + 1,
             search_enabled=config.enable_rag,
             handoff_enabled=config.enable_human_handoff,
+            reply=turn.tap,
         )
         turn.time("tools_ms", tool_started)
         turn.passages.extend(result.passages)
+        _keep_sends(turn, result.sends)
         turn.tool_records.append(
             storable(
                 {
@@ -305,6 +310,8 @@ def _take(turn: Turn, loop: ToolLoop, completion: Completion) -> bool:
                     "status_code": result.status_code,
                     "duration_ms": result.duration_ms,
                     "round": loop.rounds,
+                    # Files and options for the user (links included: the model never read them).
+                    **({"sends": [_send_record(send) for send in result.sends]} if result.sends else {}),
                 }
             )
         )
@@ -313,6 +320,23 @@ def _take(turn: Turn, loop: ToolLoop, completion: Completion) -> bool:
             handoff_check.escalate(turn, reason=storable(result.handoff_reason))
             return False
     return True
+
+
+def _keep_sends(turn: Turn, sends: list[tools.FunctionSend]) -> None:
+    """The function's files and options join the turn's: up to ``tools.MAX_SENDS_PER_TURN`` are sent,
+    as many more are recorded as refused, and beyond that only the tool record names them."""
+    limit = tools.MAX_SENDS_PER_TURN
+    for send in sends:
+        if len(turn.function_sends) >= 2 * limit:
+            return
+        if len(turn.function_sends) >= limit and not send.refused:
+            send.refused = f"more than {limit} files and options in one turn"
+            send.media = send.choices = None
+        turn.function_sends.append(send)
+
+
+def _send_record(send: tools.FunctionSend) -> dict[str, Any]:
+    return {"kind": send.kind, **send.described, **({"refused": send.refused} if send.refused else {})}
 
 
 def finish_text(turn: Turn, completion: Completion) -> None:

@@ -260,6 +260,7 @@ def run(turn: Turn) -> None:
         m for m in reversed(context) if m.sender == Message.Sender.USER and m.status == Message.Status.RECEIVED
     ]
     turn.query = "\n".join(m.content for m in turn.user_messages if m.content.strip())
+    turn.tap = _latest_tap(turn, messages)
     contact = turn.contact or conversation.contact
     turn.contact = contact
     # The language the user writes in now (a confident detection), else the conversation's so far; the
@@ -281,6 +282,20 @@ def run(turn: Turn) -> None:
         turn.fixed_reply_reason = "voice note not transcribed"
         turn.reply_text = _voice_not_understood(turn)
     turn.time("intake_ms", started)
+
+
+def _latest_tap(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> dict[str, Any] | None:
+    """The option the user tapped last among the messages this turn answers: its ``payload`` (the
+    option's id) and ``title``. From the burst's events; a retried turn (no events) reads the stored
+    messages. Completion gives it to the model and to the tenant's functions."""
+    replies = [m.reply for _, m in messages if m.reply]
+    if not messages and turn.user_messages:
+        stored = Message.objects.for_tenant(turn.tenant).filter(pk__in=[m.pk for m in turn.user_messages])
+        replies = [r for r in stored.order_by("id").values_list("payload__normalized__reply", flat=True) if r]
+    for reply in reversed(replies):
+        if isinstance(reply, dict) and (reply.get("payload") or reply.get("id")):
+            return {"payload": str(reply.get("payload") or reply.get("id")), "title": str(reply.get("title", ""))}
+    return None
 
 
 def _voice_not_understood(turn: Turn) -> str:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from channels_app.models import Channel, InboundEvent
     from conversations.models import Contact, Conversation, TenantFunction
     from conversations.pipeline.completion import ToolLoop
+    from conversations.tools import FunctionSend
     from tenants.models import Tenant
     from tenants.settings_schema import TenantSettings
 
@@ -39,6 +40,8 @@ class Turn:
     user_messages: list[Message] = field(default_factory=list)  # unanswered, oldest first
     context_messages: list[Message] = field(default_factory=list)  # since the boundary, newest first
     query: str = ""
+    # The option the user tapped in the messages this turn answers (the latest): {"payload", "title"}.
+    tap: dict[str, Any] | None = None
     language: str = "en"
     # The tenant's active functions, when loaded with the turn's events (else completion asks).
     functions: dict[str, TenantFunction] | None = None
@@ -52,6 +55,8 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     tool_records: list[dict[str, Any]] = field(default_factory=list)
     tool_records_stored: int = 0
+    # Files and options the turn's function calls gave the user, sent after the reply (function_sends).
+    function_sends: list[FunctionSend] = field(default_factory=list)
     reply_text: str = ""
     reply_stream: LLMStream | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)

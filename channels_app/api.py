@@ -702,19 +702,23 @@ class ChannelCampaignListView(_ChannelLookup, generics.GenericAPIView):
         return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignDetailView(TenantScopedMixin, APIView):
+class _CampaignMixin(TenantScopedMixin):
     def campaign(self, campaign_id: UUID) -> Campaign:
         found = Campaign.objects.for_tenant(self.tenant).filter(pk=campaign_id).select_related("template").first()
         if found is None:
             raise ApiError(404, "not_found", "No such campaign.")
         return found
 
+
+class CampaignDetailView(_CampaignMixin, APIView):
     @extend_schema(responses={200: CampaignSerializer}, summary="A campaign and its totals")
     def get(self, request: Request, tenant_id: UUID, campaign_id: UUID) -> Response:
         return Response(CampaignSerializer(self.campaign(campaign_id)).data)
 
 
-class CampaignActionView(CampaignDetailView):
+class CampaignActionView(_CampaignMixin, APIView):
+    """start / pause / resume: POST only (an action URL answers 405 to GET, as every action does)."""
+
     action = ""
 
     @extend_schema(

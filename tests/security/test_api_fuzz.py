@@ -22,13 +22,16 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from django.utils import timezone
 from drf_spectacular.drainage import GENERATOR_STATS
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from channels_app.models import Channel
+from channels_app.models import Channel, MessageTemplate
+from channels_app.services import campaigns
+from conversations import experiments
 from conversations import services as conversation_services
 from conversations.models import Contact, Conversation
 from events import services as event_services
@@ -107,6 +110,18 @@ def tenant_rows(db: Any, settings: Any) -> dict[str, str]:
     endpoint = event_services.webhook_endpoint_create(tenant=tenant, url="https://127.0.0.1:9/in").endpoint
     event = Event.objects.create(tenant=tenant, type="message.sent", payload={})
     delivery = WebhookDelivery.objects.create(tenant=tenant, endpoint=endpoint, event=event)
+    whatsapp = Channel.objects.create(
+        tenant=tenant, type="whatsapp", name="Line", external_id="1550000001", config={"waba_id": "2000001"}
+    )
+    template = MessageTemplate.objects.create(
+        tenant=tenant, channel=whatsapp, waba_id="2000001", name="hello", language="en", category="UTILITY",
+        status="APPROVED", components=[{"type": "BODY", "text": "Hello"}], synced_at=timezone.now(),
+    )  # fmt: skip
+    campaign = campaigns.campaign_create(channel=whatsapp, name="Spring", template=template)
+    experiment = experiments.experiment_create(
+        tenant=tenant, name="Tone", goal="cost",
+        variants=[{"name": "control", "share": 50, "overrides": {}}, {"name": "brief", "share": 50, "overrides": {"tone": "brief"}}],
+    )  # fmt: skip
     return {
         "api_key": key.raw_key,
         "tenant_id": str(tenant.pk),
@@ -118,6 +133,8 @@ def tenant_rows(db: Any, settings: Any) -> dict[str, str]:
         "name": "crm-token",
         "webhook_id": str(endpoint.pk),
         "delivery_id": str(delivery.pk),
+        "campaign_id": str(campaign.pk),
+        "experiment_id": str(experiment.pk),
     }
 
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from conversations.pipeline.turn import Turn
 
 # conversations.pipeline.STAGES, by module name (a test checks they agree).
-TURN_STAGES = ("resolve", "intake", "handoff_check", "typing", "retrieval", "completion", "reply", "finish")
+TURN_STAGES = (
+    "resolve", "intake", "handoff_check", "typing", "retrieval", "completion", "reply", "function_sends", "finish",
+)  # fmt: skip
 TURN_OUTCOMES = ("answered", "handoff", "silent", "ignored", "llm_failed", "send_failed", "error")
 # The closed days whose messages rank the tenants for the tenant label.
 RANKING_DAYS = 7

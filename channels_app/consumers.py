@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,8 +27,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from channels_app import webchat
-from channels_app.adapters.webchat import GROUP_EVENT_TYPE, visitor_group
+from channels_app import webchat, webchat_media
+from channels_app.adapters.webchat import GROUP_EVENT_TYPE, now_iso, visitor_group
 from config.logs import correlation_id, new_correlation_id
 from conversations.inbox.live import GROUP_EVENT_TYPE as INBOX_EVENT_TYPE
 from conversations.inbox.live import tenant_group
@@ -142,7 +144,7 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         kind = content.get("type")
-        if kind == "message":
+        if kind == "message" or kind == "choice":
             await self.on_message(content)
         elif kind == "typing":
             await self.on_typing(content)
@@ -156,14 +158,27 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
     async def on_message(self, content: dict[str, Any]) -> None:
         assert self.session is not None and self.group is not None
         client_message_id = content.get("client_message_id")
-        text = content.get("text")
+        typed = content.get("text")
+        text: str = typed if isinstance(typed, str) else ""  # "" is refused as an empty message
+        tap = None
+        if content.get("type") == "choice":
+            # A tapped option: its signed token names the option (the title is what the visitor "said").
+            tap = webchat_media.choice_open(
+                content.get("choice"),
+                widget_key=self.session.channel.external_id,
+                visitor_id=self.session.visitor_id,
+            )
+            text = tap.title if tap else ""
         token = correlation_id.set(new_correlation_id())
         try:
-            received = await database_sync_to_async(webchat.receive_message, thread_sensitive=False)(
+            if content.get("type") == "choice":
+                receive: Callable[..., webchat.Received] = partial(webchat.receive_choice, token=content.get("choice"))
+            else:
+                receive = partial(webchat.receive_message, text=text)
+            received = await database_sync_to_async(receive, thread_sensitive=False)(
                 channel=self.session.channel,
                 visitor_id=self.session.visitor_id,
                 client_message_id=client_message_id,
-                text=text,
                 page_url=content.get("page_url"),
             )
         except webchat.WebchatError as exc:
@@ -191,6 +206,8 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
                         "role": "user",
                         "text": text,
                         "sources": [],
+                        "created_at": now_iso(),
+                        **({"reply_to": tap.message_id} if tap else {}),
                     },
                 },
             )

@@ -28,6 +28,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from channels_app import webchat_media
 from channels_app.adapters.webchat import WebchatAdapter, clean_sources, wire_message_id
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
@@ -241,6 +242,8 @@ class WebchatSession:
             "resumed": self.resumed,
             "websocket_path": "/ws/webchat/",
             "history": self.history,
+            # The visitor's credential for its files: the widget adds it to their URLs (webchat_media).
+            "media_key": webchat_media.media_key(channel_id=self.channel.pk, visitor_id=self.visitor_id),
             "widget": {
                 "title": str(config.get("title") or self.channel.tenant.name),
                 "greeting": str(config.get("greeting") or ""),
@@ -308,9 +311,16 @@ class Received:
 
 
 def receive_message(
-    *, channel: Channel, visitor_id: str, client_message_id: str, text: str, page_url: Any = None
+    *,
+    channel: Channel,
+    visitor_id: str,
+    client_message_id: str,
+    text: str,
+    page_url: Any = None,
+    reply: dict[str, str] | None = None,
 ) -> Received:
-    """Validate and store one visitor message once (by client message id); the pipeline takes it after commit."""
+    """Validate and store one visitor message once (by client message id); the pipeline takes it after
+    commit. ``reply`` ({"id", "message_id"}): the message is a tapped option (``receive_choice``)."""
     if not isinstance(client_message_id, str) or not _CLIENT_MESSAGE_ID.match(client_message_id):
         raise WebchatError(
             "invalid_message_id", "client_message_id must be 8-128 characters of letters, digits and ._:-"
@@ -334,6 +344,7 @@ def receive_message(
             "text": text,
             # The page the visitor was on, for the agent's contact panel (an http(s) URL, else nothing).
             **({"page_url": page_url[:2000]} if _is_page_url(page_url) else {}),
+            **({"reply": reply} if reply is not None else {}),
         }
     )
     # One INSERT ... ON CONFLICT DO NOTHING: atomic on its own, so no surrounding transaction (two
@@ -343,6 +354,25 @@ def receive_message(
         client_message_id=client_message_id,
         status="stored" if created else "duplicate",
         inbound_id=created[0] if created else None,
+    )
+
+
+def receive_choice(
+    *, channel: Channel, visitor_id: str, client_message_id: str, token: Any, page_url: Any = None
+) -> Received:
+    """A tapped option: stored as the visitor's message (the option's title as text, its id as
+    ``reply.payload``, as a WhatsApp button reply is). Only an option offered to this visitor on this
+    widget is taken (its token is signed: channels_app.webchat_media.choices_item)."""
+    tap = webchat_media.choice_open(token, widget_key=channel.external_id, visitor_id=visitor_id)
+    if tap is None:
+        raise WebchatError("invalid_choice", "This option was not offered to you.")
+    return receive_message(
+        channel=channel,
+        visitor_id=visitor_id,
+        client_message_id=client_message_id,
+        text=tap.title,
+        page_url=page_url,
+        reply={"id": tap.option_id, "message_id": tap.message_id},
     )
 
 
@@ -419,7 +449,11 @@ def visitor_history(*, channel: Channel, visitor_id: str, limit: int | None = No
         .values("id", "platform_message_id", "sender", "content", "payload", "status", "created_at")[:limit]
     )
     items: list[tuple[float, dict[str, Any]]] = []
+    chosen: dict[str, str] = {}  # choices message id -> the option id the visitor tapped
     for row in inbound:
+        normalized = row["normalized"] or {}
+        if isinstance(normalized.get("reply"), dict) and normalized.get("context_message_id"):
+            chosen.setdefault(str(normalized["context_message_id"]), str(normalized["reply"].get("id") or ""))
         items.append(
             (
                 row["received_at"].timestamp(),
@@ -438,23 +472,38 @@ def visitor_history(*, channel: Channel, visitor_id: str, limit: int | None = No
         )
     for out_row in outbound:
         payload = out_row["payload"] if isinstance(out_row["payload"], dict) else {}
-        items.append(
-            (
-                out_row["created_at"].timestamp(),
-                {
-                    "id": out_row["platform_message_id"] or wire_message_id(out_row["id"]),
-                    "role": out_row["sender"],
-                    "text": out_row["content"],
-                    "sources": clean_sources(payload.get("sources"))
-                    if isinstance(payload.get("sources"), list)
-                    else [],
-                    "status": out_row["status"],
-                    "created_at": out_row["created_at"].isoformat(),
-                },
-            )
-        )
+        item: dict[str, Any] = {
+            "id": out_row["platform_message_id"] or wire_message_id(out_row["id"]),
+            "role": out_row["sender"],
+            "text": out_row["content"],
+            "sources": clean_sources(payload.get("sources")) if isinstance(payload.get("sources"), list) else [],
+            "status": out_row["status"],
+            "created_at": out_row["created_at"].isoformat(),
+        }
+        _add_rich_parts(item, payload, channel=channel, visitor_id=visitor_id)
+        items.append((out_row["created_at"].timestamp(), item))
+    for _, item in items:
+        if item.get("choices") and item["id"] in chosen:
+            item["choices"]["answered"] = True
     items.sort(key=lambda pair: pair[0])
     return [item for _, item in items[-limit:]]
+
+
+def _add_rich_parts(item: dict[str, Any], payload: dict[str, Any], *, channel: Channel, visitor_id: str) -> None:
+    """A sent file (``payload.media``, as channels_app.services.outbound_media stores it) and options to
+    tap (``payload.choices``, a Choices as a dict) as the widget shows them live."""
+    media = payload.get("media")
+    if isinstance(media, dict) and (media.get("storage_path") or media.get("link")):
+        item["media"] = [
+            webchat_media.media_item(widget_key=channel.external_id, visitor_id=visitor_id, described=media)
+        ]
+        item["text"] = str(media.get("caption") or item["text"] or "")
+    choices = payload.get("choices")
+    if isinstance(choices, dict) and isinstance(choices.get("options"), list):
+        item["choices"] = webchat_media.choices_item(
+            widget_key=channel.external_id, visitor_id=visitor_id, message_id=item["id"], choices=choices
+        )
+        item["text"] = str(choices.get("body") or item["text"] or "")
 
 
 # --- sockets ------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
+from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -18,7 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from channels_app import webchat
+from channels_app import webchat, webchat_media
+from channels_app.models import Channel
 from config.errors import ApiError, error_body
 from config.openapi import error_response
 from tenants.ratelimit import request_client_address
@@ -109,3 +112,50 @@ class WebchatSessionView(APIView):
             response["Access-Control-Max-Age"] = "600"
             response["Vary"] = "Origin"
         return response
+
+
+def _media_refusal(status_code: int, code: str, message: str) -> JsonResponse:
+    response = JsonResponse(error_body(code, message), status=status_code)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+def webchat_media_file(request: HttpRequest, ref: str) -> HttpResponseBase:
+    """GET /api/webchat/media/<ref>/?key=<media key>: a file sent to one web chat visitor.
+
+    ``ref`` (signed, expiring: channels_app.webchat_media) names the widget, the visitor and the stored
+    file; ``key`` must be that visitor's media key (from its session). Images, audio and video are
+    served inline with their type; anything else as an attachment. 404 for a ref we did not sign (or
+    expired, or whose channel is gone or off); 403 for another visitor's (or tenant's) key."""
+    scoped = webchat_media.media_ref_open(ref)
+    if scoped is None:
+        return _media_refusal(404, "not_found", "No such file (or its link has expired; reopen the chat).")
+    channel = (
+        Channel.objects.select_related("tenant")
+        .filter(type=Channel.Type.WEBCHAT, external_id=scoped.widget_key, is_active=True, tenant__is_active=True)
+        .first()
+    )
+    if channel is None or not webchat_media.path_belongs_to(
+        scoped.storage_path, tenant_id=channel.tenant_id, channel_id=channel.pk
+    ):
+        return _media_refusal(404, "not_found", "No such file.")
+    key = request.GET.get("key", "")
+    if not webchat_media.media_key_matches(channel_id=channel.pk, visitor_id=scoped.visitor_id, key=key):
+        return _media_refusal(403, "forbidden", "This file was sent to another visitor.")
+    try:
+        handle = default_storage.open(scoped.storage_path, "rb")
+    except (FileNotFoundError, OSError):
+        return _media_refusal(404, "not_found", "No such file.")
+    inline = scoped.inline
+    response = FileResponse(
+        handle,
+        content_type=scoped.mime_type if inline else "application/octet-stream",
+        as_attachment=not inline,
+        filename=scoped.filename or scoped.storage_path.rsplit("/", 1)[-1],
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, max-age=3600"
+    response["Cross-Origin-Resource-Policy"] = "cross-origin"  # shown on the tenant's site
+    return response

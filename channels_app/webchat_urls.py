@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from channels_app.webchat_api import WebchatSessionView
+from channels_app.webchat_api import WebchatSessionView, webchat_media_file
 
 urlpatterns = [
     path("webchat/sessions/", WebchatSessionView.as_view(), name="webchat-session"),
+    path("webchat/media/<str:ref>/", webchat_media_file, name="webchat-media"),
 ]

@@ -1,14 +1,17 @@
 """Web chat adapter: the browser widget talks to us over a WebSocket (channels_app.consumers).
 
 Inbound, the consumer hands each client frame to ``parse``; outbound, the pipeline calls
-``send_text`` / ``stream_text`` / ``send_typing`` / ``send_notice`` like for any channel, and we push
-the event to the channel-layer group of the visitor. Every server process holding a socket of that
+``send_text`` / ``stream_text`` / ``send_typing`` / ``send_notice`` / ``send_media`` / ``send_choices``
+like for any channel, and we push the event to the channel-layer group of the visitor. Every server process holding a socket of that
 visitor (several tabs, several daphne processes) is subscribed to the group, so a reply produced in
 a Celery worker reaches the visitor wherever it is connected. A visitor who is not connected misses
 nothing: the pipeline stored the reply, and the next session returns it in the history.
 
 Like every adapter this does no database work: all it needs is the widget key (the channel's
-``external_id``) and the visitor id (the contact's external id).
+``external_id``) and the visitor id (the contact's external id). The one exception is
+``upload_media``: web chat has no platform to upload a file to, so the file is kept in the tenant's
+own storage (channels_app.webchat_media, which finds the tenant by the widget key) and the visitor
+fetches it through a URL signed for that visitor (``/api/webchat/media/<ref>/``).
 """
 
 from __future__ import annotations
@@ -22,14 +25,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.layers import get_channel_layer
 
 from channels_app.adapters.base import (
+    Choices,
+    InvalidChoices,
+    InvalidMedia,
     InvalidPayload,
     Media,
     NormalizedMessage,
+    OutboundMedia,
     ParsedPayload,
     SendError,
     SendResult,
@@ -60,6 +69,18 @@ def wire_message_id(message_id: int | str | None) -> str:
     if isinstance(message_id, str) and message_id:
         return message_id
     return "wc_" + uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    """When a frame is pushed, for the time the widget shows beside the message (as history's created_at)."""
+    return datetime.now(UTC).isoformat()
+
+
+# What the widget shows: images inline, audio and video with players, anything else as a download.
+MEDIA_KINDS = ("image", "audio", "video", "document")
+MAX_CHOICES = 10
+MAX_CHOICE_TITLE = 100
+MAX_CHOICE_ID = 200
 
 
 def clean_sources(sources: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -123,6 +144,16 @@ class WebchatAdapter:
             text=fields["text"],
             raw={k: payload[k] for k in ("client_message_id", "page_url") if payload.get(k)},
         )
+        reply = payload.get("reply")
+        if reply is not None:
+            # A tapped option, shaped as WhatsApp's button_reply is normalized: the option's id as
+            # ``reply.id`` and ``reply.payload``, its title as the text; the choices message it answers
+            # as the context (the consumer has checked the option was offered to this visitor).
+            if not isinstance(reply, dict) or not isinstance(reply.get("id"), str) or not reply["id"]:
+                raise InvalidPayload("web chat reply without an option id")
+            message.type = "interactive"
+            message.reply = {"id": reply["id"], "payload": reply["id"], "title": fields["text"]}
+            message.context_message_id = str(reply.get("message_id") or "")
         return keep_storable(ParsedPayload(messages=[message]))
 
     # --- outbound ----------------------------------------------------------------------------------
@@ -145,7 +176,16 @@ class WebchatAdapter:
         self._push(
             channel_external_id,
             recipient_id,
-            [{"type": "message", "id": wire_id, "role": role, "text": text, "sources": clean_sources(sources)}],
+            [
+                {
+                    "type": "message",
+                    "id": wire_id,
+                    "role": role,
+                    "text": text,
+                    "sources": clean_sources(sources),
+                    "created_at": now_iso(),
+                }
+            ],
         )
         return SendResult(platform_message_ids=[wire_id])
 
@@ -228,6 +268,86 @@ class WebchatAdapter:
     def fetch_media(self, *, media: Media, channel_external_id: str, credentials: dict[str, str]) -> tuple[bytes, str]:
         raise SendError("web chat messages carry no media", permanent=True)
 
+    # --- files (MediaSendAdapter) ------------------------------------------------------------------
+
+    def check_media(self, media: OutboundMedia) -> None:
+        from django.conf import settings
+
+        if media.kind not in MEDIA_KINDS:
+            raise InvalidMedia(f"web chat shows {', '.join(MEDIA_KINDS)}, not '{media.kind}'")
+        if not (media.link or media.media_id or media.content):
+            raise InvalidMedia("give the file, a stored file or an https link")
+        if media.link and not media.link.startswith("https://"):
+            raise InvalidMedia("a media link must be an https:// URL")
+        limit = int(settings.CHANNEL_MEDIA_SEND_MAX_BYTES)
+        if media.content is not None and len(media.content) > limit:
+            raise InvalidMedia(f"a web chat file is at most {limit // (1024 * 1024)} MB")
+
+    def upload_media(self, *, channel_external_id: str, media: OutboundMedia, credentials: dict[str, str]) -> str:
+        """Keep the file in the tenant's storage; its storage path is the "media id" ``send_media`` signs."""
+        from channels_app import webchat_media
+
+        return webchat_media.store_outbound_file(widget_key=channel_external_id, media=media)
+
+    def send_media(
+        self, *, channel_external_id: str, recipient_id: str, media: OutboundMedia, credentials: dict[str, str]
+    ) -> SendResult:
+        """A ``message`` frame whose ``media`` item carries a URL only this visitor can open (a stored
+        file), or the https link as given; the caption is the message's text."""
+        from channels_app import webchat_media
+
+        self.check_media(media)
+        if media.content is not None and not media.media_id:
+            media.media_id = self.upload_media(
+                channel_external_id=channel_external_id, media=media, credentials=credentials
+            )
+        described = {
+            "kind": media.kind,
+            "mime_type": media.mime_type,
+            "filename": media.filename,
+            "caption": media.caption,
+            "link": "" if media.media_id else media.link,
+            "storage_path": media.media_id,
+            "size": len(media.content) if media.content is not None else None,
+        }
+        item = webchat_media.media_item(widget_key=channel_external_id, visitor_id=recipient_id, described=described)
+        wire_id = wire_message_id(None)
+        frame = {"type": "message", "id": wire_id, "role": "assistant", "text": media.caption, "sources": []}
+        self._push(channel_external_id, recipient_id, [{**frame, "media": [item], "created_at": now_iso()}])
+        return SendResult(platform_message_ids=[wire_id])
+
+    # --- options to tap (InteractiveAdapter) -------------------------------------------------------
+
+    def check_choices(self, choices: Choices) -> None:
+        options = choices.options
+        problems = [
+            (not options, "at least one option is needed"),
+            (len(options) > MAX_CHOICES, f"at most {MAX_CHOICES} options"),
+            (not choices.body.strip() or len(choices.body) > self.max_text_length, "the text is required"),
+            (any(not 0 < len(o.title.strip()) <= MAX_CHOICE_TITLE for o in options),
+             f"option titles are 1-{MAX_CHOICE_TITLE} characters"),
+            (any(not 0 < len(o.id) <= MAX_CHOICE_ID for o in options), f"option ids are 1-{MAX_CHOICE_ID} characters"),
+        ]  # fmt: skip
+        for failed, message in problems:
+            if failed:
+                raise InvalidChoices(message)
+
+    def send_choices(
+        self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]
+    ) -> SendResult:
+        """A ``message`` frame with ``choices``: each option's id is signed for this visitor (``token``),
+        so a tap can only answer with an option that was offered (channels_app.webchat.receive_choice)."""
+        from channels_app import webchat_media
+
+        self.check_choices(choices)
+        wire_id = wire_message_id(None)
+        offered = webchat_media.choices_item(
+            widget_key=channel_external_id, visitor_id=recipient_id, message_id=wire_id, choices=asdict(choices)
+        )
+        frame = {"type": "message", "id": wire_id, "role": "assistant", "text": choices.body, "sources": []}
+        self._push(channel_external_id, recipient_id, [{**frame, "choices": offered, "created_at": now_iso()}])
+        return SendResult(platform_message_ids=[wire_id])
+
     # --- channel layer -----------------------------------------------------------------------------
 
     def _push(self, channel_external_id: str, recipient_id: str, events: list[dict[str, Any]]) -> None:
@@ -238,7 +358,8 @@ class WebchatAdapter:
     def _stream(
         self, group: str, message_id: str, role: str, chunks: Iterable[str], sources: list[dict[str, Any]]
     ) -> None:
-        _group_send(group, {"type": "stream_start", "id": message_id, "role": role})
+        started = now_iso()
+        _group_send(group, {"type": "stream_start", "id": message_id, "role": role, "created_at": started})
         parts: list[str] = []
         # The chunks come from the caller's (blocking) LLM stream: each is pushed as soon as it arrives.
         for chunk in chunks:
@@ -248,7 +369,14 @@ class WebchatAdapter:
             _group_send(group, {"type": "stream_delta", "id": message_id, "delta": chunk})
         _group_send(
             group,
-            {"type": "stream_end", "id": message_id, "role": role, "text": "".join(parts), "sources": sources},
+            {
+                "type": "stream_end",
+                "id": message_id,
+                "role": role,
+                "text": "".join(parts),
+                "sources": sources,
+                "created_at": started,
+            },
         )
 
 

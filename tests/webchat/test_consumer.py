@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime
 
 import jwt
 import pytest
@@ -252,6 +253,8 @@ def test_reply_sent_through_the_adapter_reaches_the_visitor_with_sources(webchat
     result, frame = async_to_sync(scenario)()
 
     assert result.platform_message_ids == ["m42"]
+    sent_at = datetime.fromisoformat(frame.pop("created_at"))  # the time the widget shows beside it
+    assert abs(sent_at.timestamp() - time.time()) < 30 and sent_at.tzinfo is not None
     assert frame == {
         "type": "message",
         "id": "m42",
@@ -277,6 +280,8 @@ def test_streamed_reply_arrives_token_by_token(webchat_channel, adapter):
 
     frames = async_to_sync(scenario)()
 
+    started_at = frames[0].pop("created_at")
+    assert frames[4].pop("created_at") == started_at and datetime.fromisoformat(started_at).tzinfo is not None
     assert frames == [
         {"type": "stream_start", "id": "m7", "role": "assistant"},
         {"type": "stream_delta", "id": "m7", "delta": "We "},

@@ -16,6 +16,7 @@ from django.utils import timezone
 from channels_app.models import Campaign, CampaignRecipient, Consent, MessageTemplate
 from channels_app.services import campaigns, templates
 from tests.channels_app.conftest import WA_PHONE_NUMBER_ID, WA_SECRET, WA_WABA_ID
+from tests.conftest import wait_until
 
 PROMO = {
     "id": "2001",
@@ -300,10 +301,15 @@ def test_a_campaign_starts_once_and_has_one_runner_at_a_time(wa_channel, graph, 
     try:
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign.pk}"])
+            cursor.execute("SELECT pg_backend_pid()")
+            (holder,) = cursor.fetchone()
         assert campaigns.run_campaign(campaign_id=campaign.pk) == ("busy", 0.0)
         assert sent_to(graph) == {}
     finally:
         other.close()  # its lock goes with its connection, as a killed worker's does
+    # ... once its server process has ended, which happens just after the disconnect (on a busy machine
+    # the next line could otherwise still find the lock held).
+    wait_until(lambda: not session_alive(holder))
     assert campaigns.run_campaign(campaign_id=campaign.pk)[0] == "done"
     assert sum(sent_to(graph).values()) == 3
 
@@ -369,6 +375,14 @@ def test_the_campaign_list_is_paged_with_totals_counted_at_once(
     assert [c["name"] for c in body["results"]] == ["C5", "C4", "C3", "C2", "C1", "C0"]
     assert body["results"][-1]["totals"]["pending"] == 3 and body["results"][-1]["totals"]["total"] == 3
     assert body["results"][0]["totals"]["total"] == 0
+
+
+def session_alive(pid: int) -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        return bool(cursor.fetchone()[0])
 
 
 def campaign_events(campaign: Campaign) -> list[tuple[str, dict[str, Any]]]:

@@ -212,12 +212,16 @@
   }
   function inline(parent, text, noLinks) {
     var pos = 0;
+    var next = []; // each rule's next match at or after pos (searched again only once passed): linear
     while (pos < text.length) {
       var best = null, bestRule = null;
       for (var i = 0; i < INLINE.length; i++) {
         var rule = INLINE[i];
-        rule.re.lastIndex = pos;
-        var m = rule.re.exec(text);
+        if (next[i] === undefined || (next[i] && next[i].index < pos)) {
+          rule.re.lastIndex = pos;
+          next[i] = rule.re.exec(text);
+        }
+        var m = next[i];
         if (m && (!best || m.index < best.index)) { best = m; bestRule = rule; }
       }
       if (!best) break;
@@ -388,6 +392,14 @@
     if (choices.answered) box.setAttribute("data-answered", "true");
     if (choices.footer) { var foot = el("p", "mc-choices-footer"); foot.textContent = choices.footer; box.appendChild(foot); }
     node.appendChild(box);
+  }
+
+  function answered(messageId) {
+    var node = state.rendered[messageId];
+    var box = node && node.querySelector(".mc-choices");
+    if (!box) return;
+    box.setAttribute("data-answered", "true");
+    box.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
   }
 
   function renderMessage(msg) {
@@ -563,6 +575,7 @@
       case "message":
         showTyping(false);
         renderMessage(frame);
+        if (frame.reply_to) answered(frame.reply_to); // an option tapped in another tab
         break;
       case "stream_start":
         showTyping(false);
@@ -573,11 +586,20 @@
       case "stream_delta":
         node = streams[frame.id] || state.rendered[frame.id];
         if (!node) node = streams[frame.id] = renderMessage({ id: frame.id, role: "assistant", text: "" });
-        setText(node, (node.mcText || "") + (frame.delta || "")); // re-rendered whole: markdown spans chunks
-        scrollDown();
+        // Rendered whole again (markup may span chunks), at most once per frame however fast they come.
+        node.mcText = (node.mcText || "") + (frame.delta || "");
+        if (!node.mcPaint) {
+          node.mcPaint = window.requestAnimationFrame(function () {
+            var target = this;
+            target.mcPaint = 0;
+            setText(target, target.mcText);
+            scrollDown();
+          }.bind(node));
+        }
         break;
       case "stream_end":
         node = streams[frame.id] || renderMessage({ id: frame.id, role: frame.role || "assistant", text: "", created_at: frame.created_at });
+        if (node.mcPaint) { window.cancelAnimationFrame(node.mcPaint); node.mcPaint = 0; }
         setText(node, frame.text || "");
         renderSources(node, frame.sources);
         node.removeAttribute("aria-busy");

@@ -189,7 +189,7 @@ def test_options_reach_the_visitor_and_a_tap_comes_back_with_its_payload(webchat
     ]  # fmt: skip
     assert "slot_pm" not in str(offered["choices"]["options"][0])
     assert ack == {"type": "ack", "client_message_id": "c_tap0000001", "status": "stored"}
-    assert (echo["role"], echo["text"]) == ("user", "Afternoon")
+    assert (echo["role"], echo["text"], echo["reply_to"]) == ("user", "Afternoon", offered["id"])  # other tabs
     [row] = inbound_rows(webchat_channel)
     tap = row.normalized
     assert (tap["type"], tap["text"], tap["context_message_id"]) == ("interactive", "Afternoon", offered["id"])

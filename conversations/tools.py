@@ -175,11 +175,7 @@ def attachment_send(function_name: str, item: Any) -> FunctionSend:
         if kind not in SEND_KINDS:
             raise ValueError(f"kind must be one of {', '.join(SEND_KINDS)}")
     except ValueError as exc:
-        if kind not in SEND_KINDS:  # recorded as the kind its link says, when it says one
-            kind = _kind_of(
-                _guess_type(str(described.get("filename", "")), urlsplit(str(described.get("link", ""))).path)
-            )
-        return _refused(function_name, kind, described, str(exc))
+        return _refused(function_name, kind if kind in SEND_KINDS else _recorded_kind(described), described, str(exc))
     described = {"kind": kind, "link": link, "mime_type": mime_type, "filename": filename, "caption": caption}
     media = OutboundMedia(kind=kind, link=link, mime_type=mime_type, filename=filename, caption=caption)
     return FunctionSend(function=function_name, kind=kind, described=described, media=media)

@@ -75,7 +75,8 @@ def _row(turn: Turn, send: FunctionSend) -> Message:
         payload: dict[str, Any] = {"choices": send.described}
     else:
         text = str(send.described.get("caption", ""))
-        media = {"storage_path": "", "size": None, **send.described, "kind": send.kind}
+        # Never a storage path of the function's choosing: the file is the platform's to fetch.
+        media = {**send.described, "kind": send.kind, "storage_path": "", "size": None}
         payload = {"media": media}
     payload["function"] = send.function
     payload["in_reply_to"] = [m.pk for m in turn.user_messages]

@@ -243,3 +243,36 @@ def test_options_web_chat_cannot_show_are_refused_before_sending(webchat_channel
         adapter.check_choices(too_many)
     with pytest.raises(InvalidChoices, match="titles"):
         adapter.check_choices(Choices(body="Pick one", options=[Choice(id="x", title="")]))
+
+
+def test_the_history_shows_a_file_the_bot_sent_by_link_and_its_options(webchat_channel):
+    """As conversations.pipeline.function_sends stores a tenant function's sends (sender assistant,
+    ``payload.media`` with an https link, ``payload.choices``)."""
+    from conversations.models import Message
+
+    visitor = session(webchat_channel)
+    conversation = conversation_of(webchat_channel, visitor["visitor_id"])
+    common = {
+        "tenant_id": webchat_channel.tenant_id, "conversation": conversation, "channel_id": webchat_channel.pk,
+        "direction": Message.Direction.OUTBOUND, "sender": Message.Sender.ASSISTANT, "status": Message.Status.SENT,
+    }  # fmt: skip
+    Message.objects.create(
+        **common, kind="image", content="", platform_message_id="wc_map",
+        payload={"media": {"kind": "image", "link": "https://cdn.example/map.png", "mime_type": "image/png"}},
+    )  # fmt: skip
+    Message.objects.create(
+        **common, kind="choices", content="1. Yes\n2. No", platform_message_id="wc_ask",
+        payload={"choices": {"body": "Is this your street?", "options": [{"id": "y", "title": "Yes"}, {"id": "n", "title": "No"}]}},
+    )  # fmt: skip
+
+    history = session(webchat_channel, visitor["visitor_token"])["history"]
+
+    assert [(m["id"], m["text"]) for m in history] == [("wc_map", ""), ("wc_ask", "Is this your street?")]
+    assert history[0]["media"][0]["url"] == "https://cdn.example/map.png"
+    assert [o["title"] for o in history[1]["choices"]["options"]] == ["Yes", "No"]
+    assert "answered" not in history[1]["choices"]
+    # Each option's token answers only this visitor on this widget.
+    token = history[1]["choices"]["options"][0]["token"]
+    tap = webchat_media.choice_open(token, widget_key=webchat_channel.external_id, visitor_id=visitor["visitor_id"])
+    assert (tap.message_id, tap.option_id, tap.title) == ("wc_ask", "y", "Yes")
+    assert webchat_media.choice_open(token, widget_key=webchat_channel.external_id, visitor_id="v_" + "b" * 22) is None

@@ -362,3 +362,35 @@ def test_more_than_five_attachments_or_a_malformed_choices_are_refused():
     ]
     _, [bad] = tools.split_answer("f", {"attachments": "https://cdn.acme.test/a.png"})
     assert bad.refused == "attachments must be a list"
+
+
+@pytest.mark.django_db
+def test_a_retried_turn_reads_the_tap_from_the_stored_message(whatsapp, tenant):
+    """A turn retried later (``process_conversation``: no inbound events) still knows the tap."""
+    from conversations.pipeline import intake
+
+    contact = Contact.objects.create(tenant=tenant, channel=whatsapp, external_id=USER)
+    conversation = Conversation.objects.create(tenant=tenant, channel=whatsapp, contact=contact)
+    stored = [
+        Message.objects.create(
+            tenant=tenant,
+            conversation=conversation,
+            channel=whatsapp,
+            direction=Message.Direction.INBOUND,
+            sender="user",
+            kind=kind,
+            content=text,
+            status="received",
+            payload={"normalized": {"reply": reply}},
+        )
+        for kind, text, reply in [
+            ("interactive", "Track it", {"id": "track", "payload": "track", "title": "Track it"}),
+            ("text", "and quickly", None),
+        ]
+    ]
+    turn = Turn(tenant=tenant, channel=whatsapp, sender_external_id=USER)
+    turn.user_messages = stored
+
+    assert intake._latest_tap(turn, []) == {"payload": "track", "title": "Track it"}
+    turn.user_messages = stored[1:]
+    assert intake._latest_tap(turn, []) is None

@@ -288,13 +288,16 @@ def _latest_tap(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> di
     """The option the user tapped last among the messages this turn answers: its ``payload`` (the
     option's id) and ``title``. From the burst's events; a retried turn (no events) reads the stored
     messages. Completion gives it to the model and to the tenant's functions."""
-    replies = [m.reply for _, m in messages if m.reply]
+    replies = [(m.reply, m.text) for _, m in messages if m.reply]
     if not messages and turn.user_messages:
         stored = Message.objects.for_tenant(turn.tenant).filter(pk__in=[m.pk for m in turn.user_messages])
-        replies = [r for r in stored.order_by("id").values_list("payload__normalized__reply", flat=True) if r]
-    for reply in reversed(replies):
+        rows = stored.order_by("id").values_list("payload__normalized__reply", "content")
+        replies = [(reply, text) for reply, text in rows if reply]
+    for reply, text in reversed(replies):
         if isinstance(reply, dict) and (reply.get("payload") or reply.get("id")):
-            return {"payload": str(reply.get("payload") or reply.get("id")), "title": str(reply.get("title", ""))}
+            # Web chat's tap names the option by id; its title is the message's text.
+            title = str(reply.get("title") or text or "")
+            return {"payload": str(reply.get("payload") or reply.get("id")), "title": title}
     return None
 
 

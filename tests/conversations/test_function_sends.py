@@ -394,3 +394,11 @@ def test_a_retried_turn_reads_the_tap_from_the_stored_message(whatsapp, tenant):
     assert intake._latest_tap(turn, []) == {"payload": "track", "title": "Track it"}
     turn.user_messages = stored[1:]
     assert intake._latest_tap(turn, []) is None
+    # Web chat's tap names the option by id only: its title is the message's text.
+    webchat_tap = Message.objects.create(
+        tenant=tenant, conversation=conversation, channel=whatsapp, direction=Message.Direction.INBOUND,
+        sender="user", kind="text", content="Morning", status="received",
+        payload={"normalized": {"reply": {"id": "slot_am", "message_id": "m_1"}}},
+    )  # fmt: skip
+    turn.user_messages = [webchat_tap]
+    assert intake._latest_tap(turn, []) == {"payload": "slot_am", "title": "Morning"}

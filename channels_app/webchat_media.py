@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core import signing
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 
 from channels_app.adapters.base import OutboundMedia
 
@@ -76,12 +74,9 @@ def store_outbound_file(*, widget_key: str, media: OutboundMedia) -> str:
 
         raise SendError("no web chat channel has this widget key", permanent=True)
     tenant_id, channel_id = row
-    content = media.content or b""
-    ext = mimetypes.guess_extension(media.mime_type.split(";")[0].strip().lower()) or ".bin"
-    path = f"{tenant_id}/media/{channel_id}/out-{hashlib.sha256(content).hexdigest()[:40]}{ext}"
-    if not default_storage.exists(path):
-        path = default_storage.save(path, ContentFile(content))
-    return path
+    from channels_app.services.outbound_media import store_outbound_content
+
+    return store_outbound_content(tenant_id=tenant_id, channel_id=channel_id, media=media)
 
 
 # --- URLs ---------------------------------------------------------------------------------------------

@@ -281,6 +281,7 @@ class Choices:
     footer: str = ""
     button_label: str = ""
     style: str = "auto"
+    from_agent: bool = False  # offered by a person (web chat shows it as the agent's), not the bot
 
 
 class InvalidChoices(ValueError):
@@ -312,6 +313,7 @@ class OutboundMedia:
     mime_type: str = ""
     filename: str = ""
     caption: str = ""
+    from_agent: bool = False  # sent by a person (web chat shows it as the agent's), not the bot
 
 
 class InvalidMedia(ValueError):

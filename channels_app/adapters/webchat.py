@@ -312,7 +312,8 @@ class WebchatAdapter:
         }
         item = webchat_media.media_item(widget_key=channel_external_id, visitor_id=recipient_id, described=described)
         wire_id = wire_message_id(None)
-        frame = {"type": "message", "id": wire_id, "role": "assistant", "text": media.caption, "sources": []}
+        role = "agent" if media.from_agent else "assistant"
+        frame = {"type": "message", "id": wire_id, "role": role, "text": media.caption, "sources": []}
         self._push(channel_external_id, recipient_id, [{**frame, "media": [item], "created_at": now_iso()}])
         return SendResult(platform_message_ids=[wire_id])
 
@@ -344,7 +345,8 @@ class WebchatAdapter:
         offered = webchat_media.choices_item(
             widget_key=channel_external_id, visitor_id=recipient_id, message_id=wire_id, choices=asdict(choices)
         )
-        frame = {"type": "message", "id": wire_id, "role": "assistant", "text": choices.body, "sources": []}
+        role = "agent" if choices.from_agent else "assistant"
+        frame = {"type": "message", "id": wire_id, "role": role, "text": choices.body, "sources": []}
         self._push(channel_external_id, recipient_id, [{**frame, "choices": offered, "created_at": now_iso()}])
         return SendResult(platform_message_ids=[wire_id])
 

@@ -9,7 +9,7 @@ leaves the message ``failed`` with the reason and ``message.failed``, never an e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from django.db import transaction
@@ -87,6 +87,7 @@ def conversation_send_choices(*, tenant: Any, conversation: Any, choices: Choice
 
     channel = conversation.channel
     recipient = conversation.contact.external_id
+    choices = replace(choices, from_agent=True)
     adapter = get_adapter(channel.type)
     if isinstance(adapter, InteractiveAdapter):
         adapter.check_choices(choices)

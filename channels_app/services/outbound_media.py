@@ -6,8 +6,9 @@ or sent by an https link the platform fetches. Each adapter checks its platform'
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
-import uuid
+from dataclasses import replace
 from typing import Any
 
 from django.core.files.base import ContentFile
@@ -54,19 +55,28 @@ def send_media(*, channel: Channel, recipient_id: str, media: OutboundMedia) -> 
     return call_adapter(channel=channel, fn=run)
 
 
+def store_outbound_content(*, tenant_id: Any, channel_id: Any, media: OutboundMedia) -> str:
+    """Keep ``media.content`` in the tenant's storage under the channel's media folder, named by its
+    hash: the same file is kept once, whoever stores it (the transcript, web chat's upload)."""
+    content = media.content or b""
+    ext = mimetypes.guess_extension(media.mime_type.split(";")[0].strip().lower()) or ".bin"
+    path = f"{tenant_id}/media/{channel_id}/out-{hashlib.sha256(content).hexdigest()[:40]}{ext}"
+    if not default_storage.exists(path):
+        path = default_storage.save(path, ContentFile(content))
+    return path
+
+
 def conversation_send_media(*, tenant: Any, conversation: Any, media: OutboundMedia, user: Any = None) -> Any:
     """An agent sends a file into a conversation: checked first (nothing stored when refused), the file
     kept in the tenant's storage for the transcript, then stored and sent as the agent's message (kind
     = the media kind, content = the caption)."""
     channel = conversation.channel
     recipient = conversation.contact.external_id
+    media = replace(media, from_agent=True)
     _checked(channel, recipient, media)
     stored = ""
     if media.content is not None:
-        ext = mimetypes.guess_extension(media.mime_type.split(";")[0].strip()) or ".bin"
-        stored = default_storage.save(
-            f"{tenant.pk}/media/{channel.pk}/out-{uuid.uuid4().hex}{ext}", ContentFile(media.content)
-        )
+        stored = store_outbound_content(tenant_id=tenant.pk, channel_id=channel.pk, media=media)
     described = {
         "kind": media.kind,
         "mime_type": media.mime_type,

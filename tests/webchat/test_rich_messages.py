@@ -74,8 +74,12 @@ def test_an_agents_pdf_reaches_the_visitor_and_opens_only_with_that_visitors_key
     response, frame = async_to_sync(scenario)()
 
     assert response.status_code == 201, response.content
-    assert (frame["type"], frame["text"]) == ("message", "Your invoice")
+    # Live, as after a reload: the agent's message, not the assistant's.
+    assert (frame["type"], frame["role"], frame["text"]) == ("message", "agent", "Your invoice")
     assert frame["created_at"]
+    # Kept once in the tenant's storage (the transcript's copy is the one the visitor gets).
+    _, stored = default_storage.listdir(f"{webchat_channel.tenant_id}/media/{webchat_channel.pk}")
+    assert len(stored) == 1
     [item] = frame["media"]
     assert {k: item[k] for k in ("kind", "mime_type", "filename", "size", "caption")} == {
         "kind": "document", "mime_type": "application/pdf", "filename": "invoice-42.pdf", "size": len(PDF),
@@ -182,7 +186,7 @@ def test_options_reach_the_visitor_and_a_tap_comes_back_with_its_payload(webchat
     response, offered, ack, echo = async_to_sync(scenario)()
 
     assert response.status_code == 201, response.content
-    assert offered["text"] == "When should we deliver?"
+    assert (offered["role"], offered["text"]) == ("agent", "When should we deliver?")
     assert offered["choices"]["footer"] == "Acme"
     assert [(o["title"], o["description"]) for o in offered["choices"]["options"]] == [
         ("Morning", ""), ("Afternoon", "2-6 pm")

@@ -11,7 +11,7 @@ from django.db import connection
 
 from channels_app.models import Channel, InboundEvent
 from conversations import intelligence
-from conversations.inbox.services import display_name, message_frame, note_frame, user_frame
+from conversations.inbox.services import display_name, message_frame, note_frame, user_frame, window_frame
 from conversations.models import (
     Contact,
     Conversation,
@@ -248,6 +248,8 @@ def conversation_detail(*, tenant: Tenant, conversation: Conversation, user: Any
         "conversation": rows[0] if rows else None,
         "timeline": timeline(tenant=tenant, conversation=conversation),
         "contact": contact_panel(tenant=tenant, conversation=conversation),
+        # The contact's customer-service window (WhatsApp, Messenger): what the composer may send now.
+        "window": window_frame(conversation),
         "assignee": user_frame(conversation.assignee) if conversation.assignee_id else None,
         "me": {"id": user.pk, "name": display_name(user)},
     }

@@ -19,8 +19,17 @@ from django.db.models import Avg, Count
 from django.utils import timezone
 
 from channels_app import services as channel_services
-from channels_app.adapters.base import Choice, Choices, InvalidChoices, NoticeAdapter, SendError, get_adapter
-from channels_app.models import Channel
+from channels_app.adapters.base import (
+    Choice,
+    Choices,
+    InvalidChoices,
+    NoticeAdapter,
+    SendError,
+    TemplateAdapter,
+    get_adapter,
+)
+from channels_app.models import Channel, MessageTemplate
+from channels_app.services import templates, window
 from channels_app.services.window import OutsideWindow
 from conversations import outbound, phrases, services, state
 from conversations.inbox import live
@@ -179,13 +188,20 @@ def message_frame(message: Message, *, agent: Any = None) -> dict[str, Any]:
 
 
 def assign(
-    *, tenant: Tenant, conversation: Conversation, assignee: Any, by: Any, only_if_unassigned: bool = False
+    *,
+    tenant: Tenant,
+    conversation: Conversation,
+    assignee: Any,
+    by: Any,
+    only_if_unassigned: bool = False,
+    tell: bool = True,
 ) -> Conversation:
     """Give the conversation to ``assignee`` (an agent of the tenant; None: unassign). Taking it moves a
     waiting (or bot) conversation to ``agent`` — the bot stays silent — and tells the end user
-    "<agent> joined" once per new assignee. Every agent's page shows it live. ``only_if_unassigned``:
-    do nothing when someone has it already (decided under the row lock: two agents answering an
-    unassigned conversation at once do not both take it)."""
+    "<agent> joined" once per new assignee (not with ``tell=False``: a template sent outside the
+    customer-service window, where no free-form notice can go). Every agent's page shows it live.
+    ``only_if_unassigned``: do nothing when someone has it already (decided under the row lock: two
+    agents answering an unassigned conversation at once do not both take it)."""
     _check_owner(tenant, conversation)
     if assignee is not None and not is_tenant_agent(tenant, assignee):
         raise InboxError("not_an_agent", "Conversations can be assigned only to an agent of this tenant.")
@@ -217,7 +233,7 @@ def assign(
                 "state": locked.state,
             },
         )
-        if joined:
+        if joined and tell:
             text = phrases.phrase("agent_joined", conversation_language(locked, tenant), agent=display_name(assignee))
             _tell(
                 tenant, locked, text, kind="agent_joined", notice={"kind": "handoff", "state": "agent", "message": text}
@@ -229,13 +245,113 @@ def assign(
 
 def reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any) -> Message:
     """An agent's reply (conversations.services.agent_reply); an unassigned conversation is assigned to
-    the agent who answers it first (so the end user learns who joined, and no one else replies unaware)."""
+    the agent who answers it first (so the end user learns who joined, and no one else replies unaware).
+    The inbox's endpoint checks the window first (``check_window``)."""
     _check_owner(tenant, conversation)
     if not text.strip():
         raise InboxError("empty", "The reply is empty.")
     if conversation.assignee_id is None and user is not None and is_tenant_agent(tenant, user):
         assign(tenant=tenant, conversation=conversation, assignee=user, by=user, only_if_unassigned=True)
     message = services.agent_reply(tenant=tenant, conversation=conversation, text=text, user=user)
+    mark_read(tenant=tenant, conversation=conversation, user=user)
+    return message
+
+
+def check_window(conversation: Conversation) -> None:
+    """Raise OutsideWindow when no free-form message from a human agent may reach the contact now (as
+    the REST API's reply checks it): the reply is refused before anything is stored or sent, and the
+    agent sends a template instead. A Messenger reply within 7 days goes with the HUMAN_AGENT tag. A channel whose sending is disabled is not checked: the reply is
+    then kept failed with that reason."""
+    channel = conversation.channel
+    if not channel.sending_disabled_reason:
+        window.free_form_tag(channel=channel, recipient_id=conversation.contact.external_id, human=True)
+
+
+def window_frame(conversation: Conversation) -> dict[str, Any]:
+    """The contact's customer-service window as the composer shows it (``applies`` False on web chat):
+    open, when it closes, Messenger's human-agent limit, and whether templates can reach them."""
+    channel = conversation.channel
+    state_ = window.window_state(channel=channel, recipient_id=conversation.contact.external_id)
+    try:
+        offers_templates = isinstance(get_adapter(channel.type), TemplateAdapter)
+    except KeyError:
+        offers_templates = False
+    return {**state_.as_dict(timezone.now()), "templates": state_.applies and offers_templates}
+
+
+# --- templates ----------------------------------------------------------------------------------------
+
+TEMPLATE_NAME_MAX = 512
+TEMPLATE_LANGUAGE_MAX = 16
+
+
+def template_frame(template: MessageTemplate) -> dict[str, Any]:
+    """An approved template as the composer's picker shows it: what to fill and the parts to preview."""
+    parts: dict[str, Any] = {"header": None, "body": "", "footer": "", "buttons": []}
+    for component in template.components or []:
+        if not isinstance(component, dict):
+            continue
+        kind = str(component.get("type", "")).upper()
+        if kind == "HEADER":
+            parts["header"] = {
+                "format": str(component.get("format", "")).upper(),
+                "text": str(component.get("text", "")),
+            }
+        elif kind == "BODY":
+            parts["body"] = str(component.get("text", ""))
+        elif kind == "FOOTER":
+            parts["footer"] = str(component.get("text", ""))
+        elif kind == "BUTTONS":
+            parts["buttons"] = [str(b.get("text", "")) for b in component.get("buttons") or [] if isinstance(b, dict)]
+    return {
+        "name": template.name,
+        "language": template.language,
+        "category": template.category,
+        "parameter_format": template.parameter_format,
+        "variables": templates.template_variables(template),
+        "preview": templates.template_preview(template),
+        **parts,
+    }
+
+
+def approved_templates(*, tenant: Tenant, conversation: Conversation) -> list[dict[str, Any]]:
+    """The APPROVED templates of the conversation's channel (as last synced), by name and language."""
+    _check_owner(tenant, conversation)
+    rows = (
+        MessageTemplate.objects.for_tenant(tenant)
+        .filter(channel_id=conversation.channel_id, status__iexact="APPROVED")
+        .order_by("name", "language")
+    )
+    return [template_frame(t) for t in rows]
+
+
+def send_template(
+    *, tenant: Tenant, conversation: Conversation, name: str, language: str, variables: dict[str, Any], user: Any
+) -> Message:
+    """An agent sends an approved template (``templates.conversation_send_template``: checked first —
+    unknown, not approved or wrong variables raise TemplateError with nothing stored —, then stored as
+    the agent's message and sent; the conversation moves to ``agent``). Like a reply, an unassigned
+    conversation goes to the agent; "<agent> joined" is told only inside the window."""
+    _check_owner(tenant, conversation)
+    template = templates.template_get(channel=conversation.channel, name=name, language=language)
+    templates.check_sendable(template)
+    templates.template_render(template, variables)
+    if conversation.assignee_id is None and user is not None and is_tenant_agent(tenant, user):
+        state_ = window.window_state(channel=conversation.channel, recipient_id=conversation.contact.external_id)
+        assign(
+            tenant=tenant,
+            conversation=conversation,
+            assignee=user,
+            by=user,
+            only_if_unassigned=True,
+            tell=state_.is_open(timezone.now()),
+        )
+    message = templates.conversation_send_template(
+        tenant=tenant, conversation=conversation, name=name, language=language, variables=variables, user=user
+    )
+    # An agent answered: the inbox's waiting time stops (until the contact writes again), as for a reply.
+    Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(waiting_since=None)
+    conversation.waiting_since = None
     mark_read(tenant=tenant, conversation=conversation, user=user)
     return message
 

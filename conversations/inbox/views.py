@@ -25,6 +25,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from channels_app.models import Channel
+from channels_app.services import templates, window
 from conversations.inbox import selectors, services
 from conversations.models import Conversation, Message
 from conversations.state import InvalidTransition
@@ -39,8 +40,15 @@ class Refused(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JsonResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return JsonResponse({"error": error}, status=status)
+
+
+# A template refusal's status, as the REST API maps it (channels_app.api).
+TEMPLATE_ERROR_STATUS = {"not_found": 404, "template_not_sendable": 409}
 
 
 def user_tenants(user: Any) -> list[Tenant]:
@@ -95,6 +103,10 @@ def api(view: Callable[..., Any]) -> Callable[..., HttpResponseBase]:
             return _error(400, exc.code, str(exc))
         except InvalidTransition as exc:
             return _error(409, "invalid_transition", str(exc))
+        except window.OutsideWindow as exc:  # refused before anything was stored or sent
+            return _error(409, window.OUTSIDE_WINDOW, str(exc), exc.details)
+        except templates.TemplateError as exc:
+            return _error(TEMPLATE_ERROR_STATUS.get(exc.code, 400), exc.code, str(exc), exc.details)
         return result if isinstance(result, HttpResponseBase) else JsonResponse(result)
 
     return wrapped
@@ -215,8 +227,48 @@ def conversation_detail(request: HttpRequest, tenant: Tenant, conversation_id: A
 def reply(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
     text = _text(_body(request))
     conversation = _conversation(tenant, conversation_id)
+    services.check_window(conversation)  # outside it: 409, nothing stored, nothing sent
     message = services.reply(tenant=tenant, conversation=conversation, text=text, user=request.user)
     return {"message": services.message_frame(message, agent=request.user)}
+
+
+@require_GET
+@api
+def template_list(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+    """The approved templates of the conversation's channel, with what to fill, for the composer."""
+    conversation = _conversation(tenant, conversation_id)
+    return {"templates": services.approved_templates(tenant=tenant, conversation=conversation)}
+
+
+@require_POST
+@api
+def template_send(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> HttpResponseBase:
+    """Send an approved template (``{name, language, variables: {body, header}}``). Refusals as the REST
+    API's: 404 unknown, 409 ``template_not_sendable`` with its reason, 400 ``invalid_variables``; 502
+    ``not_delivered`` when it was stored but Meta refused it (the timeline shows it failed)."""
+    conversation = _conversation(tenant, conversation_id)
+    data = _body(request)
+    name, language, variables = data.get("name"), data.get("language"), data.get("variables", {})
+    if not isinstance(name, str) or not name or len(name) > services.TEMPLATE_NAME_MAX:
+        raise Refused(400, "invalid_template", "name is the template's name.")
+    if not isinstance(language, str) or not language or len(language) > services.TEMPLATE_LANGUAGE_MAX:
+        raise Refused(400, "invalid_template", "language is the template's language code.")
+    if variables is None:
+        variables = {}
+    if not isinstance(variables, dict):
+        raise Refused(400, "invalid_variables", "variables is an object with body and header.")
+    message = services.send_template(
+        tenant=tenant, conversation=conversation, name=name, language=language, variables=variables,
+        user=request.user,
+    )  # fmt: skip
+    frame = services.message_frame(message, agent=request.user)
+    if message.status == Message.Status.FAILED:
+        return JsonResponse(
+            {"error": {"code": "not_delivered", "message": f"The template was stored but not delivered: "
+                       f"{frame['error']}", "details": {"message_id": message.pk}}, "message": frame},
+            status=502,
+        )  # fmt: skip
+    return JsonResponse({"message": frame})
 
 
 @require_POST

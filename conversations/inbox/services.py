@@ -607,7 +607,7 @@ def satisfaction_summary(*, tenant: Tenant) -> dict[str, Any]:
 
 def agent_typing(*, tenant: Tenant, conversation: Conversation, user: Any, on: bool) -> None:
     """An agent types in the composer: the other agents see "X is replying"; the end user sees our
-    typing indicator on their channel (best effort)."""
+    typing indicator on their channel (best effort; none once the customer-service window has closed)."""
     _check_owner(tenant, conversation)
     live.push(
         tenant.pk,
@@ -617,7 +617,8 @@ def agent_typing(*, tenant: Tenant, conversation: Conversation, user: Any, on: b
     recipient = conversation.contact.external_id
     if _supports_notices(channel):
         outbound.send_notice(channel=channel, recipient_id=recipient, kind="typing", data={"on": on})
-    elif on:
+    elif on and window.window_state(channel=channel, recipient_id=recipient).is_open(timezone.now()):
+        # Outside the customer-service window Meta refuses the indicator (and nothing else may go).
         last_in = (
             Message.objects.for_tenant(tenant)
             .filter(conversation=conversation, direction=Message.Direction.INBOUND)

@@ -29,7 +29,8 @@
     typingSentAt: 0, typingOn: false, typingStopTimer: null,
     agentTypingTimer: null, contactTypingTimer: null,
     readTimer: null, lastSeenId: 0,
-    notified: {}
+    notified: {},
+    templates: null, template: null // the open conversation's approved templates, the one being filled
   };
 
   function $(id) { return document.getElementById(id); }
@@ -54,6 +55,7 @@
         if (!response.ok) {
           var error = new Error((data.error && data.error.message) || ("HTTP " + response.status));
           error.status = response.status;
+          error.code = (data.error && data.error.code) || "";
           throw error;
         }
         return data;
@@ -75,6 +77,12 @@
     if (seconds < 3600) return Math.floor(seconds / 60) + " min";
     if (seconds < 86400) return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
     return Math.floor(seconds / 86400) + " d";
+  }
+  function span(ms) {
+    var minutes = Math.max(0, Math.round(ms / 60000));
+    if (minutes < 60) return minutes + " min";
+    if (minutes < 48 * 60) return Math.floor(minutes / 60) + " h" + (minutes % 60 && minutes < 600 ? " " + (minutes % 60) + " min" : "");
+    return Math.floor(minutes / 1440) + " d";
   }
   function clock(iso) {
     if (!iso) return "";
@@ -257,6 +265,7 @@
   function openConversation(id) {
     showError("");
     return api("GET", "conversations/" + id + "/").then(function (detail) {
+      var same = !!(state.open && state.open.id === id);
       state.open = { id: id, detail: detail, row: detail.conversation };
       if (detail.conversation) {
         detail.conversation.unread = 0;
@@ -266,6 +275,8 @@
       root.querySelector(".ib-conversation").hidden = false;
       root.querySelector(".ib-contact").hidden = false;
       renderHeader();
+      if (!same) closeTemplates(); // a template being filled in survives a reload of the same conversation
+      renderWindow();
       renderTimeline(detail.timeline);
       renderContact(detail.contact);
       renderList();
@@ -325,6 +336,195 @@
     var when = el("dd", "ib-analysed-at", clock(row.analysed_at));
     when.setAttribute("data-at", row.analysed_at);
     dl.appendChild(when);
+  }
+
+  // --- the customer-service window (WhatsApp, Messenger) and templates -------------------------------
+  // Above the composer: whether a free-form reply can reach the contact now; when it cannot on WhatsApp,
+  // "Send a template" (the channel's approved templates, their variables, a preview).
+  function currentWindow() {
+    var w = state.open && state.open.detail && state.open.detail.window;
+    if (!w || !w.applies) return null;
+    // Time passes while the page is open: the window closes without anyone writing.
+    w.open = !!(w.open && w.closes_at && Date.parse(w.closes_at) > Date.now());
+    return w;
+  }
+
+  function renderWindow() {
+    var node = $("ib-window");
+    var w = currentWindow();
+    var offer = $("ib-template");
+    if (!w) { node.hidden = true; offer.hidden = true; return; }
+    var now = Date.now();
+    var since = w.last_inbound_at ? span(now - Date.parse(w.last_inbound_at)) : "";
+    var text;
+    if (w.open) {
+      text = "Window open — closes in " + span(Date.parse(w.closes_at) - now) + " (" + clock(w.closes_at) + ").";
+    } else if (w.human_agent_closes_at && Date.parse(w.human_agent_closes_at) > now) {
+      text = "Window closed " + since + " after the last message: human replies allowed until " +
+        clock(w.human_agent_closes_at) + " (sent with the " + (w.human_agent_tag || "HUMAN_AGENT") + " tag).";
+    } else if (!w.last_inbound_at) {
+      text = "This contact has never written on this channel: " +
+        (w.templates ? "only a template can reach them." : "no reply can reach them until they write.");
+    } else {
+      text = "Window closed " + since + " after the last message: " +
+        (w.templates ? "only a template can reach them." : "no reply can reach them until they write again.");
+    }
+    node.textContent = text;
+    node.setAttribute("data-open", String(w.open));
+    node.hidden = false;
+    var offered = !w.open && !!w.templates;
+    offer.hidden = !offered;
+    if (!offered) closeTemplates();
+  }
+
+  // The contact wrote: their window opens again for as long as the channel's rule says.
+  function windowReopened(atIso) {
+    var w = state.open && state.open.detail && state.open.detail.window;
+    if (!w || !w.applies) return;
+    var at = atIso ? Date.parse(atIso) : Date.now();
+    var hours = 24;
+    if (w.closes_at && w.last_inbound_at) hours = (Date.parse(w.closes_at) - Date.parse(w.last_inbound_at)) / 3600000;
+    var humanHours = 0;
+    if (w.human_agent_closes_at && w.last_inbound_at) {
+      humanHours = (Date.parse(w.human_agent_closes_at) - Date.parse(w.last_inbound_at)) / 3600000;
+    }
+    w.last_inbound_at = new Date(at).toISOString();
+    w.closes_at = new Date(at + hours * 3600000).toISOString();
+    if (humanHours) w.human_agent_closes_at = new Date(at + humanHours * 3600000).toISOString();
+    w.open = true;
+    renderWindow();
+  }
+
+  function closeTemplates() {
+    state.template = null;
+    $("ib-template-picker").hidden = true;
+    $("ib-template-open").hidden = false;
+    $("ib-template-fields").textContent = "";
+    $("ib-template-preview-box").hidden = true;
+    $("ib-template-send").disabled = true;
+  }
+
+  function openTemplates() {
+    if (!state.open) return;
+    var id = state.open.id;
+    showError("");
+    api("GET", "conversations/" + id + "/templates/").then(function (data) {
+      if (!state.open || state.open.id !== id) return;
+      state.templates = data.templates;
+      var select = $("ib-template-select");
+      select.textContent = "";
+      var none = el("option", null, "Choose a template…");
+      none.value = "";
+      select.appendChild(none);
+      data.templates.forEach(function (t, i) {
+        var option = el("option", null, t.name + " (" + t.language + ")" + (t.category ? " · " + t.category.toLowerCase() : ""));
+        option.value = String(i);
+        select.appendChild(option);
+      });
+      select.hidden = !data.templates.length;
+      $("ib-template-none").hidden = !!data.templates.length;
+      $("ib-template-open").hidden = true;
+      $("ib-template-picker").hidden = false;
+      if (data.templates.length) select.focus();
+    }).catch(function (error) { showError(error.message); });
+  }
+
+  function chooseTemplate(index) {
+    var t = index === "" ? null : state.templates[parseInt(index, 10)];
+    state.template = t;
+    var fields = $("ib-template-fields");
+    fields.textContent = "";
+    $("ib-template-preview-box").hidden = !t;
+    $("ib-template-send").disabled = !t;
+    if (!t) return;
+    function field(labelText, role, name, type, placeholder) {
+      var input = el("input");
+      input.type = type;
+      input.id = "ib-tv-" + role + "-" + name;
+      input.setAttribute("data-role", role);
+      input.setAttribute("data-name", name);
+      if (placeholder) input.placeholder = placeholder;
+      var label = el("label", null, labelText);
+      label.htmlFor = input.id;
+      input.addEventListener("input", renderTemplatePreview);
+      fields.appendChild(label);
+      fields.appendChild(input);
+    }
+    var header = t.variables.header;
+    if (header === "text") field("Header {{" + headerName(t) + "}}", "header", "text", "text", "");
+    else if (header) field("Header " + header + " link", "header", "link", "url", "https://…");
+    t.variables.body.forEach(function (name) { field("{{" + name + "}}", "body", name, "text", ""); });
+    renderTemplatePreview();
+  }
+
+  function headerName(t) {
+    var m = /\{\{\s*([a-z0-9_]+)\s*\}\}/.exec((t.header && t.header.text) || "");
+    return m ? m[1] : "1";
+  }
+
+  function templateValues() {
+    var values = { body: {}, header: "" };
+    $("ib-template-fields").querySelectorAll("input").forEach(function (input) {
+      if (input.getAttribute("data-role") === "body") values.body[input.getAttribute("data-name")] = input.value;
+      else values.header = input.value;
+    });
+    return values;
+  }
+
+  function fill(text, values) {
+    return (text || "").replace(/\{\{\s*([a-z0-9_]+)\s*\}\}/g, function (all, name) {
+      return values[name] ? values[name] : all;
+    });
+  }
+
+  // The message as the contact will read it (as the server renders it: header, body, footer, buttons).
+  function renderTemplatePreview() {
+    var t = state.template;
+    if (!t) return;
+    var values = templateValues();
+    var parts = [];
+    if (t.header) {
+      if (t.header.format === "TEXT") {
+        var filled = {};
+        if (values.header) filled[headerName(t)] = values.header;
+        parts.push(fill(t.header.text, filled));
+      } else if (t.header.format) {
+        parts.push("[" + t.header.format.toLowerCase() + "]");
+      }
+    }
+    if (t.body) parts.push(fill(t.body, values.body));
+    if (t.footer) parts.push(t.footer);
+    if (t.buttons && t.buttons.length) parts.push(t.buttons.map(function (b) { return "[" + b + "]"; }).join(" | "));
+    $("ib-template-preview").textContent = parts.filter(function (p) { return p; }).join("\n\n");
+  }
+
+  function sendTemplate() {
+    var t = state.template;
+    if (!t || !state.open) return;
+    var open = state.open;
+    var values = templateValues();
+    var variables = { body: values.body };
+    if (t.variables.header === "text") variables.header = values.header;
+    else if (t.variables.header) variables.header = values.header ? { link: values.header } : {};
+    $("ib-template-send").disabled = true;
+    showError("");
+    api("POST", "conversations/" + open.id + "/template/", { name: t.name, language: t.language, variables: variables }).then(function (data) {
+      if (!state.open || state.open.id !== open.id) return;
+      appendItem(Object.assign({ type: "message" }, data.message));
+      $("ib-timeline").scrollTop = $("ib-timeline").scrollHeight;
+      closeTemplates();
+      return refreshRow(open.id).then(function (found) {
+        if (found && state.open && state.open.id === open.id) { state.open.row = found.row; renderHeader(); }
+      });
+    }).catch(function (error) {
+      showError(error.message);
+      $("ib-template-send").disabled = false;
+      // Stored but Meta refused it: the timeline shows it failed.
+      if (error.status === 502 && state.open && state.open.id === open.id) {
+        closeTemplates();
+        openConversation(open.id);
+      }
+    });
   }
 
   function renderTimeline(items) {
@@ -473,7 +673,14 @@
         $("ib-timeline").scrollTop = $("ib-timeline").scrollHeight;
       }
     }).catch(function (error) {
-      showError(error.message);
+      var message = error.message;
+      if (error.code === "outside_customer_service_window" && state.open && state.open.id === open.id) {
+        // Nothing was stored or sent: the window has closed (the page may not have known yet).
+        var w = state.open.detail && state.open.detail.window;
+        if (w) { w.open = false; renderWindow(); }
+        message = "Not sent: " + message + (w && w.templates ? " Use “Send a template” below." : "");
+      }
+      showError(message);
       if (!input.value && state.open && state.open.id === open.id) input.value = text; // not lost
     }).then(function () { $("ib-send").disabled = false; });
   }
@@ -653,7 +860,7 @@
       renderList();
     }
     if (isOpen) {
-      if (message.direction === "in") $("ib-contact-typing").hidden = true;
+      if (message.direction === "in") { $("ib-contact-typing").hidden = true; windowReopened(message.created_at); }
       if (message.kind && message.kind !== "text") {
         openConversation(frame.conversation_id);
         return;
@@ -734,7 +941,12 @@
     root.querySelectorAll(".ib-waiting[data-since]").forEach(function (node) {
       node.textContent = "waiting " + ago(node.getAttribute("data-since"));
     });
+    if (state.open) renderWindow();
   }, 15000);
+  $("ib-template-open").addEventListener("click", openTemplates);
+  $("ib-template-select").addEventListener("change", function (e) { chooseTemplate(e.target.value); });
+  $("ib-template-send").addEventListener("click", sendTemplate);
+  $("ib-template-cancel").addEventListener("click", closeTemplates);
 
   function assignTo(userId) {
     if (!state.open) return;

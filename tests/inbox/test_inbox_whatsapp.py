@@ -144,6 +144,7 @@ def test_messenger_gets_the_question_as_five_quick_replies(graph, tenant, make_a
 
 
 def test_an_agent_typing_shows_the_whatsapp_contact_our_typing_indicator(graph, whatsapp, tenant, make_agent, settings):
+    from tests.channels_app.conftest import inbound_from
     from tests.inbox.conftest import make_conversation
 
     settings.WHATSAPP_TYPING_INDICATOR = True
@@ -152,6 +153,7 @@ def test_an_agent_typing_shows_the_whatsapp_contact_our_typing_indicator(graph, 
     conversation.messages.create(
         tenant=tenant, channel=whatsapp, direction="in", sender="user", content="hi", platform_message_id="wamid.LAST"
     )
+    inbound_from(whatsapp, "15550009999", message_id="wamid.LAST")  # as intake records it: the window is open
 
     services.agent_typing(tenant=tenant, conversation=conversation, user=amy, on=True)
 

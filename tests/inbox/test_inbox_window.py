@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from channels_app.models import Channel, MessageTemplate
 from channels_app.secrets import channel_secret_set
-from conversations.inbox import live
+from conversations.inbox import live, services
 from conversations.models import Conversation, Message
 from tests.channels_app.conftest import inbound_from
 from tests.conversations.conftest import make_whatsapp
@@ -126,6 +126,16 @@ def test_a_reply_25_hours_after_the_last_message_is_refused_with_nothing_stored_
     assert Message.objects.filter(conversation=conversation).count() == before
     conversation.refresh_from_db()
     assert (conversation.state, conversation.assignee_id) == ("handoff_requested", None)  # nothing happened
+
+
+def test_an_agent_typing_outside_the_window_sends_no_indicator(tenant, make_agent, graph, settings):
+    settings.WHATSAPP_TYPING_INDICATOR = True
+    amy = make_agent(tenant, "amy")
+    conversation = closed_conversation(tenant, make_whatsapp(tenant), state="agent")
+
+    services.agent_typing(tenant=tenant, conversation=conversation, user=amy, on=True)
+
+    assert graph.requests == []  # Meta would refuse it: the contact last wrote 25 hours ago
 
 
 def test_a_messenger_reply_after_24_hours_goes_as_a_human_agent_message(tenant, make_agent, graph):

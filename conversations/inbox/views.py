@@ -3,7 +3,8 @@
 Every endpoint names its tenant (``?tenant=<id>``; an agent of one tenant may leave it out) and is
 refused unless the user is an agent of that tenant (403); conversations are looked up within the tenant
 only (another tenant's id answers 404 like a missing one). Writes are POSTs with Django's CSRF token.
-Errors are ``{"error": {"code", "message"}}``.
+Errors are ``{"error": {"code", "message"}}`` (with ``details`` where the refusal has some: the window's
+times, a template's status).
 """
 
 from __future__ import annotations

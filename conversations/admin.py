@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from channels_app.models import Channel
+from channels_app.services.window import OutsideWindow
 from conversations import analytics_admin, experiments, selectors, services
 from conversations.inbox import services as inbox_services
 from conversations.models import CannedReply, Conversation, Experiment, Message, SatisfactionRating, TenantFunction
@@ -161,6 +162,11 @@ class ConversationAdmin(TenantScopedAdmin):
             messages.error(request, "The reply is empty or too long.")
             return self._back(conversation)
         tenant = Tenant.objects.get(pk=conversation.tenant_id)
+        try:  # as the inbox and the API: outside the window nothing is stored or sent
+            inbox_services.check_window(conversation)
+        except OutsideWindow as exc:
+            messages.error(request, f"Not sent: {exc}. Send an approved template from the inbox instead.")
+            return self._back(conversation)
         # As from the live inbox: an unassigned conversation is assigned to the agent who answers it.
         message = inbox_services.reply(
             tenant=tenant, conversation=conversation, text=form.cleaned_data["text"], user=request.user

@@ -323,3 +323,21 @@ def test_another_tenant_reaches_neither_the_templates_nor_the_conversation(tenan
         t["name"]
         for t in get(client, f"conversations/{their_conversation.pk}/templates/", other_tenant).json()["templates"]
     ] == ["globex_hello"]
+
+
+def test_the_admins_reply_box_refuses_a_reply_outside_the_window_too(tenant, graph):
+    from tenants.services import staff_user_create
+
+    amy, _ = staff_user_create(tenant=tenant, username="agent-amy", role="agent", password="pw-amy-123456")
+    conversation = closed_conversation(tenant, make_whatsapp(tenant), state="handoff_requested")
+    before = Message.objects.filter(conversation=conversation).count()
+
+    response = client_for(amy).post(
+        f"/admin/conversations/conversation/{conversation.pk}/reply/", {"text": "Hi Ana!"}, follow=True
+    )
+
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Not sent:") and "template" in m for m in shown), shown
+    assert graph.requests == []
+    assert Message.objects.filter(conversation=conversation).count() == before

@@ -37,6 +37,8 @@ def test_demo_page_embeds_the_widget_with_the_channel_key(client, tenant):
     assert f'data-widget-key="{channel.external_id}"' in html
     assert 'src="/static/webchat/widget.js"' in html
     assert 'href="/static/webchat/widget.css"' in html
+    # The page names our icon: a browser asks for /favicon.ico otherwise, a 404 in the console.
+    assert '<link rel="icon" type="image/svg+xml" href="/static/metachat/favicon.svg">' in html
 
 
 def test_demo_page_is_404_for_a_tenant_without_a_demo_channel(client, tenant, make_webchat_channel):

@@ -272,6 +272,7 @@
         state.rows[id] = detail.conversation;
       }
       document.title = document.title.replace(/^\(!\) /, "");
+      root.querySelector(".ib-placeholder").hidden = true;
       root.querySelector(".ib-conversation").hidden = false;
       root.querySelector(".ib-contact").hidden = false;
       renderHeader();

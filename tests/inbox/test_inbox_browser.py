@@ -75,8 +75,13 @@ def test_two_agents_a_visitor_and_a_whatsapp_contact_in_one_live_inbox(
     wait_until(lambda: amy.page.evaluate("window.__notifications.length") >= 1)
     assert "asks for a human" in amy.page.evaluate("window.__notifications[0]")
 
+    # Nothing is open yet: no conversation controls, a hint instead.
+    expect(amy.page.locator(".ib-conversation")).to_be_hidden()
+    expect(amy.page.get_by_text("Choose a conversation on the left")).to_be_visible()
+
     # Amy assigns it to herself; Bob sees the assignment live; the visitor is told Amy joined.
     row.locator("button").click()
+    expect(amy.page.get_by_text("Choose a conversation on the left")).to_be_hidden()
     expect(amy.page.locator(".ib-msg--user .ib-text")).to_have_text("human please")
     amy.page.click("#ib-take")
     expect(bob.page.locator(".ib-row .ib-assignee")).to_have_text("Amy", timeout=15000)

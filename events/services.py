@@ -73,17 +73,22 @@ def insert_sql(events: list[Event]) -> tuple[str, list[Any]]:
     """One INSERT of these rows ``RETURNING id, event_id``, and its parameters."""
     params: list[Any] = []
     for event in events:
-        params += [
-            event.tenant_id,
-            event.event_id,
-            event.type,
-            json.dumps(event.payload),
-            event.correlation_id,
-            event.created_at,
-            event.dispatch_pending,
-            event.publish_pending,
-        ]
+        params += _row_params(event)
     return _insert_event_sql(len(events)), params
+
+
+def _row_params(event: Event) -> list[Any]:
+    """An event row's values, in the column order of ``_insert_event_sql``."""
+    return [
+        event.tenant_id,
+        event.event_id,
+        event.type,
+        json.dumps(event.payload),
+        event.correlation_id,
+        event.created_at,
+        event.dispatch_pending,
+        event.publish_pending,
+    ]
 
 
 def inserted(events: list[Event], returned: Iterable[tuple[int, uuid.UUID]]) -> None:
@@ -107,17 +112,7 @@ def insert_per_row_sql(
     where it should stand). ``RETURNING id, event_id``; then ``inserted``."""
     params: list[Any] = [id_as]
     for event, value in zip(events, keys, strict=True):
-        params += [
-            event.tenant_id,
-            event.event_id,
-            event.type,
-            json.dumps(event.payload),
-            event.correlation_id,
-            event.created_at,
-            event.dispatch_pending,
-            event.publish_pending,
-            value,
-        ]
+        params += [*_row_params(event), value]
     row = "(%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s::timestamptz, %s::boolean, %s::boolean, %s)"
     sql = (
         f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608

@@ -136,18 +136,7 @@ def _tell(
             message.platform_message_id = result.platform_message_ids[0] if result.platform_message_ids else ""
     except SendError as exc:
         error = str(exc)
-    message.status = Message.Status.FAILED if error else Message.Status.SENT
-    message.error = {"stage": "send", "message": error} if error else {}
-    message.save(update_fields=["status", "error", "platform_message_id", "updated_at"])
-    live.push_after_commit(
-        tenant.pk,
-        {
-            "type": "message",
-            "conversation_id": str(conversation.pk),
-            "message": message_frame(message),
-            "preview": text[: live.PREVIEW_CHARS],
-        },
-    )
+    _settle_sent(tenant, conversation, message, error, preview=text)
     return message
 
 
@@ -510,15 +499,20 @@ def _ask_rating(tenant: Tenant, conversation: Conversation, question: str) -> Me
         message.platform_message_id = result.platform_message_ids[0] if result.platform_message_ids else ""
     except SendError as exc:
         error = str(exc)
+    _settle_sent(tenant, conversation, message, error, preview=question)
+    return message
+
+
+def _settle_sent(tenant: Tenant, conversation: Conversation, message: Message, error: str, *, preview: str) -> None:
+    """A system message the platform sent: sent or failed with the reason, and shown to the agents live."""
     message.status = Message.Status.FAILED if error else Message.Status.SENT
     message.error = {"stage": "send", "message": error} if error else {}
     message.save(update_fields=["status", "error", "platform_message_id", "updated_at"])
     live.push_after_commit(
         tenant.pk,
         {"type": "message", "conversation_id": str(conversation.pk), "message": message_frame(message),
-         "preview": question[: live.PREVIEW_CHARS]},
+         "preview": preview[: live.PREVIEW_CHARS]},
     )  # fmt: skip
-    return message
 
 
 def return_to_bot(*, tenant: Tenant, conversation: Conversation, user: Any) -> Conversation:

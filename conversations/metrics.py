@@ -48,6 +48,19 @@ llm_duration = histogram(
     labels=("provider", "mode"),
     buckets=LLM_BUCKETS,
 )
+# Conversation intelligence (conversations.intelligence): analyses by the method that produced them, and
+# the LLM analyses that fell back to the offline one, by the LLM error's code (a bounded set).
+counter(
+    "conversation_analyses_total",
+    "Conversation analyses (sentiment and tags) stored, by method: llm or offline",
+    labels=("method",),
+    initial=[{"method": "llm"}, {"method": "offline"}],
+)
+counter(
+    "conversation_analysis_llm_fallbacks_total",
+    "Conversation analyses the tenant's LLM failed (error, timeout, invalid answer) and the embedder made, by reason",
+    labels=("reason",),
+)
 messages = counter(
     "messages_total",
     "Messages by tenant (the busiest N by slug, else other), channel type and direction "

@@ -13,15 +13,25 @@ reply is read from the transcript. Printed:
   and the single best sentence of the top three chunks by word overlap with the question;
 - unanswerable questions: how often the reply says it doesn't know.
 
+With ``--show-misses`` every answerable question whose answer misses the gold span is printed with
+why (the classes below, counted in any case): "I don't know"; the gold answer in no retrieved
+passage; in no single sentence (it spans two); in a sentence next to a quoted one; in another
+sentence of a quoted chunk; in a chunk the answer does not quote (the top chunk or a lower one).
+
 Target (issue 17): containment >= the whole-top-chunk reference's, at a median answer of <= 40 words.
 
-    python -m bench.answers                 # all 418 questions
-    python -m bench.answers --limit 60      # a quick look
+    python -m bench.answers                          # all 418 questions
+    python -m bench.answers --limit 60               # a quick look
+    python -m bench.answers --save /tmp/answers.json # keep each question's passages and reply
+    python -m bench.answers --replay /tmp/answers.json --show-misses
+        # the offline answerer again on the saved passages (no upload, no turns, no database): to study
+        # a change of the answerer; the figures that count are those of a full run through real turns
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -132,6 +142,41 @@ def answer_part(reply: str, language: str = "en") -> str:
     )
 
 
+MISS_CLASSES = {
+    "dont_know": 'answered "I don\'t know"',
+    "not_retrieved": "gold answer in no retrieved passage",
+    "spans_sentences": "gold answer spans two sentences (in no single one)",
+    "neighbour": "gold in the sentence next to a quoted one",
+    "same_chunk": "gold in another sentence of a quoted chunk",
+    "top_chunk_unquoted": "gold in the top chunk, which the answer does not quote",
+    "lower_chunk_unquoted": "gold only in a lower chunk the answer does not quote",
+}
+
+
+def classify_miss(row: dict[str, Any]) -> str:
+    """Why an answerable question's answer misses every gold answer (one of MISS_CLASSES)."""
+    from conversations.llm.base import ContextPassage
+    from conversations.llm.offline import passage_sentences
+
+    if says_dont_know(row["reply"]):
+        return "dont_know"
+    passages = [ContextPassage(**p) for p in row["passages"]]
+    if not any(contains(p.content, row["answers"]) for p in passages):
+        return "not_retrieved"
+    sentences = [s for i, p in enumerate(passages) for s in passage_sentences(i, p)]
+    quoted_text = normalize(row["answer"])
+    quoted = [s for s in sentences if normalize(s.text) and normalize(s.text) in quoted_text]
+    golden = [s for s in sentences if contains(s.text, row["answers"])]
+    if not golden:
+        return "spans_sentences"
+    quoted_passages = {s.passage for s in quoted}
+    if any(abs(g.index - q.index) == 1 and g.passage == q.passage for g in golden for q in quoted):
+        return "neighbour"
+    if any(g.passage in quoted_passages for g in golden):
+        return "same_chunk"
+    return "top_chunk_unquoted" if any(g.passage == 0 for g in golden) else "lower_chunk_unquoted"
+
+
 def says_dont_know(reply: str) -> bool:
     from conversations import phrases
 
@@ -166,9 +211,9 @@ def wait_indexed(tenant: Any, timeout: float = 1800) -> None:
     raise SystemExit("indexing did not finish in time")
 
 
-def ask(channel: Any, question: str, timeout: float = 120) -> str:
+def ask(channel: Any, question: str, timeout: float = 120) -> tuple[str, str]:
     """One real turn: the visitor's message recorded as the web chat consumer records it, answered
-    by the worker; the reply's text from the transcript."""
+    by the worker; the reply's text from the transcript, and the conversation's language."""
     from django.db import transaction
 
     from channels_app.adapters.base import NormalizedMessage
@@ -189,11 +234,11 @@ def ask(channel: Any, question: str, timeout: float = 120) -> str:
                 tenant_id=channel.tenant_id, conversation__contact__external_id=visitor, sender="assistant"
             )
             .exclude(status="queued")
-            .values_list("content", flat=True)
+            .values_list("content", "conversation__language")
             .first()
         )
         if reply is not None:
-            return str(reply)
+            return str(reply[0]), str(reply[1] or "en")
         time.sleep(0.05)
     raise SystemExit(f"no reply to {question!r} in {timeout:.0f} s")
 
@@ -203,7 +248,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=0, help="ask only the first N questions (0: all)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--show", type=int, default=0, help="print N sample replies")
+    parser.add_argument("--show-misses", action="store_true", help="print every missed answerable question, and why")
+    parser.add_argument("--save", default="", help="write each question's passages and reply to this JSON file")
+    parser.add_argument("--replay", default="", help="run the offline answerer again on a --save file's passages")
     args = parser.parse_args(argv)
+    if args.replay:
+        rows = replay(json.loads(Path(args.replay).read_text()))
+        report(rows, args.show, args.show_misses)
+        return 0
 
     import os
 
@@ -213,7 +265,7 @@ def main(argv: list[str]) -> int:
     from rest_framework.test import APIClient
 
     from channels_app.models import Channel
-    from knowledge.retrieval import search
+    from conversations.pipeline.retrieval import search_passages
     from tenants import services
     from tenants.models import Tenant
 
@@ -244,22 +296,45 @@ def main(argv: list[str]) -> int:
         rows: list[dict[str, Any]] = []
         started = time.monotonic()
         for n, (question, answers, impossible) in enumerate(questions, 1):
-            reply = ask(channel, question)
-            chunks = [c.content for c in search(tenant=tenant, query=question)]
+            reply, language = ask(channel, question)
+            # The passages the turn's retrieval stage gave the answerer (same search, same settings).
+            passages = [dataclasses.asdict(p) for p in search_passages(tenant=tenant, query=question)]
+            chunks = [p["content"] for p in passages]
             rows.append(
                 {
                     "question": question, "answers": answers, "impossible": impossible, "reply": reply,
-                    "answer": answer_part(reply), "top_chunk": chunks[0] if chunks else "",
-                    "overlap": best_overlap_sentence(question, chunks),
+                    "language": language, "answer": answer_part(reply), "top_chunk": chunks[0] if chunks else "",
+                    "overlap": best_overlap_sentence(question, chunks), "passages": passages,
                 }
             )  # fmt: skip
             if n % 50 == 0:
                 print(f"  {n}/{len(questions)} questions ({time.monotonic() - started:.0f} s)", flush=True)
-    report(rows, args.show)
+    if args.save:
+        Path(args.save).write_text(json.dumps(rows, ensure_ascii=False))
+    report(rows, args.show, args.show_misses)
     return 0
 
 
-def report(rows: list[dict[str, Any]], show: int) -> None:
+def replay(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with the offline answerer's reply computed again from their saved passages, in-process
+    (the local e5 embedder, as the bench tenant has): the answerer alone, no retrieval, no turn."""
+    from conversations.llm.base import CompletionRequest, ContextPassage
+    from conversations.llm.offline import OfflineAnswerer
+    from knowledge.embedders import LocalE5Embedder
+
+    answerer, embedder = OfflineAnswerer(), LocalE5Embedder()
+    out = []
+    for row in rows:
+        request = CompletionRequest(
+            messages=[], query=row["question"], passages=[ContextPassage(**p) for p in row["passages"]],
+            brand_name="SQuAD bench", locale=row.get("language", "en"), embedder=embedder, sources_in_text=False,
+        )  # fmt: skip
+        reply = answerer.complete(request).text
+        out.append(row | {"reply": reply, "answer": answer_part(reply)})
+    return out
+
+
+def report(rows: list[dict[str, Any]], show: int, show_misses: bool = False) -> None:
     answerable = [r for r in rows if not r["impossible"]]
     impossible = [r for r in rows if r["impossible"]]
 
@@ -278,8 +353,17 @@ def report(rows: list[dict[str, Any]], show: int) -> None:
     if impossible:
         dk = sum(says_dont_know(r["reply"]) for r in impossible)
         print(f"unanswerable questions: {len(impossible)}   reply says it doesn't know: {dk / len(impossible):.1%}")
+    misses = [r for r in answerable if not contains(r["answer"], r["answers"]) and "passages" in r]
+    if misses:
+        classes = Counter(classify_miss(r) for r in misses)
+        print(f"answerable questions missed: {len(misses)}, why:")
+        for key, label in MISS_CLASSES.items():
+            print(f"  {classes[key]:4d}  {label}")
     for r in answerable[:show]:
         print(f"\nQ: {r['question']}  gold: {r['answers'][0]!r}\n{r['reply']}")
+    if show_misses:
+        for r in misses:
+            print(f"\n[{classify_miss(r)}] Q: {r['question']}  gold: {r['answers']!r}\nA: {r['answer']}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ an OpenAI key sees first. How a reply is built:
    conversation's language). The two, mixed, rank the sentences; passages in the conversation's
    language are preferred when there are any.
 3. The best sentence is the answer, with its neighbour when that carries it (the best sentence ends
-   with ":" or the next one starts by referring back, "It ...", "Isso ..."), and the best sentences
-   of other passages when they score nearly as well, within ``MAX_WORDS``.
+   with ":" or the next one starts by referring back, "It ...", "Isso ..."), and the sentences that
+   score nearly as well (``RUNNER_UP_SHARE``; of its passage, or one per other passage): the first of
+   them whatever its length, since the scores cannot tell it from the best, the others within
+   ``MAX_WORDS``. An answer still shorter than ``FILL_WORDS`` takes in the sentences around the best
+   one (same paragraph and heading) up to that length.
 4. Nothing relevant (no passage, or no sentence passing ``MIN_KEYWORD`` / ``MIN_SEMANTIC``):
    "I don't know", with the offer of a person when handoff is on.
 
@@ -43,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 MAX_PASSAGES = 5
 MAX_SENTENCES = 3
-MAX_WORDS = 60  # the answer's length budget (the best sentence alone may exceed it)
+MAX_WORDS = 60  # the answer's length budget (the best sentence and its first runner-up may exceed it)
 MAX_SENTENCE_CHARS = 500
 # A sentence answers when it holds this share of the question's keyword (idf) mass, or when the
 # embedder places it this high on its calibrated scale (0 = an unrelated pair, 1 = a clearly relevant one).
@@ -51,11 +54,13 @@ MIN_KEYWORD = 0.34
 MIN_SEMANTIC = 0.45
 SEMANTIC_WEIGHT = 0.3  # the mix of the two scores in the ranking (keyword: 1 - this)
 NEIGHBOUR_SHARE = 0.0  # a next sentence referring back joins when it scores this share of the best
-OTHER_SOURCE_SHARE = 0.9  # another passage's best sentence joins when it scores this share of the best
+# A runner-up sentence (of the best's passage or, one per passage, of another) joins when it scores
+# this share of the best: the ranking cannot tell them apart. The first one joins whatever its length.
+RUNNER_UP_SHARE = 0.9
+FILL_WORDS = 40  # an answer shorter than this takes in the sentences around the best one, up to it
 OTHER_LANGUAGE_FACTOR = 0.85  # a passage in another language than the conversation's, when some are in it
 HEADING_MAX_WORDS = 12
 RANK_SPREAD = True
-SAME_PASSAGE = False
 
 
 def _wordlist(text: str) -> frozenset[str]:
@@ -283,21 +288,55 @@ def select(query: str, passages: list[ContextPassage], *, language: str = "en", 
     if best.keyword < MIN_KEYWORD and (not semantic or best.semantic < MIN_SEMANTIC):
         return Selection()
     chosen = _with_neighbours(best, by_passage[best.passage])
-    budget = MAX_WORDS - sum(len(s.text.split()) for s in chosen)
+    budget = MAX_WORDS - sum(_length(s) for s in chosen)
     used_passages = {best.passage}
+    runner_up = True
     for s in ranked[1:]:
-        if len(chosen) >= MAX_SENTENCES or s.score < OTHER_SOURCE_SHARE * best.score:
+        if len(chosen) >= MAX_SENTENCES or s.score < RUNNER_UP_SHARE * best.score:
             break
-        if s in chosen or (s.passage in used_passages and not SAME_PASSAGE) or len(s.text.split()) > budget:
+        if s in chosen or any(s.text == c.text for c in chosen):  # a chunk's overlap repeats sentences
             continue
-        if any(s.text == c.text for c in chosen):  # a chunk's overlap repeats its neighbour's sentences
+        if s.passage != best.passage and s.passage in used_passages:
             continue
+        # The first runner-up this close joins whatever its length (the scores cannot tell it from
+        # the best: quoting both is the answer); later ones within the budget.
+        if _length(s) > budget and not runner_up:
+            continue
+        runner_up = False
         chosen.append(s)
         used_passages.add(s.passage)
-        budget -= len(s.text.split())
+        budget -= _length(s)
+    chosen = _filled(chosen, best, by_passage[best.passage])
     order = list(dict.fromkeys(s.passage for s in sorted(chosen, key=lambda s: -s.score)))
     chosen.sort(key=lambda s: (order.index(s.passage), s.index))
     return Selection(chosen, [passages[i] for i in order])
+
+
+def _length(sentence: Sentence) -> int:
+    return len(sentence.text.split())
+
+
+def _filled(chosen: list[Sentence], best: Sentence, group: list[Sentence]) -> list[Sentence]:
+    """A short answer grown to ``FILL_WORDS`` at most with the sentences around the best one (same
+    paragraph, same heading; the better scoring side first): the context a one-line quote lacks."""
+    total = sum(_length(s) for s in chosen)
+    while True:
+        have = {s.index for s in chosen if s.passage == best.passage}
+        around = [
+            s
+            for s in group
+            if s.index not in have
+            and (s.index - 1 in have or s.index + 1 in have)
+            and s.paragraph == best.paragraph
+            and s.context == best.context
+            and not _is_heading(s.text, "")  # a heading line inside a paragraph ("Shipping\nShipping to ...")
+            and total + _length(s) <= FILL_WORDS
+        ]
+        if not around:
+            return chosen
+        pick = max(around, key=lambda s: s.score)
+        chosen.append(pick)
+        total += _length(pick)
 
 
 def _with_neighbours(best: Sentence, group: list[Sentence]) -> list[Sentence]:

@@ -15,8 +15,8 @@ an OpenAI key sees first. How a reply is built:
    with ":" or the next one starts by referring back, "It ...", "Isso ..."), and the sentences that
    score nearly as well (``RUNNER_UP_SHARE``; of its passage, or one per other passage): the first of
    them whatever its length, since the scores cannot tell it from the best, the others within
-   ``MAX_WORDS``. An answer still shorter than ``FILL_WORDS`` takes in the sentences around the best
-   one (same paragraph and heading) up to that length.
+   ``MAX_WORDS``. An answer is never padded with sentences that do not score: a short answer stays
+   short.
 4. Nothing relevant (no passage, or no sentence passing ``MIN_KEYWORD`` / ``MIN_SEMANTIC``):
    "I don't know", with the offer of a person when handoff is on.
 
@@ -57,7 +57,6 @@ NEIGHBOUR_SHARE = 0.0  # a next sentence referring back joins when it scores thi
 # A runner-up sentence (of the best's passage or, one per passage, of another) joins when it scores
 # this share of the best: the ranking cannot tell them apart. The first one joins whatever its length.
 RUNNER_UP_SHARE = 0.9
-FILL_WORDS = 40  # an answer shorter than this takes in the sentences around the best one, up to it
 OTHER_LANGUAGE_FACTOR = 0.85  # a passage in another language than the conversation's, when some are in it
 HEADING_MAX_WORDS = 12
 RANK_SPREAD = True
@@ -306,7 +305,6 @@ def select(query: str, passages: list[ContextPassage], *, language: str = "en", 
         chosen.append(s)
         used_passages.add(s.passage)
         budget -= _length(s)
-    chosen = _filled(chosen, best, by_passage[best.passage])
     order = list(dict.fromkeys(s.passage for s in sorted(chosen, key=lambda s: -s.score)))
     chosen.sort(key=lambda s: (order.index(s.passage), s.index))
     return Selection(chosen, [passages[i] for i in order])
@@ -314,29 +312,6 @@ def select(query: str, passages: list[ContextPassage], *, language: str = "en", 
 
 def _length(sentence: Sentence) -> int:
     return len(sentence.text.split())
-
-
-def _filled(chosen: list[Sentence], best: Sentence, group: list[Sentence]) -> list[Sentence]:
-    """A short answer grown to ``FILL_WORDS`` at most with the sentences around the best one (same
-    paragraph, same heading; the better scoring side first): the context a one-line quote lacks."""
-    total = sum(_length(s) for s in chosen)
-    while True:
-        have = {s.index for s in chosen if s.passage == best.passage}
-        around = [
-            s
-            for s in group
-            if s.index not in have
-            and (s.index - 1 in have or s.index + 1 in have)
-            and s.paragraph == best.paragraph
-            and s.context == best.context
-            and not _is_heading(s.text, "")  # a heading line inside a paragraph ("Shipping\nShipping to ...")
-            and total + _length(s) <= FILL_WORDS
-        ]
-        if not around:
-            return chosen
-        pick = max(around, key=lambda s: s.score)
-        chosen.append(pick)
-        total += _length(pick)
 
 
 def _with_neighbours(best: Sentence, group: list[Sentence]) -> list[Sentence]:

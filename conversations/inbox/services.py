@@ -222,11 +222,11 @@ def assign(
                 "state": locked.state,
             },
         )
-        if joined and tell:
-            text = phrases.phrase("agent_joined", conversation_language(locked, tenant), agent=display_name(assignee))
-            _tell(
-                tenant, locked, text, kind="agent_joined", notice={"kind": "handoff", "state": "agent", "message": text}
-            )
+    # Told after the commit: the channel's call (Meta's Graph API, up to its timeout) never holds the
+    # conversation's row lock, which every other agent's action on it waits for.
+    if joined and tell:
+        text = phrases.phrase("agent_joined", conversation_language(locked, tenant), agent=display_name(assignee))
+        _tell(tenant, locked, text, kind="agent_joined", notice={"kind": "handoff", "state": "agent", "message": text})
     conversation.assignee = assignee
     conversation.state = locked.state
     return conversation
@@ -447,22 +447,23 @@ def resolve(*, tenant: Tenant, conversation: Conversation, user: Any) -> Convers
             waiting_since=None, satisfaction_requested_at=now
         )
         conversation.waiting_since, conversation.satisfaction_requested_at = None, now
-        language = conversation_language(conversation, tenant)
-        closing = phrases.phrase("closing", language)
-        question = phrases.phrase("satisfaction_question", language)
-        if _supports_notices(conversation.channel):
-            _tell(tenant, conversation, closing, kind="closing", notice=None)
-            _tell(
-                tenant,
-                conversation,
-                question,
-                kind="csat_question",
-                notice={"kind": "csat", "question": question, "scale": [1, 2, 3, 4, 5],
-                        "conversation_id": str(conversation.pk)},
-            )  # fmt: skip
-        else:
-            _tell(tenant, conversation, closing, kind="closing", notice=None)
-            _ask_rating(tenant, conversation, question)
+    # Told after the commit (as in ``assign``): the channel's calls never hold the row lock.
+    language = conversation_language(conversation, tenant)
+    closing = phrases.phrase("closing", language)
+    question = phrases.phrase("satisfaction_question", language)
+    if _supports_notices(conversation.channel):
+        _tell(tenant, conversation, closing, kind="closing", notice=None)
+        _tell(
+            tenant,
+            conversation,
+            question,
+            kind="csat_question",
+            notice={"kind": "csat", "question": question, "scale": [1, 2, 3, 4, 5],
+                    "conversation_id": str(conversation.pk)},
+        )  # fmt: skip
+    else:
+        _tell(tenant, conversation, closing, kind="closing", notice=None)
+        _ask_rating(tenant, conversation, question)
     return conversation
 
 

@@ -165,6 +165,7 @@ class GraphRecorder:
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.fail_with: dict[str, Any] | None = None  # {"status": 400, "error": {...}}
+        self.delay = 0.0  # seconds before each answer (Meta being slow)
 
     @property
     def texts(self) -> list[dict[str, Any]]:
@@ -189,6 +190,8 @@ def graph_handler(recorder: GraphRecorder) -> type[BaseHTTPRequestHandler]:
                 recorder.requests.append(
                     {"path": self.path, "body": body, "authorization": self.headers.get("Authorization", "")}
                 )
+            if recorder.delay:
+                time.sleep(recorder.delay)
             if recorder.fail_with and body.get("type") == "text":
                 status, answer = recorder.fail_with["status"], {"error": recorder.fail_with["error"]}
             elif body.get("status") == "read" or "sender_action" in body:

@@ -162,15 +162,14 @@ class ConversationAdmin(TenantScopedAdmin):
             messages.error(request, "The reply is empty or too long.")
             return self._back(conversation)
         tenant = Tenant.objects.get(pk=conversation.tenant_id)
-        try:  # as the inbox and the API: outside the window nothing is stored or sent
-            inbox_services.check_window(conversation)
-        except OutsideWindow as exc:
+        # As from the live inbox: an unassigned conversation is assigned to the agent who answers it.
+        try:
+            message = inbox_services.reply(
+                tenant=tenant, conversation=conversation, text=form.cleaned_data["text"], user=request.user
+            )
+        except OutsideWindow as exc:  # nothing was stored or sent
             messages.error(request, f"Not sent: {exc}. Send an approved template from the inbox instead.")
             return self._back(conversation)
-        # As from the live inbox: an unassigned conversation is assigned to the agent who answers it.
-        message = inbox_services.reply(
-            tenant=tenant, conversation=conversation, text=form.cleaned_data["text"], user=request.user
-        )
         if message.status == Message.Status.FAILED:
             messages.error(request, f"Stored but not delivered: {message.error.get('message', '')}")
         else:

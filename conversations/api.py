@@ -279,11 +279,8 @@ class ConversationReplyView(ConversationMixin, APIView):
         data = ReplySerializer(data=request.data)
         data.is_valid(raise_exception=True)
         conversation = self.conversation()
-        try:  # outside the window: refused before anything is stored or sent (channels_app.services.window)
-            if not conversation.channel.sending_disabled_reason:  # else the reply is kept failed with that reason
-                window.free_form_tag(
-                    channel=conversation.channel, recipient_id=conversation.contact.external_id, human=True
-                )
+        try:  # outside the window: refused before anything is stored or sent
+            services.check_reply_window(conversation)
         except window.OutsideWindow as exc:
             raise ApiError(409, window.OUTSIDE_WINDOW, str(exc), exc.details) from None
         try:

@@ -25,6 +25,18 @@ def _check_owner(tenant: Tenant, conversation: Conversation) -> None:
         raise Conversation.DoesNotExist
 
 
+def check_reply_window(conversation: Conversation) -> None:
+    """Raise OutsideWindow (``outside_customer_service_window``) when no free-form message from a human
+    agent may reach the contact now, before anything is stored or sent: the agent sends an approved
+    template instead. A Messenger reply within 7 days goes with the HUMAN_AGENT tag. A channel whose
+    sending is disabled is not checked: the reply is then kept failed with that reason."""
+    from channels_app.services import window
+
+    channel = conversation.channel
+    if not channel.sending_disabled_reason:
+        window.free_form_tag(channel=channel, recipient_id=conversation.contact.external_id, human=True)
+
+
 def agent_reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any = None) -> Message:
     """Send ``text`` to the contact as a human agent; the conversation moves to ``agent``.
 

@@ -288,6 +288,31 @@ class InvalidChoices(ValueError):
     """Choices a platform cannot show (too many, titles too long, ...), refused before sending."""
 
 
+def check_choice_limits(
+    choices: Choices,
+    *,
+    most: int,
+    title_chars: int,
+    id_chars: int,
+    text_chars: int,
+    noun: str = "option",
+    nouns: str = "options",
+) -> None:
+    """Raise InvalidChoices at the first of a platform's limits these options break: their number, each
+    title's and id's length (1 to the limit, blank not counted) and the text's."""
+    options = choices.options
+    problems = [
+        (not options, f"at least one {noun} is needed"),
+        (len(options) > most, f"at most {most} {nouns}"),
+        (not choices.body.strip() or len(choices.body) > text_chars, f"the text is 1-{text_chars} characters"),
+        (any(not 0 < len(o.title.strip()) <= title_chars for o in options), f"{noun} titles are 1-{title_chars} characters"),
+        (any(not o.id.strip() or len(o.id) > id_chars for o in options), f"{noun} ids are 1-{id_chars} characters"),
+    ]  # fmt: skip
+    for failed, message in problems:
+        if failed:
+            raise InvalidChoices(message)
+
+
 @runtime_checkable
 class InteractiveAdapter(Protocol):
     """Optional: send options to tap; a tap comes back as a message with ``reply.payload``."""

@@ -10,7 +10,6 @@ from django.conf import settings
 
 from channels_app.adapters.base import (
     Choices,
-    InvalidChoices,
     InvalidMedia,
     Media,
     NormalizedMessage,
@@ -19,6 +18,7 @@ from channels_app.adapters.base import (
     SendResult,
     ServiceWindow,
     StatusUpdate,
+    check_choice_limits,
     finite_float,
     keep_storable,
 )
@@ -248,17 +248,15 @@ class MessengerAdapter:
 
     def check_choices(self, choices: Choices) -> None:
         """Quick replies: up to 13, titles up to 20 characters, payloads up to 1000, text up to 2000."""
-        options = choices.options
-        problems = [
-            (not options, "at least one option is needed"),
-            (len(options) > 13, "at most 13 quick replies"),
-            (not choices.body.strip() or len(choices.body) > self.max_text_length, "the text is 1-2000 characters"),
-            (any(not 0 < len(o.title) <= 20 for o in options), "quick reply titles are 1-20 characters"),
-            (any(not o.id.strip() or len(o.id) > 1000 for o in options), "quick reply payloads are 1-1000 characters"),
-        ]
-        for failed, message in problems:
-            if failed:
-                raise InvalidChoices(message)
+        check_choice_limits(
+            choices,
+            most=13,
+            title_chars=20,
+            id_chars=1000,
+            text_chars=self.max_text_length,
+            noun="quick reply",
+            nouns="quick replies",
+        )
 
     def send_choices(
         self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]

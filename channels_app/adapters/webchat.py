@@ -33,7 +33,6 @@ from channels.layers import get_channel_layer
 
 from channels_app.adapters.base import (
     Choices,
-    InvalidChoices,
     InvalidMedia,
     InvalidPayload,
     Media,
@@ -42,6 +41,7 @@ from channels_app.adapters.base import (
     ParsedPayload,
     SendError,
     SendResult,
+    check_choice_limits,
     keep_storable,
 )
 
@@ -320,18 +320,10 @@ class WebchatAdapter:
     # --- options to tap (InteractiveAdapter) -------------------------------------------------------
 
     def check_choices(self, choices: Choices) -> None:
-        options = choices.options
-        problems = [
-            (not options, "at least one option is needed"),
-            (len(options) > MAX_CHOICES, f"at most {MAX_CHOICES} options"),
-            (not choices.body.strip() or len(choices.body) > self.max_text_length, "the text is required"),
-            (any(not 0 < len(o.title.strip()) <= MAX_CHOICE_TITLE for o in options),
-             f"option titles are 1-{MAX_CHOICE_TITLE} characters"),
-            (any(not 0 < len(o.id) <= MAX_CHOICE_ID for o in options), f"option ids are 1-{MAX_CHOICE_ID} characters"),
-        ]  # fmt: skip
-        for failed, message in problems:
-            if failed:
-                raise InvalidChoices(message)
+        check_choice_limits(
+            choices, most=MAX_CHOICES, title_chars=MAX_CHOICE_TITLE, id_chars=MAX_CHOICE_ID,
+            text_chars=self.max_text_length,
+        )  # fmt: skip
 
     def send_choices(
         self, *, channel_external_id: str, recipient_id: str, choices: Choices, credentials: dict[str, str]

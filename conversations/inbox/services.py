@@ -235,25 +235,16 @@ def assign(
 def reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any) -> Message:
     """An agent's reply (conversations.services.agent_reply); an unassigned conversation is assigned to
     the agent who answers it first (so the end user learns who joined, and no one else replies unaware).
-    The inbox's endpoint checks the window first (``check_window``)."""
+    Outside the customer-service window: OutsideWindow, before anything is assigned, stored or sent."""
     _check_owner(tenant, conversation)
     if not text.strip():
         raise InboxError("empty", "The reply is empty.")
+    services.check_reply_window(conversation)
     if conversation.assignee_id is None and user is not None and is_tenant_agent(tenant, user):
         assign(tenant=tenant, conversation=conversation, assignee=user, by=user, only_if_unassigned=True)
     message = services.agent_reply(tenant=tenant, conversation=conversation, text=text, user=user)
     mark_read(tenant=tenant, conversation=conversation, user=user)
     return message
-
-
-def check_window(conversation: Conversation) -> None:
-    """Raise OutsideWindow when no free-form message from a human agent may reach the contact now (as
-    the REST API's reply checks it): the reply is refused before anything is stored or sent, and the
-    agent sends a template instead. A Messenger reply within 7 days goes with the HUMAN_AGENT tag. A channel whose sending is disabled is not checked: the reply is
-    then kept failed with that reason."""
-    channel = conversation.channel
-    if not channel.sending_disabled_reason:
-        window.free_form_tag(channel=channel, recipient_id=conversation.contact.external_id, human=True)
 
 
 def window_frame(conversation: Conversation) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from channels_app.secrets import channel_secret_set
 from conversations.inbox import live, services
 from conversations.models import Conversation, Message
 from tests.channels_app.conftest import inbound_from
+from tests.channels_app.test_templates import ORDER_UPDATE, PROMO, SPRING, WELCOME_BACK
 from tests.conversations.conftest import make_whatsapp
 from tests.inbox.conftest import client_for, make_conversation
 from tests.inbox.test_inbox_whatsapp import frames_until
@@ -28,49 +29,16 @@ from tests.inbox.test_inbox_whatsapp import frames_until
 pytestmark = pytest.mark.django_db
 
 CONTACT = "15557654321"
-ORDER_UPDATE = {
-    "name": "order_update",
-    "language": "en_US",
-    "category": "UTILITY",
-    "status": "APPROVED",
-    "parameter_format": "POSITIONAL",
-    "components": [
-        {"type": "HEADER", "format": "IMAGE"},
-        {"type": "BODY", "text": "Hi {{1}}, your order {{2}} has shipped."},
-        {"type": "FOOTER", "text": "Acme Store"},
-        {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Track it"}]},
-    ],
-}
-WELCOME_BACK = {
-    "name": "welcome_back",
-    "language": "en_US",
-    "category": "MARKETING",
-    "status": "APPROVED",
-    "parameter_format": "NAMED",
-    "components": [{"type": "BODY", "text": "Welcome back, {{first_name}}! Reply to pick up where we left off."}],
-}
-PROMO = {
-    "name": "promo_blast",
-    "language": "en_US",
-    "category": "MARKETING",
-    "status": "REJECTED",
-    "rejected_reason": "INVALID_FORMAT",
-    "components": [{"type": "BODY", "text": "50% off everything!"}],
-}
-SPRING = {
-    "name": "spring_sale",
-    "language": "es",
-    "category": "MARKETING",
-    "status": "PAUSED",
-    "components": [{"type": "BODY", "text": "Rebajas de primavera"}],
-}
 
 
 def add_templates(channel: Channel, *items: dict[str, Any]) -> None:
+    """Meta's templates (as tests/channels_app/test_templates.py has them) as a sync stores them."""
     for item in items:
+        fields = {key: value for key, value in item.items() if key != "id"}
         MessageTemplate.objects.create(
-            tenant_id=channel.tenant_id, channel=channel, waba_id="2233445566778", synced_at=timezone.now(), **item
-        )
+            tenant_id=channel.tenant_id, channel=channel, waba_id="2233445566778", synced_at=timezone.now(),
+            meta_id=item.get("id", ""), **fields,
+        )  # fmt: skip
 
 
 def get(client: Client, path: str, tenant) -> Any:

@@ -65,6 +65,11 @@ def seed(tenant: Any, messages: int, rng: Any, end: dt.datetime) -> None:
     def ts(seconds: float) -> str:
         return (start_of + dt.timedelta(seconds=float(seconds))).isoformat()
 
+    def message(conversation_id: Any, channel: Any, direction: str, sender: str, content: str, at: float,
+                *reply: Any) -> None:  # fmt: skip
+        """A transcript row ``at`` seconds into the span; ``reply``: an answer's payload, tokens and cost."""
+        rows.write(_message(tenant_id, conversation_id, channel.pk, direction, sender, content, ts(at), *reply))
+
     for n in range(count):
         contact_id, conversation_id = uuid.uuid4(), uuid.uuid4()
         channel = channels[channel_of[n]]
@@ -82,21 +87,7 @@ def seed(tenant: Any, messages: int, rng: Any, end: dt.datetime) -> None:
             notice = handed[n] and turn == turns - 1
             user_at = last + (0 if turn == 0 else rng.uniform(20, 300))
             reply_at = user_at + rng.uniform(0.5, 6)
-            rows.write(
-                _message(
-                    tenant_id,
-                    conversation_id,
-                    channel.pk,
-                    "in",
-                    "user",
-                    f"question {n}.{turn}",
-                    {},
-                    0,
-                    0,
-                    0,
-                    ts(user_at),
-                )
-            )
+            message(conversation_id, channel, "in", "user", f"question {n}.{turn}", user_at)
             if notice:
                 events.write(
                     _event(tenant_id, "conversation.updated", conversation_id, "bot", "handoff_requested", ts(user_at))
@@ -107,30 +98,14 @@ def seed(tenant: Any, messages: int, rng: Any, end: dt.datetime) -> None:
                     )
                 )
                 payload = {"sources": [], "handoff": True, "fallback": False, "retrieved": 0}
-                rows.write(
-                    _message(
-                        tenant_id,
-                        conversation_id,
-                        channel.pk,
-                        "out",
-                        "assistant",
-                        "A person will answer",
-                        payload,
-                        0,
-                        0,
-                        0,
-                        ts(reply_at),
-                    )
-                )
+                message(conversation_id, channel, "out", "assistant", "A person will answer", reply_at, payload)
                 agent_at = reply_at + rng.uniform(30, 1800)
                 events.write(
                     _event(
                         tenant_id, "conversation.updated", conversation_id, "handoff_requested", "agent", ts(agent_at)
                     )
                 )
-                rows.write(
-                    _message(tenant_id, conversation_id, channel.pk, "out", "agent", "Hello", {}, 0, 0, 0, ts(agent_at))
-                )
+                message(conversation_id, channel, "out", "agent", "Hello", agent_at)
                 last = agent_at
                 break
             draw = rng.random()
@@ -154,21 +129,7 @@ def seed(tenant: Any, messages: int, rng: Any, end: dt.datetime) -> None:
             }
             prompt, completion = int(rng.integers(400, 2000)), int(rng.integers(20, 300))
             cost = round(prompt * 0.15e-6 + completion * 0.6e-6, 6)
-            rows.write(
-                _message(
-                    tenant_id,
-                    conversation_id,
-                    channel.pk,
-                    "out",
-                    "assistant",
-                    "answer",
-                    payload,
-                    prompt,
-                    completion,
-                    cost,
-                    ts(reply_at),
-                )
-            )
+            message(conversation_id, channel, "out", "assistant", "answer", reply_at, payload, prompt, completion, cost)
             last = reply_at
         if resolved[n]:
             previous = "agent" if handed[n] else "bot"
@@ -220,14 +181,14 @@ def seed(tenant: Any, messages: int, rng: Any, end: dt.datetime) -> None:
 
 
 def _message(
-    tenant_id: str, conversation_id: Any, channel_id: Any, direction: str, sender: str, content: str,
-    payload: dict[str, Any], prompt: int, completion: int, cost: float, at: str,
+    tenant_id: str, conversation_id: Any, channel_id: Any, direction: str, sender: str, content: str, at: str,
+    payload: dict[str, Any] | None = None, prompt: int = 0, completion: int = 0, cost: float = 0,
 ) -> str:  # fmt: skip
     from conversations.models import Message
 
     values = {
         "tenant_id": tenant_id, "conversation_id": conversation_id, "channel_id": channel_id, "direction": direction,
-        "sender": sender, "kind": "text", "content": content, "payload": json.dumps(payload),
+        "sender": sender, "kind": "text", "content": content, "payload": json.dumps(payload or {}),
         "platform_message_id": "", "status": "processed" if sender == "user" else "sent", "error": "{}",
         "prompt_tokens": prompt, "completion_tokens": completion, "cost_usd": cost, "timings": "{}",
         "agent_user_id": "\\N", "created_at": at, "updated_at": at,

@@ -37,11 +37,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from bench.webchat import free_port, percentile, setup_django, wait_for_port
+from bench._throwaway_db import server_env, throwaway_database
+from bench.webchat import free_port, percentile, setup_django, start_daphne, start_turns_worker, wait_for_port
+from config.serve import stop_processes
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_SECRET = "bench-inbox-app-secret"
 PHONE_NUMBER_ID = "109000000000001"
 
@@ -298,8 +298,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     prefix = f"benchinbox{os.getpid()}"
     setup_django(prefix)
-    from django.conf import settings
-    from django.db import connection
 
     print(
         f"inbox bench: {args.agents} agent sockets, {args.rate:g} msg/s for {args.duration:g} s across "
@@ -307,51 +305,30 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     db_name = f"bench_inbox_{os.getpid()}"
-    connection.settings_dict["TEST"]["NAME"] = db_name
     t0 = time.monotonic()
-    original_db_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    data = seed(args)
-    print(f"bench database {db_name} migrated and seeded in {time.monotonic() - t0:.1f}s", flush=True)
+    with throwaway_database(db_name, keep=args.keep_db):
+        data = seed(args)
+        print(f"bench database {db_name} migrated and seeded in {time.monotonic() - t0:.1f}s", flush=True)
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = urlparse(settings.DATABASE_URL)._replace(path="/" + db_name).geturl()
-    env["REDIS_KEY_PREFIX"] = prefix
-    env["LOG_LEVEL"] = "WARNING"
-    env["TURN_DEBOUNCE_SECONDS"] = "0"
-    env["GRAPH_API_BASE_URL"] = "http://127.0.0.1:9"  # nothing is sent: the conversations are with agents
-    children: list[subprocess.Popen] = []
-    logs = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
-    try:
-        port = free_port()
-        log = (logs / f"bench-inbox-{os.getpid()}.log").open("wb")
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        children.append(daphne)
-        for k in range(args.worker_processes):
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", "threads",
-                     "-c", str(args.workers), "-n", f"benchinbox{os.getpid()}.{k}@%h", "--loglevel", "WARNING"],
-                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        env = server_env(db_name, prefix)
+        env["TURN_DEBOUNCE_SECONDS"] = "0"
+        env["GRAPH_API_BASE_URL"] = "http://127.0.0.1:9"  # nothing is sent: the conversations are with agents
+        children: list[subprocess.Popen] = []
+        logs = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
+        try:
+            port = free_port()
+            log = (logs / f"bench-inbox-{os.getpid()}.log").open("wb")
+            daphne = start_daphne(port, env, log)
+            children.append(daphne)
+            for k in range(args.worker_processes):
+                children.append(
+                    start_turns_worker(env, log, name=f"benchinbox{os.getpid()}.{k}@%h", concurrency=args.workers)
                 )
-            )  # fmt: skip
-        wait_for_port(port, daphne)
-        result = asyncio.run(live(args, port, data))
-        lists = list_timings(port, data, args.list_requests)
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        connection.close()
-        if not args.keep_db:
-            connection.creation.destroy_test_db(original_db_name, verbosity=0)
+            wait_for_port(port, daphne)
+            result = asyncio.run(live(args, port, data))
+            lists = list_timings(port, data, args.list_requests)
+        finally:
+            stop_processes(children)
 
     pairs, slowest = result["pairs"], result["slowest"]
     print(f"agents connected: {result['connected']}/{args.agents} {result['errors'] or ''}")

@@ -25,17 +25,18 @@ import asyncio
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import IO
 
 from bench._cpu import CpuMeter
 from bench._knowledge_setup import setup_django
+from bench._throwaway_db import server_env, throwaway_database
+from config.serve import stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://bench.example"
@@ -97,6 +98,25 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> 
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("daphne did not start listening in time")
+
+
+def start_daphne(port: int, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen:
+    """daphne serving the platform (HTTP and WebSocket) on 127.0.0.1:``port``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def start_turns_worker(
+    env: dict[str, str], log: IO[bytes], *, name: str, concurrency: int, pool: str = "threads"
+) -> subprocess.Popen:
+    """A Celery worker on the turns queue (``default``), as ``make run`` starts one."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", pool,
+         "-c", str(concurrency), "-n", name, "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 def rss_of(pid: int) -> int:
@@ -245,7 +265,6 @@ def main(argv: list[str]) -> int:
     prefix = f"benchwc{os.getpid()}"
     setup_django(prefix)
     from django.conf import settings
-    from django.db import connection
 
     until = "reply" if args.until == "auto" else args.until
     args.until = until
@@ -256,112 +275,91 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     db_name = f"bench_webchat_{os.getpid()}"
-    connection.settings_dict["TEST"]["NAME"] = db_name
     t0 = time.monotonic()
-    original_db_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    print(f"bench database {db_name} migrated in {time.monotonic() - t0:.1f}s", flush=True)
+    with throwaway_database(db_name, keep=args.keep_db):
+        print(f"bench database {db_name} migrated in {time.monotonic() - t0:.1f}s", flush=True)
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = urlparse(settings.DATABASE_URL)._replace(path="/" + db_name).geturl()
-    env["REDIS_KEY_PREFIX"] = prefix
-    env["LOG_LEVEL"] = "WARNING"
-    env["WEBCHAT_RATE_LIMIT_PER_MINUTE"] = "100000"
-    settings.WEBCHAT_RATE_LIMIT_PER_MINUTE = 100000
-    env["TURN_DEBOUNCE_SECONDS"] = str(args.debounce)
-    env["WEBCHAT_JWT_TTL_SECONDS"] = "3600"
-    settings.WEBCHAT_JWT_TTL_SECONDS = 3600
-    children: list[subprocess.Popen] = []
-    logs = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
-    try:
-        port = free_port()
-        daphne_log = (logs / f"bench-webchat-daphne-{os.getpid()}.log").open("wb")
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            stdout=daphne_log,
-            stderr=subprocess.STDOUT,
-        )
-        children.append(daphne)
-        if until == "reply":
-            worker_log = (logs / f"bench-webchat-worker-{os.getpid()}.log").open("wb")
-            for k in range(args.worker_processes):
-                children.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P",
-                         args.worker_pool, "-c", str(args.workers), "-n", f"benchwc{os.getpid()}.{k}@%h",
-                         "--loglevel", "WARNING"],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=worker_log,
-                        stderr=subprocess.STDOUT,
+        env = server_env(db_name, prefix)
+        env["WEBCHAT_RATE_LIMIT_PER_MINUTE"] = "100000"
+        settings.WEBCHAT_RATE_LIMIT_PER_MINUTE = 100000
+        env["TURN_DEBOUNCE_SECONDS"] = str(args.debounce)
+        env["WEBCHAT_JWT_TTL_SECONDS"] = "3600"
+        settings.WEBCHAT_JWT_TTL_SECONDS = 3600
+        children: list[subprocess.Popen] = []
+        logs = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
+        try:
+            port = free_port()
+            daphne_log = (logs / f"bench-webchat-daphne-{os.getpid()}.log").open("wb")
+            daphne = start_daphne(port, env, daphne_log)
+            children.append(daphne)
+            if until == "reply":
+                worker_log = (logs / f"bench-webchat-worker-{os.getpid()}.log").open("wb")
+                for k in range(args.worker_processes):
+                    children.append(
+                        start_turns_worker(
+                            env,
+                            worker_log,
+                            name=f"benchwc{os.getpid()}.{k}@%h",
+                            pool=args.worker_pool,
+                            concurrency=args.workers,
+                        )
                     )
-                )  # fmt: skip
-        wait_for_port(port, daphne)
+            wait_for_port(port, daphne)
 
-        from channels_app import webchat
-        from channels_app.models import Channel, new_widget_key
-        from tenants import services
+            from channels_app import webchat
+            from channels_app.models import Channel, new_widget_key
+            from tenants import services
 
-        tenant = services.tenant_create(
-            name="Bench web chat",
-            slug=f"bench-webchat-{os.getpid()}",
-            settings={"brandName": "Bench", "enableRag": bool(args.rag), "llm": {"provider": "offline"}},
-        )
-        channel = Channel.objects.create(
-            tenant=tenant,
-            type=Channel.Type.WEBCHAT,
-            name="bench",
-            external_id=new_widget_key(),
-            config={"allowed_origins": [ORIGIN]},
-        )
-        tokens = {}
-        for _ in range(args.sessions):
-            visitor_id = webchat.new_visitor_id()
-            tokens[visitor_id] = webchat.token_issue(channel=channel, visitor_id=visitor_id)[0]
-        groups = {"daphne": [daphne.pid], "bench client": [os.getpid()]}
-        if len(children) > 1:
-            groups["worker"] = [child.pid for child in children[1:]]
-        meter = CpuMeter(groups, postgres_database=db_name)
-        result = asyncio.run(run_load(args, f"ws://127.0.0.1:{port}", tokens, daphne.pid, meter))
-        load: Load = result["load"]
-        lat = load.latencies
-        per_connection = (result["rss_connected"] - result["rss_idle"]) / max(1, result["connected"])
-        print(
-            f"sessions connected:       {result['connected']} of {args.sessions} in {result['connect_seconds']:.1f}s"
-            + (f"   failures: {result['connect_errors']}" if result["connect_errors"] else "")
-        )
-        print(f"messages sent:            {load.sent} ({load.sent / args.duration:.1f}/s)")
-        print(f"round trips completed:    {len(lat)}   lost (>{args.timeout:g}s): {load.lost}   errors: {load.errors}")
-        if lat:
-            print(
-                f"round trip ({until}) ms:     p50 {percentile(lat, 50):.1f}   p95 {percentile(lat, 95):.1f}   "
-                f"p99 {percentile(lat, 99):.1f}   max {max(lat):.1f}   mean {statistics.fmean(lat):.1f}"
+            tenant = services.tenant_create(
+                name="Bench web chat",
+                slug=f"bench-webchat-{os.getpid()}",
+                settings={"brandName": "Bench", "enableRag": bool(args.rag), "llm": {"provider": "offline"}},
             )
-        print(
-            f"daphne RSS:               idle {result['rss_idle'] / 2**20:.1f} MiB, "
-            f"{result['connected']} connected {result['rss_connected'] / 2**20:.1f} MiB, "
-            f"after load {result['rss_after'] / 2**20:.1f} MiB"
-        )
-        print(f"server memory/connection: {per_connection / 1024:.1f} KiB")
-        print(meter.report(per=max(1, load.sent), unit="message"))
-        target = percentile(lat, 95) <= 250 if lat else False
-        print(f"target p95 <= 250 ms:     {'met' if target else 'NOT met'}")
-        return 0 if lat and load.lost == 0 and result["connected"] == args.sessions else 1
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        connection.close()
-        if not args.keep_db:
-            connection.creation.destroy_test_db(original_db_name, verbosity=0)
-        _clear_redis_prefix(prefix)
+            channel = Channel.objects.create(
+                tenant=tenant,
+                type=Channel.Type.WEBCHAT,
+                name="bench",
+                external_id=new_widget_key(),
+                config={"allowed_origins": [ORIGIN]},
+            )
+            tokens = {}
+            for _ in range(args.sessions):
+                visitor_id = webchat.new_visitor_id()
+                tokens[visitor_id] = webchat.token_issue(channel=channel, visitor_id=visitor_id)[0]
+            groups = {"daphne": [daphne.pid], "bench client": [os.getpid()]}
+            if len(children) > 1:
+                groups["worker"] = [child.pid for child in children[1:]]
+            meter = CpuMeter(groups, postgres_database=db_name)
+            result = asyncio.run(run_load(args, f"ws://127.0.0.1:{port}", tokens, daphne.pid, meter))
+            load: Load = result["load"]
+            lat = load.latencies
+            per_connection = (result["rss_connected"] - result["rss_idle"]) / max(1, result["connected"])
+            print(
+                f"sessions connected:       {result['connected']} of {args.sessions} in {result['connect_seconds']:.1f}s"
+                + (f"   failures: {result['connect_errors']}" if result["connect_errors"] else "")
+            )
+            print(f"messages sent:            {load.sent} ({load.sent / args.duration:.1f}/s)")
+            print(
+                f"round trips completed:    {len(lat)}   lost (>{args.timeout:g}s): {load.lost}   errors: {load.errors}"
+            )
+            if lat:
+                print(
+                    f"round trip ({until}) ms:     p50 {percentile(lat, 50):.1f}   p95 {percentile(lat, 95):.1f}   "
+                    f"p99 {percentile(lat, 99):.1f}   max {max(lat):.1f}   mean {statistics.fmean(lat):.1f}"
+                )
+            print(
+                f"daphne RSS:               idle {result['rss_idle'] / 2**20:.1f} MiB, "
+                f"{result['connected']} connected {result['rss_connected'] / 2**20:.1f} MiB, "
+                f"after load {result['rss_after'] / 2**20:.1f} MiB"
+            )
+            print(f"server memory/connection: {per_connection / 1024:.1f} KiB")
+            print(meter.report(per=max(1, load.sent), unit="message"))
+            target = percentile(lat, 95) <= 250 if lat else False
+            print(f"target p95 <= 250 ms:     {'met' if target else 'NOT met'}")
+            return 0 if lat and load.lost == 0 and result["connected"] == args.sessions else 1
+        finally:
+            stop_processes(children)
+            _clear_redis_prefix(prefix)
 
 
 def _clear_redis_prefix(prefix: str) -> None:

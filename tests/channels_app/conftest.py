@@ -1,6 +1,6 @@
-"""Channels test kit: channels with real encrypted credentials, signed webhook posts, and a local
-HTTP server speaking the Graph API (messages of every type, media lookup, media download, user
-profile, a WABA's message templates with cursor paging)."""
+"""Channels test kit: channels with real encrypted credentials, signed webhook posts, a contact's
+conversation, and a local HTTP server speaking the Graph API (messages of every type, media lookup,
+media download, user profile, a WABA's message templates with cursor paging)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from channels_app import services
 from channels_app.adapters.base import NormalizedMessage
 from channels_app.adapters.meta import sign
 from channels_app.models import Channel, InboundEvent
+from conversations.models import Contact, Conversation
 from tenants.models import Tenant
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -116,6 +117,12 @@ def inbound_from(channel: Channel, sender: str, *, hours_ago: float = 0.0, messa
         normalized=normalized,
         status=InboundEvent.Status.PROCESSED,
     )
+
+
+def conversation_with(channel: Channel, sender: str) -> Conversation:
+    """A conversation of ``channel`` with the contact ``sender`` (the platform's id of the user)."""
+    contact = Contact.objects.create(tenant_id=channel.tenant_id, channel=channel, external_id=sender)
+    return Conversation.objects.create(tenant_id=channel.tenant_id, channel=channel, contact=contact)
 
 
 def stored_messages(channel: Channel) -> list[dict[str, Any]]:

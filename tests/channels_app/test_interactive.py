@@ -12,12 +12,13 @@ import pytest
 
 from channels_app import services
 from channels_app.adapters.base import Choice, Choices, InvalidChoices
-from conversations.models import Contact, Conversation, Message
+from conversations.models import Conversation, Message
 from tests.channels_app.conftest import (
     MS_PAGE_ID,
     MS_SECRET,
     WA_PHONE_NUMBER_ID,
     WA_SECRET,
+    conversation_with,
     inbound_from,
     stored_messages,
 )
@@ -25,11 +26,6 @@ from tests.channels_app.conftest import (
 WA_USER = "972987654321"
 MS_USER = "6944325612345678"
 SLOTS = [{"id": "slot_am", "title": "Morning"}, {"id": "slot_pm", "title": "Afternoon"}]
-
-
-def conversation_with(channel, sender: str) -> Conversation:
-    contact = Contact.objects.create(tenant_id=channel.tenant_id, channel=channel, external_id=sender)
-    return Conversation.objects.create(tenant_id=channel.tenant_id, channel=channel, contact=contact)
 
 
 def offer(api: Any, conversation: Conversation, **body: Any) -> Any:

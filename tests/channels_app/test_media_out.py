@@ -12,8 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from channels_app.adapters.base import InvalidMedia, OutboundMedia
 from channels_app.services import outbound_media
-from conversations.models import Contact, Conversation, Message
-from tests.channels_app.conftest import MS_PAGE_ID, WA_PHONE_NUMBER_ID, WA_TOKEN, inbound_from
+from conversations.models import Conversation, Message
+from tests.channels_app.conftest import MS_PAGE_ID, WA_PHONE_NUMBER_ID, WA_TOKEN, conversation_with, inbound_from
 
 WA_USER = "972987654321"
 MS_USER = "6944325612345678"
@@ -23,11 +23,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 @pytest.fixture(autouse=True)
 def _files_in_tmp(settings: Any, tmp_path: Any) -> None:
     settings.MEDIA_ROOT = str(tmp_path)
-
-
-def conversation_with(channel, sender: str) -> Conversation:
-    contact = Contact.objects.create(tenant_id=channel.tenant_id, channel=channel, external_id=sender)
-    return Conversation.objects.create(tenant_id=channel.tenant_id, channel=channel, contact=contact)
 
 
 def send_file(api: Any, conversation: Conversation, **fields: Any) -> Any:

@@ -11,8 +11,8 @@ import pytest
 
 from channels_app.models import MessageTemplate
 from channels_app.services import templates
-from conversations.models import Contact, Conversation, Message
-from tests.channels_app.conftest import WA_WABA_ID, inbound_from
+from conversations.models import Conversation, Message
+from tests.channels_app.conftest import WA_WABA_ID, conversation_with, inbound_from
 
 WA_USER = "972987654321"
 
@@ -76,11 +76,6 @@ def meta_templates(graph) -> list[dict[str, Any]]:
 @pytest.fixture
 def synced(wa_channel, meta_templates) -> None:
     templates.templates_sync(channel=wa_channel)
-
-
-def conversation_with(channel, sender: str) -> Conversation:
-    contact = Contact.objects.create(tenant_id=channel.tenant_id, channel=channel, external_id=sender)
-    return Conversation.objects.create(tenant_id=channel.tenant_id, channel=channel, contact=contact)
 
 
 def send(api: Any, conversation: Conversation, **body: Any) -> Any:

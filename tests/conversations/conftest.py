@@ -1,5 +1,6 @@
 """Fixtures of the conversation tests: a WhatsApp channel whose Graph API is a local server, a local
-OpenAI-compatible server, and a way to deliver a user's message as the platform would."""
+OpenAI-compatible server, a way to deliver a user's message as the platform would, and a stored
+conversation of a user's messages and a bot's reply."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from channels_app.inbound import record_inbound
 from channels_app.models import Channel
 from channels_app.secrets import channel_secret_set
 from config.openai_clients import reset_clients
+from conversations.models import Contact, Conversation, Message
 from tests.conversations.servers import GraphRecorder, OpenAIScript, graph_handler, openai_handler
 from tests.payloads import whatsapp_payload
 
@@ -79,6 +81,26 @@ def webchat_say(channel: Channel, visitor: str, text: str) -> None:
     )  # fmt: skip
     with transaction.atomic():
         record_inbound(channel=channel, messages=[message])
+
+
+def conversation_with_texts(channel: Channel, texts: list[str], *, reply: str) -> Conversation:
+    """A new contact's conversation on ``channel``, stored directly: the user's ``texts``, then the bot's
+    ``reply``."""
+    contact = Contact.objects.create(
+        tenant_id=channel.tenant_id, channel=channel, external_id=f"c{Contact.objects.count()}"
+    )
+    conversation = Conversation.objects.create(tenant_id=channel.tenant_id, channel=channel, contact=contact)
+    said = [(Message.Direction.INBOUND, Message.Sender.USER, text) for text in texts]
+    for direction, sender, content in [*said, (Message.Direction.OUTBOUND, Message.Sender.ASSISTANT, reply)]:
+        Message.objects.create(
+            tenant_id=channel.tenant_id,
+            conversation=conversation,
+            channel=channel,
+            direction=direction,
+            sender=sender,
+            content=content,
+        )
+    return conversation
 
 
 @pytest.fixture

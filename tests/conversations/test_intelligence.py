@@ -12,9 +12,10 @@ from django.utils import timezone
 from channels_app.models import Channel, new_widget_key
 from conversations import intelligence
 from conversations.analytics import DateRange, insights
-from conversations.models import Contact, Conversation, Message
+from conversations.models import Conversation
 from conversations.tasks import analyse_conversations
 from knowledge.embedders import LocalE5Embedder
+from tests.conversations.conftest import conversation_with_texts
 
 CATEGORIES = [
     {"name": "Shipping", "description": "Delivery times, shipping costs, tracking a parcel, delivery countries"},
@@ -76,26 +77,9 @@ def test_tags_from_the_tenants_categories_and_none_for_small_talk(
     assert insight is not None and insight.tags == expected
 
 
-def _conversation(tenant, channel, texts: list[str], *, created: dt.datetime) -> Conversation:  # type: ignore[no-untyped-def]
-    contact = Contact.objects.create(tenant=tenant, channel=channel, external_id=f"c{Contact.objects.count()}")
-    conversation = Conversation.objects.create(tenant=tenant, channel=channel, contact=contact)
-    for text in texts:
-        Message.objects.create(
-            tenant=tenant,
-            conversation=conversation,
-            channel=channel,
-            direction=Message.Direction.INBOUND,
-            sender=Message.Sender.USER,
-            content=text,
-        )
-    Message.objects.create(  # the bot's words are not the user's sentiment
-        tenant=tenant,
-        conversation=conversation,
-        channel=channel,
-        direction=Message.Direction.OUTBOUND,
-        sender=Message.Sender.ASSISTANT,
-        content="Thank you, wonderful, great, perfect!",
-    )
+def _conversation(channel: Channel, texts: list[str], *, created: dt.datetime) -> Conversation:
+    # The bot's words are not the user's sentiment.
+    conversation = conversation_with_texts(channel, texts, reply="Thank you, wonderful, great, perfect!")
     old = created - dt.timedelta(minutes=5)
     Conversation.objects.filter(pk=conversation.pk).update(created_at=created, last_activity_at=old)
     return conversation
@@ -114,11 +98,9 @@ def test_conversations_get_sentiment_and_tags_filterable_in_the_api_and_counted_
         Channel.objects.create(tenant=t, type=Channel.Type.WEBCHAT, name="Site", external_id=new_widget_key())
         for t in (tenant, other_tenant)
     )
-    angry = _conversation(
-        tenant, channel, ["Where is my parcel?", "It is two weeks late, this is unacceptable!"], created=now
-    )
-    happy = _conversation(tenant, channel, ["Thanks a lot, you solved my problem!"], created=now)
-    theirs = _conversation(other_tenant, other_channel, ["Still no delivery, I'm furious"], created=now)
+    angry = _conversation(channel, ["Where is my parcel?", "It is two weeks late, this is unacceptable!"], created=now)
+    happy = _conversation(channel, ["Thanks a lot, you solved my problem!"], created=now)
+    theirs = _conversation(other_channel, ["Still no delivery, I'm furious"], created=now)
 
     assert analyse_conversations() == 3
 
@@ -175,8 +157,8 @@ def test_a_tenant_with_a_broken_embedder_never_holds_up_the_others(tenant, other
         Channel.objects.create(tenant=t, type=Channel.Type.WEBCHAT, name="Site", external_id=new_widget_key())
         for t in (tenant, other_tenant)
     )
-    broken = [_conversation(tenant, channel, [f"Where is my parcel {n}?"], created=now) for n in range(3)]
-    theirs = _conversation(other_tenant, other_channel, ["Thanks a lot, you solved my problem!"], created=now)
+    broken = [_conversation(channel, [f"Where is my parcel {n}?"], created=now) for n in range(3)]
+    theirs = _conversation(other_channel, ["Thanks a lot, you solved my problem!"], created=now)
     Conversation.objects.filter(pk=theirs.pk).update(last_activity_at=now - dt.timedelta(minutes=1))
 
     assert intelligence.analyse_pending(limit=2) == 0  # the broken tenant's two oldest fail...

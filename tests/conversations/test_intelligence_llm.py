@@ -15,7 +15,8 @@ from django.utils import timezone
 from channels_app.models import Channel, new_widget_key
 from config import metrics
 from conversations import intelligence
-from conversations.models import Contact, Conversation, Message
+from conversations.models import Conversation
+from tests.conversations.conftest import conversation_with_texts
 from tests.conversations.servers import OpenAIScript
 
 CATEGORIES = [
@@ -34,25 +35,8 @@ def _conversation(tenant: Any, texts: list[str]) -> Conversation:
     channel = Channel.objects.filter(tenant=tenant).first() or Channel.objects.create(
         tenant=tenant, type=Channel.Type.WEBCHAT, name="Site", external_id=new_widget_key()
     )
-    contact = Contact.objects.create(tenant=tenant, channel=channel, external_id=f"c{Contact.objects.count()}")
-    conversation = Conversation.objects.create(tenant=tenant, channel=channel, contact=contact)
-    for text in texts:
-        Message.objects.create(
-            tenant=tenant,
-            conversation=conversation,
-            channel=channel,
-            direction=Message.Direction.INBOUND,
-            sender=Message.Sender.USER,
-            content=text,
-        )
-    Message.objects.create(  # the bot's words are not sent to the LLM
-        tenant=tenant,
-        conversation=conversation,
-        channel=channel,
-        direction=Message.Direction.OUTBOUND,
-        sender=Message.Sender.ASSISTANT,
-        content="The bot said something wonderful.",
-    )
+    # The bot's words are not sent to the LLM.
+    conversation = conversation_with_texts(channel, texts, reply="The bot said something wonderful.")
     Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now() - dt.timedelta(minutes=5))
     return Conversation.objects.select_related("tenant").get(pk=conversation.pk)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from channels_app import services as channel_services
@@ -49,10 +50,12 @@ def send_text(
     reply_to_message_id: str = "",
     message_id: int | None = None,
     role: str = "assistant",
+    wrote_at: datetime | None = None,
 ) -> SendResult:
     """Send a text (with its sources where the channel can show them). Raises SendError.
 
-    ``role`` (assistant | agent) reaches adapters whose UI shows who wrote (web chat)."""
+    ``role`` (assistant | agent) reaches adapters whose UI shows who wrote (web chat); ``wrote_at``:
+    when the message this answers was written, if known (spares reading the customer-service window)."""
     if not isinstance(_adapter(channel), RichMessageAdapter):
         return channel_services.send_reply(
             channel=channel,
@@ -60,6 +63,7 @@ def send_text(
             text=text,
             reply_to_message_id=reply_to_message_id,
             human=role == "agent",  # Messenger: an agent may answer with HUMAN_AGENT after 24 h
+            wrote_at=wrote_at,
         )
     channel_services.guard_sendable(channel)
     return channel_services.call_adapter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.utils import timezone
@@ -61,7 +62,13 @@ def guard_sendable(channel: Channel) -> None:
 
 
 def send_reply(
-    *, channel: Channel, recipient_id: str, text: str, reply_to_message_id: str = "", human: bool = False
+    *,
+    channel: Channel,
+    recipient_id: str,
+    text: str,
+    reply_to_message_id: str = "",
+    human: bool = False,
+    wrote_at: datetime | None = None,
 ) -> SendResult:
     """Send a free-form text reply through the channel's adapter (split at the platform limit).
 
@@ -69,9 +76,10 @@ def send_reply(
     nothing is sent and OutsideWindow (``outside_customer_service_window``) is raised; a ``human``
     agent's reply beyond Messenger's 24 hours goes with the HUMAN_AGENT tag while that is allowed.
     Raises SendError: ``permanent`` ones must not be retried (outside the window, bad token, ...);
-    an invalid token disables the channel's sending first (``channel.disabled`` event)."""
+    an invalid token disables the channel's sending first (``channel.disabled`` event). ``wrote_at``:
+    when the message this answers was written, if the caller knows (``window.window_state``)."""
     guard_sendable(channel)
-    tag = window.free_form_tag(channel=channel, recipient_id=recipient_id, human=human)
+    tag = window.free_form_tag(channel=channel, recipient_id=recipient_id, human=human, wrote_at=wrote_at)
     if tag:
         return call_adapter(
             channel=channel,

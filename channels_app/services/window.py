@@ -90,12 +90,16 @@ def last_inbound_at(*, channel: Channel, recipient_id: str) -> datetime | None:
     )
     latest: datetime | None = None
     for received_at, stamp in rows:
-        seconds = finite_float(stamp)
-        at = received_at
-        if seconds > 0:
-            at = min(received_at, datetime.fromtimestamp(seconds, tz=UTC))
+        at = message_time(received_at, stamp)
         latest = at if latest is None or at > latest else latest
     return latest
+
+
+def message_time(received_at: datetime, stamp: Any) -> datetime:
+    """When a contact's message was written: its own time (Meta's clock), never later than when we
+    received it."""
+    seconds = finite_float(stamp)
+    return min(received_at, datetime.fromtimestamp(seconds, tz=UTC)) if seconds > 0 else received_at
 
 
 def last_inbound_message_id(*, channel: Channel, recipient_id: str) -> str:
@@ -112,12 +116,17 @@ def last_inbound_message_id(*, channel: Channel, recipient_id: str) -> str:
     return str(found or "")
 
 
-def window_state(*, channel: Channel, recipient_id: str) -> WindowState:
+def window_state(*, channel: Channel, recipient_id: str, wrote_at: datetime | None = None) -> WindowState:
+    """``wrote_at``: the caller knows the contact wrote then (the message a turn answers); while that
+    alone keeps the window open, nothing is read (a later message could only open it further)."""
     adapter = get_adapter(channel.type)
     if not isinstance(adapter, WindowedAdapter):
         return WindowState(applies=False)
     rule: ServiceWindow = adapter.service_window
-    last = last_inbound_at(channel=channel, recipient_id=recipient_id)
+    if wrote_at is not None and timezone.now() < wrote_at + timedelta(hours=rule.hours):
+        last: datetime | None = wrote_at
+    else:
+        last = last_inbound_at(channel=channel, recipient_id=recipient_id)
     if last is None:
         return WindowState(applies=True, human_agent_tag=rule.human_agent_tag)
     human_closes = last + timedelta(hours=rule.human_agent_hours) if rule.human_agent_tag else None
@@ -130,11 +139,11 @@ def window_state(*, channel: Channel, recipient_id: str) -> WindowState:
     )
 
 
-def free_form_tag(*, channel: Channel, recipient_id: str, human: bool = False) -> str:
+def free_form_tag(*, channel: Channel, recipient_id: str, human: bool = False, wrote_at: datetime | None = None) -> str:
     """Check a free-form (non-template) send before it is made. Returns "" inside the window, or the
     message tag a human agent's reply must carry beyond it (Messenger ``HUMAN_AGENT``); raises
-    OutsideWindow when no free-form message may go."""
-    state = window_state(channel=channel, recipient_id=recipient_id)
+    OutsideWindow when no free-form message may go. ``wrote_at``: see ``window_state``."""
+    state = window_state(channel=channel, recipient_id=recipient_id, wrote_at=wrote_at)
     now = timezone.now()
     if state.is_open(now):
         return ""

@@ -22,7 +22,7 @@ from conversations import language, phrases, state
 from conversations.models import Contact, Conversation, Message
 from conversations.pipeline import rows
 from conversations.pipeline.turn import Turn
-from events.services import emit, event_row, insert_per_row_sql, inserted
+from events.services import event_row, insert_per_row_sql, inserted
 from events.types import EventType
 
 # Message kinds the bot does not answer at all (a reaction is not a question).
@@ -97,22 +97,56 @@ def _touch(contact: Contact, messages: list[tuple[Any, NormalizedMessage]]) -> N
         contact.save(update_fields=["last_seen_at", "profile_name"])
 
 
-def _contact(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> Contact:
-    contact, created = Contact.objects.get_or_create(
+def _contact_and_conversation(turn: Turn, messages: list[tuple[Any, NormalizedMessage]]) -> Conversation:
+    """The contact (new, or one without a conversation on this channel: an API or campaign contact,
+    whose last_seen_at and name are then moved) and its first conversation with
+    ``conversation.created``: one statement, atomic on its own."""
+    contact = Contact(
         tenant_id=turn.tenant.pk,
         channel=turn.channel,
         external_id=turn.sender_external_id,
-        defaults={"profile_name": _sender_name(messages), "last_seen_at": timezone.now()},
+        profile_name=_sender_name(messages),
+        last_seen_at=timezone.now(),
     )
-    if not created:
-        _touch(contact, messages)
-    return contact
-
-
-def _conversation(turn: Turn, contact: Contact) -> Conversation:
-    """A first conversation for a contact that has none."""
-    conversation = Conversation.objects.create(tenant_id=turn.tenant.pk, channel=turn.channel, contact=contact)
-    emit(tenant=turn.tenant, type=EventType.CONVERSATION_CREATED, payload=state.conversation_payload(conversation))
+    contacts = Contact._meta.db_table
+    upsert, params = rows.insert_sql(
+        Contact,
+        [contact],
+        returning=[rows.columns(Contact, contacts)],
+        on_conflict=(
+            "ON CONFLICT (tenant_id, channel_id, external_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at, "
+            f"profile_name = COALESCE(NULLIF(EXCLUDED.profile_name, ''), {contacts}.profile_name)"
+        ),
+    )
+    conversation = Conversation(tenant_id=turn.tenant.pk, channel=turn.channel)
+    create, create_params = rows.insert_sql(
+        Conversation,
+        [conversation],
+        returning=[rows.columns(Conversation, Conversation._meta.db_table)],
+        expressions={"contact_id": "k.id"},
+        source="k",
+    )
+    created = event_row(
+        tenant=turn.tenant,
+        type=EventType.CONVERSATION_CREATED,
+        payload={**state.conversation_payload(conversation), "contact_id": None},  # filled in by the statement
+    )
+    emitted, event_params = insert_per_row_sql(
+        [created], [str(conversation.pk)], rows="v_keys", key="k", id_as="contact_id"
+    )
+    width = rows.width(Contact)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH k AS ({upsert}), v AS ({create}), v_keys AS (SELECT contact_id AS id, id::text AS k FROM v), "  # noqa: S608
+            f"emitted AS ({emitted}) SELECT k.*, v.*, e.id, e.event_id FROM k CROSS JOIN v CROSS JOIN emitted e",
+            params + create_params + event_params,
+        )
+        row = cursor.fetchone()
+    turn.contact = rows.instance(Contact, row[:width])
+    conversation = rows.instance(Conversation, row[width:-2])
+    Conversation.contact.field.set_cached_value(conversation, turn.contact)
+    created.payload["contact_id"] = str(turn.contact.pk)
+    inserted([created], [(row[-2], row[-1])])
     return conversation
 
 
@@ -233,16 +267,19 @@ def run(turn: Turn) -> None:
         and not _answers_rating(turn.conversation, messages)
     )
     # The everyday case, a returning contact's new messages and nothing else to write: one statement,
-    # atomic on its own (no transaction to open and commit around it).
+    # atomic on its own (no transaction to open and commit around it). A new contact's: two, each
+    # atomic (a crash between them leaves a conversation whose messages the retry stores).
     found = turn.contact if returning else None
-    alone = found is not None and known is not None and not reopen and not _touch_due(found, messages)
+    alone = turn.conversation is None or (
+        found is not None and known is not None and not reopen and not _touch_due(found, messages)
+    )
     with nullcontext() if alone else transaction.atomic():
         if found is not None:
             _touch(found, messages)
         elif turn.conversation is None:
-            contact = _contact(turn, messages)
-            turn.contact, turn.conversation = contact, _conversation(turn, contact)
-            known = None  # no conversation row carried the answer: asked on its own (once per contact)
+            turn.conversation = _contact_and_conversation(turn, messages)
+            # Nothing is stored for a contact without a conversation: messages are stored in one.
+            known = set()
         conversation = turn.conversation
         assert conversation is not None
         if reopen:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from datetime import datetime
 
 from django.db import transaction
 
 from channels_app.adapters.base import SendError, SendResult
+from channels_app.services import window
 from conversations import outbound
 from conversations.llm.base import LLMError
 from conversations.models import Message
@@ -104,6 +106,7 @@ def run(turn: Turn) -> None:
                 sources=turn.sources,
                 reply_to_message_id=reply_to,
                 message_id=message.pk,
+                wrote_at=_wrote_at(turn),
             )
         # The reply *is* the handoff notice (handoff_check): no second "handoff" notice after it (the
         # web chat widget showed the same words twice, as a message and as a notice).
@@ -124,6 +127,13 @@ def run(turn: Turn) -> None:
             # A reply split at the platform's length limit: every part's status update must find it.
             message.payload = {**message.payload, "platform_message_ids": list(result.platform_message_ids)}
     turn.time("send_ms", started)
+
+
+def _wrote_at(turn: Turn) -> datetime | None:
+    """When the contact wrote the newest message this turn answers (None for a retried turn, which
+    has no events: the window is then read)."""
+    times = [window.message_time(e.received_at, e.normalized.get("timestamp")) for e in turn.inbound_events]
+    return max(times, default=None)
 
 
 def _send_stream(turn: Turn, message: Message, recipient_id: str) -> SendResult:

@@ -48,19 +48,39 @@ def instance(model: type[M], values: Sequence[Any]) -> M:
     return model.from_db(connection.alias, names, values)
 
 
-def insert_sql(model: type[Model], objs: Sequence[Model], returning: Sequence[str]) -> tuple[str, list[Any]]:
+def insert_sql(
+    model: type[Model],
+    objs: Sequence[Model],
+    returning: Sequence[str],
+    *,
+    on_conflict: str = "",
+    expressions: dict[str, str] | None = None,
+    source: str = "",
+) -> tuple[str, list[Any]]:
     """One INSERT of these new instances (as ``bulk_create`` writes them: each field's ``pre_save`` and
-    database preparation, the auto primary key left to the database) ``RETURNING`` these columns."""
+    database preparation, the auto primary key left to the database) ``RETURNING`` these columns.
+
+    ``on_conflict``: an ``ON CONFLICT`` clause; ``expressions``: SQL written instead of a column's value
+    (by attname), reading the one row of ``source`` (an earlier CTE of the same statement), e.g. its id."""
     meta = model._meta
+    expressions = expressions or {}
     fields = [field for field in meta.concrete_fields if field is not meta.auto_field]
     params: list[Any] = []
     for obj in objs:
         obj._prepare_related_fields_for_save(operation_name="bulk_create")  # type: ignore[attr-defined]
-        params += [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
+        params += [
+            field.get_db_prep_save(field.pre_save(obj, True), connection)
+            for field in fields
+            if field.attname not in expressions
+        ]
     names = ", ".join(f'"{field.column}"' for field in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    values = ", ".join([row] * len(objs))
-    sql = f"INSERT INTO {meta.db_table} ({names}) VALUES {values} RETURNING {', '.join(returning)}"  # noqa: S608
+    cells = ", ".join(expressions.get(field.attname, "%s") for field in fields)
+    if expressions:
+        assert len(objs) == 1 and source, "expressions read one row of one CTE"
+        values = f"SELECT {cells} FROM {source}"  # noqa: S608 (our columns and CTE names)
+    else:
+        values = "VALUES " + ", ".join([f"({cells})"] * len(objs))
+    sql = f"INSERT INTO {meta.db_table} ({names}) {values} {on_conflict} RETURNING {', '.join(returning)}"
     return sql, params
 
 

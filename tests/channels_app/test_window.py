@@ -4,9 +4,11 @@ API: the API answers 409 outside_customer_service_window and the bot's send is r
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from channels_app import services
 from channels_app.models import Channel
@@ -143,3 +145,21 @@ def test_send_typing_sends_nothing_once_the_window_has_closed(wa_channel, graph)
     inbound_from(wa_channel, WA_USER, hours_ago=26)
     assert not services.send_typing(conversation_with(wa_channel, WA_USER))
     assert graph.requests == []
+
+
+def test_the_message_a_turn_answers_holds_the_window_open_and_an_old_one_does_not(wa_channel, graph):
+    # The turn knows when the contact wrote the message it answers: within 24 hours it goes out...
+    services.send_reply(
+        channel=wa_channel, recipient_id=WA_USER, text="Right away.", wrote_at=timezone.now() - timedelta(hours=23)
+    )
+    assert len(graph.posts()) == 1
+    # ...a message written 25 hours ago (a turn retried that late) goes nowhere unless a later one opened it.
+    with pytest.raises(window.OutsideWindow):
+        services.send_reply(
+            channel=wa_channel, recipient_id=WA_USER, text="Sorry!", wrote_at=timezone.now() - timedelta(hours=25)
+        )
+    inbound_from(wa_channel, WA_USER, hours_ago=1)
+    services.send_reply(
+        channel=wa_channel, recipient_id=WA_USER, text="Sorry!", wrote_at=timezone.now() - timedelta(hours=25)
+    )
+    assert len(graph.posts()) == 2

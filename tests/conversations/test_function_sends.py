@@ -207,7 +207,10 @@ def test_outside_the_window_neither_the_reply_nor_the_functions_file_and_options
 
     post_signed(old_message(whatsapp, hours_ago=25, text="Where is my order?"))  # answered only now
 
-    wait_until(lambda: Message.objects.filter(sender="assistant", kind="choices", status="failed").exists())
+    # The files and options are recorded as they are refused, the reply when the turn finishes.
+    wait_until(
+        lambda: Message.objects.filter(sender="assistant", kind__in=["text", "choices"], status="failed").count() == 2
+    )
     assert sends(graph) == []
     rows = {m.kind: m for m in Message.objects.filter(sender="assistant")}
     assert rows["text"].status == "failed" and rows["text"].error["reason"] == "outside_window"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from channels_app.models import InboundEvent
-from conversations.models import Conversation, Message
+from conversations.models import Contact, Conversation, Message
 from events.models import Event
 from tests.conftest import wait_until
 from tests.conversations.conftest import deliver
@@ -121,3 +121,26 @@ def test_redelivered_webhook_is_answered_once(live_worker, whatsapp, graph, open
 
     assert replies(graph) == ["LLM answer to: Is this answered once?", "LLM answer to: And this?"]
     assert Message.objects.filter(sender="user").count() == 2
+
+
+def test_a_contact_known_before_its_first_message_gets_its_conversation_not_a_twin(live_worker, whatsapp, graph):
+    # An integrator (or a campaign) created the contact before they ever wrote.
+    known = Contact.objects.create(
+        tenant_id=whatsapp.tenant_id, channel=whatsapp, external_id="15551234567", profile_name="", language="es"
+    )
+
+    deliver(whatsapp, text="Hola, what are your opening hours?")
+
+    wait_until(lambda: replies(graph))
+    contact = Contact.objects.get(tenant_id=whatsapp.tenant_id, channel=whatsapp)
+    assert contact.pk == known.pk
+    assert contact.profile_name == "Alice" and contact.language == "es" and contact.last_seen_at is not None
+    conversation = Conversation.objects.get(contact=contact)
+    assert Message.objects.filter(conversation=conversation, sender="user").count() == 1
+    created = Event.objects.get(type="conversation.created")
+    assert created.payload == {
+        "conversation_id": str(conversation.pk),
+        "channel_id": str(whatsapp.pk),
+        "contact_id": str(known.pk),
+        "state": "bot",
+    }

@@ -13,7 +13,9 @@
 5. ``score`` is a calibrated relevance in 0..1 that ``minSimilarity`` cuts on: the calibrated
    cosine (e5: the margin over the query's own similarity to unrelated text, knowledge.background;
    other embedders: Embedder.calibration), or the keyword coverage (share of the query's idf mass
-   the chunk contains) when higher. Nothing passing: ``[]``.
+   the chunk contains) when higher. Nothing passing: ``[]``. With weighted fusion, a chunk ranked
+   close to the best chunk that passes (fused score at least KNOWLEDGE_NEAR_BEST of its score) comes
+   along: the cut says whether the search found something, the ranking what else belongs with it.
 """
 
 from __future__ import annotations
@@ -144,14 +146,15 @@ def hybrid_search(
     if keyword_weight > 0 and vector is not None and 0 < prf_docs < len(ranked) and prf_weight > 0:
         ranked = _feedback_rerank(ranked, vector, keyword_weight, vector_weight, fusion)
     low, high = calibration
-    results: list[tuple[_Candidate, float, float]] = []
-    for candidate, fused in ranked:
-        relevance = _relevance(candidate, keyword_weight > 0, vector_weight > 0 and vector is not None, low, high)
-        if relevance >= min_relevance:
-            results.append((candidate, fused, relevance))
-        if len(results) >= k:
-            break
-    return _materialise(tenant, results)
+    vector_on = vector_weight > 0 and vector is not None
+    scored = [(c, fused, _relevance(c, keyword_weight > 0, vector_on, low, high)) for c, fused in ranked]
+    best = next((fused for _, fused, relevance in scored if relevance >= min_relevance), None)
+    if best is None:
+        return []
+    # Reciprocal rank fusion's scores carry ranks, not how close a chunk is: its cut stays the plain one.
+    near = best * settings.KNOWLEDGE_NEAR_BEST if fusion != "rrf" else float("inf")
+    results = [(c, fused, relevance) for c, fused, relevance in scored if relevance >= min_relevance or fused >= near]
+    return _materialise(tenant, results[:k])
 
 
 def _both_legs(

@@ -57,6 +57,9 @@ KNOWLEDGE_BM25_B = env_float("KNOWLEDGE_BM25_B", 0.4)
 # Pseudo-relevance feedback on the vector leg (Rocchio): top N fused results, weight of their mean.
 KNOWLEDGE_PRF_DOCS = env_int("KNOWLEDGE_PRF_DOCS", 3)
 KNOWLEDGE_PRF_WEIGHT = env_float("KNOWLEDGE_PRF_WEIGHT", 0.5)
+# minSimilarity decides whether a search found anything relevant; once a chunk passes it, the chunks
+# ranked close to that one (weighted fusion score at least this share of its score) come along.
+KNOWLEDGE_NEAR_BEST = env_float("KNOWLEDGE_NEAR_BEST", 0.45)
 # Field weighting of the keyword leg: document title + section heading count this many extra times.
 KNOWLEDGE_TITLE_WEIGHT = env_int("KNOWLEDGE_TITLE_WEIGHT", 2)
 

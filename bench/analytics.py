@@ -197,8 +197,20 @@ def _message(
 
 
 def _row(model: Any, values: dict[str, Any]) -> str:
-    """A COPY text line of ``model``'s columns in their order."""
-    return "\t".join(str(values[f.column]) for f in model._meta.concrete_fields) + "\n"
+    """A COPY text line of ``model``'s columns in their order; a column not in ``values`` takes its
+    field's default (NULL where it may be null), so that a field added later needs no change here."""
+    return "\t".join(_copy_text(f, values) for f in model._meta.concrete_fields) + "\n"
+
+
+def _copy_text(field: Any, values: dict[str, Any]) -> str:
+    if field.column in values:
+        return str(values[field.column])
+    if field.null:
+        return "\\N"
+    default = field.get_default()
+    if isinstance(default, list):
+        return "{" + ",".join(default) + "}"
+    return json.dumps(default) if isinstance(default, dict) else str(default)
 
 
 def _event(tenant_id: str, kind: str, conversation_id: Any, previous: str, state: str, at: str) -> str:

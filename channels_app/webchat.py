@@ -24,15 +24,13 @@ from urllib.parse import urlsplit
 
 import jwt
 import redis
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from channels_app import webchat_media
 from channels_app.adapters.webchat import WebchatAdapter, clean_sources, wire_message_id
 from channels_app.inbound import record_inbound
 from channels_app.models import Channel, InboundEvent
-from config import metrics
+from config import channel_layer, metrics
 from config.redis_clients import redis_client
 from tenants import ratelimit
 
@@ -601,6 +599,8 @@ def socket_release(*, channel: Channel, visitor_id: str, socket_name: str) -> No
 
 # The consumer's handler for the close notice ("webchat.channel_closed" -> webchat_channel_closed).
 CHANNEL_CLOSED_EVENT_TYPE = "webchat.channel_closed"
+# The switched-off notice waits at most this long for the channel layer (the sockets are refused anyway).
+CLOSE_NOTICE_TIMEOUT = 5.0
 
 
 def channel_group(channel_id: Any) -> str:
@@ -623,15 +623,13 @@ def close_channel_sockets(*, channel_id: Any) -> None:
     ``error`` frame (``channel_inactive``) and the close code 4403. Call it after the change commits.
     If the notice is lost (Redis down), the sockets still have every message refused
     (``ensure_channel_still_open``), and closed at their next one."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        async_to_sync(layer.group_send)(
+        channel_layer.group_send(
             channel_group(channel_id),
             {"type": CHANNEL_CLOSED_EVENT_TYPE, "code": "channel_inactive", "message": "This chat is switched off."},
+            timeout=CLOSE_NOTICE_TIMEOUT,
         )
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError) as exc:  # OSError: TimeoutError too
         logger.warning(
             "web chat sockets not told the channel is off: channel layer unavailable",
             extra={"channel_id": str(channel_id), "error": str(exc)},

@@ -16,20 +16,14 @@ fetches it through a URL signed for that visitor (``/api/webchat/media/<ref>/``)
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
 import math
-import os
-import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
-
-from channels.layers import get_channel_layer
 
 from channels_app.adapters.base import (
     Choices,
@@ -44,6 +38,7 @@ from channels_app.adapters.base import (
     check_choice_limits,
     keep_storable,
 )
+from config import channel_layer
 
 PLATFORM = "webchat"
 # The consumer's handler for every event pushed to a visitor group ("webchat.event" -> webchat_event).
@@ -374,42 +369,17 @@ class WebchatAdapter:
         )
 
 
-class _LayerLoop:
-    """One event loop per process, in a daemon thread, for the channel-layer sends of synchronous code.
-
-    ``async_to_sync`` would make a new event loop (and, with channels_redis, new Redis connections) for
-    every send: 15-60 ms per push in a Celery worker under load. A long-lived loop keeps the layer's
-    connection pool, so a push costs one Redis round trip. Recreated after a fork (prefork workers).
-    """
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-    _pid: int | None = None
-
-    @classmethod
-    def loop(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            if cls._loop is None or cls._pid != os.getpid() or cls._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="webchat-layer", daemon=True).start()
-                cls._loop, cls._pid = loop, os.getpid()
-            return cls._loop
-
-
 def _group_send(group: str, event: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        raise SendError("no channel layer is configured (CHANNEL_LAYERS)", permanent=True)
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, _wrap(event)), _LayerLoop.loop())
     try:
-        future.result(timeout=SEND_TIMEOUT_SECONDS)
-    except concurrent.futures.TimeoutError as exc:
-        future.cancel()
+        sent = channel_layer.group_send(group, _wrap(event), timeout=SEND_TIMEOUT_SECONDS)
+    except TimeoutError as exc:
         raise SendError("the web chat channel layer did not answer in time", code="channel_layer") from exc
     except Exception as exc:
         if _is_layer_error(exc):  # Redis down: transient, the pipeline retries the send
             raise SendError(f"could not reach the web chat channel layer: {exc}", code="channel_layer") from exc
         raise
+    if not sent:
+        raise SendError("no channel layer is configured (CHANNEL_LAYERS)", permanent=True)
 
 
 def _wrap(event: dict[str, Any]) -> dict[str, Any]:

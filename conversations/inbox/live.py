@@ -16,10 +16,9 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import transaction
 
+from config import channel_layer
 from events.models import Event
 from events.types import EventType
 
@@ -28,6 +27,8 @@ logger = logging.getLogger(__name__)
 # The consumer's handler for every frame pushed to a tenant group ("inbox.event" -> inbox_event).
 GROUP_EVENT_TYPE = "inbox.event"
 PREVIEW_CHARS = 160
+# A push waits at most this long for the channel layer (best effort: an agent's reload gives it back).
+PUSH_TIMEOUT = 5.0
 
 
 def tenant_group(tenant_id: Any) -> str:
@@ -37,12 +38,11 @@ def tenant_group(tenant_id: Any) -> str:
 
 def push(tenant_id: Any, frame: dict[str, Any]) -> None:
     """Send ``frame`` to every agent socket of the tenant, now."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        async_to_sync(layer.group_send)(tenant_group(tenant_id), {"type": GROUP_EVENT_TYPE, "event": frame})
-    except (redis.RedisError, OSError) as exc:
+        channel_layer.group_send(
+            tenant_group(tenant_id), {"type": GROUP_EVENT_TYPE, "event": frame}, timeout=PUSH_TIMEOUT
+        )
+    except (redis.RedisError, OSError) as exc:  # OSError: TimeoutError too
         logger.warning("inbox push lost: channel layer unavailable", extra={"error": str(exc), "kind": frame["type"]})
 
 

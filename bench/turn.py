@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench._cpu import CpuMeter
+from bench._http import send_json
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SECRET = "bench-turn-app-secret"
@@ -99,12 +100,7 @@ def handler(servers: Servers) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _json(self, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, body)
 
         def do_POST(self) -> None:
             started = time.perf_counter()

@@ -236,12 +236,17 @@ class MessengerAdapter:
         credentials: dict[str, str],
         reply_to_message_id: str = "",
     ) -> SendResult:
+        return self._texts(channel_external_id, recipient_id, text, credentials, {"messaging_type": "RESPONSE"})
+
+    def _texts(
+        self, channel_external_id: str, recipient_id: str, text: str, credentials: dict[str, str], how: dict[str, str]
+    ) -> SendResult:
+        """``text`` in parts of at most max_text_length, each sent as ``how`` says (messaging type, tag)."""
         client = GraphClient(access_token=credentials.get("access_token", ""))
         ids: list[str] = []
         for part in split_text(text, self.max_text_length):
             answer = client.post(
-                f"{channel_external_id}/messages",
-                {"recipient": {"id": recipient_id}, "messaging_type": "RESPONSE", "message": {"text": part}},
+                f"{channel_external_id}/messages", {"recipient": {"id": recipient_id}, **how, "message": {"text": part}}
             )
             ids.append(str(answer.get("message_id", "")))
         return SendResult(platform_message_ids=ids)
@@ -327,20 +332,8 @@ class MessengerAdapter:
         self, *, channel_external_id: str, recipient_id: str, text: str, tag: str, credentials: dict[str, str]
     ) -> SendResult:
         """Text outside the standard window: ``messaging_type: MESSAGE_TAG`` with ``tag`` [S13][S15]."""
-        client = GraphClient(access_token=credentials.get("access_token", ""))
-        ids: list[str] = []
-        for part in split_text(text, self.max_text_length):
-            answer = client.post(
-                f"{channel_external_id}/messages",
-                {
-                    "recipient": {"id": recipient_id},
-                    "messaging_type": "MESSAGE_TAG",
-                    "tag": tag,
-                    "message": {"text": part},
-                },
-            )
-            ids.append(str(answer.get("message_id", "")))
-        return SendResult(platform_message_ids=ids)
+        how = {"messaging_type": "MESSAGE_TAG", "tag": tag}
+        return self._texts(channel_external_id, recipient_id, text, credentials, how)
 
     def send_typing(
         self,

@@ -108,12 +108,9 @@ def _supports_notices(channel: Channel) -> bool:
         return False
 
 
-def _tell(
-    tenant: Tenant, conversation: Conversation, text: str, *, kind: str, notice: dict[str, Any] | None
-) -> Message:
-    """Store a platform message (sender ``system``) and send it: as a notice where the channel shows
-    notices (web chat), else as text. A delivery failure is recorded on the message, never raised."""
-    message = Message.objects.create(
+def _system_message(tenant: Tenant, conversation: Conversation, kind: str, text: str) -> Message:
+    """A platform message (sender ``system``) of the conversation, stored ``queued`` before it is sent."""
+    return Message.objects.create(
         tenant_id=tenant.pk,
         conversation=conversation,
         channel_id=conversation.channel_id,
@@ -123,6 +120,14 @@ def _tell(
         content=text,
         status=Message.Status.QUEUED,
     )
+
+
+def _tell(
+    tenant: Tenant, conversation: Conversation, text: str, *, kind: str, notice: dict[str, Any] | None
+) -> Message:
+    """Store a platform message (sender ``system``) and send it: as a notice where the channel shows
+    notices (web chat), else as text. A delivery failure is recorded on the message, never raised."""
+    message = _system_message(tenant, conversation, kind, text)
     channel = conversation.channel
     recipient = conversation.contact.external_id
     error = ""
@@ -465,16 +470,7 @@ def _ask_rating(tenant: Tenant, conversation: Conversation, question: str) -> Me
     """The satisfaction question with options to tap where the channel has them (WhatsApp: a list of
     five rows, more than its three reply buttons; Messenger: quick replies), each option's id
     ``csat:<n>``; as text otherwise, or when the options are refused (outside WhatsApp's window)."""
-    message = Message.objects.create(
-        tenant_id=tenant.pk,
-        conversation=conversation,
-        channel_id=conversation.channel_id,
-        direction=Message.Direction.OUTBOUND,
-        sender=Message.Sender.SYSTEM,
-        kind="csat_question",
-        content=question,
-        status=Message.Status.QUEUED,
-    )
+    message = _system_message(tenant, conversation, "csat_question", question)
     channel, recipient = conversation.channel, conversation.contact.external_id
     choices = Choices(
         body=question,

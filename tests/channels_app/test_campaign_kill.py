@@ -12,17 +12,9 @@ from typing import Any
 from channels_app.models import CampaignRecipient, MessageTemplate
 from channels_app.services import campaigns, templates
 from tests.channels_app.conftest import WA_PHONE_NUMBER_ID, WA_SECRET, WA_WABA_ID
+from tests.channels_app.test_campaigns import PROMO
 from tests.conftest import wait_until
 from tests.security.test_faults import celery_worker, processes  # noqa: F401  (fixture)
-
-PROMO = {
-    "id": "2001",
-    "name": "spring_offer",
-    "language": "en_US",
-    "category": "MARKETING",
-    "status": "APPROVED",
-    "components": [{"type": "BODY", "text": "Hi {{1}}, spring is here."}],
-}
 
 
 def phone(i: int) -> str:

@@ -7,8 +7,10 @@
 of one conversation) never run at the same time, on any worker: a PostgreSQL session advisory lock
 keyed on (channel, contact) is taken with *try*; a worker that does not get it leaves its event
 pending, because the holder re-reads the pending events after every turn and once more after
-releasing the lock, so nothing is stranded. The holder waits until the contact has been quiet for
-``TURN_DEBOUNCE_SECONDS`` and answers the whole burst in one turn.
+releasing the lock, so nothing is stranded. A burst is answered in one turn once the contact has
+been quiet for ``TURN_DEBOUNCE_SECONDS``: until then the task releases the lock and schedules itself
+again for when the burst may be over (a worker thread and the contact's database connection are not
+held while the contact types).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
@@ -194,8 +196,16 @@ def _anything_pending(channel_id: Any, tenant_id: Any, sender: str) -> bool:
     return False
 
 
-def _drain(channel_id: Any, tenant_id: Any, sender: str) -> int:
-    """Answer the contact's pending messages, burst by burst, in arrival order, while they keep coming."""
+class Drained(NamedTuple):
+    turns: int
+    # With ``defer``: the burst is still being written; ask again in this many seconds, with this event.
+    wait: float = 0.0
+    event_id: int | None = None
+
+
+def _drain(channel_id: Any, tenant_id: Any, sender: str, *, defer: bool = False) -> Drained:
+    """Answer the contact's pending messages, burst by burst, in arrival order, while they keep coming.
+    A burst the contact is still writing is waited for here, or, with ``defer``, handed back."""
     turns = 0
     debounce = settings.TURN_DEBOUNCE_SECONDS
     events = _pending(channel_id, tenant_id, sender)
@@ -205,7 +215,10 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> int:
             quiet_for = (now - max(e.received_at for e in events)).total_seconds()
             waited = (now - min(e.received_at for e in events)).total_seconds()
             if quiet_for < debounce and waited < debounce * MAX_DEBOUNCE_PERIODS:
-                time.sleep(min(debounce, debounce - quiet_for))
+                wait = min(debounce, debounce - quiet_for)
+                if defer:
+                    return Drained(turns, wait, events[-1].pk)
+                time.sleep(wait)
                 events = _pending(channel_id, tenant_id, sender)
                 continue
         channel = events[0].channel
@@ -216,9 +229,24 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> int:
         if len(events) < MAX_EVENTS_PER_TURN and debounce <= 0:
             # Whatever arrived meanwhile is found by the caller's re-check after releasing the lock
             # (one query less per turn in the common case of nothing new).
-            return turns
+            return Drained(turns)
         events = _pending(channel_id, tenant_id, sender)
-    return turns
+    return Drained(turns)
+
+
+def _ask_again(event_id: int, seconds: float) -> None:
+    """Run the contact's turn again in ``seconds`` (its burst may be over then). A lost task leaves the
+    event pending, and the stale-pending sweep enqueues it."""
+    from channels_app.inbound import HANDLE_MESSAGE_TASK
+    from config.celery import app
+
+    try:
+        app.send_task(HANDLE_MESSAGE_TASK, args=[event_id], countdown=seconds)
+    except Exception as exc:
+        logger.error(
+            "could not schedule the burst's turn; the pending sweep will",
+            extra={"inbound_id": event_id, "error": str(exc)},
+        )
 
 
 def _run_guarded(turn: Turn) -> None:
@@ -265,7 +293,12 @@ def process_inbound(*, inbound_event_id: int) -> int:
         with contact_lock(channel_id, sender, acquired=taken) as acquired:
             if not acquired:
                 return turns  # the holder re-checks after releasing; our event is not stranded
-            turns += _drain(channel_id, tenant_id, sender)
+            drained = _drain(channel_id, tenant_id, sender, defer=True)
+            turns += drained.turns
+        if drained.event_id is not None:
+            # The contact is still writing: asked again when the burst may be over, not waited for here.
+            _ask_again(drained.event_id, drained.wait)
+            return turns
         # Re-check after releasing: an event committed while we held the lock, whose task gave up
         # on the lock, is ours to answer.
         if not _anything_pending(channel_id, tenant_id, sender):
@@ -287,5 +320,5 @@ def process_conversation(*, conversation: Conversation) -> int | None:
         turn.conversation = conversation
         turn.contact = conversation.contact
         _run_guarded(turn)
-        turns = 1 + _drain(channel.pk, channel.tenant_id, sender)
+        turns = 1 + _drain(channel.pk, channel.tenant_id, sender).turns
     return turns

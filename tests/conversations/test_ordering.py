@@ -102,3 +102,28 @@ def test_a_burst_of_messages_is_answered_once_with_all_of_them(live_worker, what
         return replies if len(replies) == 2 else None
 
     assert [len(reply.payload["in_reply_to"]) for reply in wait_until(sent_replies)] == [3, 1]
+
+
+def test_a_contact_still_writing_holds_no_worker_thread_while_their_burst_is_awaited(
+    live_worker, whatsapp, graph, openai_server, settings
+):
+    from channels_app.adapters.base import NormalizedMessage
+    from channels_app.inbound import record_inbound
+
+    settings.TURN_DEBOUNCE_SECONDS = 1.0
+    openai_server.default = lambda body: {"content": "Both answered."}
+    message = NormalizedMessage(
+        platform="whatsapp", channel_external_id=whatsapp.external_id, message_id=f"wamid.typing{time.time_ns()}",
+        sender_id="15551234567", timestamp=time.time(), type="text", text="I have a question",
+    )  # fmt: skip
+    (first,) = record_inbound(channel=whatsapp, messages=[message])
+
+    # The task body for a message that has just arrived: it does not wait for the burst to end...
+    assert pipeline.process_inbound(inbound_event_id=first) == 0
+    assert InboundEvent.objects.get(pk=first).status == "pending"
+    assert graph.texts == []
+    # ...it asks again once the burst may be over, and the worker answers it with what came meanwhile.
+    deliver(whatsapp, text="about my order")
+    wait_until(lambda: graph.texts, timeout=15)
+    assert graph.text_bodies() == ["Both answered."]
+    assert user_contents(openai_server.requests[0]) == ["I have a question", "about my order"]

@@ -141,9 +141,17 @@ def enqueue(rows: Iterable[tuple]) -> None:
         _publish(app, _task_for(kind, bool(rest and rest[0])), inbound_id, None)
 
 
-def _publish(app: Any, task: str, inbound_id: int, producer: Any) -> None:
+def enqueue_message_later(inbound_id: int, seconds: float) -> None:
+    """Publish a message event's task to run in ``seconds`` (a burst still being written). A failure is
+    logged; the beat sweep retries the row later."""
+    from config.celery import app
+
+    _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds)
+
+
+def _publish(app: Any, task: str, inbound_id: int, producer: Any, *, countdown: float | None = None) -> None:
     try:
-        app.send_task(task, args=[inbound_id], producer=producer)
+        app.send_task(task, args=[inbound_id], producer=producer, countdown=countdown)
     except Exception as exc:
         logger.error(
             "could not enqueue inbound event; the pending sweep will retry it",

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from channels_app.inbound import needs_preparation
+from channels_app.inbound import enqueue_message_later, needs_preparation
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
@@ -234,21 +234,6 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str, *, defer: bool = False)
     return Drained(turns)
 
 
-def _ask_again(event_id: int, seconds: float) -> None:
-    """Run the contact's turn again in ``seconds`` (its burst may be over then). A lost task leaves the
-    event pending, and the stale-pending sweep enqueues it."""
-    from channels_app.inbound import HANDLE_MESSAGE_TASK
-    from config.celery import app
-
-    try:
-        app.send_task(HANDLE_MESSAGE_TASK, args=[event_id], countdown=seconds)
-    except Exception as exc:
-        logger.error(
-            "could not schedule the burst's turn; the pending sweep will",
-            extra={"inbound_id": event_id, "error": str(exc)},
-        )
-
-
 def _run_guarded(turn: Turn) -> None:
     # The turn's lines, events, Graph API call and webhooks carry the id of the message it answers
     # (the first of a burst), stored with it at the webhook, whichever task runs the turn.
@@ -297,7 +282,8 @@ def process_inbound(*, inbound_event_id: int) -> int:
             turns += drained.turns
         if drained.event_id is not None:
             # The contact is still writing: asked again when the burst may be over, not waited for here.
-            _ask_again(drained.event_id, drained.wait)
+            # (A lost task leaves the events pending for the stale-pending sweep.)
+            enqueue_message_later(drained.event_id, drained.wait)
             return turns
         # Re-check after releasing: an event committed while we held the lock, whose task gave up
         # on the lock, is ours to answer.

@@ -198,14 +198,14 @@ def _anything_pending(channel_id: Any, tenant_id: Any, sender: str) -> bool:
 
 class Drained(NamedTuple):
     turns: int
-    # With ``defer``: the burst is still being written; ask again in this many seconds, with this event.
+    # The burst is still being written: its turn is asked for again in this many seconds, with this event.
     wait: float = 0.0
     event_id: int | None = None
 
 
-def _drain(channel_id: Any, tenant_id: Any, sender: str, *, defer: bool = False) -> Drained:
+def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
     """Answer the contact's pending messages, burst by burst, in arrival order, while they keep coming.
-    A burst the contact is still writing is waited for here, or, with ``defer``, handed back."""
+    A burst the contact is still writing is not waited for: it is handed back (``_ask_later``)."""
     turns = 0
     debounce = settings.TURN_DEBOUNCE_SECONDS
     events = _pending(channel_id, tenant_id, sender)
@@ -215,12 +215,7 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str, *, defer: bool = False)
             quiet_for = (now - max(e.received_at for e in events)).total_seconds()
             waited = (now - min(e.received_at for e in events)).total_seconds()
             if quiet_for < debounce and waited < debounce * MAX_DEBOUNCE_PERIODS:
-                wait = min(debounce, debounce - quiet_for)
-                if defer:
-                    return Drained(turns, wait, events[-1].pk)
-                time.sleep(wait)
-                events = _pending(channel_id, tenant_id, sender)
-                continue
+                return Drained(turns, min(debounce, debounce - quiet_for), events[-1].pk)
         channel = events[0].channel
         turn = Turn(tenant=channel.tenant, channel=channel, sender_external_id=sender, inbound_events=events)
         turn.functions = events[0].functions  # type: ignore[attr-defined]
@@ -232,6 +227,15 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str, *, defer: bool = False)
             return Drained(turns)
         events = _pending(channel_id, tenant_id, sender)
     return Drained(turns)
+
+
+def _ask_later(drained: Drained) -> bool:
+    """The contact is still writing: their turn is asked for again when the burst may be over (after
+    the lock is released; a lost task leaves the events pending for the stale-pending sweep)."""
+    if drained.event_id is None:
+        return False
+    enqueue_message_later(drained.event_id, drained.wait)
+    return True
 
 
 def _run_guarded(turn: Turn) -> None:
@@ -278,12 +282,9 @@ def process_inbound(*, inbound_event_id: int) -> int:
         with contact_lock(channel_id, sender, acquired=taken) as acquired:
             if not acquired:
                 return turns  # the holder re-checks after releasing; our event is not stranded
-            drained = _drain(channel_id, tenant_id, sender, defer=True)
+            drained = _drain(channel_id, tenant_id, sender)
             turns += drained.turns
-        if drained.event_id is not None:
-            # The contact is still writing: asked again when the burst may be over, not waited for here.
-            # (A lost task leaves the events pending for the stale-pending sweep.)
-            enqueue_message_later(drained.event_id, drained.wait)
+        if _ask_later(drained):
             return turns
         # Re-check after releasing: an event committed while we held the lock, whose task gave up
         # on the lock, is ours to answer.
@@ -306,5 +307,6 @@ def process_conversation(*, conversation: Conversation) -> int | None:
         turn.conversation = conversation
         turn.contact = conversation.contact
         _run_guarded(turn)
-        turns = 1 + _drain(channel.pk, channel.tenant_id, sender).turns
-    return turns
+        drained = _drain(channel.pk, channel.tenant_id, sender)
+    _ask_later(drained)
+    return 1 + drained.turns

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -44,6 +46,7 @@ def index_document_task(self, document_id: str | None = None, force: bool = Fals
     if document is None:
         return
     generation = document.index_generation
+    started = time.monotonic()
     try:
         if indexing.run(document=document) is not None:
             # The tenant may have crossed the size that gives it an HNSW index of its own.
@@ -57,12 +60,28 @@ def index_document_task(self, document_id: str | None = None, force: bool = Fals
         if backoff is not None:
             queue_indexing_turn(str(document.pk), countdown=backoff)
     except Exception as exc:
+        if _stopped_by_soft_limit(exc, self.request, time.monotonic() - started):
+            # The limit's signal landed in code that turned it into another error (a C extension, a pool).
+            indexing.mark_failed(document_id=document.pk, reason=indexing.time_limit_reason(), generation=generation)
+            return
         logger.exception("indexing crashed", extra={"document_id": str(document.pk), "queued_for": document_id})
         indexing.mark_failed(
             document_id=document.pk,
             reason=f"Indexing failed unexpectedly ({type(exc).__name__}).",
             generation=generation,
         )
+
+
+def _stopped_by_soft_limit(exc: BaseException, request: Any, elapsed: float) -> bool:
+    """Whether a run's error is its soft time limit in disguise: SoftTimeLimitExceeded behind it, or
+    the run past the soft limit its message carried (``request.timelimit``: hard, soft)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SoftTimeLimitExceeded):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    soft = (getattr(request, "timelimit", None) or (None, None))[1]
+    return bool(soft) and elapsed >= float(soft)
 
 
 def queue_indexing_turn(document_id: str, *, countdown: int | None = None) -> None:

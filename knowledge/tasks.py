@@ -80,8 +80,8 @@ def _stopped_by_soft_limit(exc: BaseException, request: Any, elapsed: float) -> 
         if isinstance(seen, SoftTimeLimitExceeded):
             return True
         seen = seen.__cause__ or seen.__context__
-    soft = (getattr(request, "timelimit", None) or (None, None))[1]
-    return bool(soft) and elapsed >= float(soft)
+    soft: float | None = (getattr(request, "timelimit", None) or (None, None))[1]
+    return soft is not None and soft > 0 and elapsed >= soft
 
 
 def queue_indexing_turn(document_id: str, *, countdown: int | None = None) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
+from config.db import server_bound_cursor
 from knowledge import background, queries, vectors
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_query, keyword_search, text_search_config
@@ -77,12 +78,38 @@ def search(*, tenant: Tenant, query: str, k: int | None = None) -> list[Retrieve
 
 
 @dataclass
-class _Candidate:
-    chunk_id: int
-    bm25: float = 0.0
-    coverage: float = 0.0
-    cosine: float | None = None
-    vector: np.ndarray | None = None  # for the feedback step, when both legs ran
+class _Pool:
+    """A search's candidates as columns (one row per chunk): both legs' scores, and each chunk's vector
+    for the feedback step when the statement returned it. NumPy arrays, so that fusing, the feedback
+    step and the relevance cut cost a few array operations, not Python work per candidate."""
+
+    ids: np.ndarray  # int64
+    bm25: np.ndarray  # float64; 0: no keyword match
+    coverage: np.ndarray  # float64 in 0..1
+    cosine: np.ndarray  # float64; NaN: no vector of the query's model
+    vectors: np.ndarray | None = None  # float32 (n, dims), the feedback step's; rows without one are 0
+    has_vector: np.ndarray | None = None  # bool per row
+
+    @classmethod
+    def of(
+        cls,
+        ids: list[int],
+        bm25: list[float] | None = None,
+        coverage: list[float] | None = None,
+        cosine: list[float | None] | None = None,
+    ) -> _Pool:
+        n = len(ids)
+        return cls(
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(bm25 if bm25 is not None else [0.0] * n, dtype=np.float64),
+            np.minimum(np.asarray(coverage if coverage is not None else [0.0] * n, dtype=np.float64), 1.0),
+            np.asarray(
+                [np.nan if c is None else c for c in cosine] if cosine is not None else [np.nan] * n, dtype=np.float64
+            ),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def hybrid_search(
@@ -126,61 +153,56 @@ def hybrid_search(
     if vector is not None and keyword_weight > 0:
         pool = _both_legs(tenant, query, vector, model_id, depth, vector_depth)
     elif vector is not None:
-        pool = [
-            _Candidate(i, cosine=c)
-            for i, c in vectors.nearest(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth)
-        ]
+        found = vectors.nearest(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth)
+        pool = _Pool.of([i for i, _ in found], cosine=[c for _, c in found])
     elif keyword_weight > 0 or vector_weight > 0:  # vectors unavailable: the keyword leg alone
         config = text_search_config(tenant=tenant)
-        pool = [
-            _Candidate(h.chunk_id, h.bm25, h.coverage)
-            for h in keyword_search(tenant_id=tenant.pk, query=query, config=config, limit=depth)
-        ]
+        hits = keyword_search(tenant_id=tenant.pk, query=query, config=config, limit=depth)
+        pool = _Pool.of([h.chunk_id for h in hits], [h.bm25 for h in hits], [h.coverage for h in hits])
     else:
-        pool = []
-    if not pool:
+        return []
+    if not len(pool):
         return []
 
-    ranked = _fuse(pool, keyword_weight, vector_weight, fusion, vector)
+    order, fused = _fuse(pool, keyword_weight, vector_weight, fusion, vector)
     prf_docs, prf_weight = settings.KNOWLEDGE_PRF_DOCS, settings.KNOWLEDGE_PRF_WEIGHT
-    if keyword_weight > 0 and vector is not None and 0 < prf_docs < len(ranked) and prf_weight > 0:
-        ranked = _feedback_rerank(ranked, vector, keyword_weight, vector_weight, fusion)
+    if keyword_weight > 0 and vector is not None and 0 < prf_docs < len(pool) and prf_weight > 0:
+        order, fused = _feedback_rerank(pool, order, fused, vector, keyword_weight, vector_weight, fusion)
     low, high = calibration
-    vector_on = vector_weight > 0 and vector is not None
-    scored = [(c, fused, _relevance(c, keyword_weight > 0, vector_on, low, high)) for c, fused in ranked]
-    best = next((fused for _, fused, relevance in scored if relevance >= min_relevance), None)
-    if best is None:
+    relevance = _relevance(pool, keyword_weight > 0, vector_weight > 0 and vector is not None, low, high)[order]
+    fused = fused[order]
+    passing = relevance >= min_relevance
+    if not passing.any():
         return []
+    best = fused[int(np.argmax(passing))]  # the best-ranked chunk that passes
     # Reciprocal rank fusion's scores carry ranks, not how close a chunk is: its cut stays the plain one.
     near = best * settings.KNOWLEDGE_NEAR_BEST if fusion != "rrf" else float("inf")
-    results = [(c, fused, relevance) for c, fused, relevance in scored if relevance >= min_relevance or fused >= near]
-    return _materialise(tenant, results[:k])
+    kept = np.flatnonzero(passing | (fused >= near))[:k]
+    return _materialise(tenant, pool, [(int(order[i]), float(fused[i]), float(relevance[i])) for i in kept])
 
 
-def _both_legs(
-    tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int, vector_depth: int
-) -> list[_Candidate]:
-    """Both legs' candidates with both scores (and their vectors) from one statement."""
+def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int, vector_depth: int) -> _Pool:
+    """Both legs' candidates with both scores (and their vectors) from one statement: the vector leg's
+    first, then the keyword leg's own top ``depth`` (its statement rescored up to twice as many)."""
     _, params = keyword_query(tenant_id=tenant.pk, query=query, config=text_search_config(tenant=tenant), limit=depth)
     params.update(vectors.vector_leg_params(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth))
     params["feedback"] = settings.KNOWLEDGE_PRF_DOCS > 0 and settings.KNOWLEDGE_PRF_WEIGHT > 0
-    with connection.cursor() as cursor:
+    with server_bound_cursor(binary=True) as cursor:
         cursor.execute(_hybrid_sql(len(vector)), params)
         rows = cursor.fetchall()
-    pool: list[_Candidate] = []
-    keyword_only: list[_Candidate] = []
-    for chunk_id, from_vector, bm25, coverage, cosine, blob in rows:
-        candidate = _Candidate(
-            int(chunk_id),
-            float(bm25 or 0.0),
-            min(float(coverage or 0.0), 1.0),
-            None if cosine is None else float(cosine),
-            None if blob is None else vectors.from_binary(blob),
-        )
-        (pool if from_vector else keyword_only).append(candidate)
-    # The keyword leg's own top ``depth`` (its statement rescored up to twice as many).
-    keyword_only.sort(key=lambda c: (-c.bm25, c.chunk_id))
-    return pool + keyword_only[:depth]
+    keyword_only = sorted((row for row in rows if not row[1]), key=lambda row: (-(row[2] or 0.0), row[0]))
+    rows = [row for row in rows if row[1]] + keyword_only[:depth]
+    if not rows:
+        return _Pool.of([])
+    ids, _, bm25, coverage, cosine, blobs = zip(*rows, strict=True)
+    pool = _Pool.of(list(ids), [b or 0.0 for b in bm25], [c or 0.0 for c in coverage], list(cosine))
+    has_vector = np.fromiter((blob is not None for blob in blobs), dtype=bool, count=len(blobs))
+    if has_vector.any():
+        dims = len(vector)
+        matrix = np.zeros((len(blobs), dims), dtype=np.float32)
+        matrix[has_vector] = vectors.from_binary_many([blob for blob in blobs if blob is not None], dims)
+        pool.vectors, pool.has_vector = matrix, has_vector
+    return pool
 
 
 @cache
@@ -206,70 +228,70 @@ CROSS JOIN LATERAL (
 
 
 def _feedback_rerank(
-    ranked: list[tuple[_Candidate, float]],
+    pool: _Pool,
+    order: np.ndarray,
+    fused: np.ndarray,
     vector: np.ndarray,
     keyword_weight: float,
     vector_weight: float,
     fusion: str,
-) -> list[tuple[_Candidate, float]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-relevance feedback on the vector leg (Rocchio): move the query vector towards the
     mean of the top fused results and rank the candidates again with it. The candidates' reported
     cosine (and so their calibrated relevance) stays the one of the original query."""
-    top = [c.vector for c, _ in ranked[: settings.KNOWLEDGE_PRF_DOCS] if c.vector is not None]
+    if pool.vectors is None or pool.has_vector is None:
+        return order, fused
+    top = [i for i in order[: settings.KNOWLEDGE_PRF_DOCS] if pool.has_vector[i]]
     if not top:
-        return ranked
-    moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * np.mean(top, axis=0)
+        return order, fused
+    moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * pool.vectors[top].mean(axis=0)
     moved = moved / (np.linalg.norm(moved) or 1.0)
-    pool = [c for c, _ in ranked]
-    shadow = [
-        _Candidate(c.chunk_id, c.bm25, c.coverage, float(c.vector @ moved) if c.vector is not None else c.cosine)
-        for c in pool
-    ]
-    by_id = {c.chunk_id: c for c in pool}
-    return [(by_id[s.chunk_id], f) for s, f in _fuse(shadow, keyword_weight, vector_weight, fusion, moved)]
+    shadow = _Pool(pool.ids, pool.bm25, pool.coverage, np.where(pool.has_vector, pool.vectors @ moved, pool.cosine))
+    return _fuse(shadow, keyword_weight, vector_weight, fusion, moved)
 
 
 def _fuse(
-    pool: list[_Candidate], keyword_weight: float, vector_weight: float, fusion: str, vector: np.ndarray | None
-) -> list[tuple[_Candidate, float]]:
+    pool: _Pool, keyword_weight: float, vector_weight: float, fusion: str, vector: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' fused scores (indexed like the pool) and the ranking (row indices, best first;
+    ties by chunk id)."""
     if vector is None:
         vector_weight = 0.0
     if keyword_weight == 0 and vector_weight == 0:
         keyword_weight = 1.0  # vectors not available (not embedded yet / embedder down): keyword only
-    max_bm25 = max((c.bm25 for c in pool), default=0.0) or 1.0
-    sims = [c.cosine for c in pool if c.cosine is not None]
-    low, high = (min(sims), max(sims)) if sims else (0.0, 1.0)
-    span = (high - low) or 1.0
-    fused: dict[int, float] = {}
+    has_cosine = ~np.isnan(pool.cosine)
     if fusion == "rrf":
-        by_kw = sorted(pool, key=lambda c: -c.bm25)
-        by_vec = sorted(pool, key=lambda c: -(c.cosine if c.cosine is not None else -2))
-        for rank, c in enumerate(by_kw):
-            fused[c.chunk_id] = keyword_weight / (RRF_K + rank + 1) if c.bm25 > 0 else 0.0
-        for rank, c in enumerate(by_vec):
-            if c.cosine is not None:
-                fused[c.chunk_id] += vector_weight / (RRF_K + rank + 1)
+        n = len(pool)
+        by_kw, by_vec = np.empty(n), np.empty(n)
+        by_kw[np.argsort(-pool.bm25, kind="stable")] = np.arange(n)
+        by_vec[np.argsort(-np.where(has_cosine, pool.cosine, -2.0), kind="stable")] = np.arange(n)
+        fused = np.where(pool.bm25 > 0, keyword_weight / (RRF_K + by_kw + 1), 0.0)
+        fused = fused + np.where(has_cosine, vector_weight / (RRF_K + by_vec + 1), 0.0)
     else:
-        for c in pool:
-            kw = c.bm25 / max_bm25
-            vec = (c.cosine - low) / span if c.cosine is not None else 0.0
-            fused[c.chunk_id] = (keyword_weight * kw + vector_weight * vec) / (keyword_weight + vector_weight)
-    return sorted(((c, fused[c.chunk_id]) for c in pool), key=lambda x: (-x[1], x[0].chunk_id))
+        max_bm25 = float(pool.bm25.max(initial=0.0)) or 1.0
+        sims = pool.cosine[has_cosine]
+        low, high = (float(sims.min()), float(sims.max())) if len(sims) else (0.0, 1.0)
+        span = (high - low) or 1.0
+        kw = pool.bm25 / max_bm25
+        vec = np.where(has_cosine, (pool.cosine - low) / span, 0.0)
+        fused = (keyword_weight * kw + vector_weight * vec) / (keyword_weight + vector_weight)
+    return np.lexsort((pool.ids, -fused)), fused
 
 
-def _relevance(candidate: _Candidate, keyword_on: bool, vector_on: bool, low: float, high: float) -> float:
-    """Query-independent relevance in 0..1: the embedder-calibrated cosine, or the keyword coverage
-    (share of the query's idf mass in the chunk) when that is higher: an exact match of rare terms
-    (a product code, a name) the embedding misses still counts as relevant."""
-    parts: list[float] = []
+def _relevance(pool: _Pool, keyword_on: bool, vector_on: bool, low: float, high: float) -> np.ndarray:
+    """Query-independent relevance in 0..1 per candidate: the embedder-calibrated cosine, or the
+    keyword coverage (share of the query's idf mass in the chunk) when that is higher: an exact match
+    of rare terms (a product code, a name) the embedding misses still counts as relevant."""
+    if not vector_on:
+        return pool.coverage
+    calibrated = np.clip((pool.cosine - low) / ((high - low) or 1.0), 0.0, 1.0)
     if keyword_on:
-        parts.append(candidate.coverage)
-    if vector_on and candidate.cosine is not None:
-        parts.append(min(max((candidate.cosine - low) / ((high - low) or 1.0), 0.0), 1.0))
-    return max(parts) if parts else candidate.coverage
+        calibrated = np.maximum(calibrated, pool.coverage)  # NaN (no cosine) stays NaN here
+    return np.where(np.isnan(calibrated), pool.coverage, calibrated)
 
 
-def _materialise(tenant: Tenant, results: list[tuple[_Candidate, float, float]]) -> list[RetrievedChunk]:
+def _materialise(tenant: Tenant, pool: _Pool, results: list[tuple[int, float, float]]) -> list[RetrievedChunk]:
+    """The chunks of ``results`` (pool row, fused score, relevance), in that order."""
     if not results:
         return []
     with connection.cursor() as cursor:  # one statement: the ORM's query building cost as much as the query
@@ -279,15 +301,16 @@ def _materialise(tenant: Tenant, results: list[tuple[_Candidate, float, float]])
             FROM {Chunk._meta.db_table} c JOIN {Document._meta.db_table} d ON d.id = c.document_id AND d.tenant_id = c.tenant_id
             WHERE c.tenant_id = %s AND c.id = ANY(%s)
             """,  # noqa: S608 (our tables)
-            [tenant.pk, [r[0].chunk_id for r in results]],
+            [tenant.pk, [int(pool.ids[row]) for row, _, _ in results]],
         )
         rows = {row[0]: row for row in cursor.fetchall()}
     out: list[RetrievedChunk] = []
-    for candidate, fused, relevance in results:
-        row = rows.get(candidate.chunk_id)
+    for row_index, fused, relevance in results:
+        row = rows.get(int(pool.ids[row_index]))
         if row is None:  # deleted between ranking and loading
             continue
         chunk_id, content, page, section, position, document_id, title = row
+        cosine = float(pool.cosine[row_index])
         out.append(
             RetrievedChunk(
                 chunk_id=chunk_id,
@@ -299,8 +322,8 @@ def _materialise(tenant: Tenant, results: list[tuple[_Candidate, float, float]])
                 position=position,
                 score=round(relevance, 4),
                 scores={
-                    "keyword": round(candidate.bm25, 4),
-                    "vector": round(candidate.cosine, 4) if candidate.cosine is not None else 0.0,
+                    "keyword": round(float(pool.bm25[row_index]), 4),
+                    "vector": 0.0 if np.isnan(cosine) else round(cosine, 4),
                     "fused": round(fused, 4),
                 },
             )

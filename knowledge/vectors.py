@@ -64,6 +64,12 @@ def from_binary(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype=">f4", offset=4).astype(np.float32)
 
 
+def from_binary_many(blobs: list[bytes], dims: int) -> np.ndarray:
+    """Vectors of ``dims`` dimensions from their binary forms, as one (n, dims) float32 matrix: the
+    4-byte header of each is one float32 column, dropped."""
+    return np.frombuffer(b"".join(blobs), dtype=">f4").reshape(len(blobs), dims + 1)[:, 1:].astype(np.float32)
+
+
 def write_vectors(*, tenant_id: UUID, ids: list[int], vectors: np.ndarray, model_id: str) -> None:
     """Store vectors on their chunks (the caller's transaction); searches see them at commit."""
     with connection.cursor() as cursor:

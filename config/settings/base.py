@@ -136,7 +136,9 @@ def _database_from_url(url: str) -> dict:
         "PORT": str(parsed.port or ""),
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5), **query},
+        # prepare_threshold None: a server-bound statement (config.db) is never prepared, so it is planned
+        # with its parameters' values (Django's own cursors bind on the client and never prepare).
+        "OPTIONS": {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5), "prepare_threshold": None, **query},
         "TEST": {"NAME": os.environ.get("TEST_DATABASE_NAME") or f"test_metachat_{os.getpid()}"},
     }
 

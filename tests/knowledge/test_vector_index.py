@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
+from config.db import server_bound_cursor
 from knowledge import vectors
 from knowledge.embedders import LOCAL_MODEL_ID
 from knowledge.models import Chunk, Document
@@ -50,7 +51,7 @@ def store(tenant: Any, matrix: np.ndarray, model_id: str = LOCAL_MODEL_ID) -> li
 def plan(tenant: Any, vector: np.ndarray, limit: int) -> str:
     sql = f"WITH {vectors.vector_leg_sql(len(vector))} SELECT id FROM vec"
     params = vectors.vector_leg_params(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=vector, limit=limit)
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:  # as the hybrid search sends it: the planner sees the values
         cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 

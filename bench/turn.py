@@ -459,6 +459,7 @@ def main(argv: list[str]) -> int:
         "send_ms",
         "total_ms",
         "overhead_ms",
+        "waited_ms",
     ):
         values = [t[key] for t in timings if key in t]
         if values:

@@ -142,11 +142,31 @@ def enqueue(rows: Iterable[tuple]) -> None:
 
 
 def enqueue_message_later(inbound_id: int, seconds: float) -> None:
-    """Publish a message event's task to run in ``seconds`` (a burst still being written). A failure is
-    logged; the beat sweep retries the row later."""
+    """Publish a message event's task to run in ``seconds`` (a burst still being written), or now at the
+    back of the queue when ``seconds`` is 0. A failure is logged; the beat sweep retries the row later."""
     from config.celery import app
 
-    _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds)
+    _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds if seconds > 0 else None)
+
+
+def turns_waiting(queue_name: str | None = None) -> bool:
+    """Whether message tasks wait in the broker, not yet taken by a worker (other contacts' turns):
+    one LLEN on Redis. True when the broker cannot say (the fair answer)."""
+    from config.celery import app
+
+    if queue_name is None:
+        route = settings.CELERY_TASK_ROUTES.get(HANDLE_MESSAGE_TASK, {})
+        queue_name = route.get("queue", settings.CELERY_TASK_DEFAULT_QUEUE)
+    try:
+        with app.connection_or_acquire() as conn:
+            # Declared as Celery declares it (idempotent): a passive declare says NOT_FOUND for an empty
+            # Redis queue, and for any queue once the broker's keys carry a global_keyprefix (kombu checks
+            # the key without the prefix).
+            declared = app.amqp.queues[queue_name](conn.default_channel).queue_declare()
+            return bool(declared.message_count)
+    except Exception as exc:
+        logger.warning("could not read the queue's length", extra={"queue": queue_name, "error": str(exc)})
+        return True
 
 
 def _publish(app: Any, task: str, inbound_id: int, producer: Any, *, countdown: float | None = None) -> None:

@@ -6,11 +6,14 @@
 ``process_inbound`` is what the Celery task calls for an InboundEvent. Turns of one contact (hence
 of one conversation) never run at the same time, on any worker: a PostgreSQL session advisory lock
 keyed on (channel, contact) is taken with *try*; a worker that does not get it leaves its event
-pending, because the holder re-reads the pending events after every turn and once more after
-releasing the lock, so nothing is stranded. A burst is answered in one turn once the contact has
-been quiet for ``TURN_DEBOUNCE_SECONDS``: until then the task releases the lock and schedules itself
-again for when the burst may be over (a worker thread and the contact's database connection are not
-held while the contact types).
+pending, because the holder looks for pending events after releasing the lock, so nothing is
+stranded. What the contact wrote meanwhile is answered by the same task only while no other turn
+waits in the queue; otherwise it gets a task at the back of the queue (a contact who keeps writing
+does not keep a worker thread while other contacts wait: with fewer threads than writing contacts,
+serving them inline made the others wait up to 4 s in bench.turn). A burst is answered in one turn once the
+contact has been quiet for ``TURN_DEBOUNCE_SECONDS``: until then the task releases the lock and
+schedules itself again for when the burst may be over (a worker thread and the contact's database
+connection are not held while the contact types).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from channels_app.inbound import enqueue_message_later, needs_preparation
+from channels_app.inbound import enqueue_message_later, needs_preparation, turns_waiting
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
@@ -132,7 +135,7 @@ def _pending_sql(for_turn: bool) -> str:
         "AND e.status = %s ORDER BY e.id LIMIT %s"
     )
     if not for_turn:
-        return f"SELECT e.normalized FROM {events} e {where}"  # noqa: S608 (our tables)
+        return f"SELECT e.id, e.normalized FROM {events} e {where}"  # noqa: S608 (our tables)
     functions = TenantFunction._meta.db_table
     return (
         f"WITH fn AS (SELECT COALESCE(json_agg(f ORDER BY f.name), '[]')::text AS rows FROM {functions} f "  # noqa: S608
@@ -189,11 +192,12 @@ def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]
     return ready
 
 
-def _anything_pending(channel_id: Any, tenant_id: Any, sender: str) -> bool:
-    """Whether ``_pending`` would find a message to answer (the cheap question)."""
-    for (normalized,) in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
-        return not needs_preparation(json.loads(normalized) if isinstance(normalized, str) else normalized)
-    return False
+def _first_pending(channel_id: Any, tenant_id: Any, sender: str) -> int | None:
+    """The id of the message event ``_pending`` would start a turn with (the cheap question), if any."""
+    for event_id, normalized in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
+        ready = not needs_preparation(json.loads(normalized) if isinstance(normalized, str) else normalized)
+        return int(event_id) if ready else None
+    return None
 
 
 class Drained(NamedTuple):
@@ -204,38 +208,41 @@ class Drained(NamedTuple):
 
 
 def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
-    """Answer the contact's pending messages, burst by burst, in arrival order, while they keep coming.
-    A burst the contact is still writing is not waited for: it is handed back (``_ask_later``)."""
-    turns = 0
-    debounce = settings.TURN_DEBOUNCE_SECONDS
+    """Answer the contact's pending messages as one turn (at most MAX_EVENTS_PER_TURN, in arrival
+    order). A burst the contact is still writing is not waited for: it is handed back (``_hand_off``)."""
     events = _pending(channel_id, tenant_id, sender)
-    while events:
-        if debounce > 0:
-            now = timezone.now()
-            quiet_for = (now - max(e.received_at for e in events)).total_seconds()
-            waited = (now - min(e.received_at for e in events)).total_seconds()
-            if quiet_for < debounce and waited < debounce * MAX_DEBOUNCE_PERIODS:
-                return Drained(turns, min(debounce, debounce - quiet_for), events[-1].pk)
-        channel = events[0].channel
-        turn = Turn(tenant=channel.tenant, channel=channel, sender_external_id=sender, inbound_events=events)
-        turn.functions = events[0].functions  # type: ignore[attr-defined]
-        _run_guarded(turn)
-        turns += 1
-        if len(events) < MAX_EVENTS_PER_TURN and debounce <= 0:
-            # Whatever arrived meanwhile is found by the caller's re-check after releasing the lock
-            # (one query less per turn in the common case of nothing new).
-            return Drained(turns)
-        events = _pending(channel_id, tenant_id, sender)
-    return Drained(turns)
+    if not events:
+        return Drained(0)
+    debounce = settings.TURN_DEBOUNCE_SECONDS
+    if debounce > 0:
+        now = timezone.now()
+        quiet_for = (now - max(e.received_at for e in events)).total_seconds()
+        waited = (now - min(e.received_at for e in events)).total_seconds()
+        if quiet_for < debounce and waited < debounce * MAX_DEBOUNCE_PERIODS:
+            return Drained(0, min(debounce, debounce - quiet_for), events[-1].pk)
+    channel = events[0].channel
+    turn = Turn(tenant=channel.tenant, channel=channel, sender_external_id=sender, inbound_events=events)
+    turn.functions = events[0].functions  # type: ignore[attr-defined]
+    _run_guarded(turn)
+    return Drained(1)
 
 
-def _ask_later(drained: Drained) -> bool:
-    """The contact is still writing: their turn is asked for again when the burst may be over (after
-    the lock is released; a lost task leaves the events pending for the stale-pending sweep)."""
-    if drained.event_id is None:
+def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) -> bool:
+    """After the lock is released: True when the caller should answer what the contact wrote meanwhile
+    itself (nothing else waits in the queue). Otherwise the burst still being written is asked for
+    again when it may be over, and a message that came meanwhile (whose own task may have found the
+    lock taken and given up) gets a task at the back of the queue. A lost publish leaves the event
+    pending for the stale-pending sweep."""
+    if drained.event_id is not None:
+        enqueue_message_later(drained.event_id, drained.wait)
         return False
-    enqueue_message_later(drained.event_id, drained.wait)
-    return True
+    waiting = _first_pending(channel_id, tenant_id, sender)
+    if waiting is None:
+        return False
+    if not turns_waiting():
+        return True
+    enqueue_message_later(waiting, 0)
+    return False
 
 
 def _run_guarded(turn: Turn) -> None:
@@ -281,14 +288,10 @@ def process_inbound(*, inbound_event_id: int) -> int:
     while True:
         with contact_lock(channel_id, sender, acquired=taken) as acquired:
             if not acquired:
-                return turns  # the holder re-checks after releasing; our event is not stranded
+                return turns  # the holder looks again after releasing; our event is not stranded
             drained = _drain(channel_id, tenant_id, sender)
             turns += drained.turns
-        if _ask_later(drained):
-            return turns
-        # Re-check after releasing: an event committed while we held the lock, whose task gave up
-        # on the lock, is ours to answer.
-        if not _anything_pending(channel_id, tenant_id, sender):
+        if not _hand_off(drained, channel_id, tenant_id, sender):
             return turns
         taken = None  # not tried yet
 
@@ -307,6 +310,7 @@ def process_conversation(*, conversation: Conversation) -> int | None:
         turn.conversation = conversation
         turn.contact = conversation.contact
         _run_guarded(turn)
-        drained = _drain(channel.pk, channel.tenant_id, sender)
-    _ask_later(drained)
-    return 1 + drained.turns
+    if _hand_off(Drained(1), channel.pk, channel.tenant_id, sender):
+        waiting = _first_pending(channel.pk, channel.tenant_id, sender)
+        return 1 + (process_inbound(inbound_event_id=waiting) if waiting is not None else 0)
+    return 1

@@ -73,6 +73,13 @@ def _record(turn: Turn) -> None:
         error = {"code": turn.failure.code, "message": str(turn.failure), "retryable": turn.failure.retryable}
     reply = turn.reply_message
     turn.timings["total_ms"] = round((time.monotonic() - turn.started) * 1000, 2)
+    if turn.inbound_events:
+        # From the first message's arrival to the turn's start: the queue, the contact's previous turn,
+        # a burst's wait (TURN_DEBOUNCE_SECONDS). What a user waits for besides the turn itself.
+        arrived = min(e.received_at for e in turn.inbound_events)
+        turn.timings["waited_ms"] = round(
+            max((now - arrived).total_seconds() * 1000 - turn.timings["total_ms"], 0.0), 2
+        )
     turn.timings["overhead_ms"] = round(
         turn.timings["total_ms"] - turn.timings.get("llm_wait_ms", 0.0) - turn.timings.get("tools_ms", 0.0), 2
     )

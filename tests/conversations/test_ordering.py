@@ -127,3 +127,101 @@ def test_a_contact_still_writing_holds_no_worker_thread_while_their_burst_is_awa
     wait_until(lambda: graph.texts, timeout=15)
     assert graph.text_bodies() == ["Both answered."]
     assert user_contents(openai_server.requests[0]) == ["I have a question", "about my order"]
+
+
+def _record(whatsapp, text: str, sender: str = "15557654321") -> int:
+    """A message stored as the webhook stores it, without publishing its task."""
+    from channels_app.adapters.base import NormalizedMessage
+    from channels_app.inbound import record_inbound
+
+    message = NormalizedMessage(
+        platform="whatsapp", channel_external_id=whatsapp.external_id, message_id=f"wamid.{time.time_ns()}",
+        sender_id=sender, timestamp=time.time(), type="text", text=text,
+    )  # fmt: skip
+    (inbound_id,) = record_inbound(channel=whatsapp, messages=[message])
+    return inbound_id
+
+
+def _turn_with_a_message_written_during_it(whatsapp, openai_server, before_second=None) -> list[int]:
+    """Runs the task body for a first message; a second one arrives while its LLM call is in flight.
+    Returns what the task body returned (how many turns it ran)."""
+    asked = threading.Event()
+
+    def answer(body):
+        text = user_contents(body)[-1]
+        if "question" not in text:  # another contact's turn holds a thread: the first frees at 1.5 s
+            return {"content": "answer to " + text, "delay": 1.5 if text.endswith("0000") else 3}
+        asked.set()
+        return {"content": "answer to " + text, "delay": 0.4}
+
+    openai_server.default = answer
+    if before_second is not None:
+        before_second()
+    first = _record(whatsapp, "first question")
+    returned: list[int] = []
+
+    def task_body() -> None:
+        from django.db import connection
+
+        try:
+            returned.append(pipeline.process_inbound(inbound_event_id=first))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=task_body)
+    thread.start()
+    assert asked.wait(10)
+    _record(whatsapp, "second question")  # written while the first turn waits for the LLM
+    thread.join(30)
+    return returned
+
+
+def test_a_message_written_during_a_turn_goes_behind_other_contacts_waiting_in_the_queue(
+    live_worker, whatsapp, graph, openai_server, settings
+):
+    """Other contacts' turns wait in the queue (the worker's 4 threads are busy with 4 others): what the
+    contact wrote meanwhile gets a task at the back of the queue instead of being answered by the same
+    task, so a contact who keeps writing cannot keep a thread while others wait (with fewer threads than
+    writing contacts, serving them inline made the others wait up to 4 s in bench.turn)."""
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    others = [f"1555000{n:04d}" for n in range(5)]
+
+    def fill_the_worker() -> None:
+        for sender in others:
+            deliver(whatsapp, text=f"hello from {sender}", sender=sender)
+        wait_until(lambda: len(openai_server.requests) >= 4)  # 4 threads busy, the fifth task queued
+
+    returned = _turn_with_a_message_written_during_it(whatsapp, openai_server, before_second=fill_the_worker)
+
+    assert returned == [1]  # its own burst only
+    wait_until(lambda: len(graph.texts) == 7, timeout=30)
+    # The fifth contact, queued before the second message was written, has its turn first (the first
+    # thread to free up takes it); the second message's turn starts when the next one frees up.
+    asked = [user_contents(request)[-1] for request in openai_server.requests]
+    assert asked.index(f"hello from {others[4]}") < asked.index("second question")
+    replies = graph.text_bodies()
+    assert replies.index("answer to first question") < replies.index("answer to second question")
+
+
+def test_a_message_written_during_a_turn_is_answered_by_the_same_task_when_nobody_waits(
+    live_worker, whatsapp, graph, openai_server, settings
+):
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    returned = _turn_with_a_message_written_during_it(whatsapp, openai_server)
+    assert returned == [2]  # no queue hop when no other turn waits
+    assert graph.text_bodies() == ["answer to first question", "answer to second question"]
+
+
+def test_turns_waiting_reads_the_brokers_queue(live_worker):
+    import uuid
+
+    from channels_app.inbound import HANDLE_MESSAGE_TASK, turns_waiting
+    from config.celery import app
+
+    queue_name = f"test-waiting-{uuid.uuid4().hex[:8]}"  # a queue no worker consumes
+    assert not turns_waiting(queue_name)
+    app.send_task(HANDLE_MESSAGE_TASK, args=[0], queue=queue_name)
+    assert turns_waiting(queue_name)
+    with app.connection_or_acquire() as conn:
+        conn.default_channel.queue_purge(queue_name)
+    assert not turns_waiting(queue_name)

@@ -119,7 +119,8 @@ class WhatsAppAdapter:
             value = change.get("value")
             metadata = value.get("metadata") if isinstance(value, dict) else None
             pnid = str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
-            if not pnid and change.get("field") in ACCOUNT_FIELDS and entry.get("id"):
+            field = change.get("field")
+            if not pnid and isinstance(field, str) and field in ACCOUNT_FIELDS and entry.get("id"):
                 pnid = f"{ACCOUNT_PREFIX}{entry['id']}"
             if pnid and pnid not in ids:
                 ids.append(pnid)

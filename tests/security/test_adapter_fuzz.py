@@ -272,3 +272,13 @@ def test_signed_mutated_webhook_is_stored_or_refused_in_json_never_a_server_erro
 
     check()
     assert InboundEvent.objects.filter(channel=channel).count() >= 1
+
+
+def test_a_change_whose_field_is_not_a_string_routes_nowhere_instead_of_crashing() -> None:
+    """Found by the fuzzer above: ``field`` given as an object made routing raise (unhashable dict)."""
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1234567890", "changes": [{"value": 7, "field": {"k": ["message_template_status_update"]}}]}],
+    }
+    assert ADAPTERS["whatsapp"].routing_ids(payload) == []
+    assert ADAPTERS["whatsapp"].parse(payload).messages == []

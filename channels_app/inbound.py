@@ -142,11 +142,11 @@ def enqueue(rows: Iterable[tuple]) -> None:
 
 
 def enqueue_message_later(inbound_id: int, seconds: float) -> None:
-    """Publish a message event's task to run in ``seconds`` (a burst still being written), or now at the
-    back of the queue when ``seconds`` is 0. A failure is logged; the beat sweep retries the row later."""
+    """Publish a message event's task to run in ``seconds`` (a burst still being written). A failure is
+    logged; the beat sweep retries the row later."""
     from config.celery import app
 
-    _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds if seconds > 0 else None)
+    _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds)
 
 
 def turns_waiting(queue_name: str | None = None) -> bool:

@@ -7,9 +7,9 @@ parsed again by PostgreSQL wherever the statement names it (the hybrid search na
 ``vector_send`` column arrives as its bytes instead of hex text, ~2x fewer bytes to read and decode).
 
 The statement is never prepared (the connections' ``prepare_threshold`` is None, in the settings): an
-unnamed statement is planned with its parameters' values, as a
-client-bound one is, so a tenant id still matches that tenant's partial HNSW index (knowledge.vectors);
-a prepared statement's generic plan was slower in bench.turn's hybrid search (8.3 against 6.9 ms).
+unnamed statement is planned with its parameters' values, as a client-bound one is, so a tenant id
+still matches that tenant's partial HNSW index (knowledge.vectors); a prepared statement's generic plan
+was slower in bench.turn's hybrid search (8.3 against 6.9 ms).
 The cursor is wrapped as Django wraps its own: execute wrappers (the statement timer of config.metrics)
 and ``CaptureQueriesContext`` see it like any other statement.
 """

@@ -87,8 +87,9 @@ class _Pool:
     bm25: np.ndarray  # float64; 0: no keyword match
     coverage: np.ndarray  # float64 in 0..1
     cosine: np.ndarray  # float64; NaN: no vector of the query's model
-    vectors: np.ndarray | None = None  # float32 (n, dims), the feedback step's; rows without one are 0
-    has_vector: np.ndarray | None = None  # bool per row
+    # float32 (n, dims), the feedback step's: the statement returns a vector with every cosine (rows
+    # without a cosine are 0 here).
+    vectors: np.ndarray | None = None
 
     @classmethod
     def of(
@@ -196,12 +197,10 @@ def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, de
         return _Pool.of([])
     ids, _, bm25, coverage, cosine, blobs = zip(*rows, strict=True)
     pool = _Pool.of(list(ids), [b or 0.0 for b in bm25], [c or 0.0 for c in coverage], list(cosine))
-    has_vector = np.fromiter((blob is not None for blob in blobs), dtype=bool, count=len(blobs))
-    if has_vector.any():
-        dims = len(vector)
-        matrix = np.zeros((len(blobs), dims), dtype=np.float32)
-        matrix[has_vector] = vectors.from_binary_many([blob for blob in blobs if blob is not None], dims)
-        pool.vectors, pool.has_vector = matrix, has_vector
+    returned = [blob for blob in blobs if blob is not None]
+    if returned:
+        pool.vectors = np.zeros((len(blobs), len(vector)), dtype=np.float32)
+        pool.vectors[~np.isnan(pool.cosine)] = vectors.from_binary_many(returned, len(vector))
     return pool
 
 
@@ -239,14 +238,15 @@ def _feedback_rerank(
     """Pseudo-relevance feedback on the vector leg (Rocchio): move the query vector towards the
     mean of the top fused results and rank the candidates again with it. The candidates' reported
     cosine (and so their calibrated relevance) stays the one of the original query."""
-    if pool.vectors is None or pool.has_vector is None:
+    if pool.vectors is None:
         return order, fused
-    top = [i for i in order[: settings.KNOWLEDGE_PRF_DOCS] if pool.has_vector[i]]
+    has_vector = ~np.isnan(pool.cosine)
+    top = [i for i in order[: settings.KNOWLEDGE_PRF_DOCS] if has_vector[i]]
     if not top:
         return order, fused
     moved = vector + settings.KNOWLEDGE_PRF_WEIGHT * pool.vectors[top].mean(axis=0)
     moved = moved / (np.linalg.norm(moved) or 1.0)
-    shadow = _Pool(pool.ids, pool.bm25, pool.coverage, np.where(pool.has_vector, pool.vectors @ moved, pool.cosine))
+    shadow = _Pool(pool.ids, pool.bm25, pool.coverage, np.where(has_vector, pool.vectors @ moved, pool.cosine))
     return _fuse(shadow, keyword_weight, vector_weight, fusion, moved)
 
 

@@ -25,8 +25,9 @@ every visited row costs a heap fetch to check the tenant. So a tenant with at le
 (``WHERE tenant_id = '<id>' AND vector_dims(embedding) = d``, built concurrently by
 ``ensure_tenant_indexes``, which the indexing task and an hourly beat task call; dropped when the
 tenant is gone). The search's statement is planned with the tenant id's value (a literal, or the
-parameter of a statement that is never prepared: config.db), so the planner matches that index and walks the tenant's graph unfiltered (recall@10 1.0 at 48k rows,
-0.985 at 193k with ef_search 200, ~3-11 ms), and such a tenant always takes the HNSW path.
+parameter of a statement that is never prepared: config.db), so the planner matches that index and
+walks the tenant's graph unfiltered (recall@10 1.0 at 48k rows, 0.985 at 193k with ef_search 200,
+~3-11 ms), and such a tenant always takes the HNSW path.
 
 Cosine similarity is ``1 - (a <=> b)``. Vectors are written as text (``[x,y,...]``) and read back in
 pgvector's binary form (``vector_send``: int16 dimension, int16 unused, big-endian float4s).

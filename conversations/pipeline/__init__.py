@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from channels_app.inbound import enqueue_message_later, needs_preparation, turns_waiting
+from channels_app.inbound import enqueue, enqueue_message_later, needs_preparation, turns_waiting
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
@@ -227,22 +227,20 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
     return Drained(1)
 
 
-def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) -> bool:
-    """After the lock is released: True when the caller should answer what the contact wrote meanwhile
-    itself (nothing else waits in the queue). Otherwise the burst still being written is asked for
-    again when it may be over, and a message that came meanwhile (whose own task may have found the
-    lock taken and given up) gets a task at the back of the queue. A lost publish leaves the event
-    pending for the stale-pending sweep."""
+def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) -> int | None:
+    """After the lock is released: the id of a message the contact wrote meanwhile that the caller
+    should answer itself (nothing else waits in the queue). Otherwise None: the burst still being
+    written is asked for again when it may be over, and a message that came meanwhile (whose own task
+    may have found the lock taken and given up) gets a task at the back of the queue. A lost publish
+    leaves the event pending for the stale-pending sweep."""
     if drained.event_id is not None:
         enqueue_message_later(drained.event_id, drained.wait)
-        return False
+        return None
     waiting = _first_pending(channel_id, tenant_id, sender)
-    if waiting is None:
-        return False
-    if not turns_waiting():
-        return True
-    enqueue_message_later(waiting, 0)
-    return False
+    if waiting is None or not turns_waiting():
+        return waiting
+    enqueue([(waiting, InboundEvent.Kind.MESSAGE)])
+    return None
 
 
 def _run_guarded(turn: Turn) -> None:
@@ -291,7 +289,7 @@ def process_inbound(*, inbound_event_id: int) -> int:
                 return turns  # the holder looks again after releasing; our event is not stranded
             drained = _drain(channel_id, tenant_id, sender)
             turns += drained.turns
-        if not _hand_off(drained, channel_id, tenant_id, sender):
+        if _hand_off(drained, channel_id, tenant_id, sender) is None:
             return turns
         taken = None  # not tried yet
 
@@ -310,7 +308,5 @@ def process_conversation(*, conversation: Conversation) -> int | None:
         turn.conversation = conversation
         turn.contact = conversation.contact
         _run_guarded(turn)
-    if _hand_off(Drained(1), channel.pk, channel.tenant_id, sender):
-        waiting = _first_pending(channel.pk, channel.tenant_id, sender)
-        return 1 + (process_inbound(inbound_event_id=waiting) if waiting is not None else 0)
-    return 1
+    waiting = _hand_off(Drained(1), channel.pk, channel.tenant_id, sender)
+    return 1 + (process_inbound(inbound_event_id=waiting) if waiting is not None else 0)

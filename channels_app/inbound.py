@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -149,26 +149,6 @@ def enqueue_message_later(inbound_id: int, seconds: float) -> None:
     _publish(app, HANDLE_MESSAGE_TASK, inbound_id, None, countdown=seconds)
 
 
-def turns_waiting(queue_name: str | None = None) -> bool:
-    """Whether message tasks wait in the broker, not yet taken by a worker (other contacts' turns):
-    one LLEN on Redis. True when the broker cannot say (the fair answer)."""
-    from config.celery import app
-
-    if queue_name is None:
-        route = settings.CELERY_TASK_ROUTES.get(HANDLE_MESSAGE_TASK, {})
-        queue_name = route.get("queue", settings.CELERY_TASK_DEFAULT_QUEUE)
-    try:
-        with app.connection_or_acquire() as conn:
-            # Declared as Celery declares it (idempotent): a passive declare says NOT_FOUND for an empty
-            # Redis queue, and for any queue once the broker's keys carry a global_keyprefix (kombu checks
-            # the key without the prefix).
-            declared = app.amqp.queues[queue_name](conn.default_channel).queue_declare()
-            return bool(declared.message_count)
-    except Exception as exc:
-        logger.warning("could not read the queue's length", extra={"queue": queue_name, "error": str(exc)})
-        return True
-
-
 def _publish(app: Any, task: str, inbound_id: int, producer: Any, *, countdown: float | None = None) -> None:
     try:
         app.send_task(task, args=[inbound_id], producer=producer, countdown=countdown)
@@ -191,7 +171,14 @@ def enqueue_soon(rows: Iterable[tuple]) -> None:
 
 
 COALESCE_SECONDS = 0.025
-BUSY_WITHIN_SECONDS = 0.05  # the previous publish was this recent: the process is busy
+# The publisher waits COALESCE_SECONDS for more only when the arrival rate of the last second fills that
+# window with this many tasks (160/s): below it the wait would delay every message (a turn's reply) and
+# save little. What arrived during a publish goes in the next one whatever the rate.
+COALESCE_MIN_EXPECTED = 4
+RATE_WINDOW_SECONDS = 1.0
+# A batch up to this size is published from here, pipelined (one Redis round trip); a larger one as one
+# task that a worker fans out (the web process pays for one publish instead of hundreds).
+DIRECT_MAX = 4
 MAX_BATCH = 500
 
 
@@ -223,33 +210,30 @@ class _Publisher:
     def _run(self) -> None:
         from config.celery import app
 
-        last_publish = 0.0
+        rate = 0.0  # tasks per second over the last full window
+        window_started, window_items = time.monotonic(), 0
         while True:
             batch = self._queue.get()
-            busy = time.monotonic() - last_publish < BUSY_WITHIN_SECONDS
-            # Under load, whatever arrives within COALESCE_SECONDS (25 ms) goes in one publish: a Celery
-            # publish costs ~0.5 ms of CPU whatever it carries, a web process's scarcest resource.
-            # When quiet, the message goes at once (no added latency).
-            deadline = time.monotonic() + (COALESCE_SECONDS if busy else 0.0)
+            now = time.monotonic()
+            if now - window_started >= RATE_WINDOW_SECONDS:
+                rate = window_items / (now - window_started)
+                window_started, window_items = now, 0
+            # Under heavy load, whatever arrives within COALESCE_SECONDS (25 ms) goes in one publish: a
+            # Celery publish costs ~0.5 ms of CPU whatever it carries, a web process's scarcest resource.
+            wait = COALESCE_SECONDS if rate * COALESCE_SECONDS >= COALESCE_MIN_EXPECTED else 0.0
+            deadline = now + wait
             try:
                 while len(batch) < MAX_BATCH:
                     remaining = deadline - time.monotonic()
                     batch += self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 pass
-            last_publish = time.monotonic()
+            window_items += len(batch)
             try:
                 with app.producer_or_acquire() as producer:
-                    if len(batch) == 1:
-                        task, inbound_id, cid = batch[0]
-                        token = correlation_id.set(cid)
-                        try:
-                            _publish(app, task, inbound_id, producer)
-                        finally:
-                            correlation_id.reset(token)
+                    if len(batch) <= DIRECT_MAX:
+                        _publish_batch(app, producer, batch)
                     else:
-                        # Under load, one task carries the whole batch and a worker fans it out:
-                        # the web process pays for one publish instead of hundreds.
                         app.send_task(DISPATCH_TASK, args=[[list(item) for item in batch]], producer=producer)
             except Exception as exc:  # the broker pool itself failed: the sweep catches these rows
                 logger.error("inbound publisher failed", extra={"count": len(batch), "error": str(exc)})
@@ -259,18 +243,12 @@ class _Publisher:
                     self._idle.notify_all()
 
 
-_publisher = _Publisher()
-atexit.register(_publisher.flush)
-
-
-def dispatch(items: Iterable[list]) -> int:
-    """Fan a batch of ``[task, inbound id, correlation id]`` out into one task each (in a worker)."""
-    from config.celery import app
-
+def _publish_batch(app: Any, producer: Any, items: Iterable[Sequence[Any]]) -> int:
+    """Publish ``[task, inbound id, correlation id]`` items, each with its correlation id, in one Redis
+    round trip (kombu's pipelined publish batch: half the CPU of publishing one by one). A failed flush
+    raises."""
     count = 0
-    # One Redis round trip for the whole batch (kombu's pipelined publish batch): half the CPU of
-    # publishing one by one. A failed flush raises: the task is retried, and the sweep is behind it.
-    with app.producer_or_acquire() as producer, producer.batch(max_size=MAX_BATCH):
+    with producer.batch(max_size=MAX_BATCH):
         for task, inbound_id, cid in items:
             token = correlation_id.set(cid)
             try:
@@ -279,6 +257,19 @@ def dispatch(items: Iterable[list]) -> int:
                 correlation_id.reset(token)
             count += 1
     return count
+
+
+_publisher = _Publisher()
+atexit.register(_publisher.flush)
+
+
+def dispatch(items: Iterable[list]) -> int:
+    """Fan a batch of ``[task, inbound id, correlation id]`` out into one task each (in a worker). A
+    failed flush raises: the task is retried, and the sweep is behind it."""
+    from config.celery import app
+
+    with app.producer_or_acquire() as producer:
+        return _publish_batch(app, producer, items)
 
 
 def requeue_stale_pending(*, older_than: timedelta | None = None, limit: int = 1000) -> int:

@@ -107,6 +107,9 @@ class InboundEvent(TenantOwned):
     attempts = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # When the message's own task found its contact's turn running (conversations.pipeline): it has had
+    # its place in the queue, so the running turn answers it next instead of queueing it again.
+    turn_busy_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -7,8 +7,9 @@
 of one conversation) never run at the same time, on any worker: a PostgreSQL session advisory lock
 keyed on (channel, contact) is taken with *try*; a worker that does not get it leaves its event
 pending, because the holder looks for pending events after releasing the lock, so nothing is
-stranded. What the contact wrote meanwhile is answered by the same task only while no other turn
-waits in the queue; otherwise it gets a task at the back of the queue (a contact who keeps writing
+stranded. What the contact wrote meanwhile is answered by the same task only when that message's own
+task has come and found the turn running (it has had its place in the queue: ``turn_busy_at``);
+otherwise it is left to its task, queued behind other contacts' turns (a contact who keeps writing
 does not keep a worker thread while other contacts wait: with fewer threads than writing contacts,
 serving them inline made the others wait up to 4 s in bench.turn). A burst is answered in one turn once the
 contact has been quiet for ``TURN_DEBOUNCE_SECONDS``: until then the task releases the lock and
@@ -30,7 +31,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from channels_app.inbound import enqueue, enqueue_message_later, needs_preparation, turns_waiting
+from channels_app.inbound import enqueue_message_later, needs_preparation
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
@@ -101,17 +102,25 @@ def contact_lock(channel_id: Any, sender_external_id: str, *, acquired: bool | N
             _unlock(channel_id, sender_external_id)
 
 
-def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
-    """A pending message event's (tenant id, channel id, sender) and whether its contact's lock was
-    taken, in one query; None when the event is not a pending message (already answered)."""
+@functools.cache
+def _lock_event_sql() -> str:
     table = InboundEvent._meta.db_table
     key = LOCK_KEY_SQL.format(channel="channel_id::text", sender="sender_external_id")
+    return (
+        f"WITH e AS (SELECT id, tenant_id, channel_id, sender_external_id, pg_try_advisory_lock({key}) AS got "  # noqa: S608 (our table)
+        f"FROM {table} WHERE id = %s AND status = %s AND kind = %s), "
+        f"busy AS (UPDATE {table} SET turn_busy_at = now() WHERE id = (SELECT id FROM e WHERE NOT got) RETURNING id) "
+        "SELECT tenant_id, channel_id, sender_external_id, got FROM e"
+    )
+
+
+def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
+    """A pending message event's (tenant id, channel id, sender) and whether its contact's lock was
+    taken, in one query; None when the event is not a pending message (already answered). When the
+    lock is held (the contact's turn is running), the event is marked ``turn_busy_at`` in the same
+    statement: the running turn answers it next (``_hand_off``)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT tenant_id, channel_id, sender_external_id, pg_try_advisory_lock({key}) FROM {table} "  # noqa: S608 (our table)
-            "WHERE id = %s AND status = %s AND kind = %s",
-            [inbound_event_id, InboundEvent.Status.PENDING, InboundEvent.Kind.MESSAGE],
-        )
+        cursor.execute(_lock_event_sql(), [inbound_event_id, InboundEvent.Status.PENDING, InboundEvent.Kind.MESSAGE])
         row = cursor.fetchone()
     return None if row is None else (row[0], row[1], row[2], bool(row[3]))
 
@@ -135,7 +144,7 @@ def _pending_sql(for_turn: bool) -> str:
         "AND e.status = %s ORDER BY e.id LIMIT %s"
     )
     if not for_turn:
-        return f"SELECT e.id, e.normalized FROM {events} e {where}"  # noqa: S608 (our tables)
+        return f"SELECT e.id, e.normalized, e.turn_busy_at IS NOT NULL FROM {events} e {where}"  # noqa: S608 (our tables)
     functions = TenantFunction._meta.db_table
     return (
         f"WITH fn AS (SELECT COALESCE(json_agg(f ORDER BY f.name), '[]')::text AS rows FROM {functions} f "  # noqa: S608
@@ -192,11 +201,12 @@ def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]
     return ready
 
 
-def _first_pending(channel_id: Any, tenant_id: Any, sender: str) -> int | None:
-    """The id of the message event ``_pending`` would start a turn with (the cheap question), if any."""
-    for event_id, normalized in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
+def _first_pending(channel_id: Any, tenant_id: Any, sender: str) -> tuple[int, bool] | None:
+    """The id of the message event ``_pending`` would start a turn with (the cheap question), if any,
+    and whether its own task found the contact's turn running (``_lock_event``)."""
+    for event_id, normalized, busy in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
         ready = not needs_preparation(json.loads(normalized) if isinstance(normalized, str) else normalized)
-        return int(event_id) if ready else None
+        return (int(event_id), bool(busy)) if ready else None
     return None
 
 
@@ -229,18 +239,20 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
 
 def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) -> int | None:
     """After the lock is released: the id of a message the contact wrote meanwhile that the caller
-    should answer itself (nothing else waits in the queue). Otherwise None: the burst still being
-    written is asked for again when it may be over, and a message that came meanwhile (whose own task
-    may have found the lock taken and given up) gets a task at the back of the queue. A lost publish
-    leaves the event pending for the stale-pending sweep."""
+    should answer itself, because its own task has had its place in the queue already: it came, found
+    the turn running and gave up (``turn_busy_at``). Otherwise None: the burst still being written is
+    asked for again when it may be over, and a message whose task has not come yet is left to that
+    task, in its place in the queue behind other contacts' turns (answering it here would let a
+    contact who keeps writing keep a worker thread while others wait). A lost publish leaves the event
+    pending for the stale-pending sweep."""
     if drained.event_id is not None:
         enqueue_message_later(drained.event_id, drained.wait)
         return None
-    waiting = _first_pending(channel_id, tenant_id, sender)
-    if waiting is None or not turns_waiting():
-        return waiting
-    enqueue([(waiting, InboundEvent.Kind.MESSAGE)])
-    return None
+    found = _first_pending(channel_id, tenant_id, sender)
+    if found is None:
+        return None
+    waiting, its_task_came = found
+    return waiting if its_task_came else None
 
 
 def _run_guarded(turn: Turn) -> None:
@@ -281,7 +293,10 @@ def process_inbound(*, inbound_event_id: int) -> int:
     if found is None:
         return 0
     tenant_id, channel_id, sender, tried = found
-    taken: bool | None = tried
+    # The lock was held: the event is marked now (committed). A holder that read the contact's pending
+    # messages before the mark committed has released the lock already, so one more try takes it; if
+    # it is held still, its holder reads the mark when it hands off.
+    taken: bool | None = tried or _try_lock(channel_id, sender)
     turns = 0
     while True:
         with contact_lock(channel_id, sender, acquired=taken) as acquired:

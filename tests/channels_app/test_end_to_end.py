@@ -156,13 +156,23 @@ def test_status_webhook_reaches_the_outbound_message_through_the_worker(worker, 
     assert InboundEvent.objects.get(kind="status").status == "processed"
 
 
-def test_a_batch_post_is_handed_on_through_one_dispatch_task(graph, worker, wa_channel, post_webhook, settings):
-    """Rows stored by one POST are published as one batch and fanned out by a worker."""
+def test_a_large_batch_post_is_handed_on_through_one_dispatch_task(graph, worker, wa_channel, post_webhook, settings):
+    """Rows stored by one POST are published together: more than DIRECT_MAX of them as one task that a
+    worker fans out (the web process pays for one publish), each row's task received once."""
     from celery import signals
+
+    from channels_app.inbound import DIRECT_MAX
 
     # Each message's task counted once: no burst debounce, whose turn asks again later by design.
     settings.TURN_DEBOUNCE_SECONDS = 0
-
+    payload = json.loads(fresh_fixture_bytes("whatsapp", "text"))
+    value = payload["entry"][0]["changes"][0]["value"]
+    template = value["messages"][0]
+    count = DIRECT_MAX + 2
+    value["messages"] = [
+        {**template, "id": f"wamid.batch{n}", "from": f"97298765{n:04d}", "text": {"body": f"question {n}"}}
+        for n in range(count)
+    ]
     received: list[str] = []
 
     def on_received(request=None, **_):
@@ -170,23 +180,37 @@ def test_a_batch_post_is_handed_on_through_one_dispatch_task(graph, worker, wa_c
 
     signals.task_received.connect(on_received, weak=False)
     try:
-        body = fixture_bytes("whatsapp", "batch_several_messages_and_users")
-        assert post_webhook("whatsapp", body, WA_SECRET).json()["stored"] == 4
-        wait_until(
-            lambda: (
-                received.count("conversations.handle_inbound_message") >= 3
-                and received.count("channels_app.apply_status_update") >= 1
-            ),
-            timeout=30,
-        )
+        assert post_webhook("whatsapp", json.dumps(payload).encode(), WA_SECRET).json()["stored"] == count
+        wait_until(lambda: received.count("conversations.handle_inbound_message") >= count, timeout=30)
         # A later POST's task is received after any duplicate hand-off of the batch (one FIFO queue).
         assert post_webhook("whatsapp", fixture_bytes("whatsapp", "text"), WA_SECRET).json()["stored"] == 1
-        wait_until(lambda: received.count("conversations.handle_inbound_message") >= 4, timeout=30)
+        wait_until(lambda: received.count("conversations.handle_inbound_message") >= count + 1, timeout=30)
     finally:
         signals.task_received.disconnect(on_received)
     assert received.count("channels_app.dispatch_inbound") == 1
-    assert received.count("conversations.handle_inbound_message") == 4
-    assert received.count("channels_app.apply_status_update") >= 1
+    assert received.count("conversations.handle_inbound_message") == count + 1
+
+
+def test_messages_arriving_one_by_one_are_published_one_task_each(graph, worker, wa_channel, post_webhook, settings):
+    """At a rate a turn worker serves (not a flood), each message's task is published as it commits:
+    no wait to coalesce and no fan-out hop through a dispatch task, which would add to every reply."""
+    from celery import signals
+
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    received: list[str] = []
+
+    def on_received(request=None, **_):
+        received.append(request.name)
+
+    signals.task_received.connect(on_received, weak=False)
+    try:
+        for n in range(6):  # within ~50 ms of each other: "busy" for the publisher's old rule
+            body = fresh_fixture_bytes("whatsapp", "text").replace(b'"wamid.', f'"wamid.oneby{n}'.encode())
+            assert post_webhook("whatsapp", body, WA_SECRET).json()["stored"] == 1
+        wait_until(lambda: received.count("conversations.handle_inbound_message") >= 6, timeout=30)
+    finally:
+        signals.task_received.disconnect(on_received)
+    assert received.count("channels_app.dispatch_inbound") == 0
 
 
 def test_a_message_whose_task_was_lost_is_answered_after_the_sweep(graph, worker, wa_channel, settings):

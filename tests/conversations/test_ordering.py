@@ -142,10 +142,11 @@ def _record(whatsapp, text: str, sender: str = "15557654321") -> int:
     return inbound_id
 
 
-def _turn_with_a_message_written_during_it(whatsapp, openai_server, before_second=None) -> list[int]:
+def _turn_with_a_message_written_during_it(whatsapp, openai_server, before_second=None, when_written=None) -> list[int]:
     """Runs the task body for a first message in this thread (the worker's threads are busy, so this call
-    takes the message before its own task does); a second one arrives while its LLM call is in flight.
-    Returns what the task body returned (how many turns it ran)."""
+    takes the message before its own task does); a second one arrives while its LLM call is in flight
+    (``when_written`` is called with its id then). Returns what the task body returned (how many turns
+    it ran)."""
     asked = threading.Event()
 
     def answer(body):
@@ -172,7 +173,9 @@ def _turn_with_a_message_written_during_it(whatsapp, openai_server, before_secon
     thread = threading.Thread(target=task_body)
     thread.start()
     assert asked.wait(10)
-    _record(whatsapp, "second question")  # written while the first turn waits for the LLM
+    second = _record(whatsapp, "second question")  # written while the first turn waits for the LLM
+    if when_written is not None:
+        when_written(second)
     thread.join(30)
     return returned
 
@@ -204,16 +207,22 @@ def test_a_message_written_during_a_turn_goes_behind_other_contacts_waiting_in_t
     assert replies.index("answer to first question") < replies.index("answer to second question")
 
 
-def test_turns_waiting_reads_the_brokers_queue(live_worker):
-    import uuid
+def test_a_message_whose_task_finds_the_turn_running_is_answered_next_by_that_turn(
+    transactional_db, whatsapp, graph, openai_server, settings
+):
+    """The second message's task came while the first turn ran: it has had its place in the queue, so
+    it gives up and the running turn answers the message next, instead of queueing it again."""
+    settings.TURN_DEBOUNCE_SECONDS = 0
+    its_task = []
 
-    from channels_app.inbound import HANDLE_MESSAGE_TASK, turns_waiting
-    from config.celery import app
+    def its_task_comes(second: int) -> None:
+        its_task.append(pipeline.process_inbound(inbound_event_id=second))
+        its_task.append(InboundEvent.objects.get(pk=second).turn_busy_at)
 
-    queue_name = f"test-waiting-{uuid.uuid4().hex[:8]}"  # a queue no worker consumes
-    assert not turns_waiting(queue_name)
-    app.send_task(HANDLE_MESSAGE_TASK, args=[0], queue=queue_name)
-    assert turns_waiting(queue_name)
-    with app.connection_or_acquire() as conn:
-        conn.default_channel.queue_purge(queue_name)
-    assert not turns_waiting(queue_name)
+    returned = _turn_with_a_message_written_during_it(whatsapp, openai_server, when_written=its_task_comes)
+
+    turns, marked = its_task
+    assert turns == 0 and marked is not None  # the turn was running: the task left the message to it
+    assert returned == [2]  # the first message's turn, then the second's, in the same call
+    assert graph.text_bodies() == ["answer to first question", "answer to second question"]
+    assert set(InboundEvent.objects.values_list("status", flat=True)) == {"processed"}

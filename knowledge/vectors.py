@@ -102,7 +102,11 @@ def vector_leg_sql(dims: int) -> str:
         ann = "SELECT NULL::bigint AS id, NULL::float8 AS distance WHERE false"
     return f"""
 vstats AS MATERIALIZED (
-    SELECT own OR (n > %(exact_max)s AND n::float8 * n >= %(hnsw_cost)s * %(k)s * greatest(total, n)) AS large
+    -- The graph's search list for this statement (set_config local: it ends with the statement's
+    -- transaction), set before the HNSW scan reads it at its first row: a small graph needs less.
+    SELECT set_config('hnsw.ef_search', (CASE WHEN (CASE WHEN own THEN n ELSE greatest(total, n) END)
+                                                   < %(small_graph)s THEN %(ef_small)s ELSE %(ef)s END)::text, true) <> ''
+           AND (own OR (n > %(exact_max)s AND n::float8 * n >= %(hnsw_cost)s * %(k)s * greatest(total, n))) AS large
     FROM (SELECT coalesce((SELECT chunk_count FROM {STATS} WHERE tenant_id = %(tenant)s), 0) AS n,
                  (SELECT reltuples FROM pg_class WHERE oid = '{CHUNK}'::regclass) AS total,
                  to_regclass(%(own_index)s) IS NOT NULL AS own) counts
@@ -130,6 +134,9 @@ def vector_leg_params(*, tenant_id: UUID, model_id: str, vector: np.ndarray, lim
         "k": limit,
         "exact_max": int(settings.KNOWLEDGE_VECTOR_EXACT_MAX),
         "hnsw_cost": float(settings.KNOWLEDGE_VECTOR_HNSW_COST),
+        "ef": int(settings.KNOWLEDGE_HNSW_EF_SEARCH),
+        "ef_small": int(settings.KNOWLEDGE_HNSW_EF_SEARCH_SMALL),
+        "small_graph": int(settings.KNOWLEDGE_HNSW_SMALL_GRAPH_ROWS),
     }
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 from config.db import server_bound_cursor
 from knowledge import vectors
@@ -48,11 +50,12 @@ def store(tenant: Any, matrix: np.ndarray, model_id: str = LOCAL_MODEL_ID) -> li
     return ids
 
 
-def plan(tenant: Any, vector: np.ndarray, limit: int) -> str:
+def plan(tenant: Any, vector: np.ndarray, limit: int, *, buffers: bool = False) -> str:
     sql = f"WITH {vectors.vector_leg_sql(len(vector))} SELECT id FROM vec"
     params = vectors.vector_leg_params(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=vector, limit=limit)
+    options = "ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF" + (", BUFFERS" if buffers else ", BUFFERS OFF")
     with server_bound_cursor() as cursor:  # as the hybrid search sends it: the planner sees the values
-        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, params)
+        cursor.execute(f"EXPLAIN ({options}) " + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
@@ -85,6 +88,39 @@ def test_the_hnsw_index_is_built_and_finds_the_exact_neighbours(hnsw: Any, tenan
         assert got[0][1] == pytest.approx(float(matrix[row] @ query), abs=1e-5)  # true cosines
         recalls.append(len({i for i, _ in got} & set(exact)) / 10)
     assert np.mean(recalls) >= 0.95
+
+
+def test_a_small_graph_is_walked_with_a_shorter_search_list_for_that_statement_only(
+    hnsw: Any, transactional_db: Any, tenant: Any, other_tenant: Any
+) -> None:
+    """The statement sets hnsw.ef_search for its own transaction from the graph's size: a 4,000-row
+    graph is walked with KNOWLEDGE_HNSW_EF_SEARCH_SMALL (fewer index pages), and the connection's own
+    setting is what it was afterwards."""
+    matrix = clustered(3000, seed=21)
+    store(tenant, matrix)
+    store(other_tenant, clustered(1000, seed=22))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE knowledge_chunk")
+
+    def pages_walked() -> int:
+        explained = plan(tenant, matrix[5], 10, buffers=True)
+        walked = re.search(
+            r"Index Scan using chunk_embedding_hnsw_384 .*\n(?:.*\n)*?\s+Buffers: shared hit=(\d+)", explained
+        )
+        assert walked, explained
+        return int(walked.group(1))
+
+    short_list = pages_walked()
+    with override_settings(KNOWLEDGE_HNSW_SMALL_GRAPH_ROWS=0):  # every graph counts as large
+        full_list = pages_walked()
+
+    assert short_list < full_list
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW hnsw.ef_search")
+        assert cursor.fetchone()[0] == str(settings.KNOWLEDGE_HNSW_EF_SEARCH)
+    assert vectors.nearest(tenant_id=tenant.pk, model_id=LOCAL_MODEL_ID, vector=matrix[5], limit=1)[0][1] == (
+        pytest.approx(1.0, abs=1e-5)
+    )
 
 
 def test_a_small_tenant_is_searched_exactly(settings: Any, tenant: Any, other_tenant: Any) -> None:

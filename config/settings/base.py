@@ -180,6 +180,8 @@ CHANNEL_LAYERS = {
 
 # --- Celery ---------------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport with one client object per channel instead of one per operation (config.broker).
+CELERY_BROKER_TRANSPORT = "config.broker:Transport" if urlparse(CELERY_BROKER_URL).scheme == "redis" else None
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:",
     "visibility_timeout": 3600,

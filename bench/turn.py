@@ -339,6 +339,16 @@ def main(argv: list[str]) -> int:
         print("warming up the worker (first turns load models and connections)", flush=True)
         for i in range(4):
             one_turn(f"1555000{i:04d}")
+        # Then as many contacts at once as the measured load, twice: each worker thread that will serve a
+        # measured turn has opened its database and HTTP connections (a thread's first turn pays them).
+        warm = [
+            threading.Thread(target=lambda i=i: [one_turn(f"1555100{i:04d}") for _ in range(2)])
+            for i in range(args.users)
+        ]
+        for thread in warm:
+            thread.start()
+        for thread in warm:
+            thread.join()
         latencies: list[float] = []
         failures = 0
         per_user = max(1, args.turns // args.users)

@@ -4,8 +4,8 @@ kombu's Redis channel builds a new ``redis.Redis`` object (its response-callback
 CPU, measured here) for every publish, every message received (the unacked index) and every ack: three
 or more per turn in a worker, one per publish in a web process. A redis-py client holds no state of its
 own between commands (each command borrows a connection from the pool), so one object per channel and
-pool serves them all. ``CELERY_BROKER_TRANSPORT`` names this class for ``redis://`` and ``rediss://``
-broker URLs (config.settings).
+pool serves them all. ``CELERY_BROKER_TRANSPORT`` names this class for ``redis://`` broker URLs
+(config.settings); other schemes keep kombu's own transport.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ chosen inside the statement (``vector_leg_sql``), so a serving process keeps no 
   tenant filter is applied while the graph is walked, with pgvector's iterative scan
   (``hnsw.iterative_scan = relaxed_order``, set per connection in the settings): the scan goes on
   until it has ``limit`` rows of the tenant instead of stopping at ``ef_search`` candidates, most of
-  them another tenant's. So its cost grows with ``limit`` / (the tenant's share of the table).
+  them another tenant's. So its cost grows with ``limit`` / (the tenant's share of the table). The
+  statement sets ``hnsw.ef_search`` for itself from the graph's size (KNOWLEDGE_HNSW_EF_SEARCH_SMALL
+  under KNOWLEDGE_HNSW_SMALL_GRAPH_ROWS rows).
 - **Exact**: the tenant's rows of that model through the ``chunk_embedded`` index, every distance
   computed; its cost grows with the tenant's rows n. Measured here (docs/knowledge.md): ~0.6 µs per
   row scanned exactly, ~10 µs per row the graph walk visits, so the exact scan is chosen when

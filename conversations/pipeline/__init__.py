@@ -201,12 +201,12 @@ def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]
     return ready
 
 
-def _first_pending(channel_id: Any, tenant_id: Any, sender: str) -> tuple[int, bool] | None:
-    """The id of the message event ``_pending`` would start a turn with (the cheap question), if any,
-    and whether its own task found the contact's turn running (``_lock_event``)."""
+def _first_pending_marked(channel_id: Any, tenant_id: Any, sender: str) -> int | None:
+    """The id of the message event ``_pending`` would start a turn with (the cheap question), when its
+    own task has come and found the contact's turn running (``_lock_event`` marked it)."""
     for event_id, normalized, busy in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
         ready = not needs_preparation(json.loads(normalized) if isinstance(normalized, str) else normalized)
-        return (int(event_id), bool(busy)) if ready else None
+        return int(event_id) if ready and busy else None
     return None
 
 
@@ -248,11 +248,7 @@ def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) ->
     if drained.event_id is not None:
         enqueue_message_later(drained.event_id, drained.wait)
         return None
-    found = _first_pending(channel_id, tenant_id, sender)
-    if found is None:
-        return None
-    waiting, its_task_came = found
-    return waiting if its_task_came else None
+    return _first_pending_marked(channel_id, tenant_id, sender)
 
 
 def _run_guarded(turn: Turn) -> None:

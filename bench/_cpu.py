@@ -8,14 +8,15 @@ work (per turn, per webhook, per event) does much less, so the benchmarks print 
 
 Processes are sampled a few times a second, so one that ends during the window (a PostgreSQL
 backend whose connection closed) still counts up to its last sample; one that starts during the
-window counts from zero. A group's own pids come first, then their descendants not claimed by
-another group. Shared services (Redis, RabbitMQ, PostgreSQL's background processes) are named
+window counts from zero. A process belongs to the group of its nearest listed ancestor (or
+itself). Shared services (Redis, RabbitMQ, PostgreSQL's background processes) are named
 "(shared)": other work on the machine adds to them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -42,26 +43,31 @@ class CpuMeter:
         self.interval = interval
         self.first: dict[int, tuple[str, float]] = {}
         self.last: dict[int, float] = {}
+        self.procs: dict[int, psutil.Process] = {}
+        self.ignored: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _claimed(self) -> dict[int, str]:
-        claimed = {pid: name for name, pids in self.groups.items() for pid in pids}
-        for name, pids in self.groups.items():
-            for pid in pids:
-                try:
-                    children = psutil.Process(pid).children(recursive=True)
-                except psutil.Error:
-                    continue
-                for child in children:
-                    claimed.setdefault(child.pid, name)
-        return claimed
+    def _owner(self, pid: int) -> str | None:
+        """The group whose pid, or whose pid's ancestor, this is (walking up the parents)."""
+        seen = 0
+        while pid > 1 and seen < 64:
+            for name, pids in self.groups.items():
+                if pid in pids:
+                    return name
+            try:
+                pid = psutil.Process(pid).ppid()
+            except psutil.Error:
+                return None
+            seen += 1
+        return None
 
-    def _group(self, proc: psutil.Process, claimed: dict[int, str]) -> str | None:
-        if proc.pid in claimed:
-            return claimed[proc.pid]
-        name = proc.info.get("name") or ""
-        cmd = " ".join(proc.info.get("cmdline") or [])
+    def _group(self, proc: psutil.Process) -> str | None:
+        owner = self._owner(proc.pid)
+        if owner is not None:
+            return owner
+        name = proc.name()
+        cmd = " ".join(proc.cmdline())
         if cmd.startswith("postgres:"):
             if self.postgres_database and f" {self.postgres_database} " in f"{cmd} ":
                 return "postgres"
@@ -75,19 +81,32 @@ class CpuMeter:
         return None
 
     def _sample(self, *, initial: bool = False) -> None:
-        claimed = self._claimed()
-        for proc in psutil.process_iter(["name", "cmdline"]):
+        # Each process is classified once (its name, command line and parents read when first seen);
+        # later samples read only the CPU times of the processes counted. Re-reading every process's
+        # command line and parent map twice a second cost as much CPU as the platform's web view in
+        # bench.turn, on the same two cores.
+        for pid in psutil.pids():
+            if pid in self.ignored:
+                continue
             try:
-                if proc.pid not in self.first:
-                    group = self._group(proc, claimed)
+                proc = self.procs.get(pid)
+                if proc is None:
+                    proc = psutil.Process(pid)
+                    group = self._group(proc)
                     if group is None:
+                        # A process seconds old may not have set its title yet (a PostgreSQL
+                        # backend just forked): looked at again next time.
+                        if time.time() - proc.create_time() > 2:
+                            self.ignored.add(pid)
                         continue
                     cpu = proc.cpu_times()
                     # A process that appeared during the window spent all its CPU in it.
-                    self.first[proc.pid] = (group, cpu.user + cpu.system if initial else 0.0)
+                    self.first[pid] = (group, cpu.user + cpu.system if initial else 0.0)
+                    self.procs[pid] = proc
                 cpu = proc.cpu_times()
-                self.last[proc.pid] = cpu.user + cpu.system
+                self.last[pid] = cpu.user + cpu.system
             except psutil.Error:
+                self.procs.pop(pid, None)
                 continue
 
     def _loop(self) -> None:

@@ -16,6 +16,7 @@ and ``CaptureQueriesContext`` see it like any other statement.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,3 +42,15 @@ def server_bound_cursor(*, binary: bool = False) -> Iterator[CursorWrapper]:
     wrapped = connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
     with wrapped:
         yield wrapped
+
+
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def compact_sql(statement: str) -> str:
+    """The statement without its ``--`` comments and indentation (for statements whose string literals
+    hold neither ``--`` nor line breaks). psycopg caches its parsing of a statement's placeholders
+    only up to 4,096 characters: the hybrid search's 5.5 KB text was parsed again on every search
+    (100 µs of CPU; 7 µs from the cache once compacted to 4.0 KB)."""
+    lines = (line.strip() for line in _COMMENT.sub("", statement).splitlines())
+    return "\n".join(line for line in lines if line)

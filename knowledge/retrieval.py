@@ -31,7 +31,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from config.db import server_bound_cursor
+from config.db import compact_sql, server_bound_cursor
 from knowledge import background, queries, vectors
 from knowledge.embedders import Embedder, EmbeddingError, get_embedder
 from knowledge.lexical import keyword_query, keyword_search, text_search_config
@@ -210,7 +210,7 @@ def _hybrid_sql(dims: int) -> str:
     it scores besides its own top, then every candidate's cosine (and vector, for the feedback)."""
     keyword = queries.KEYWORD_BM25.replace("SELECT unnest(%(ids)s::bigint[])", "SELECT id FROM vec")
     assert keyword != queries.KEYWORD_BM25, "the keyword statement no longer takes extra ids"
-    return f"""
+    return compact_sql(f"""
 WITH {vectors.vector_leg_sql(dims)}, kw (chunk_id, score, coverage) AS ({keyword}
 ), candidates AS (
     SELECT id FROM vec UNION SELECT chunk_id FROM kw
@@ -223,7 +223,7 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN c.embedding_model = %(model)s AND vector_dims(c.embedding) = {dims}
                 THEN 1 - (c.embedding <=> %(qvec)s::vector) END AS cosine
 ) sim
-"""  # noqa: S608 (our tables; dims is an int)
+""")  # noqa: S608 (our tables; dims is an int)
 
 
 def _feedback_rerank(

@@ -41,9 +41,9 @@ WITH rel (oid, rank) AS (
     UNION ALL SELECT '{queries.CHUNK}'::regclass, 2
     UNION ALL SELECT i.indexrelid, 3 FROM pg_index i WHERE i.indrelid = '{queries.CHUNK_TERM}'::regclass
 )
-SELECT rel.oid::regclass::text, pg_relation_size(rel.oid) FROM rel
-WHERE pg_relation_size(rel.oid) > 0
-ORDER BY rel.rank, pg_relation_size(rel.oid), 1
+SELECT name, size FROM (SELECT oid::regclass::text AS name, rank, pg_relation_size(oid) AS size FROM rel) r
+WHERE size > 0
+ORDER BY rank, size, name
 """  # noqa: S608 (our tables' names)
 
 

@@ -234,8 +234,10 @@ def test_a_crashing_stage_fails_the_turn_visibly_tells_the_user_and_the_next_mes
             **error,
         }
     ]
-    fallback = Message.objects.get(sender="assistant")
+    # Graph has the text before the worker records the send: wait for the row to say so.
+    fallback = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first(), timeout=30)
     assert (fallback.content, fallback.status, fallback.payload["fallback"]) == (FALLBACK_TEXT, "sent", True)
+    assert Message.objects.filter(sender="assistant").count() == 1
     crash_logs = [r for r in caplog.records if r.getMessage() == "turn failed"]
     assert len(crash_logs) == 1
     assert crash_logs[0].exc_info is not None

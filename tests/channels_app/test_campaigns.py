@@ -381,6 +381,9 @@ def session_alive(pid: int) -> bool:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        # A transaction reads pg_stat_activity once and keeps that view until it ends (the test runs in
+        # one): clear it, or a session seen alive on the first poll stays alive for every later one.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
         return bool(cursor.fetchone()[0])
 

@@ -136,6 +136,9 @@ def processes(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[..., P
     yield start
     for process in started:
         process.stop()
+    # pytest shows a test's captured output only when it fails: then each process's last lines are there.
+    for process in started:
+        print(f"--- {process.name} (last lines) ---\n{process.log()}")
 
 
 def celery_worker(

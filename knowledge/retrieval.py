@@ -184,15 +184,17 @@ def hybrid_search(
 
 def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, depth: int, vector_depth: int) -> _Pool:
     """Both legs' candidates with both scores (and their vectors) from one statement: the vector leg's
-    first, then the keyword leg's own top ``depth`` (its statement rescored up to twice as many)."""
+    first, then the keyword leg's own top ``depth`` (its statement rescored up to twice as many; only
+    the top ``depth`` besides the vector leg's are loaded, scored against the query vector and sent)."""
     _, params = keyword_query(tenant_id=tenant.pk, query=query, config=text_search_config(tenant=tenant), limit=depth)
     params.update(vectors.vector_leg_params(tenant_id=tenant.pk, model_id=model_id, vector=vector, limit=vector_depth))
     params["feedback"] = settings.KNOWLEDGE_PRF_DOCS > 0 and settings.KNOWLEDGE_PRF_WEIGHT > 0
+    params["limit"] = depth
     with server_bound_cursor(binary=True) as cursor:
         cursor.execute(_hybrid_sql(len(vector)), params)
         rows = cursor.fetchall()
     keyword_only = sorted((row for row in rows if not row[1]), key=lambda row: (-(row[2] or 0.0), row[0]))
-    rows = [row for row in rows if row[1]] + keyword_only[:depth]
+    rows = [row for row in rows if row[1]] + keyword_only
     if not rows:
         return _Pool.of([])
     ids, _, bm25, coverage, cosine, blobs = zip(*rows, strict=True)
@@ -213,7 +215,9 @@ def _hybrid_sql(dims: int) -> str:
     return compact_sql(f"""
 WITH {vectors.vector_leg_sql(dims)}, kw (chunk_id, score, coverage) AS ({keyword}
 ), candidates AS (
-    SELECT id FROM vec UNION SELECT chunk_id FROM kw
+    -- The keyword leg's own top %(limit)s besides the vector leg's: what the ranking keeps of its pool.
+    SELECT id FROM vec
+    UNION (SELECT chunk_id FROM kw WHERE chunk_id NOT IN (SELECT id FROM vec) ORDER BY score DESC, chunk_id LIMIT %(limit)s)
 )
 SELECT c.id, c.id IN (SELECT id FROM vec), kw.score, kw.coverage, sim.cosine,
        CASE WHEN %(feedback)s AND sim.cosine IS NOT NULL THEN vector_send(c.embedding) END

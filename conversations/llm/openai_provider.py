@@ -8,10 +8,11 @@ fails becomes an LLMError.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -96,8 +97,8 @@ class OpenAIProvider:
             "extra_body": body,
         }
 
-    def _create(self, request: CompletionRequest, params: dict[str, Any]) -> Any:
-        """``chat.completions.create`` with retries within the request's deadline."""
+    def _create(self, request: CompletionRequest, send: Callable[[float], Any]) -> Any:
+        """``send(timeout)`` with retries within the request's deadline."""
         attempts = settings.LLM_MAX_RETRIES + 1
         for attempt in range(attempts):
             timeout = float(settings.LLM_TIMEOUT_SECONDS)
@@ -106,7 +107,7 @@ class OpenAIProvider:
                 if timeout <= 0.05:
                     raise LLMError("the turn's time ran out waiting for the LLM provider", code="llm_timeout")
             try:
-                return self.client.chat.completions.create(**params, timeout=timeout)
+                return send(timeout)
             except READ_ERRORS as exc:
                 error = _llm_error(exc)
                 delay = _retry_delay(exc, attempt)
@@ -117,33 +118,62 @@ class OpenAIProvider:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def complete(self, request: CompletionRequest) -> Completion:
-        response = self._create(request, self._params(request))
-        if not response.choices:
-            raise LLMError("the LLM provider answered no choices", retryable=True, code="llm_empty")
-        choice = response.choices[0]
-        message = choice.message
-        calls = [
-            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "")
-            for c in (message.tool_calls or [])
-            if getattr(c, "function", None) is not None
-        ]
-        usage = Usage(
-            prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0,
+        # The SDK's own POST (its retries off, its auth, base URL, timeout and errors on), read as JSON:
+        # ``chat.completions.create`` builds a typed model of the answer and wraps the call in layers
+        # of its own, ~0.5 ms of CPU per call for the same bytes on the wire.
+        body = {
+            "model": self.model,
+            "messages": request.messages,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.tools:
+            body["tools"] = request.tools
+        raw = self._create(
+            request,
+            lambda timeout: self.client.post(
+                "/chat/completions", cast_to=httpx2.Response, body=body, options={"timeout": timeout}
+            ),
         )
+        try:
+            response = json.loads(raw.content)
+            choices = response.get("choices") or []
+            if not choices:
+                raise LLMError("the LLM provider answered no choices", retryable=True, code="llm_empty")
+            choice = choices[0]
+            message = choice.get("message") or {}
+            calls = [
+                ToolCall(id=str(c.get("id") or ""), name=str(c["function"].get("name") or ""),
+                         arguments=str(c["function"].get("arguments") or ""))
+                for c in message.get("tool_calls") or []
+                if isinstance(c.get("function"), dict)
+            ]  # fmt: skip
+            usage = response.get("usage") or {}
+            text, model, finish = message.get("content"), response.get("model"), choice.get("finish_reason")
+            tokens = Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        except (ValueError, AttributeError, TypeError, KeyError):
+            raise LLMError(
+                "the LLM provider answered something that is not a chat completion",
+                retryable=True,
+                code="llm_invalid_response",
+            ) from None
         return Completion(
-            text=message.content or "",
+            text=text if isinstance(text, str) else "",
             tool_calls=calls,
-            usage=usage,
-            model=response.model or self.model,
-            finish_reason=choice.finish_reason or "",
+            usage=tokens,
+            model=model if isinstance(model, str) and model else self.model,
+            finish_reason=finish if isinstance(finish, str) else "",
         )
 
     def stream(self, request: CompletionRequest) -> OpenAIStream:
         params = self._params(request)
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
-        return OpenAIStream(self._create(request, params), model=self.model)
+        chunks = self._create(request, lambda timeout: self.client.chat.completions.create(**params, timeout=timeout))
+        return OpenAIStream(chunks, model=self.model)
 
 
 class OpenAIStream:

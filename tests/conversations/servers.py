@@ -20,7 +20,8 @@ class OpenAIScript:
     """What the fake model answers. ``replies`` are consumed in order; when empty, ``default`` answers.
 
     A reply is a dict: {"content": str} | {"tool_calls": [(name, arguments_json), ...]} |
-    {"status": 500} (an error answer) | plus optional "delay" seconds before answering."""
+    {"status": 500} (an error answer) | {"body": bytes} (a 200 with those bytes) | plus optional "delay"
+    seconds before answering."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -91,6 +92,14 @@ def openai_handler(script: OpenAIScript) -> type[BaseHTTPRequestHandler]:
                 return self._json(
                     reply["status"], {"error": {"message": "the model is overloaded", "type": "server_error"}}
                 )
+            if "body" in reply:  # a 200 with whatever a broken endpoint or proxy sends instead
+                data = reply["body"]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return None
             model = body.get("model", "gpt-4o-mini")
             calls = [
                 {"id": f"call_{next(_ids)}", "type": "function", "function": {"name": n, "arguments": a}}

@@ -96,8 +96,20 @@ def test_only_the_tenants_exact_category_names_are_kept_as_tags(tenant, openai_s
         (_answer("positive", "Billing"), "llm_invalid_answer"),
         ({"status": 500}, "llm_http_error"),
         ({**_answer("positive", ["Billing"]), "delay": 2.5}, "llm_timeout"),
+        ({"body": b"<html>502 Bad Gateway</html>"}, "llm_invalid_response"),
+        ({"body": b'{"id": "x", "object": "chat.completion", "choices": []}'}, "llm_empty"),
+        ({"body": b'{"choices": [{"message": "hello"}]}'}, "llm_invalid_response"),
     ],
-    ids=["prose", "unknown-sentiment", "tags-not-a-list", "http-500", "timeout"],
+    ids=[
+        "prose",
+        "unknown-sentiment",
+        "tags-not-a-list",
+        "http-500",
+        "timeout",
+        "not-json",
+        "no-choices",
+        "no-message",
+    ],
 )
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_llm_falls_back_to_the_embedders_analysis(

@@ -193,6 +193,8 @@ def _both_legs(tenant: Tenant, query: str, vector: np.ndarray, model_id: str, de
     with server_bound_cursor(binary=True) as cursor:
         cursor.execute(_hybrid_sql(len(vector)), params)
         rows = cursor.fetchall()
+    # A fixed row order (vector leg's first, then keyword by score): the feedback's mean vector sums in
+    # it, and its last bits decide between chunks of equal score.
     keyword_only = sorted((row for row in rows if not row[1]), key=lambda row: (-(row[2] or 0.0), row[0]))
     rows = [row for row in rows if row[1]] + keyword_only
     if not rows:

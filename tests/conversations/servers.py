@@ -60,7 +60,9 @@ class JsonHandler(BaseHTTPRequestHandler):
         pass
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        self._bytes(status, json.dumps(body).encode())
+
+    def _bytes(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -93,13 +95,7 @@ def openai_handler(script: OpenAIScript) -> type[BaseHTTPRequestHandler]:
                     reply["status"], {"error": {"message": "the model is overloaded", "type": "server_error"}}
                 )
             if "body" in reply:  # a 200 with whatever a broken endpoint or proxy sends instead
-                data = reply["body"]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return None
+                return self._bytes(200, reply["body"])
             model = body.get("model", "gpt-4o-mini")
             calls = [
                 {"id": f"call_{next(_ids)}", "type": "function", "function": {"name": n, "arguments": a}}

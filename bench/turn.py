@@ -23,6 +23,7 @@ Targets (2-core machine): >= 45 turns/s, p95 overhead <= 250 ms, <= 15 SQL queri
 
     python -m bench.turn                                   # full scale: 10,000 chunks, 600 turns
     python -m bench.turn --chunks 500 --turns 60           # quick validation
+    python -m bench.turn --graph-ms 100 --llm-ms 800       # Meta's round trip on every Graph API call, a real LLM's time
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Servers:
         self.lock = threading.Lock()
         self.llm_calls = 0
         self.llm_seconds = 0.0
+        self.graph_delay = 0.0  # seconds before each Graph API answer (--graph-ms)
+        self.llm_delay = 0.0  # seconds before each chat completion's answer (--llm-ms)
 
     def expect(self, recipient: str) -> threading.Event:
         event = threading.Event()
@@ -108,6 +111,8 @@ def handler(servers: Servers) -> type[BaseHTTPRequestHandler]:
             started = time.perf_counter()
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             if self.path.endswith("/chat/completions"):
+                if servers.llm_delay:
+                    time.sleep(servers.llm_delay)
                 answer = {
                     "id": "chatcmpl-bench",
                     "object": "chat.completion",
@@ -140,6 +145,8 @@ def handler(servers: Servers) -> type[BaseHTTPRequestHandler]:
                     }
                 )
             elif self.path.endswith("/messages"):  # Graph API
+                if servers.graph_delay:
+                    time.sleep(servers.graph_delay)
                 if body.get("type") == "text":
                     servers.got_reply(body.get("to", ""))
                     self._json({"messaging_product": "whatsapp", "messages": [{"id": f"wamid.b{time.time_ns()}"}]})
@@ -227,6 +234,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--embedder", choices=["instant", "local"], default="instant")
     parser.add_argument("--debounce", type=float, default=0.0, help="TURN_DEBOUNCE_SECONDS (default here 0)")
     parser.add_argument("--query-turns", type=int, default=20, help="turns run in-process to count SQL queries")
+    parser.add_argument(
+        "--graph-ms",
+        type=float,
+        default=0.0,
+        help="the local Graph API answers each call after this many ms (Meta's round trip; default 0: at once)",
+    )
+    parser.add_argument(
+        "--llm-ms",
+        type=float,
+        default=0.0,
+        help="the local LLM answers after this many ms (subtracted from the overhead like its own time)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process turns and print the top")
     parser.add_argument("--profile-sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
     parser.add_argument("--profile-out", default="", help="also write the raw profile here (pstats format)")
@@ -238,6 +257,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     servers = Servers()
+    servers.graph_delay = args.graph_ms / 1000
+    servers.llm_delay = args.llm_ms / 1000
     url = start_server(servers)
     os.environ.update(
         {
@@ -463,6 +484,7 @@ def main(argv: list[str]) -> int:
     for key in (
         "intake_ms",
         "typing_ms",
+        "typing_wait_ms",
         "retrieval_ms",
         "llm_ms",
         "llm_wait_ms",

@@ -8,10 +8,17 @@ chat) can show: a message with its sources and author (``send_message``), stream
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
+
+from django.db import connection
 
 from channels_app import services as channel_services
 from channels_app.adapters.base import (
@@ -131,3 +138,34 @@ def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str
         )
     except Exception as exc:
         logger.warning("typing indicator not delivered", extra={"channel_id": str(channel.pk), "error": str(exc)})
+
+
+# Typing indicators in flight at once per process: one per turn thread of a worker (WORKER_CONCURRENCY,
+# 8 in `make run`); more turns than that queue here and the reply waits for theirs.
+TYPING_THREADS = 8
+_typing_pool: tuple[int, ThreadPoolExecutor] | None = None
+_typing_pool_lock = threading.Lock()
+
+
+def send_typing_soon(*, channel: Channel, recipient_id: str, reply_to_message_id: str) -> Future[float]:
+    """``send_typing`` on a thread of this process, so that retrieval and the LLM do not wait for the
+    platform's round trip (Meta's Graph API: ~100-300 ms); the future gives the call's duration in
+    ms. Whoever sends the reply waits for it first (``Turn.typing_done``): the read mark and the
+    indicator never arrive after the reply. Runs in the caller's context (its correlation id), and
+    closes any database connection the call opened (a bad token disables the channel)."""
+    global _typing_pool
+    with _typing_pool_lock:
+        if _typing_pool is None or _typing_pool[0] != os.getpid():
+            _typing_pool = (os.getpid(), ThreadPoolExecutor(TYPING_THREADS, thread_name_prefix="typing"))
+        pool = _typing_pool[1]
+    context = contextvars.copy_context()
+    return pool.submit(context.run, _typing_call, channel, recipient_id, reply_to_message_id)
+
+
+def _typing_call(channel: Channel, recipient_id: str, reply_to_message_id: str) -> float:
+    started = time.monotonic()
+    try:
+        send_typing(channel=channel, recipient_id=recipient_id, reply_to_message_id=reply_to_message_id)
+    finally:
+        connection.close()  # this thread's own; nothing to close unless the call used the database
+    return (time.monotonic() - started) * 1000

@@ -126,13 +126,16 @@ def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
 
 
 def run_stages(turn: Turn) -> Turn:
-    for stage in STAGES:
-        turn.stage = stage.__module__.rsplit(".", 1)[-1]
-        started = time.perf_counter()
-        try:
-            stage(turn)
-        finally:  # a stage that crashed is timed too
-            observe_stage(turn.stage, time.perf_counter() - started)
+    try:
+        for stage in STAGES:
+            turn.stage = stage.__module__.rsplit(".", 1)[-1]
+            started = time.perf_counter()
+            try:
+                stage(turn)
+            finally:  # a stage that crashed is timed too
+                observe_stage(turn.stage, time.perf_counter() - started)
+    finally:  # nothing the turn started outlives it (a turn without a reply, a crash)
+        turn.typing_done()
     return turn
 
 

@@ -88,6 +88,7 @@ def _store_pending(turn: Turn) -> Message:
 def run(turn: Turn) -> None:
     if turn.ignore_reason or turn.silent_reason or not (turn.reply_text or turn.reply_stream):
         return
+    turn.typing_done()  # the read mark and the indicator reach the contact before the reply
     started = time.monotonic()
     contact = turn.contact
     assert contact is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,12 +15,16 @@ from conversations.models import Message
 from conversations.pipeline import rows
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from channels_app.models import Channel, InboundEvent
     from conversations.models import Contact, Conversation, TenantFunction
     from conversations.pipeline.completion import ToolLoop
     from conversations.tools import FunctionSend
     from tenants.models import Tenant
     from tenants.settings_schema import TenantSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Turn:
     language: str = "en"
     # The tenant's active functions, when loaded with the turn's events (else completion asks).
     functions: dict[str, TenantFunction] | None = None
+    # typing: the indicator in flight (outbound.send_typing_soon) until the reply waits for it
+    typing: Future[float] | None = None
     # handoff check / completion
     handoff_reason: str = ""
     silent_reason: str = ""  # the bot does not answer (agent owns it, nothing to answer, ...)
@@ -81,6 +88,20 @@ class Turn:
 
     def time(self, name: str, since: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + (time.monotonic() - since) * 1000, 2)
+
+    def typing_done(self) -> None:
+        """Wait for the typing indicator the typing stage sent in the background: before anything
+        reaches the contact, and at the end of the turn. ``typing_ms`` is the indicator's own call;
+        ``typing_wait_ms`` what the turn waited for it (0 while retrieval and the LLM took longer)."""
+        if self.typing is None:
+            return
+        future, self.typing = self.typing, None
+        started = time.monotonic()
+        try:
+            self.timings["typing_ms"] = round(future.result(), 2)  # the call's own failures are logged there
+        except Exception as exc:  # never the turn's failure (nor hiding a stage's, at the end of a crashed turn)
+            logger.warning("typing indicator thread failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        self.time("typing_wait_ms", started)
 
     def message_row(self, **fields: Any) -> Message:
         """A transcript row of this turn's conversation and channel, not saved yet (stored one by one

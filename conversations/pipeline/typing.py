@@ -1,9 +1,9 @@
 """Stage between the handoff check and retrieval: show the user we are on it (typing indicator,
-WhatsApp read mark) while retrieval and the LLM work. Best effort: never fails the turn."""
+WhatsApp read mark) while retrieval and the LLM work. Sent from a thread of the process, so that the
+platform's round trip is not added to the turn's; the reply stage waits for it (``Turn.typing_done``)
+so the indicator never arrives after the reply. Best effort: never fails the turn."""
 
 from __future__ import annotations
-
-import time
 
 from conversations import outbound
 from conversations.pipeline.turn import Turn
@@ -12,7 +12,8 @@ from conversations.pipeline.turn import Turn
 def run(turn: Turn) -> None:
     if not turn.answering or turn.contact is None:
         return
-    started = time.monotonic()
     reply_to = turn.user_messages[-1].platform_message_id if turn.user_messages else ""
-    outbound.send_typing(channel=turn.channel, recipient_id=turn.contact.external_id, reply_to_message_id=reply_to)
-    turn.time("typing_ms", started)
+    # In the background: retrieval and the LLM go on meanwhile; the reply stage waits for it.
+    turn.typing = outbound.send_typing_soon(
+        channel=turn.channel, recipient_id=turn.contact.external_id, reply_to_message_id=reply_to
+    )

@@ -171,6 +171,8 @@ class GraphRecorder:
         self.lock = threading.Lock()
         self.fail_with: dict[str, Any] | None = None  # {"status": 400, "error": {...}}
         self.delay = 0.0  # seconds before each answer (Meta being slow)
+        # Set: read marks and typing indicators are answered only once it is set (at most 30 s).
+        self.hold_typing: threading.Event | None = None
 
     @property
     def texts(self) -> list[dict[str, Any]]:
@@ -191,12 +193,20 @@ def graph_handler(recorder: GraphRecorder) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = {"_raw": raw.decode(errors="replace")}
+            entry = {
+                "path": self.path,
+                "body": body,
+                "authorization": self.headers.get("Authorization", ""),
+                "arrived": time.monotonic(),
+            }
             with recorder.lock:
-                recorder.requests.append(
-                    {"path": self.path, "body": body, "authorization": self.headers.get("Authorization", "")}
-                )
+                recorder.requests.append(entry)
             if recorder.delay:
                 time.sleep(recorder.delay)
+            typing = body.get("status") == "read" or "sender_action" in body
+            if typing and recorder.hold_typing is not None:
+                recorder.hold_typing.wait(30)
+            entry["answered"] = time.monotonic()
             if recorder.fail_with and body.get("type") == "text":
                 status, answer = recorder.fail_with["status"], {"error": recorder.fail_with["error"]}
             elif body.get("status") == "read" or "sender_action" in body:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 from channels_app.models import InboundEvent
@@ -42,6 +43,28 @@ def test_offline_answerer_says_plainly_it_found_nothing_and_what_it_is(live_work
     assert InboundEvent.objects.get().status == "processed"
     types = list(Event.objects.order_by("id").values_list("type", flat=True))
     assert types == ["conversation.created", "message.received", "message.sent"]
+
+
+def test_retrieval_and_the_llm_do_not_wait_for_the_typing_indicator_the_reply_does(
+    live_worker, whatsapp, graph, openai_server
+):
+    """Meta's round trip for the read mark + typing indicator is not added to the turn's: the LLM is
+    asked while the indicator's call is still unanswered; the reply goes out once it is answered."""
+    graph.hold_typing = threading.Event()
+    wamid = deliver(whatsapp, text="Do you deliver on Sundays?")
+
+    # Sent one after the other, the LLM request would wait for the held call (30 s).
+    wait_until(lambda: openai_server.requests, timeout=10)
+    typing = graph.requests[0]
+    assert typing["body"]["message_id"] == wamid and "answered" not in typing
+    assert graph.texts == []
+    graph.hold_typing.set()
+
+    wait_until(lambda: replies(graph))
+    assert replies(graph) == ["LLM answer to: Do you deliver on Sundays?"]
+    assert graph.texts[0]["arrived"] >= typing["answered"]
+    reply = wait_until(lambda: Message.objects.filter(sender="assistant", status="sent").first())
+    assert reply.timings["typing_wait_ms"] > 0  # the reply waited for the indicator
 
 
 def test_llm_answer_records_tokens_and_cost_on_message_and_conversation(live_worker, whatsapp, graph, openai_server):

@@ -209,7 +209,7 @@ def graph_handler(recorder: GraphRecorder) -> type[BaseHTTPRequestHandler]:
             entry["answered"] = time.monotonic()
             if recorder.fail_with and body.get("type") == "text":
                 status, answer = recorder.fail_with["status"], {"error": recorder.fail_with["error"]}
-            elif body.get("status") == "read" or "sender_action" in body:
+            elif typing:
                 status, answer = 200, {"success": True}
             else:
                 wamid = f"wamid.out{next(_ids)}"

@@ -140,9 +140,9 @@ def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str
         logger.warning("typing indicator not delivered", extra={"channel_id": str(channel.pk), "error": str(exc)})
 
 
-# Typing indicators in flight at once per process: one per turn thread of a worker (WORKER_CONCURRENCY,
-# 8 in `make run`); more turns than that queue here and the reply waits for theirs.
-TYPING_THREADS = 8
+# Typing indicators in flight at once per process. At most one per turn thread (WORKER_CONCURRENCY, 8 in
+# `make run`); the pool starts a thread only when none is idle, so it grows to what is in flight.
+TYPING_THREADS = 32
 _typing_pool: tuple[int, ThreadPoolExecutor] | None = None
 _typing_pool_lock = threading.Lock()
 

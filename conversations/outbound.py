@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -140,11 +138,10 @@ def send_typing(*, channel: Channel, recipient_id: str, reply_to_message_id: str
         logger.warning("typing indicator not delivered", extra={"channel_id": str(channel.pk), "error": str(exc)})
 
 
-# Typing indicators in flight at once per process. At most one per turn thread (WORKER_CONCURRENCY, 8 in
-# `make run`); the pool starts a thread only when none is idle, so it grows to what is in flight.
-TYPING_THREADS = 32
-_typing_pool: tuple[int, ThreadPoolExecutor] | None = None
-_typing_pool_lock = threading.Lock()
+# Typing indicators in flight at once per process, as webhook_asgi keeps its pool: created at import,
+# threads started on demand. At most one call per turn thread (WORKER_CONCURRENCY, 8 in `make run`); a
+# thread starts only when none is idle, so the pool grows to what is in flight.
+_typing_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="typing")
 
 
 def send_typing_soon(*, channel: Channel, recipient_id: str, reply_to_message_id: str) -> Future[float]:
@@ -153,13 +150,8 @@ def send_typing_soon(*, channel: Channel, recipient_id: str, reply_to_message_id
     ms. Whoever sends the reply waits for it first (``Turn.typing_done``): the read mark and the
     indicator never arrive after the reply. Runs in the caller's context (its correlation id), and
     closes any database connection the call opened (a bad token disables the channel)."""
-    global _typing_pool
-    with _typing_pool_lock:
-        if _typing_pool is None or _typing_pool[0] != os.getpid():
-            _typing_pool = (os.getpid(), ThreadPoolExecutor(TYPING_THREADS, thread_name_prefix="typing"))
-        pool = _typing_pool[1]
     context = contextvars.copy_context()
-    return pool.submit(context.run, _typing_call, channel, recipient_id, reply_to_message_id)
+    return _typing_pool.submit(context.run, _typing_call, channel, recipient_id, reply_to_message_id)
 
 
 def _typing_call(channel: Channel, recipient_id: str, reply_to_message_id: str) -> float:

@@ -5,8 +5,9 @@
 2. ``deliver_due`` (task ``events.deliver_endpoint``, queue ``webhooks``) drains one endpoint: it
    *claims* due deliveries (moves ``next_attempt_at`` forward as a lease, so a crashed worker's claim
    simply expires), sends them over one kept-alive connection, then records every attempt in one
-   transaction. A timeout or connection failure ends the drain at once (the rest are released), so a
-   hanging receiver holds at most one worker thread while other endpoints keep flowing.
+   transaction. One drain per endpoint runs at a time (an advisory lock), and a timeout or
+   connection failure ends it at once (the rest are released), so a hanging receiver holds at most
+   one worker thread while other endpoints keep flowing.
 3. A failed attempt is retried after ``WEBHOOK_RETRY_SCHEDULE[n]`` (± jitter); after the last one the
    delivery is dead and ``webhook.delivery_dead`` is emitted. When every attempt to an endpoint has
    failed for ``WEBHOOK_DISABLE_AFTER_HOURS``, the endpoint is disabled and
@@ -146,6 +147,7 @@ class DrainReport:
     released: int = 0
     disabled: bool = False
     more: bool = False
+    busy: bool = False  # another drain of the endpoint was running: this one sent nothing
     results: list[AttemptResult] = field(default_factory=list, repr=False)
 
 
@@ -155,11 +157,29 @@ def deliver_due(
     """Send this endpoint's due deliveries, batch after batch, until none is due, the receiver is
     unreachable, or ``time_budget`` seconds have passed (then ``more`` is set: kick again)."""
     report = DrainReport()
-    started = time.monotonic()
-    endpoint = _load_endpoint(endpoint_id)
+    endpoint, locked = _load_endpoint(endpoint_id, lock=True)
     if endpoint is None or not endpoint.is_active:
         return report
-    batch_size = batch_size or settings.WEBHOOK_CLAIM_BATCH
+    if not locked:
+        # Another drain of this endpoint is running: it looks for due deliveries after it ends.
+        report.busy = True
+        return report
+    try:
+        _drain(endpoint, report, now=now, batch_size=batch_size or settings.WEBHOOK_CLAIM_BATCH, budget=time_budget)
+    finally:
+        _unlock_drain(endpoint.pk)
+    ended_early = report.more or report.disabled or any(r.unreachable for r in report.results)
+    if not ended_early and _anything_due(endpoint, now or clock()):
+        # Deliveries whose drain found this one running (and left): drain them now, from the back
+        # of the queue. After an unreachable answer the sweep comes back to them instead (≤ 5 s).
+        outbox.kick_endpoint(endpoint.pk)
+    return report
+
+
+def _drain(
+    endpoint: WebhookEndpoint, report: DrainReport, *, now: datetime | None, batch_size: int, budget: float
+) -> None:
+    started = time.monotonic()
     # Decrypted once per drain (at most time_budget seconds), only if something is due.
     secrets: list[str] = []
     headers: dict[str, str] = {}
@@ -167,7 +187,7 @@ def deliver_due(
         while True:
             claimed = _claim(endpoint=endpoint, now=now or clock(), limit=batch_size)
             if not claimed:
-                return report
+                return
             try:
                 if not secrets:
                     secrets = _signing_secrets(endpoint, now or clock())
@@ -185,42 +205,71 @@ def deliver_due(
             report.released += released
             _record(endpoint=endpoint, results=results, now=now or clock(), report=report)
             if report.disabled or any(r.unreachable for r in results):
-                return report
+                return
             if len(claimed) < batch_size:
-                # Everything due was in this batch. Deliveries created since this drain started
-                # kicked a new drain (the task cleared its flag first): no need to look again.
-                return report
-            if time.monotonic() - started > time_budget:
+                # Everything due was in this batch. Deliveries created since then kicked a new drain
+                # (the task cleared its flag first); if it found this one running, see deliver_due.
+                return
+            if time.monotonic() - started > budget:
                 report.more = True
-                return report
+                return
     finally:
         # The plaintext lived in these Python strings only for this drain (see tenants.secrets).
         secrets.clear()
         headers.clear()
 
 
-def _load_endpoint(endpoint_id: UUID | str) -> WebhookEndpoint | None:
-    """The endpoint, read with a fixed raw statement: a drain starts for every few deliveries, and
-    compiling the ORM query (with its tenant join) cost as much as sending them."""
+# One drain per endpoint at a time, on any worker: a PostgreSQL session advisory lock (a drain spans
+# several statements and its requests), taken with *try* in the statement that reads the endpoint.
+# A drain that does not get it leaves; the holder looks for due deliveries once it has let go, so a
+# receiver that hangs holds one worker thread however many events arrive meanwhile. A killed
+# worker's lock goes with its connection.
+DRAIN_LOCK_KEY_SQL = "hashtextextended('webhook-drain|' || {endpoint}, 0)"
+
+
+def _load_endpoint(endpoint_id: UUID | str, *, lock: bool = False) -> tuple[WebhookEndpoint | None, bool]:
+    """The endpoint, and whether its drain lock was taken (``lock``, active endpoints only), read
+    with a fixed raw statement: a drain starts for every few deliveries, and compiling the ORM query
+    (with its tenant join) cost as much as sending them."""
     fields = WebhookEndpoint._meta.concrete_fields
     columns = ", ".join(str(f.column) for f in fields)
+    key = DRAIN_LOCK_KEY_SQL.format(endpoint="id::text")
+    locking = f"CASE WHEN is_active THEN pg_try_advisory_lock({key}) ELSE false END" if lock else "false"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {columns} FROM {WebhookEndpoint._meta.db_table} WHERE id = %s",  # noqa: S608 (our table)
+            f"SELECT {columns}, {locking} FROM {WebhookEndpoint._meta.db_table} WHERE id = %s",  # noqa: S608 (our table)
             [str(endpoint_id)],
         )
         row = cursor.fetchone()
     if row is None:
-        return None
+        return None, False
     # jsonb arrives as text (Django's loader); the ORM would decode it in JSONField.from_db_value.
     values = [
         json.loads(value) if isinstance(field, JSONField) and value is not None else value
-        for field, value in zip(fields, row, strict=True)
+        for field, value in zip(fields, row[:-1], strict=True)
     ]
     endpoint = WebhookEndpoint.from_db(connection.alias, [f.attname for f in fields], values)
     # The secrets are looked up by tenant id only: a Tenant carrying its id, not a second query.
     endpoint.tenant = Tenant(pk=endpoint.tenant_id)
-    return endpoint
+    return endpoint, bool(row[-1])
+
+
+def _unlock_drain(endpoint_id: UUID) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory_unlock({DRAIN_LOCK_KEY_SQL.format(endpoint='%s')})", [str(endpoint_id)])
+
+
+def _anything_due(endpoint: WebhookEndpoint, now: datetime) -> bool:
+    """Whether a delivery of this endpoint is due (read after the drain lock was let go; a fixed
+    statement, as the claim's: at a steady trickle of events every drain ends with it)."""
+    table = WebhookDelivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = %s AND endpoint_id = %s "  # noqa: S608 (our table)
+            "AND status = 'pending' AND next_attempt_at <= %s)",
+            [endpoint.tenant_id, endpoint.pk, now],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[ClaimedDelivery]:

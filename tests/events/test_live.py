@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -62,6 +63,9 @@ def test_a_hanging_receiver_holds_one_thread_while_other_tenants_and_the_default
     with transaction.atomic():
         for n in range(3):
             emit(tenant=other_tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
+    with transaction.atomic():  # more for the hanging receiver: their drain finds the first one running
+        for n in range(3, 6):
+            emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
     key = f"events-test-{uuid.uuid4().hex}"
     app.send_task("tests.events.mark_done", args=[key], queue="default")
     wait_until(lambda: len(fast.requests) == 3 and cache.get(key), timeout=3.5)
@@ -71,6 +75,27 @@ def test_a_hanging_receiver_holds_one_thread_while_other_tenants_and_the_default
     attempt = wait_until(lambda: WebhookAttempt.objects.filter(delivery__endpoint__tenant=tenant).first(), timeout=8)
     assert attempt.error == "no answer within 4 s"
     assert attempt.success is False
+
+
+def test_an_endpoint_is_drained_by_one_thread_at_a_time_and_what_arrives_meanwhile_follows(
+    tenant, make_receiver, live_worker
+):
+    slow = make_receiver(hang_seconds=0.8)  # answers, slowly
+    services.webhook_endpoint_create(tenant=tenant, url=slow.url, event_types=["message.received"])
+    with transaction.atomic():
+        emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": 0})
+    wait_until(lambda: len(slow.requests) == 1, timeout=5)
+    with transaction.atomic():  # while the first request is in flight
+        for n in (1, 2):
+            emit(tenant=tenant, type=EventType.MESSAGE_RECEIVED, payload={"n": n})
+
+    # No sweep runs here: the drain that was running kicks the next one when it lets go.
+    wait_until(lambda: WebhookDelivery.objects.filter(status="succeeded").count() == 3, timeout=10)
+
+    arrivals = sorted(r.at for r in slow.requests)
+    assert len(arrivals) == 3
+    # One request at a time: each arrived after the previous one's 0.8 s answer.
+    assert all(later - earlier >= 0.75 for earlier, later in itertools.pairwise(arrivals))
 
 
 def test_an_event_whose_kick_was_lost_is_delivered_by_the_sweep(tenant, receiver, live_worker):

@@ -31,7 +31,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import JSONField
 from django.utils import timezone
 
@@ -255,8 +255,16 @@ def _load_endpoint(endpoint_id: UUID | str, *, lock: bool = False) -> tuple[Webh
 
 
 def _unlock_drain(endpoint_id: UUID) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_unlock({DRAIN_LOCK_KEY_SQL.format(endpoint='%s')})", [str(endpoint_id)])
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT pg_advisory_unlock({DRAIN_LOCK_KEY_SQL.format(endpoint='%s')})", [str(endpoint_id)])
+    except DatabaseError:
+        # The session is broken (the drain may have failed on it): closing it lets go of the lock,
+        # and the drain's own error, if any, is the one that propagates.
+        logger.warning(
+            "could not release a drain lock; closing the connection", extra={"endpoint_id": str(endpoint_id)}
+        )
+        connection.close()
 
 
 def _anything_due(endpoint: WebhookEndpoint, now: datetime) -> bool:

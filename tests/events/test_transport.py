@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -269,3 +270,36 @@ def test_https_receivers_are_reached_with_the_certificate_and_host_name_verified
     finally:
         trusted.close()
         untrusted.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_whose_database_session_dies_raises_its_own_error_and_lets_go_of_the_endpoint(tenant, raw_receiver):
+    import psycopg
+    from django.db import OperationalError, connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (drain_pid,) = cursor.fetchone()
+    params = connection.get_connection_params()
+
+    def answer(n: int) -> bytes:
+        if n == 1:  # the database session of the drain dies while the receiver answers
+            with psycopg.connect(**params, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [drain_pid])
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    receiver = raw_receiver(answer)
+    endpoint = services.webhook_endpoint_create(tenant=tenant, url=receiver.url).endpoint
+    emit(tenant=tenant, type=EventType.MESSAGE_SENT, payload={})
+    now = timezone.now()
+    delivery.dispatch_pending_events(now=now)
+
+    with pytest.raises(OperationalError) as failed:
+        delivery.deliver_due(endpoint_id=endpoint.pk, now=now)
+    assert "the connection is closed" not in str(failed.value)  # the drain's own error, not the unlock's
+
+    # The next drain (a new session) gets the endpoint; once the lease is over the delivery goes again.
+    report = delivery.deliver_due(endpoint_id=endpoint.pk, now=now + timedelta(hours=1))
+    assert not report.busy
+    assert report.succeeded == 1
+    assert WebhookDelivery.objects.get().status == WebhookDelivery.Status.SUCCEEDED

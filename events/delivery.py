@@ -5,9 +5,10 @@
 2. ``deliver_due`` (task ``events.deliver_endpoint``, queue ``webhooks``) drains one endpoint: it
    *claims* due deliveries (moves ``next_attempt_at`` forward as a lease, so a crashed worker's claim
    simply expires), sends them over one kept-alive connection, then records every attempt in one
-   transaction. One drain per endpoint runs at a time (an advisory lock), and a timeout or
-   connection failure ends it at once (the rest are released), so a hanging receiver holds at most
-   one worker thread while other endpoints keep flowing.
+   transaction. At most ``WEBHOOK_ENDPOINT_CONCURRENCY`` drains of an endpoint run at a time, one
+   while it is failing (advisory locks), and a timeout or connection failure ends a drain at once
+   (the rest are released), so a hanging receiver holds one worker thread once it has timed out,
+   while other endpoints keep flowing.
 3. A failed attempt is retried after ``WEBHOOK_RETRY_SCHEDULE[n]`` (± jitter); after the last one the
    delivery is dead and ``webhook.delivery_dead`` is emitted. When every attempt to an endpoint has
    failed for ``WEBHOOK_DISABLE_AFTER_HOURS``, the endpoint is disabled and
@@ -65,12 +66,18 @@ def retry_delay(attempts_made: int, *, rng: random.Random | None = None) -> time
 # --- fan-out ------------------------------------------------------------------------------------------
 
 
+# A fan-out that had to skip locked pending events looks again this many times, this far apart.
+SKIPPED_ROW_RETRIES = 10
+SKIPPED_ROW_PAUSE_SECONDS = 0.02
+
+
 def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = None) -> int:
     """Create deliveries for one batch of undispatched events; return how many events it handled.
 
     One statement: lock a batch of pending events (SKIP LOCKED: concurrent callers take disjoint
     batches), insert one delivery per subscribed active endpoint (the unique (endpoint, event)
-    constraint makes a repeated batch harmless), and clear the events' flag. An endpoint takes the
+    constraint makes a repeated batch harmless), and clear the events' flag; again after a pause
+    while it skipped pending events that another transaction held. An endpoint takes the
     event types it lists (none listed: all), and never a ``webhook.*`` event about itself: a dead
     receiver must not be sent news of its own failures (which would fail, and so on).
     """
@@ -89,14 +96,24 @@ def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = Non
         "WHERE (w.event_types IS NULL OR w.event_types IN ('[]'::jsonb, 'null'::jsonb) OR w.event_types ? b.type) "
         "AND NOT (b.type LIKE 'webhook.%%' AND coalesce(b.payload ->> 'endpoint_id', '') = w.id::text) "
         "ON CONFLICT DO NOTHING RETURNING endpoint_id) "
-        "SELECT (SELECT count(*) FROM done), ARRAY(SELECT DISTINCT endpoint_id FROM created)"
+        "SELECT (SELECT count(*) FROM done), ARRAY(SELECT DISTINCT endpoint_id FROM created), "
+        f"EXISTS (SELECT 1 FROM {events} WHERE dispatch_pending AND id NOT IN (SELECT id FROM batch))"
     )
-    with connection.cursor() as cursor:  # one statement: atomic without a transaction block
-        cursor.execute(sql, [batch_size, now, timezone.now()])
-        handled, endpoint_ids = cursor.fetchone()
-    if endpoint_ids:
-        transaction.on_commit(lambda: outbox.kick_endpoints(endpoint_ids))
-    return int(handled)
+    handled_total = 0
+    for attempt in range(SKIPPED_ROW_RETRIES + 1):
+        with connection.cursor() as cursor:  # one statement: atomic without a transaction block
+            cursor.execute(sql, [batch_size, now, timezone.now()])
+            handled, endpoint_ids, skipped = cursor.fetchone()
+        handled_total += handled
+        if endpoint_ids:
+            transaction.on_commit(lambda ids=endpoint_ids: outbox.kick_endpoints(ids))
+        # A pending event this statement skipped was locked by another transaction: the publisher
+        # marking it published (for an instant), or another fan-out, which sees to it. The kick that
+        # brought this task is spent, so look again shortly rather than leave it to the sweep.
+        if handled >= batch_size or not skipped or attempt == SKIPPED_ROW_RETRIES:
+            return handled_total
+        time.sleep(SKIPPED_ROW_PAUSE_SECONDS)
+    return handled_total
 
 
 # --- one endpoint's drain -------------------------------------------------------------------------------
@@ -147,7 +164,7 @@ class DrainReport:
     released: int = 0
     disabled: bool = False
     more: bool = False
-    busy: bool = False  # another drain of the endpoint was running: this one sent nothing
+    busy: bool = False  # the endpoint's drains were all running: this one sent nothing
     results: list[AttemptResult] = field(default_factory=list, repr=False)
 
 
@@ -157,21 +174,22 @@ def deliver_due(
     """Send this endpoint's due deliveries, batch after batch, until none is due, the receiver is
     unreachable, or ``time_budget`` seconds have passed (then ``more`` is set: kick again)."""
     report = DrainReport()
-    endpoint, locked = _load_endpoint(endpoint_id, lock=True)
+    endpoint, slot = _load_endpoint_taking_a_slot(endpoint_id)
     if endpoint is None or not endpoint.is_active:
         return report
-    if not locked:
-        # Another drain of this endpoint is running: it looks for due deliveries after it ends.
+    if slot is None:
+        # As many drains of this endpoint as it may have are running: they look for due deliveries
+        # when they end.
         report.busy = True
         return report
     try:
         _drain(endpoint, report, now=now, batch_size=batch_size or settings.WEBHOOK_CLAIM_BATCH, budget=time_budget)
     finally:
-        _unlock_drain(endpoint.pk)
+        _unlock_drain(endpoint.pk, slot)
     ended_early = report.more or report.disabled or any(r.unreachable for r in report.results)
     if not ended_early and _anything_due(endpoint, now or clock()):
-        # Deliveries whose drain found this one running (and left): drain them now, from the back
-        # of the queue. After an unreachable answer the sweep comes back to them instead (≤ 5 s).
+        # Deliveries whose drain found every slot taken (and left): drain them now, from the back of
+        # the queue. After an unreachable answer the sweep comes back to them instead (≤ 5 s).
         outbox.kick_endpoint(endpoint.pk)
     return report
 
@@ -208,7 +226,7 @@ def _drain(
                 return
             if len(claimed) < batch_size:
                 # Everything due was in this batch. Deliveries created since then kicked a new drain
-                # (the task cleared its flag first); if it found this one running, see deliver_due.
+                # (the task cleared its flag first); if it found no free slot, see deliver_due.
                 return
             if time.monotonic() - started > budget:
                 report.more = True
@@ -219,30 +237,36 @@ def _drain(
         headers.clear()
 
 
-# One drain per endpoint at a time, on any worker: a PostgreSQL session advisory lock (a drain spans
-# several statements and its requests), taken with *try* in the statement that reads the endpoint.
-# A drain that does not get it leaves; the holder looks for due deliveries once it has let go, so a
-# receiver that hangs holds one worker thread however many events arrive meanwhile. A killed
-# worker's lock goes with its connection.
-DRAIN_LOCK_KEY_SQL = "hashtextextended('webhook-drain|' || {endpoint}, 0)"
+# Concurrent drains per endpoint, on any worker: session advisory locks on WEBHOOK_ENDPOINT_CONCURRENCY
+# slots (a drain spans several statements and its requests), taken with *try* in the statement that
+# reads the endpoint; one slot only while the endpoint is failing (an attempt failed since its last
+# success). A drain that gets no slot leaves; each holder looks for due deliveries once it has let
+# go, so nothing waits for the sweep. A receiver that hangs thus holds at most that many worker
+# threads until its first timeout, and one after, however many events arrive meanwhile. A killed
+# worker's locks go with its connection.
+_DRAIN_LOCK_KEY_SQL = "hashtextextended('webhook-drain|' || {endpoint} || '|' || {slot}, 0)"
 
 
-def _load_endpoint(endpoint_id: UUID | str, *, lock: bool = False) -> tuple[WebhookEndpoint | None, bool]:
-    """The endpoint, and whether its drain lock was taken (``lock``, active endpoints only), read
-    with a fixed raw statement: a drain starts for every few deliveries, and compiling the ORM query
-    (with its tenant join) cost as much as sending them."""
+def _load_endpoint_taking_a_slot(endpoint_id: UUID | str) -> tuple[WebhookEndpoint | None, int | None]:
+    """The endpoint, and the drain slot taken for it (None: none free, or the endpoint is inactive),
+    read with a fixed raw statement: a drain starts for every few deliveries, and compiling the ORM
+    query (with its tenant join) cost as much as sending them."""
     fields = WebhookEndpoint._meta.concrete_fields
     columns = ", ".join(str(f.column) for f in fields)
-    key = DRAIN_LOCK_KEY_SQL.format(endpoint="id::text")
-    locking = f"CASE WHEN is_active THEN pg_try_advisory_lock({key}) ELSE false END" if lock else "false"
+    key = _DRAIN_LOCK_KEY_SQL.format(endpoint="id::text", slot="s")
+    locking = (
+        "CASE WHEN is_active THEN (SELECT s FROM generate_series(0, CASE WHEN failing_since IS NULL THEN %s "  # noqa: S608
+        f"ELSE 1 END - 1) s WHERE pg_try_advisory_lock({key}) LIMIT 1) END"
+    )
+    params: list[int | str] = [max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY), str(endpoint_id)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {columns}, {locking} FROM {WebhookEndpoint._meta.db_table} WHERE id = %s",  # noqa: S608 (our table)
-            [str(endpoint_id)],
+            params,
         )
         row = cursor.fetchone()
     if row is None:
-        return None, False
+        return None, None
     # jsonb arrives as text (Django's loader); the ORM would decode it in JSONField.from_db_value.
     values = [
         json.loads(value) if isinstance(field, JSONField) and value is not None else value
@@ -251,13 +275,14 @@ def _load_endpoint(endpoint_id: UUID | str, *, lock: bool = False) -> tuple[Webh
     endpoint = WebhookEndpoint.from_db(connection.alias, [f.attname for f in fields], values)
     # The secrets are looked up by tenant id only: a Tenant carrying its id, not a second query.
     endpoint.tenant = Tenant(pk=endpoint.tenant_id)
-    return endpoint, bool(row[-1])
+    return endpoint, row[-1]
 
 
-def _unlock_drain(endpoint_id: UUID) -> None:
+def _unlock_drain(endpoint_id: UUID, slot: int) -> None:
     try:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT pg_advisory_unlock({DRAIN_LOCK_KEY_SQL.format(endpoint='%s')})", [str(endpoint_id)])
+            key = _DRAIN_LOCK_KEY_SQL.format(endpoint="%s", slot="%s")
+            cursor.execute(f"SELECT pg_advisory_unlock({key})", [str(endpoint_id), str(slot)])
     except DatabaseError:
         # The session is broken (the drain may have failed on it): closing it lets go of the lock,
         # and the drain's own error, if any, is the one that propagates.

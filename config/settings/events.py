@@ -32,6 +32,8 @@ WEBHOOK_DISABLE_AFTER_HOURS = env_float("WEBHOOK_DISABLE_AFTER_HOURS", 24.0)
 WEBHOOK_CA_BUNDLE = os.environ.get("WEBHOOK_CA_BUNDLE", "")
 # Deliveries one drain task claims and sends over one kept-alive connection before recording them.
 WEBHOOK_CLAIM_BATCH = env_int("WEBHOOK_CLAIM_BATCH", 20)
+# Drains of one endpoint that may run at once (worker threads it may hold); 1 while it is failing.
+WEBHOOK_ENDPOINT_CONCURRENCY = env_int("WEBHOOK_ENDPOINT_CONCURRENCY", 4)
 # After a rotation, the previous signing secret also signs requests for this long.
 WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_float("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", 24.0)
 WEBHOOK_RESPONSE_EXCERPT_CHARS = env_int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 500)

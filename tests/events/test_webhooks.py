@@ -325,3 +325,29 @@ def test_a_claim_left_by_a_crashed_worker_is_retried_once_its_lease_expires(tena
     assert run(lease) == 1
     assert WebhookDelivery.objects.get().status == "succeeded"
     assert len(receiver.requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_the_publisher_holds_for_an_instant_is_fanned_out_by_the_kick_that_came_for_it(tenant, receiver):
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    make_endpoint(tenant, receiver.url)
+    emit(tenant=tenant, type=EventType.MESSAGE_SENT, payload={})  # committed (autocommit)
+    event = Event.objects.get()
+    with psycopg.connect(**connection.get_connection_params()) as publisher:
+        # As the RabbitMQ publisher does between marking a batch published and its commit.
+        publisher.execute(
+            f"UPDATE {Event._meta.db_table} SET publish_pending = false WHERE id = %s",
+            [event.pk],
+        )
+        commit = threading.Timer(0.1, publisher.commit)
+        commit.start()
+        handled = delivery.dispatch_pending_events()
+        commit.join()
+
+    assert handled == 1
+    assert WebhookDelivery.objects.filter(event=event).count() == 1
+    assert not Event.objects.get(pk=event.pk).dispatch_pending

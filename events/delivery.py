@@ -106,7 +106,7 @@ def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = Non
             handled, endpoint_ids, skipped = cursor.fetchone()
         handled_total += handled
         if endpoint_ids:
-            transaction.on_commit(lambda ids=endpoint_ids: outbox.kick_endpoints(ids))
+            transaction.on_commit(functools.partial(outbox.kick_endpoints, endpoint_ids))
         # A pending event this statement skipped was locked by another transaction: the publisher
         # marking it published (for an instant), or another fan-out, which sees to it. The kick that
         # brought this task is spent, so look again shortly rather than leave it to the sweep.

@@ -99,8 +99,8 @@ def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = Non
         "SELECT (SELECT count(*) FROM done), ARRAY(SELECT DISTINCT endpoint_id FROM created), "
         f"EXISTS (SELECT 1 FROM {events} WHERE dispatch_pending AND id NOT IN (SELECT id FROM batch))"
     )
-    handled_total = 0
-    for attempt in range(SKIPPED_ROW_RETRIES + 1):
+    handled_total, retries = 0, 0
+    while True:
         with connection.cursor() as cursor:  # one statement: atomic without a transaction block
             cursor.execute(sql, [batch_size, now, timezone.now()])
             handled, endpoint_ids, skipped = cursor.fetchone()
@@ -108,12 +108,13 @@ def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = Non
         if endpoint_ids:
             transaction.on_commit(functools.partial(outbox.kick_endpoints, endpoint_ids))
         # A pending event this statement skipped was locked by another transaction: the publisher
-        # marking it published (for an instant), or another fan-out, which sees to it. The kick that
-        # brought this task is spent, so look again shortly rather than leave it to the sweep.
-        if handled >= batch_size or not skipped or attempt == SKIPPED_ROW_RETRIES:
+        # marking it published (for an instant), another fan-out (which sees to it), or a long one
+        # such as a tenant's deletion (not waited for: the fan-out of every tenant would stall). The
+        # kick that brought this task is spent, so look again shortly rather than leave it to the sweep.
+        if handled >= batch_size or not skipped or retries == SKIPPED_ROW_RETRIES:
             return handled_total
+        retries += 1
         time.sleep(SKIPPED_ROW_PAUSE_SECONDS)
-    return handled_total
 
 
 # --- one endpoint's drain -------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ def _django_settings_once(sender: Celery, **_: object) -> None:
     every inbound message and by the workers for their own."""
     from django.conf import settings
 
+    # Under Celery's own (lower-case) names: given as CELERY_* with a namespace, the ones that match
+    # Celery 3's upper-case names (CELERY_RESULT_BACKEND, ...) make Celery 5.7 warn at every start.
     names = [name for name in dir(settings) if name.startswith("CELERY_")]
-    sender.config_from_object({name: getattr(settings, name) for name in names}, namespace="CELERY")
+    sender.config_from_object({name.removeprefix("CELERY_").lower(): getattr(settings, name) for name in names})
 
 
 # Celery's Django fix-up closes every database connection before and after every task unless told

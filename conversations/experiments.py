@@ -22,7 +22,6 @@ validates them) and stops the experiment.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from conversations import queries
 from conversations.models import Conversation, Experiment, Message, SatisfactionRating
 from events.models import Event
 from events.types import EventType
@@ -211,26 +211,6 @@ def assign(experiment: Experiment, contact_id: Any) -> dict[str, Any]:
     return variant_for(experiment.variants, bucket(experiment.pk, contact_id))
 
 
-BUCKET_SQL = "(('x' || left(encode(sha256(convert_to({experiment} || ':' || {contact}, 'UTF8')), 'hex'), 8))::bit(32)::bigint %% 100)"
-
-
-@functools.cache
-def _apply_sql() -> str:
-    experiments, conversations = Experiment._meta.db_table, Conversation._meta.db_table
-    bucket_sql = BUCKET_SQL.format(experiment="e.id::text", contact="%s::text")
-    return (
-        f"WITH e AS (SELECT id, variants, {bucket_sql} AS bucket FROM {experiments} e "  # noqa: S608 (our tables)
-        "WHERE e.tenant_id = %s AND e.status = 'running' LIMIT 1), "
-        "pick AS (SELECT e.id, s.item FROM e, LATERAL (SELECT item, sum((item->>'share')::int) OVER (ORDER BY ord) "
-        "AS upto, ord FROM jsonb_array_elements(e.variants) WITH ORDINALITY AS x(item, ord)) s "
-        "WHERE s.upto > e.bucket ORDER BY s.ord LIMIT 1), "
-        f"recorded AS (UPDATE {conversations} c SET experiment_id = pick.id, experiment_variant = pick.item->>'name' "
-        "FROM pick WHERE c.id = %s AND c.tenant_id = %s AND (c.experiment_id IS DISTINCT FROM pick.id "
-        "OR c.experiment_variant <> pick.item->>'name') RETURNING c.id) "
-        "SELECT pick.id, pick.item::text FROM pick"
-    )
-
-
 def apply(turn: Turn) -> None:
     """The tenant's running experiment, if any, for this turn: the contact's variant overlays the tenant
     settings the rest of the turn reads (``turn.config``, the LLM provider, retrieval), and the
@@ -241,7 +221,7 @@ def apply(turn: Turn) -> None:
         return
     tenant_id = turn.tenant.pk
     with connection.cursor() as cursor:
-        cursor.execute(_apply_sql(), [str(contact.pk), tenant_id, conversation.pk, tenant_id])
+        cursor.execute(queries.experiment_apply_sql(), [str(contact.pk), tenant_id, conversation.pk, tenant_id])
         row = cursor.fetchone()
     if row is None:
         return

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.db import connection
 
 from channels_app.models import Channel, InboundEvent
-from conversations import intelligence
+from conversations import intelligence, queries
 from conversations.inbox.services import display_name, message_frame, note_frame, user_frame, window_frame
 from conversations.models import (
-    Contact,
     Conversation,
     ConversationNote,
-    ConversationRead,
     Message,
     SatisfactionRating,
 )
@@ -29,48 +25,6 @@ SENTIMENTS = intelligence.SENTIMENTS
 TAG_MAX_CHARS = 64  # Conversation.tags' items
 TIMELINE_LIMIT = 300
 PREVIEW_SENDERS = ("user", "assistant", "agent", "system")
-
-
-@functools.cache
-def _list_sql() -> str:
-    c, k, ch, m, r = (
-        Conversation._meta.db_table,
-        Contact._meta.db_table,
-        Channel._meta.db_table,
-        Message._meta.db_table,
-        ConversationRead._meta.db_table,
-    )
-    users = get_user_model()._meta.db_table
-    # The page is chosen first (the order and the filters read the conversation row alone, from the
-    # tenant's rows), then only its rows get their contact, preview and unread count: computed for every
-    # row before the sort, those cost ~3 ms per 100 conversations.
-    return f"""
-        WITH page AS (
-            SELECT c.*,
-                   CASE c.state WHEN 'handoff_requested' THEN 0 WHEN 'agent' THEN 1 WHEN 'bot' THEN 2 ELSE 3 END
-                       AS state_rank,
-                   CASE WHEN c.state = 'handoff_requested' THEN c.waiting_since END AS waiting_rank
-            FROM {c} c
-            WHERE c.tenant_id = %(tenant)s {{where}}
-            ORDER BY state_rank, waiting_rank ASC NULLS LAST, c.last_activity_at DESC, c.id
-            LIMIT %(limit)s OFFSET %(offset)s
-        )
-        SELECT c.id, c.state, c.last_activity_at, c.waiting_since, c.created_at, c.handoff_reason,
-               c.channel_id, ch.type, ch.name, c.assignee_id, u.username, u.first_name, u.last_name,
-               k.id, k.profile_name, k.external_id, lm.content, lm.sender, lm.kind,
-               c.sentiment, c.tags, c.analysed_at,
-               (SELECT count(*) FROM (SELECT 1 FROM {m} x WHERE x.tenant_id = c.tenant_id
-                    AND x.conversation_id = c.id AND x.direction = 'in'
-                    AND x.id > COALESCE(r.last_read_message_id, 0) LIMIT {UNREAD_CAP + 1}) AS unread_rows)
-        FROM page c
-        JOIN {k} k ON k.id = c.contact_id
-        JOIN {ch} ch ON ch.id = c.channel_id
-        LEFT JOIN {users} u ON u.id = c.assignee_id
-        LEFT JOIN {r} r ON r.tenant_id = c.tenant_id AND r.conversation_id = c.id AND r.user_id = %(user)s
-        LEFT JOIN LATERAL (SELECT x.content, x.sender, x.kind FROM {m} x WHERE x.tenant_id = c.tenant_id
-            AND x.conversation_id = c.id AND x.sender = ANY(%(senders)s) ORDER BY x.id DESC LIMIT 1) lm ON true
-        ORDER BY c.state_rank, c.waiting_rank ASC NULLS LAST, c.last_activity_at DESC, c.id
-    """  # noqa: S608 (our tables; values are parameters)
 
 
 def _row(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -164,7 +118,7 @@ def conversation_rows(
         where.append("AND c.id = %(conversation)s")
         params["conversation"] = conversation_id
     with connection.cursor() as cursor:
-        cursor.execute(_list_sql().replace("{where}", " ".join(where)), params)
+        cursor.execute(queries.inbox_list_sql(UNREAD_CAP).replace("{where}", " ".join(where)), params)
         return [_row(row) for row in cursor.fetchall()]
 
 

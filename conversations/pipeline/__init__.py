@@ -19,7 +19,6 @@ connection are not held while the contact types).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -35,8 +34,9 @@ from channels_app.inbound import enqueue_message_later, needs_preparation
 from channels_app.models import Channel, ChannelSecret, InboundEvent
 from channels_app.secrets import pin_loaded_secret
 from config.logs import correlation_id
+from conversations import queries
 from conversations.metrics import observe_stage
-from conversations.models import Conversation, TenantFunction
+from conversations.models import Conversation
 from conversations.pipeline import (
     completion,
     failure,
@@ -71,22 +71,15 @@ MAX_EVENTS_PER_TURN = 20
 MAX_DEBOUNCE_PERIODS = 5
 
 
-# The advisory lock's key, computed by PostgreSQL from "turn|<channel id>|<sender>" (so that the
-# event's own row can name it in the query that reads the event: one round trip less per turn).
-LOCK_KEY_SQL = "hashtextextended('turn|' || {channel} || '|' || {sender}, 0)"
-_TRY_LOCK = f"SELECT pg_try_advisory_lock({LOCK_KEY_SQL.format(channel='%s', sender='%s')})"
-_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_KEY_SQL.format(channel='%s', sender='%s')})"
-
-
 def _try_lock(channel_id: Any, sender_external_id: str) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute(_TRY_LOCK, [str(channel_id), sender_external_id])
+        cursor.execute(queries.TRY_LOCK, [str(channel_id), sender_external_id])
         return bool(cursor.fetchone()[0])
 
 
 def _unlock(channel_id: Any, sender_external_id: str) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(_UNLOCK, [str(channel_id), sender_external_id])
+        cursor.execute(queries.UNLOCK, [str(channel_id), sender_external_id])
 
 
 @contextmanager
@@ -102,25 +95,15 @@ def contact_lock(channel_id: Any, sender_external_id: str, *, acquired: bool | N
             _unlock(channel_id, sender_external_id)
 
 
-@functools.cache
-def _lock_event_sql() -> str:
-    table = InboundEvent._meta.db_table
-    key = LOCK_KEY_SQL.format(channel="channel_id::text", sender="sender_external_id")
-    return (
-        f"WITH e AS (SELECT id, tenant_id, channel_id, sender_external_id, pg_try_advisory_lock({key}) AS got "  # noqa: S608 (our table)
-        f"FROM {table} WHERE id = %s AND status = %s AND kind = %s), "
-        f"busy AS (UPDATE {table} SET turn_busy_at = now() WHERE id = (SELECT id FROM e WHERE NOT got) RETURNING id) "
-        "SELECT tenant_id, channel_id, sender_external_id, got FROM e"
-    )
-
-
 def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
     """A pending message event's (tenant id, channel id, sender) and whether its contact's lock was
     taken, in one query; None when the event is not a pending message (already answered). When the
     lock is held (the contact's turn is running), the event is marked ``turn_busy_at`` in the same
     statement: the running turn answers it next (``_hand_off``)."""
     with connection.cursor() as cursor:
-        cursor.execute(_lock_event_sql(), [inbound_event_id, InboundEvent.Status.PENDING, InboundEvent.Kind.MESSAGE])
+        cursor.execute(
+            queries.lock_event_sql(), [inbound_event_id, InboundEvent.Status.PENDING, InboundEvent.Kind.MESSAGE]
+        )
         row = cursor.fetchone()
     return None if row is None else (row[0], row[1], row[2], bool(row[3]))
 
@@ -139,32 +122,12 @@ def run_stages(turn: Turn) -> Turn:
     return turn
 
 
-@functools.cache
-def _pending_sql(for_turn: bool) -> str:
-    events = InboundEvent._meta.db_table
-    where = (
-        "WHERE e.tenant_id = %s AND e.channel_id = %s AND e.sender_external_id = %s AND e.kind = %s "
-        "AND e.status = %s ORDER BY e.id LIMIT %s"
-    )
-    if not for_turn:
-        return f"SELECT e.id, e.normalized, e.turn_busy_at IS NOT NULL FROM {events} e {where}"  # noqa: S608 (our tables)
-    functions = TenantFunction._meta.db_table
-    return (
-        f"WITH fn AS (SELECT COALESCE(json_agg(f ORDER BY f.name), '[]')::text AS rows FROM {functions} f "  # noqa: S608
-        "WHERE f.tenant_id = %s AND f.is_active) "
-        f"SELECT {rows.columns(InboundEvent, 'e')}, {rows.columns(Channel, 'c')}, {rows.columns(Tenant, 't')}, "
-        f"{rows.columns(ChannelSecret, 's')}, fn.rows FROM {events} e "
-        f"JOIN {Channel._meta.db_table} c ON c.id = e.channel_id JOIN {Tenant._meta.db_table} t ON t.id = c.tenant_id "
-        f"LEFT JOIN {ChannelSecret._meta.db_table} s ON s.channel_id = c.id CROSS JOIN fn {where}"
-    )
-
-
 def _pending_rows(channel_id: Any, tenant_id: Any, sender: str, *, for_turn: bool) -> list[tuple[Any, ...]]:
     params = [
         tenant_id, channel_id, sender, InboundEvent.Kind.MESSAGE, InboundEvent.Status.PENDING, MAX_EVENTS_PER_TURN,
     ]  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(_pending_sql(for_turn), [tenant_id, *params] if for_turn else params)
+        cursor.execute(queries.pending_sql(for_turn), [tenant_id, *params] if for_turn else params)
         return cursor.fetchall()
 
 

@@ -7,7 +7,6 @@ the bot. Messages are unique on (tenant, channel, platform id), so a re-run stor
 
 from __future__ import annotations
 
-import functools
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -18,7 +17,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from channels_app.adapters.base import NormalizedMessage
-from conversations import language, phrases, state
+from conversations import language, phrases, queries, state
 from conversations.models import Contact, Conversation, Message
 from conversations.pipeline import rows
 from conversations.pipeline.turn import Turn
@@ -49,18 +48,6 @@ def _stored_ids(turn: Turn, ids: list[str]) -> QuerySet[Message, str]:
     )
 
 
-@functools.cache
-def _latest_sql() -> str:
-    return (
-        f"SELECT {rows.columns(Conversation, 'v')}, {rows.columns(Contact, 'k')}, "  # noqa: S608 (our tables)
-        f"ARRAY(SELECT m.platform_message_id FROM {Message._meta.db_table} m WHERE m.tenant_id = %s "
-        "AND m.channel_id = %s AND m.platform_message_id = ANY(%s::text[])) "
-        f"FROM {Conversation._meta.db_table} v JOIN {Contact._meta.db_table} k ON k.id = v.contact_id "
-        "WHERE v.tenant_id = %s AND v.channel_id = %s AND k.tenant_id = %s AND k.external_id = %s "
-        "ORDER BY v.last_activity_at DESC LIMIT 1"
-    )
-
-
 def _latest_conversation(turn: Turn, ids: list[str]) -> tuple[Conversation | None, set[str]]:
     """The contact's latest conversation with its contact, and which of ``ids`` are stored already, in
     one query (a returning contact's case; hand-written: building it with the ORM cost more CPU than
@@ -68,7 +55,8 @@ def _latest_conversation(turn: Turn, ids: list[str]) -> tuple[Conversation | Non
     tenant_id, channel_id = turn.tenant.pk, turn.channel.pk
     with connection.cursor() as cursor:
         cursor.execute(
-            _latest_sql(), [tenant_id, channel_id, ids, tenant_id, channel_id, tenant_id, turn.sender_external_id]
+            queries.latest_conversation_sql(),
+            [tenant_id, channel_id, ids, tenant_id, channel_id, tenant_id, turn.sender_external_id],
         )
         row = cursor.fetchone()
     if row is None:
@@ -208,33 +196,15 @@ def _store(
     return rows_
 
 
-# In the model's field order (``Model.from_db`` takes a subset of the fields in that order).
-CONTEXT_FIELDS = tuple(
-    f.attname
-    for f in Message._meta.concrete_fields
-    if f.attname in {"id", "sender", "content", "status", "kind", "platform_message_id"}
-)
-
-
-@functools.cache
-def _context_sql(bounded: bool) -> str:
-    return (
-        f"SELECT {', '.join(CONTEXT_FIELDS)} FROM {Message._meta.db_table} "  # noqa: S608 (our table)
-        "WHERE tenant_id = %s AND conversation_id = %s AND sender = ANY(%s::text[])"
-        + (" AND id > %s" if bounded else "")
-        + " ORDER BY id DESC LIMIT %s"
-    )
-
-
 def _context(turn: Turn, conversation: Conversation) -> list[Message]:
-    """The conversation's messages since its handoff boundary, newest first (only ``CONTEXT_FIELDS``)."""
+    """The conversation's messages since its handoff boundary, newest first (only ``queries.CONTEXT_FIELDS``)."""
     boundary = conversation.context_start_message_id
     params: list[Any] = [turn.tenant.pk, conversation.pk, [str(sender) for sender in CONTEXT_SENDERS]]
     if boundary:
         params.append(boundary)
     with connection.cursor() as cursor:
-        cursor.execute(_context_sql(bool(boundary)), [*params, settings.LLM_HISTORY_MAX_MESSAGES])
-        return [Message.from_db(connection.alias, CONTEXT_FIELDS, row) for row in cursor.fetchall()]
+        cursor.execute(queries.context_sql(bool(boundary)), [*params, settings.LLM_HISTORY_MAX_MESSAGES])
+        return [Message.from_db(connection.alias, queries.CONTEXT_FIELDS, row) for row in cursor.fetchall()]
 
 
 def _answers_rating(conversation: Conversation, messages: list[tuple[Any, NormalizedMessage]]) -> bool:

@@ -15,7 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from channels_app.models import Channel
-from conversations import experiments
+from conversations import experiments, queries
 from conversations.models import Contact, Conversation, Experiment, Message, SatisfactionRating
 from conversations.pipeline.turn import Turn
 from events.models import Event
@@ -71,7 +71,7 @@ def test_assignment_is_deterministic_sticky_and_follows_the_shares(tenant):
 def test_the_turns_sql_computes_the_same_bucket_as_python(tenant):
     experiment_id = uuid.uuid4()
     contacts = [str(uuid.uuid4()) for _ in range(300)]
-    sql = experiments.BUCKET_SQL.format(experiment="%s::text", contact="c")
+    sql = queries.BUCKET_SQL.format(experiment="%s::text", contact="c")
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT c, {sql} FROM unnest(%s::text[]) AS c", [str(experiment_id), contacts])
         from_sql = dict(cursor.fetchall())

@@ -38,8 +38,8 @@ from django.utils import timezone
 
 from config import egress, metrics
 from config.logs import HTTP_HEADER, correlation_id
-from events import outbox, signing, transport
-from events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint, message_body
+from events import outbox, queries, signing, transport
+from events.models import WebhookDelivery, WebhookEndpoint, message_body
 from events.services import emit
 from events.types import EventType
 from tenants import secrets as secret_store
@@ -82,27 +82,10 @@ def dispatch_pending_events(*, batch_size: int = 500, now: datetime | None = Non
     receiver must not be sent news of its own failures (which would fail, and so on).
     """
     now = now or clock()
-    events = Event._meta.db_table
-    deliveries = WebhookDelivery._meta.db_table
-    endpoints = WebhookEndpoint._meta.db_table
-    sql = (
-        f"WITH batch AS (SELECT id, tenant_id, type, payload FROM {events} WHERE dispatch_pending "  # noqa: S608
-        "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
-        f"done AS (UPDATE {events} e SET dispatch_pending = false FROM batch WHERE e.id = batch.id RETURNING e.id), "
-        f"created AS (INSERT INTO {deliveries} (tenant_id, endpoint_id, event_id, status, attempt_count, "
-        "next_attempt_at, last_error, created_at) "
-        "SELECT b.tenant_id, w.id, b.id, 'pending', 0, %s, '', %s "
-        f"FROM batch b JOIN {endpoints} w ON w.tenant_id = b.tenant_id AND w.is_active "
-        "WHERE (w.event_types IS NULL OR w.event_types IN ('[]'::jsonb, 'null'::jsonb) OR w.event_types ? b.type) "
-        "AND NOT (b.type LIKE 'webhook.%%' AND coalesce(b.payload ->> 'endpoint_id', '') = w.id::text) "
-        "ON CONFLICT DO NOTHING RETURNING endpoint_id) "
-        "SELECT (SELECT count(*) FROM done), ARRAY(SELECT DISTINCT endpoint_id FROM created), "
-        f"EXISTS (SELECT 1 FROM {events} WHERE dispatch_pending AND id NOT IN (SELECT id FROM batch))"
-    )
     handled_total, retries = 0, 0
     while True:
         with connection.cursor() as cursor:  # one statement: atomic without a transaction block
-            cursor.execute(sql, [batch_size, now, timezone.now()])
+            cursor.execute(queries.DISPATCH_PENDING_EVENTS, [batch_size, now, timezone.now()])
             handled, endpoint_ids, skipped = cursor.fetchone()
         handled_total += handled
         if endpoint_ids:
@@ -238,33 +221,16 @@ def _drain(
         headers.clear()
 
 
-# Concurrent drains per endpoint, on any worker: session advisory locks on WEBHOOK_ENDPOINT_CONCURRENCY
-# slots (a drain spans several statements and its requests), taken with *try* in the statement that
-# reads the endpoint; one slot only while the endpoint is failing (an attempt failed since its last
-# success). A drain that gets no slot leaves; each holder looks for due deliveries once it has let
-# go, so nothing waits for the sweep. A receiver that hangs thus holds at most that many worker
-# threads until its first timeout, and one after, however many events arrive meanwhile. A killed
-# worker's locks go with its connection.
-_DRAIN_LOCK_KEY_SQL = "hashtextextended('webhook-drain|' || {endpoint} || '|' || {slot}, 0)"
-
-
+# Concurrent drains per endpoint: at most WEBHOOK_ENDPOINT_CONCURRENCY (one while it is failing), each
+# holding a session advisory lock on its slot; why, in events.queries above _DRAIN_LOCK_KEY.
 def _load_endpoint_taking_a_slot(endpoint_id: UUID | str) -> tuple[WebhookEndpoint | None, int | None]:
     """The endpoint, and the drain slot taken for it (None: none free, or the endpoint is inactive),
     read with a fixed raw statement: a drain starts for every few deliveries, and compiling the ORM
     query (with its tenant join) cost as much as sending them."""
     fields = WebhookEndpoint._meta.concrete_fields
-    columns = ", ".join(str(f.column) for f in fields)
-    key = _DRAIN_LOCK_KEY_SQL.format(endpoint="id::text", slot="s")
-    locking = (
-        "CASE WHEN is_active THEN (SELECT s FROM generate_series(0, CASE WHEN failing_since IS NULL THEN %s "  # noqa: S608
-        f"ELSE 1 END - 1) s WHERE pg_try_advisory_lock({key}) LIMIT 1) END"
-    )
     params: list[int | str] = [max(1, settings.WEBHOOK_ENDPOINT_CONCURRENCY), str(endpoint_id)]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns}, {locking} FROM {WebhookEndpoint._meta.db_table} WHERE id = %s",  # noqa: S608 (our table)
-            params,
-        )
+        cursor.execute(queries.endpoint_taking_a_slot(), params)
         row = cursor.fetchone()
     if row is None:
         return None, None
@@ -282,8 +248,7 @@ def _load_endpoint_taking_a_slot(endpoint_id: UUID | str) -> tuple[WebhookEndpoi
 def _unlock_drain(endpoint_id: UUID, slot: int) -> None:
     try:
         with connection.cursor() as cursor:
-            key = _DRAIN_LOCK_KEY_SQL.format(endpoint="%s", slot="%s")
-            cursor.execute(f"SELECT pg_advisory_unlock({key})", [str(endpoint_id), str(slot)])
+            cursor.execute(queries.DRAIN_UNLOCK, [str(endpoint_id), str(slot)])
     except DatabaseError:
         # The session is broken (the drain may have failed on it): closing it lets go of the lock,
         # and the drain's own error, if any, is the one that propagates.
@@ -296,13 +261,8 @@ def _unlock_drain(endpoint_id: UUID, slot: int) -> None:
 def _anything_due(endpoint: WebhookEndpoint, now: datetime) -> bool:
     """Whether a delivery of this endpoint is due (read after the drain lock was let go; a fixed
     statement, as the claim's: at a steady trickle of events every drain ends with it)."""
-    table = WebhookDelivery._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = %s AND endpoint_id = %s "  # noqa: S608 (our table)
-            "AND status = 'pending' AND next_attempt_at <= %s)",
-            [endpoint.tenant_id, endpoint.pk, now],
-        )
+        cursor.execute(queries.DELIVERY_DUE_EXISTS, [endpoint.tenant_id, endpoint.pk, now])
         return bool(cursor.fetchone()[0])
 
 
@@ -311,20 +271,10 @@ def _claim(*, endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[Clai
     skip each other's rows). Nothing is claimed once the endpoint is disabled."""
     timeout = settings.WEBHOOK_TIMEOUT_SECONDS
     lease_until = now + timedelta(seconds=limit * (timeout + 1) + 60)
-    table = WebhookDelivery._meta.db_table
-    endpoints = WebhookEndpoint._meta.db_table
-    events = Event._meta.db_table
-    sql = (
-        f"WITH due AS (SELECT id FROM {table} WHERE tenant_id = %s AND endpoint_id = %s "  # noqa: S608 (our tables)
-        "AND status = 'pending' AND next_attempt_at <= %s "
-        f"AND EXISTS (SELECT 1 FROM {endpoints} WHERE id = %s AND is_active) "
-        "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-        f"UPDATE {table} d SET next_attempt_at = %s FROM due, {events} e WHERE d.id = due.id AND e.id = d.event_id "
-        "RETURNING d.id, d.tenant_id, d.attempt_count, e.event_id, e.type, e.tenant_id, e.created_at, e.payload, "
-        "e.correlation_id"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [endpoint.tenant_id, endpoint.pk, now, endpoint.pk, limit, lease_until])
+        cursor.execute(
+            queries.DELIVERIES_CLAIM, [endpoint.tenant_id, endpoint.pk, now, endpoint.pk, limit, lease_until]
+        )
         rows = sorted(cursor.fetchall())
     return [
         ClaimedDelivery(
@@ -575,32 +525,8 @@ def _store(
     endpoint_pk = success_endpoint.pk if success_endpoint is not None else None
     streak_after = success_at - timedelta(seconds=30) if success_at is not None else None
     with connection.cursor() as cursor:
-        cursor.execute(_store_sql(), [*columns, success_at, endpoint_pk, streak_after])
+        cursor.execute(queries.attempts_store(), [*columns, success_at, endpoint_pk, streak_after])
         return {row[0] for row in cursor.fetchall()}
-
-
-@functools.cache
-def _store_sql() -> str:
-    deliveries = WebhookDelivery._meta.db_table
-    attempts = WebhookAttempt._meta.db_table
-    endpoints = WebhookEndpoint._meta.db_table
-    return (
-        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::timestamptz[], "  # noqa: S608
-        "%s::timestamptz[], %s::int[], %s::text[], %s::timestamptz[], %s::int[], %s::bool[], %s::text[]) "
-        "AS v(id, tenant_id, status, attempt_count, next_attempt_at, last_attempt_at, last_status_code, "
-        "last_error, completed_at, duration_ms, success, response_excerpt)), "
-        f"updated AS (UPDATE {deliveries} d SET status = v.status, attempt_count = v.attempt_count, "
-        "next_attempt_at = v.next_attempt_at, last_attempt_at = v.last_attempt_at, "
-        "last_status_code = v.last_status_code, last_error = v.last_error, completed_at = v.completed_at "
-        "FROM v WHERE d.id = v.id AND d.status = 'pending' RETURNING d.id), "
-        f"attempts AS (INSERT INTO {attempts} (tenant_id, delivery_id, started_at, duration_ms, status_code, "
-        "success, response_excerpt, error) SELECT v.tenant_id, v.id, v.last_attempt_at, v.duration_ms, "
-        "v.last_status_code, v.success, v.response_excerpt, v.last_error FROM v "
-        f"WHERE EXISTS (SELECT 1 FROM {deliveries} x WHERE x.id = v.id)), "
-        f"streak AS (UPDATE {endpoints} SET last_success_at = %s::timestamptz, failing_since = NULL "
-        "WHERE id = %s AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < %s)) "
-        "SELECT id FROM updated"
-    )
 
 
 def _disable(*, endpoint: WebhookEndpoint, now: datetime) -> None:

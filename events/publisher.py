@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from config import metrics
+from events import queries
 from events.models import Event, message_body
 
 logger = logging.getLogger(__name__)
@@ -209,13 +210,8 @@ def _publish_batch(*, url: str, batch_size: int) -> int:
     exchange = settings.EVENTS_EXCHANGE
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-            # Raw rows, not model instances: the body is built around the payload's stored JSON text.
-            cursor.execute(
-                f"SELECT id, event_id, tenant_id, type, created_at, correlation_id, payload FROM {Event._meta.db_table} "  # noqa: S608
-                "WHERE publish_pending ORDER BY id LIMIT %s",
-                [batch_size],
-            )
+            cursor.execute(queries.PUBLISHER_LOCK, [ADVISORY_LOCK_KEY])
+            cursor.execute(queries.PUBLISH_PENDING_BATCH, [batch_size])  # raw rows: see events.queries
             events = cursor.fetchall()
         if not events:
             return 0
@@ -257,11 +253,7 @@ def _publish_batch(*, url: str, batch_size: int) -> int:
             failure = BrokerUnavailable(f"publishing failed: {type(exc).__name__}: {str(exc)[:150]}")
         if confirmed:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {Event._meta.db_table} SET publish_pending = false, published_at = %s "  # noqa: S608
-                    "WHERE id = ANY(%s)",
-                    [timezone.now(), confirmed],
-                )
+                cursor.execute(queries.EVENTS_MARK_PUBLISHED, [timezone.now(), confirmed])
     if failure is not None:
         raise failure
     return len(events)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from config import egress
 from config.logs import get_correlation_id
-from events import signing
+from events import queries, signing
 from events.models import Event, WebhookDelivery, WebhookEndpoint
 from events.types import EventType
 from tenants import secrets as secret_store
@@ -74,11 +74,11 @@ def insert_sql(events: list[Event]) -> tuple[str, list[Any]]:
     params: list[Any] = []
     for event in events:
         params += _row_params(event)
-    return _insert_event_sql(len(events)), params
+    return queries.event_insert(len(events)), params
 
 
 def _row_params(event: Event) -> list[Any]:
-    """An event row's values, in the column order of ``_insert_event_sql``."""
+    """An event row's values, in the column order of ``queries.event_insert``."""
     return [
         event.tenant_id,
         event.event_id,
@@ -113,25 +113,7 @@ def insert_per_row_sql(
     params: list[Any] = [id_as]
     for event, value in zip(events, keys, strict=True):
         params += [*_row_params(event), value]
-    row = "(%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s::timestamptz, %s::boolean, %s::boolean, %s)"
-    sql = (
-        f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608
-        "dispatch_pending, publish_pending) "
-        "SELECT v.tenant_id, v.event_id, v.type, v.payload || jsonb_build_object(%s, r.id), v.correlation_id, "
-        f"v.created_at, v.dispatch_pending, v.publish_pending FROM {rows} r JOIN (VALUES {', '.join([row] * len(events))}) "
-        "AS v(tenant_id, event_id, type, payload, correlation_id, created_at, dispatch_pending, publish_pending, k) "
-        f"ON v.k = r.{key} ORDER BY r.id RETURNING id, event_id"
-    )
-    return sql, params
-
-
-@functools.cache
-def _insert_event_sql(rows: int = 1) -> str:
-    values = ", ".join(["(%s, %s, %s, %s::jsonb, %s, %s, %s, %s)"] * rows)
-    return (
-        f"INSERT INTO {Event._meta.db_table} (tenant_id, event_id, type, payload, correlation_id, created_at, "  # noqa: S608
-        f"dispatch_pending, publish_pending) VALUES {values} RETURNING id, event_id"
-    )
+    return queries.event_insert_per_row(len(events), rows=rows, key=key), params
 
 
 def _dispatch(event: Event) -> None:

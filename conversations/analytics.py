@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,9 @@ from conversations.models import (
 )
 from events.models import Event
 from events.types import EventType
+
+# Tenants' ids, as primary keys or as their text (a tenant picked in the admin's filter).
+TenantIds = Sequence[UUID | str]
 
 UNANSWERED_LIMIT = 100
 TOP_DOCUMENTS_LIMIT = 20
@@ -98,7 +102,7 @@ def _rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return cursor.fetchall()
 
 
-def _ids(tenant_ids: list[Any]) -> list[str]:
+def _ids(tenant_ids: TenantIds) -> list[str]:
     return [str(t) for t in tenant_ids]
 
 
@@ -125,7 +129,7 @@ def split(period: DateRange) -> tuple[DateRange | None, DateRange | None]:
     return closed, live
 
 
-def ensure_rollups(tenant_ids: list[Any], period: DateRange) -> DateRange | None:
+def ensure_rollups(tenant_ids: TenantIds, period: DateRange) -> DateRange | None:
     """Roll up the closed days of ``period`` the tenants lack; the closed part of the range."""
     closed, _ = split(period)
     if closed is None:
@@ -146,7 +150,7 @@ def ensure_rollups(tenant_ids: list[Any], period: DateRange) -> DateRange | None
                 )
             )
             missing = [day for day in closed.days if day not in days]
-            roll_up(tenant_id, DateRange(missing[0], missing[-1]), set(missing))
+            roll_up(UUID(str(tenant_id)), DateRange(missing[0], missing[-1]), set(missing))
     return closed
 
 
@@ -197,7 +201,7 @@ def roll_up(tenant_id: UUID, period: DateRange, only: set[dt.date]) -> None:
 # --- the grouped SQL, per day (a closed day's rollup, or the open days live) ------------------------
 
 
-def _message_days(tenant_ids: list[Any], period: DateRange) -> list[tuple[Any, ...]]:
+def _message_days(tenant_ids: TenantIds, period: DateRange) -> list[tuple[Any, ...]]:
     """(day, channel id, messages, prompt tokens, completion tokens, cost): the covering index
     ``msg_tenant_created`` alone."""
     start, end = period.bounds()
@@ -212,7 +216,7 @@ def _message_days(tenant_ids: list[Any], period: DateRange) -> list[tuple[Any, .
     return _rows(sql, [settings.TIME_ZONE, COUNTED_SENDERS, _ids(tenant_ids), start, end])
 
 
-def _conversation_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, tuple[int, int, int]]:
+def _conversation_days(tenant_ids: TenantIds, period: DateRange) -> dict[dt.date, tuple[int, int, int]]:
     """{day: (new conversations, resolutions, handoffs)}."""
     start, end = period.bounds()
     tenants = _ids(tenant_ids)
@@ -244,7 +248,7 @@ UNANSWERED = (
 )
 
 
-def _unanswered_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, int]:
+def _unanswered_days(tenant_ids: TenantIds, period: DateRange) -> dict[dt.date, int]:
     start, end = period.bounds()
     sql = f"""
         SELECT {_day("m.created_at")}, count(*) FROM {MESSAGES} m
@@ -254,7 +258,7 @@ def _unanswered_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, 
     return dict(_rows(sql, [settings.TIME_ZONE, _ids(tenant_ids), start, end]))  # type: ignore[arg-type]
 
 
-def _document_days(tenant_ids: list[Any], period: DateRange) -> list[tuple[Any, ...]]:
+def _document_days(tenant_ids: TenantIds, period: DateRange) -> list[tuple[Any, ...]]:
     """(day, document id, title as cited, replies citing it)."""
     start, end = period.bounds()
     sql = f"""
@@ -278,7 +282,7 @@ def _document_days(tenant_ids: list[Any], period: DateRange) -> list[tuple[Any, 
 Pending = list[tuple[Any, dt.datetime]]
 
 
-def _bot_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, tuple[list[float], Pending]]:
+def _bot_days(tenant_ids: TenantIds, period: DateRange) -> dict[dt.date, tuple[list[float], Pending]]:
     """{conversation's day: (seconds from its first user message to the first assistant message,
     conversations not answered within the range: (id, first user message's time))}."""
     start, end = period.bounds()
@@ -305,7 +309,7 @@ def _bot_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, tuple[l
     return {day: (list(values), list(zip(ids, since, strict=True))) for day, values, ids, since in rows}
 
 
-def _human_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, tuple[list[float], Pending]]:
+def _human_days(tenant_ids: TenantIds, period: DateRange) -> dict[dt.date, tuple[list[float], Pending]]:
     """{handoff's day: (seconds from the handoff to the first agent message after it, handoffs no agent
     answered yet: (conversation id, handoff time))}."""
     start, end = period.bounds()
@@ -334,7 +338,7 @@ def _human_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, tuple
     return {day: (list(values), list(zip(ids, since, strict=True))) for day, values, ids, since in rows}
 
 
-def _resolution_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, list[float]]:
+def _resolution_days(tenant_ids: TenantIds, period: DateRange) -> dict[dt.date, list[float]]:
     """{resolution's day: seconds from each resolved conversation's creation to its resolution}."""
     start, end = period.bounds()
     tenants = _ids(tenant_ids)
@@ -359,13 +363,13 @@ def _resolution_days(tenant_ids: list[Any], period: DateRange) -> dict[dt.date, 
 # ``ensure_rollups`` once for several selectors).
 
 
-def _parts(tenant_ids: list[Any], period: DateRange, ensure: bool) -> tuple[DateRange | None, DateRange | None]:
+def _parts(tenant_ids: TenantIds, period: DateRange, ensure: bool) -> tuple[DateRange | None, DateRange | None]:
     if ensure:
         ensure_rollups(tenant_ids, period)
     return split(period)
 
 
-def message_days(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
+def message_days(tenant_ids: TenantIds, period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Per day and channel: messages, prompt and completion tokens, cost."""
     closed, live = _parts(tenant_ids, period, ensure)
     rows: list[tuple[Any, ...]] = []
@@ -412,7 +416,7 @@ def usage_per_day(days: list[dict[str, Any]], period: DateRange) -> list[dict[st
     return list(totals.values())
 
 
-def conversations_per_day(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
+def conversations_per_day(tenant_ids: TenantIds, period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Every day of the range: new conversations, resolutions, handoffs to a human."""
     closed, live = _parts(tenant_ids, period, ensure)
     found: dict[dt.date, tuple[int, int, int]] = {}
@@ -467,7 +471,7 @@ def _answered_since(pending: list[tuple[str, str, str]]) -> dict[str, list[float
     return found
 
 
-def response_times(tenant_ids: list[Any], period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
+def response_times(tenant_ids: TenantIds, period: DateRange, *, ensure: bool = True) -> list[dict[str, Any]]:
     """Rows (measure, count, p50 s, p95 s): bot first response, human first response, resolution."""
     closed, live = _parts(tenant_ids, period, ensure)
     extra: dict[str, list[float]] = defaultdict(list)
@@ -512,7 +516,7 @@ def _seconds(value: Any) -> float | None:
 
 
 def unanswered(
-    tenant_ids: list[Any], period: DateRange, limit: int = UNANSWERED_LIMIT, *, ensure: bool = True
+    tenant_ids: TenantIds, period: DateRange, limit: int = UNANSWERED_LIMIT, *, ensure: bool = True
 ) -> dict[str, Any]:
     """The count of unanswered questions in the range and the newest ``limit`` of them: when, the
     question (the user messages the reply answered), why, and the conversation."""
@@ -565,7 +569,7 @@ def unanswered(
 
 
 def top_documents(
-    tenant_ids: list[Any], period: DateRange, limit: int = TOP_DOCUMENTS_LIMIT, *, ensure: bool = True
+    tenant_ids: TenantIds, period: DateRange, limit: int = TOP_DOCUMENTS_LIMIT, *, ensure: bool = True
 ) -> list[dict[str, Any]]:
     """The documents the replies cite most: document id, title (as cited), replies citing it."""
     closed, live = _parts(tenant_ids, period, ensure)
@@ -587,7 +591,7 @@ def top_documents(
     return [{"document_id": doc, "title": titles[doc], "replies": n} for doc, n in ranked]
 
 
-def insights(tenant_ids: list[Any], period: DateRange) -> dict[str, list[dict[str, Any]]]:
+def insights(tenant_ids: TenantIds, period: DateRange) -> dict[str, list[dict[str, Any]]]:
     """The conversations started in the period by the user's sentiment and by tag
     (conversations.intelligence); not analysed yet counts as no sentiment and no tag."""
     start, end = period.bounds()

@@ -164,7 +164,7 @@ def _chart_data(
     }
 
 
-def _table(name: str, tenant_ids: list[Any], period: DateRange) -> tuple[list[str], Iterable[list[Any]]]:
+def _table(name: str, tenant_ids: analytics.TenantIds, period: DateRange) -> tuple[list[str], Iterable[list[Any]]]:
     """A table's CSV header and rows."""
     tables: dict[str, Callable[[], tuple[list[str], Iterable[list[Any]]]]] = {
         "messages": lambda: (

@@ -29,6 +29,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -479,6 +480,6 @@ def experiment_list(*, tenant: Tenant) -> Any:
     return Experiment.objects.for_tenant(tenant).order_by("-created_at")
 
 
-def experiment_get(*, tenant: Tenant, experiment_id: Any) -> Experiment:
+def experiment_get(*, tenant: Tenant, experiment_id: UUID) -> Experiment:
     """Raises Experiment.DoesNotExist (also for another tenant's experiment)."""
     return Experiment.objects.for_tenant(tenant).get(pk=experiment_id)

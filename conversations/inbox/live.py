@@ -14,6 +14,7 @@ import hashlib
 import logging
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import redis
 from django.db import transaction
@@ -31,12 +32,12 @@ PREVIEW_CHARS = 160
 PUSH_TIMEOUT = 5.0
 
 
-def tenant_group(tenant_id: Any) -> str:
+def tenant_group(tenant_id: UUID) -> str:
     """Channel-layer group of every staff socket of one tenant (hashed: names are limited to 100 ASCII)."""
     return f"inbox.tenant.{hashlib.sha256(str(tenant_id).encode()).hexdigest()[:40]}"
 
 
-def push(tenant_id: Any, frame: dict[str, Any]) -> None:
+def push(tenant_id: UUID, frame: dict[str, Any]) -> None:
     """Send ``frame`` to every agent socket of the tenant, now."""
     try:
         channel_layer.group_send(
@@ -46,13 +47,13 @@ def push(tenant_id: Any, frame: dict[str, Any]) -> None:
         logger.warning("inbox push lost: channel layer unavailable", extra={"error": str(exc), "kind": frame["type"]})
 
 
-def push_after_commit(tenant_id: Any, frame: dict[str, Any]) -> None:
+def push_after_commit(tenant_id: UUID, frame: dict[str, Any]) -> None:
     """``push`` once the caller's transaction commits (nothing if it rolls back)."""
     transaction.on_commit(lambda: push(tenant_id, frame), robust=True)
 
 
 def push_analysis(
-    *, tenant_id: Any, conversation_id: Any, sentiment: str, tags: list[str], analysed_at: datetime | None
+    *, tenant_id: UUID, conversation_id: UUID, sentiment: str, tags: list[str], analysed_at: datetime | None
 ) -> None:
     """A conversation's sentiment and tags were (re)computed: its row and contact panel change in place
     on the tenant's agents' pages (and it enters or leaves a list filtered by sentiment or tag)."""

@@ -14,6 +14,7 @@ import mimetypes
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from uuid import UUID
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
@@ -76,10 +77,8 @@ def _tenant(request: HttpRequest) -> Tenant:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
-        uuid.UUID(str(value))
+        UUID(str(value))
     except ValueError:
         return False
     return True
@@ -132,7 +131,7 @@ def _text(data: dict[str, Any]) -> str:
     return text
 
 
-def _conversation(tenant: Tenant, conversation_id: Any) -> Conversation:
+def _conversation(tenant: Tenant, conversation_id: UUID) -> Conversation:
     return (
         Conversation.objects.for_tenant(tenant).select_related("contact", "channel", "assignee").get(pk=conversation_id)
     )
@@ -216,7 +215,7 @@ def conversation_list(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
 
 @require_GET
 @api
-def conversation_detail(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def conversation_detail(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     conversation = _conversation(tenant, conversation_id)
     detail = selectors.conversation_detail(tenant=tenant, conversation=conversation, user=request.user)
     services.mark_read(tenant=tenant, conversation=conversation, user=request.user)
@@ -225,7 +224,7 @@ def conversation_detail(request: HttpRequest, tenant: Tenant, conversation_id: A
 
 @require_POST
 @api
-def reply(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def reply(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     text = _text(_body(request))
     conversation = _conversation(tenant, conversation_id)
     message = services.reply(tenant=tenant, conversation=conversation, text=text, user=request.user)
@@ -234,7 +233,7 @@ def reply(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[st
 
 @require_GET
 @api
-def template_list(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def template_list(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     """The approved templates of the conversation's channel, with what to fill, for the composer."""
     conversation = _conversation(tenant, conversation_id)
     return {"templates": services.approved_templates(tenant=tenant, conversation=conversation)}
@@ -242,7 +241,7 @@ def template_list(request: HttpRequest, tenant: Tenant, conversation_id: Any) ->
 
 @require_POST
 @api
-def template_send(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> HttpResponseBase:
+def template_send(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> HttpResponseBase:
     """Send an approved template (``{name, language, variables: {body, header}}``). Refusals as the REST
     API's: 404 unknown, 409 ``template_not_sendable`` with its reason, 400 ``invalid_variables``; 502
     ``not_delivered`` when it was stored but Meta refused it (the timeline shows it failed)."""
@@ -273,7 +272,7 @@ def template_send(request: HttpRequest, tenant: Tenant, conversation_id: Any) ->
 
 @require_POST
 @api
-def note(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def note(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     text = _text(_body(request))
     conversation = _conversation(tenant, conversation_id)
     created = services.add_note(tenant=tenant, conversation=conversation, text=text, user=request.user)
@@ -282,7 +281,7 @@ def note(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str
 
 @require_POST
 @api
-def assign(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def assign(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     data = _body(request)
     conversation = _conversation(tenant, conversation_id)
     user_id = data.get("user_id")
@@ -299,7 +298,7 @@ def assign(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[s
 
 @require_POST
 @api
-def resolve(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def resolve(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     conversation = services.resolve(
         tenant=tenant, conversation=_conversation(tenant, conversation_id), user=request.user
     )
@@ -308,7 +307,7 @@ def resolve(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[
 
 @require_POST
 @api
-def return_to_bot(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def return_to_bot(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     conversation = _conversation(tenant, conversation_id)
     services.return_to_bot(tenant=tenant, conversation=conversation, user=request.user)
     return {"state": conversation.state}
@@ -316,7 +315,7 @@ def return_to_bot(request: HttpRequest, tenant: Tenant, conversation_id: Any) ->
 
 @require_POST
 @api
-def mark_read(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dict[str, Any]:
+def mark_read(request: HttpRequest, tenant: Tenant, conversation_id: UUID) -> dict[str, Any]:
     data = _body(request)
     up_to = data.get("up_to")
     if up_to is not None and (isinstance(up_to, bool) or not isinstance(up_to, int)):
@@ -327,7 +326,7 @@ def mark_read(request: HttpRequest, tenant: Tenant, conversation_id: Any) -> dic
 
 @require_GET
 @api
-def media(request: HttpRequest, tenant: Tenant, conversation_id: Any, message_id: int, index: int) -> HttpResponseBase:
+def media(request: HttpRequest, tenant: Tenant, conversation_id: UUID, message_id: int, index: int) -> HttpResponseBase:
     """An attachment of a message of the conversation, from the tenant's storage (images inline)."""
     message = Message.objects.for_tenant(tenant).get(conversation_id=conversation_id, pk=message_id)
     items = services.message_media(message)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
+from uuid import UUID
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
@@ -71,19 +72,19 @@ MAX_EVENTS_PER_TURN = 20
 MAX_DEBOUNCE_PERIODS = 5
 
 
-def _try_lock(channel_id: Any, sender_external_id: str) -> bool:
+def _try_lock(channel_id: UUID, sender_external_id: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(queries.TRY_LOCK, [str(channel_id), sender_external_id])
         return bool(cursor.fetchone()[0])
 
 
-def _unlock(channel_id: Any, sender_external_id: str) -> None:
+def _unlock(channel_id: UUID, sender_external_id: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(queries.UNLOCK, [str(channel_id), sender_external_id])
 
 
 @contextmanager
-def contact_lock(channel_id: Any, sender_external_id: str, *, acquired: bool | None = None) -> Iterator[bool]:
+def contact_lock(channel_id: UUID, sender_external_id: str, *, acquired: bool | None = None) -> Iterator[bool]:
     """Session-level advisory lock (not tied to a transaction: a turn spans several). ``acquired``:
     the caller tried already (``_lock_event``)."""
     if acquired is None:
@@ -95,7 +96,7 @@ def contact_lock(channel_id: Any, sender_external_id: str, *, acquired: bool | N
             _unlock(channel_id, sender_external_id)
 
 
-def _lock_event(inbound_event_id: int) -> tuple[Any, Any, str, bool] | None:
+def _lock_event(inbound_event_id: int) -> tuple[UUID, UUID, str, bool] | None:
     """A pending message event's (tenant id, channel id, sender) and whether its contact's lock was
     taken, in one query; None when the event is not a pending message (already answered). When the
     lock is held (the contact's turn is running), the event is marked ``turn_busy_at`` in the same
@@ -122,8 +123,8 @@ def run_stages(turn: Turn) -> Turn:
     return turn
 
 
-def _pending_rows(channel_id: Any, tenant_id: Any, sender: str, *, for_turn: bool) -> list[tuple[Any, ...]]:
-    params = [
+def _pending_rows(channel_id: UUID, tenant_id: UUID, sender: str, *, for_turn: bool) -> list[tuple[Any, ...]]:
+    params: list[Any] = [
         tenant_id, channel_id, sender, InboundEvent.Kind.MESSAGE, InboundEvent.Status.PENDING, MAX_EVENTS_PER_TURN,
     ]  # fmt: skip
     with connection.cursor() as cursor:
@@ -131,7 +132,7 @@ def _pending_rows(channel_id: Any, tenant_id: Any, sender: str, *, for_turn: boo
         return cursor.fetchall()
 
 
-def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]:
+def _pending(channel_id: UUID, tenant_id: UUID, sender: str) -> list[InboundEvent]:
     """The contact's pending messages in arrival order, up to the first that the channels area is
     still preparing (attachment download, sender's name): its task hands it back here, so order is kept.
 
@@ -167,7 +168,7 @@ def _pending(channel_id: Any, tenant_id: Any, sender: str) -> list[InboundEvent]
     return ready
 
 
-def _first_pending_marked(channel_id: Any, tenant_id: Any, sender: str) -> int | None:
+def _first_pending_marked(channel_id: UUID, tenant_id: UUID, sender: str) -> int | None:
     """The id of the message event ``_pending`` would start a turn with (the cheap question), when its
     own task has come and found the contact's turn running (``_lock_event`` marked it)."""
     for event_id, normalized, busy in _pending_rows(channel_id, tenant_id, sender, for_turn=False):
@@ -183,7 +184,7 @@ class Drained(NamedTuple):
     event_id: int | None = None
 
 
-def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
+def _drain(channel_id: UUID, tenant_id: UUID, sender: str) -> Drained:
     """Answer the contact's pending messages as one turn (at most MAX_EVENTS_PER_TURN, in arrival
     order). A burst the contact is still writing is not waited for: it is handed back (``_hand_off``)."""
     events = _pending(channel_id, tenant_id, sender)
@@ -203,7 +204,7 @@ def _drain(channel_id: Any, tenant_id: Any, sender: str) -> Drained:
     return Drained(1)
 
 
-def _hand_off(drained: Drained, channel_id: Any, tenant_id: Any, sender: str) -> int | None:
+def _hand_off(drained: Drained, channel_id: UUID, tenant_id: UUID, sender: str) -> int | None:
     """After the lock is released: the id of a message the contact wrote meanwhile that the caller
     should answer itself, because its own task has had its place in the queue already: it came, found
     the turn running and gave up (``turn_busy_at``). Otherwise None: the burst still being written is

@@ -130,6 +130,8 @@ class LLMProvider(Protocol):
     model: str
     supports_tools: bool
     supports_streaming: bool
+    # It scores the passages' sentences with the tenant's embedder: the request carries one.
+    uses_embedder: bool
 
     def complete(self, request: CompletionRequest) -> Completion: ...
 

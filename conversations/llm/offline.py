@@ -338,6 +338,7 @@ class OfflineAnswerer:
     model = "offline-extractive"
     supports_tools = False
     supports_streaming = False
+    uses_embedder = True
 
     def complete(self, request: CompletionRequest) -> Completion:
         language = request.locale

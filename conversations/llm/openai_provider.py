@@ -75,6 +75,7 @@ def _retry_delay(exc: Exception, attempt: int) -> float:
 class OpenAIProvider:
     supports_tools = True
     supports_streaming = True
+    uses_embedder = False
 
     def __init__(self, *, client: openai.OpenAI, model: str, name: str = "openai"):
         self.client = client

@@ -108,7 +108,9 @@ def history(turn: Turn) -> list[dict[str, Any]]:
     return kept
 
 
-def _request(turn: Turn, messages: list[dict[str, Any]], tool_specs: list[dict[str, Any]] | None) -> CompletionRequest:
+def _request(
+    turn: Turn, provider: LLMProvider, messages: list[dict[str, Any]], tool_specs: list[dict[str, Any]] | None
+) -> CompletionRequest:
     config = turn.config
     return CompletionRequest(
         messages=messages,
@@ -122,7 +124,7 @@ def _request(turn: Turn, messages: list[dict[str, Any]], tool_specs: list[dict[s
         if config.enable_human_handoff and config.human_handoff_keywords
         else "",
         locale=turn.language,
-        embedder=_embedder(turn) if turn.provider_name == "offline" else None,
+        embedder=_embedder(turn) if provider.uses_embedder else None,
         sources_in_text=not lists_sources(turn),
         deadline=turn.started + settings.TURN_MAX_SECONDS,
     )
@@ -253,7 +255,7 @@ def _rounds(turn: Turn, loop: ToolLoop) -> None:
     while True:
         offer = loop.tool_specs if loop.rounds < settings.MAX_TOOL_ROUNDS and time.monotonic() < loop.deadline else []
         loop.offered = bool(offer)
-        request = _request(turn, loop.messages, offer)
+        request = _request(turn, loop.provider, loop.messages, offer)
         llm_started = time.monotonic()
         if loop.stream:
             handle = loop.provider.stream(request)

@@ -1,16 +1,18 @@
-"""Conversation operations for agents, integrators and admins: reply as agent, resolve, return to
-the bot, retry a failed turn, and tenant function management. Plain functions, explicit tenant."""
+"""Conversation operations for agents, integrators and admins: an agent's message (a text reply here;
+templates, choices and files from channels_app), resolve, return to the bot, retry a failed turn, and
+tenant function management. Plain functions, explicit tenant."""
 
 from __future__ import annotations
 
 import secrets as random_secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from channels_app.adapters.base import SendError
+from channels_app.adapters.base import SendError, SendResult
 from conversations import outbound, state
 from conversations.models import Conversation, Message, TenantFunction
 from conversations.tools import FunctionDefinitionError, validate_definition
@@ -38,66 +40,97 @@ def check_reply_window(conversation: Conversation) -> None:
 
 
 def agent_reply(*, tenant: Tenant, conversation: Conversation, text: str, user: Any = None) -> Message:
-    """Send ``text`` to the contact as a human agent; the conversation moves to ``agent``.
-
-    The message is stored first, then sent through the channel; a delivery failure leaves it
-    ``failed`` with the reason (and ``message.failed``) rather than raising."""
+    """Send ``text`` to the contact as a human agent (``agent_send``, kind ``text``)."""
     _check_owner(tenant, conversation)
     text = text.strip()
     if not text:
         raise ValueError("the reply is empty")
+    channel = conversation.channel
+    recipient = conversation.contact.external_id
+    return agent_send(
+        tenant=tenant,
+        conversation=conversation,
+        kind="text",
+        text=text,
+        user=user,
+        send=lambda message: outbound.send_text(
+            channel=channel, recipient_id=recipient, text=text, message_id=message.pk, role="agent"
+        ),
+    )
+
+
+def agent_send(
+    *,
+    tenant: Tenant,
+    conversation: Conversation,
+    kind: str,
+    text: str,
+    send: Callable[[Message], SendResult],
+    payload: dict[str, Any] | None = None,
+    user: Any = None,
+) -> Message:
+    """An agent's message to the contact, of any kind: the text reply above, and channels_app's rich
+    sends (template, choices, a file), which check what the platform accepts and hand ``send`` here.
+
+    The message is stored first (sender ``agent``, ``kind``, ``text`` as the contact reads it, ``payload``)
+    and the conversation moves to ``agent`` (the bot stays quiet; a resolved one reopens); then ``send``
+    runs with the stored message. A refusal (SendError) leaves the message ``failed`` with the reason and
+    emits ``message.failed`` rather than raising; else it is ``sent`` with the platform's id (all of them
+    in ``payload.platform_message_ids`` when the send took several messages, so any one's status finds
+    the row) and ``message.sent``. Either way the agent has answered: the inbox's waiting time stops
+    (until the contact writes again)."""
+    _check_owner(tenant, conversation)
     actor = f"agent:{getattr(user, 'username', '') or 'api'}"
+    reason = "agent replied" if kind == "text" else f"agent {kind}"
     with transaction.atomic():
-        state.transition(conversation=conversation, to=Conversation.State.AGENT, reason="agent replied", actor=actor)
+        state.transition(conversation=conversation, to=Conversation.State.AGENT, reason=reason, actor=actor)
         message = Message.objects.create(
             tenant_id=tenant.pk,
             conversation=conversation,
             channel_id=conversation.channel_id,
             direction=Message.Direction.OUTBOUND,
             sender=Message.Sender.AGENT,
+            kind=kind,
             content=text,
+            payload=payload or {},
             status=Message.Status.QUEUED,
             agent_user=user if getattr(user, "pk", None) else None,
         )
-    channel = conversation.channel
     error = ""
-    platform_id = ""
     try:
-        result = outbound.send_text(
-            channel=channel,
-            recipient_id=conversation.contact.external_id,
-            text=text,
-            message_id=message.pk,
-            role="agent",
-        )
-        platform_id = result.platform_message_ids[0] if result.platform_message_ids else ""
-        if len(result.platform_message_ids) > 1:
-            message.payload = {**message.payload, "platform_message_ids": list(result.platform_message_ids)}
+        platform_ids = send(message).platform_message_ids
+        message.platform_message_id = platform_ids[0] if platform_ids else ""
+        if len(platform_ids) > 1:
+            message.payload = {**message.payload, "platform_message_ids": list(platform_ids)}
     except SendError as exc:
         error = str(exc)
+    channel = conversation.channel
+    event: dict[str, Any] = {
+        "conversation_id": str(conversation.pk),
+        "message_id": message.pk,
+        "channel_id": str(channel.pk),
+        "platform": channel.type,
+        "sender": message.sender,
+        "kind": kind,
+    }
+    if getattr(user, "pk", None):
+        event["agent"] = {"id": user.pk, "name": (user.get_full_name() or "").strip() or user.get_username()}
+    now = timezone.now()
     with transaction.atomic():
-        message.platform_message_id = platform_id
         message.status = Message.Status.FAILED if error else Message.Status.SENT
         message.error = {"stage": "send", "message": error} if error else {}
         message.save(update_fields=["platform_message_id", "payload", "status", "error", "updated_at"])
-        # An agent answered: the inbox's waiting time stops (until the user writes again).
-        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now(), waiting_since=None)
-        payload = {
-            "conversation_id": str(conversation.pk),
-            "message_id": message.pk,
-            "channel_id": str(channel.pk),
-            "platform": channel.type,
-            "sender": message.sender,
-        }
-        if getattr(user, "pk", None):
-            payload["agent"] = {"id": user.pk, "name": (user.get_full_name() or "").strip() or user.get_username()}
+        Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(
+            last_activity_at=now, waiting_since=None
+        )
+        conversation.last_activity_at, conversation.waiting_since = now, None
         if error:
-            emit(tenant=tenant, type=EventType.MESSAGE_FAILED, payload={**payload, "stage": "send", "message": error})
+            emit(tenant=tenant, type=EventType.MESSAGE_FAILED, payload={**event, "stage": "send", "message": error})
         else:
             emit(
                 tenant=tenant,
                 type=EventType.MESSAGE_SENT,
-                payload={**payload, "platform_message_id": platform_id, "text": text},
+                payload={**event, "platform_message_id": message.platform_message_id, "text": text},
             )
     return message
 

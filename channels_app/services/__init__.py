@@ -5,7 +5,7 @@
 - ``sending``: ``call_adapter`` (the one way to a platform), text replies, options to tap, typing;
 - ``window``: the customer-service window, checked before every free-form send;
 - ``templates``: WhatsApp message templates (sync, preview, send);
-- ``conversation_sends``: rich sends stored as an agent's message of a conversation;
+- ``conversation_sends``: rich sends into a conversation, stored as an agent's message by the core;
 - ``statuses``: delivery statuses handed to the core;
 - ``media``: inbound attachments fetched before the turn;
 - ``health``: the channels health check.

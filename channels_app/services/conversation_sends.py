@@ -1,21 +1,22 @@
-"""Rich sends into a conversation (a template, options to tap, a file), stored like an agent's reply.
+"""Rich sends into a conversation (a template, options to tap, a file), stored as an agent's message.
 
-``conversations.services.agent_reply`` does this for text; these kinds go through here: the message is
-stored first (sender ``agent``, its ``kind``, the text the contact reads), the conversation moves to
-``agent`` (the bot stays quiet; a resolved one reopens), then the send runs; a refusal by the platform
-leaves the message ``failed`` with the reason and ``message.failed``, never an exception.
+channels_app checks what the platform accepts (nothing is stored when it refuses); the core stores,
+sends and records: ``conversations.services.agent_send``, the same path as an agent's text reply. The
+message is stored first (sender ``agent``, its ``kind``, the text the contact reads), the conversation
+moves to ``agent``, then the send runs; a refusal by the platform leaves the message ``failed`` with
+the reason and ``message.failed``, never an exception.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
-from django.utils import timezone
+from channels_app.adapters.base import Choices, InteractiveAdapter, SendResult, get_adapter
 
-from channels_app.adapters.base import Choices, InteractiveAdapter, SendError, SendResult, get_adapter
+if TYPE_CHECKING:
+    from conversations.models import Message
 
 
 def conversation_send(
@@ -27,60 +28,23 @@ def conversation_send(
     payload: dict[str, Any],
     send: Callable[[], SendResult],
     user: Any = None,
-) -> Any:
-    """Store the agent's message of ``kind``, run ``send`` and record its outcome. Returns the Message."""
-    from conversations import state
-    from conversations.models import Conversation, Message
-    from events.services import emit
-    from events.types import EventType
+) -> Message:
+    """The agent's message of ``kind``, stored, sent by ``send`` and recorded by the core. Imported at
+    call time: conversations sits above channels_app."""
+    from conversations.services import agent_send
 
-    actor = f"agent:{getattr(user, 'username', '') or 'api'}"
-    channel = conversation.channel
-    with transaction.atomic():
-        state.transition(conversation=conversation, to=Conversation.State.AGENT, reason=f"agent {kind}", actor=actor)
-        message = Message.objects.create(
-            tenant_id=tenant.pk,
-            conversation=conversation,
-            channel_id=channel.pk,
-            direction=Message.Direction.OUTBOUND,
-            sender=Message.Sender.AGENT,
-            kind=kind,
-            content=text,
-            payload=payload,
-            status=Message.Status.QUEUED,
-            agent_user=user if getattr(user, "pk", None) else None,
-        )
-    error = ""
-    try:
-        result = send()
-        message.platform_message_id = result.platform_message_ids[0] if result.platform_message_ids else ""
-    except SendError as exc:
-        error = str(exc)
-    event = {
-        "conversation_id": str(conversation.pk),
-        "message_id": message.pk,
-        "channel_id": str(channel.pk),
-        "platform": channel.type,
-        "sender": message.sender,
-        "kind": kind,
-    }
-    with transaction.atomic():
-        message.status = Message.Status.FAILED if error else Message.Status.SENT
-        message.error = {"stage": "send", "message": error} if error else {}
-        message.save(update_fields=["platform_message_id", "status", "error", "updated_at"])
-        Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
-        if error:
-            emit(tenant=tenant, type=EventType.MESSAGE_FAILED, payload={**event, "stage": "send", "message": error})
-        else:
-            emit(
-                tenant=tenant,
-                type=EventType.MESSAGE_SENT,
-                payload={**event, "platform_message_id": message.platform_message_id, "text": text},
-            )
-    return message
+    return agent_send(
+        tenant=tenant,
+        conversation=conversation,
+        kind=kind,
+        text=text,
+        payload=payload,
+        user=user,
+        send=lambda _message: send(),
+    )
 
 
-def conversation_send_choices(*, tenant: Any, conversation: Any, choices: Choices, user: Any = None) -> Any:
+def conversation_send_choices(*, tenant: Any, conversation: Any, choices: Choices, user: Any = None) -> Message:
     """An agent offers options to tap. Refused before anything is stored when the platform cannot show
     them (InvalidChoices) or the window has closed (OutsideWindow)."""
     from channels_app.services import sending, window

@@ -107,6 +107,23 @@ def test_messenger_uploads_an_attachment_and_sends_the_caption_as_text(ms_channe
     assert len(result.platform_message_ids) == 2
 
 
+def test_a_captioned_file_an_agent_sends_on_messenger_keeps_both_ids_so_either_status_finds_it(
+    ms_channel, graph, tenant_api
+):
+    inbound_from(ms_channel, MS_USER, hours_ago=1)
+    conversation = conversation_with(ms_channel, MS_USER)
+
+    response = send_file(
+        tenant_api, conversation, file=SimpleUploadedFile("r.png", PNG, content_type="image/png"), caption="Receipt"
+    )
+
+    assert response.status_code == 201, response.content
+    message = Message.objects.get(conversation=conversation)
+    attachment_id, caption_id = message.payload["platform_message_ids"]
+    assert message.platform_message_id == attachment_id and caption_id != attachment_id
+    assert message.payload["media"]["caption"] == "Receipt"
+
+
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [

@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from channels_app.models import MessageTemplate
 from channels_app.services import templates
 from conversations.models import Conversation, Message
+from events.models import Event
 from tests.channels_app.conftest import WA_WABA_ID, conversation_with, inbound_from
 
 WA_USER = "972987654321"
@@ -174,6 +176,30 @@ def test_outside_the_window_the_reply_is_refused_and_the_template_goes(wa_channe
     assert message.platform_message_id.startswith("wamid.OUT")
     conversation.refresh_from_db()
     assert conversation.state == "agent"
+
+
+def test_a_template_an_agent_sends_stops_the_inboxs_waiting_time_like_a_reply(wa_channel, graph, synced, tenant_api):
+    inbound_from(wa_channel, WA_USER, hours_ago=25)
+    conversation = conversation_with(wa_channel, WA_USER)
+    Conversation.objects.filter(pk=conversation.pk).update(state="handoff_requested", waiting_since=timezone.now())
+
+    response = send(tenant_api, conversation, name="back_online", language="en_US")
+
+    assert response.status_code == 201, response.content
+    conversation.refresh_from_db()
+    assert (conversation.state, conversation.waiting_since) == ("agent", None)
+    message = Message.objects.get(conversation=conversation)
+    [event] = Event.objects.filter(type="message.sent")
+    assert event.payload == {
+        "conversation_id": str(conversation.pk),
+        "message_id": message.pk,
+        "channel_id": str(wa_channel.pk),
+        "platform": "whatsapp",
+        "sender": "agent",
+        "kind": "template",
+        "platform_message_id": message.platform_message_id,
+        "text": "We're back online. How can we help?",
+    }
 
 
 def test_named_variables_are_sent_with_their_names(wa_channel, graph, synced):

@@ -375,13 +375,6 @@ _connect_database_timing()
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
-@functools.cache
-def _broker_client(url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
-
-
 def celery_queues() -> list[str]:
     routes = settings.CELERY_TASK_ROUTES.values()
     return sorted({settings.CELERY_TASK_DEFAULT_QUEUE} | {r["queue"] for r in routes if "queue" in r})
@@ -395,7 +388,9 @@ def celery_queue_gauge() -> Iterable[Sample]:
         return
     prefix = (settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}).get("global_keyprefix", "")
     queues = celery_queues()
-    pipe = _broker_client(url).pipeline(transaction=False)
+    from config.redis_clients import client_for
+
+    pipe = client_for(url).pipeline(transaction=False)
     for queue in queues:
         for suffix in _PRIORITY_SUFFIXES:
             pipe.llen(f"{prefix}{queue}{suffix}")

@@ -1,4 +1,5 @@
-"""The one way the apps talk to Redis directly (rate limits, web chat sockets, outbox kick flags, health).
+"""The one way the apps talk to Redis directly (rate limits, web chat sockets, outbox kick flags, health,
+the Celery queue-length gauge).
 
 One client, hence one connection pool, per URL per process: ``redis.Redis.from_url`` builds a new pool
 (and a client with its table of ~200 response callbacks) on every call, so a client made per operation
@@ -22,7 +23,9 @@ COMMAND_TIMEOUT_SECONDS = 0.5
 
 
 @functools.cache
-def _client_for(url: str) -> redis.Redis:
+def client_for(url: str) -> redis.Redis:
+    """The process's client for ``url``: for a Redis other than REDIS_URL's (the Celery broker's, read
+    by the queue-length gauge), with the same pool per URL and the same short timeouts."""
     return redis.Redis.from_url(
         url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_timeout=COMMAND_TIMEOUT_SECONDS
     )
@@ -30,4 +33,4 @@ def _client_for(url: str) -> redis.Redis:
 
 def redis_client() -> redis.Redis:
     """The process's client for ``settings.REDIS_URL`` (read at each call, so a changed URL gets its own)."""
-    return _client_for(settings.REDIS_URL)
+    return client_for(settings.REDIS_URL)

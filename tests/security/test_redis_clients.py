@@ -1,5 +1,6 @@
-"""The apps' direct Redis calls (rate limits, outbox kick flags, health) go through one client with one
-connection pool per URL per process (config.redis_clients), not a pool of their own each."""
+"""The apps' direct Redis calls (rate limits, outbox kick flags, health, the Celery queue gauge) go
+through one client with one connection pool per URL per process (config.redis_clients), not a pool of
+their own each."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from config import health
+from config import health, metrics
 from config.redis_clients import redis_client
 from events import outbox
 from tenants import ratelimit
@@ -50,6 +51,14 @@ def test_rate_limit_counts_on_the_shared_connection(shared_connection_name, sett
 
     assert (verdict.allowed, verdict.count) == (True, 1)
     assert last_command(shared_connection_name) == "exec"
+
+
+def test_the_celery_queue_gauge_reads_the_broker_on_the_shared_client_of_its_url(shared_connection_name, settings):
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+
+    assert {queue for _name, labels, _value in metrics.celery_queue_gauge() for queue in labels.values()}
+
+    assert last_command(shared_connection_name) == "llen"
 
 
 def test_one_client_per_url(settings):

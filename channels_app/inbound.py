@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from channels_app import queries
 from channels_app.adapters.base import NormalizedMessage, StatusUpdate
 from channels_app.models import Channel, InboundEvent
 from config.logs import correlation_id, get_correlation_id
@@ -98,19 +99,12 @@ def record_inbound(
     ]
     if not rows:
         return []
-    values_sql = ", ".join(["(%s, %s, %s, %s, %s, %s::jsonb, %s, 'pending', '', 0, now())"] * len(rows))
     params: list[UUID | str] = []
     for kind, key, sender, normalized in rows:
         params += [channel.tenant_id, channel.pk, kind, key, sender, json.dumps(normalized), cid]
-    sql = (
-        f"INSERT INTO {InboundEvent._meta.db_table} "  # noqa: S608 (table name is ours)
-        "(tenant_id, channel_id, kind, dedupe_key, sender_external_id, normalized, correlation_id, status, "
-        "error, attempts, received_at) "
-        f"VALUES {values_sql} ON CONFLICT (tenant_id, channel_id, dedupe_key) DO NOTHING RETURNING id, kind, dedupe_key"
-    )
     with_media = {key for kind, key, _s, normalized in rows if kind == "message" and needs_preparation(normalized)}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(queries.inbound_insert(len(rows)), params)
         created = [(row_id, kind, key in with_media) for row_id, kind, key in cursor.fetchall()]
     if created:
         transaction.on_commit(lambda: enqueue_soon(created), robust=True)

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from channels_app import queries
 from channels_app.adapters.base import NormalizedMessage, SendError, StatusUpdate
 from channels_app.graph import OUTCOME_UNKNOWN, posts_at_most_once
 from channels_app.models import Campaign, CampaignRecipient, Channel, Consent, ContactAlias, MessageTemplate
@@ -307,8 +308,9 @@ def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str
     ``continue`` (0), ``done``, ``paused``, ``scheduled`` / ``quiet`` / ``daily_limit`` (later)."""
     # One runner per campaign: a second one (a start and a resume racing, beat's stall check beside a
     # countdown) would send at N times the rate. A killed runner's lock goes with its connection.
+    lock_name = f"campaign-runner:{campaign_id}"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign_id}"])
+        cursor.execute(queries.ADVISORY_TRY_LOCK, [lock_name])
         (locked,) = cursor.fetchone()
     if not locked:
         return "busy", 0.0
@@ -316,7 +318,7 @@ def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str
         return _run_locked(campaign_id, budget_seconds)
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [f"campaign-runner:{campaign_id}"])
+            cursor.execute(queries.ADVISORY_UNLOCK, [lock_name])
 
 
 def _run_locked(campaign_id: Any, budget_seconds: float) -> tuple[str, float]:

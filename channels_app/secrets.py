@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
+from uuid import UUID
 
 from django.db import transaction
 
@@ -27,7 +28,7 @@ from tenants.secrets import (
 T = TypeVar("T")
 
 
-def channel_secret_aad(channel_id: Any) -> bytes:
+def channel_secret_aad(channel_id: UUID) -> bytes:
     """Binds a ciphertext to its channel. Unchanged since the first row was written: every stored row
     authenticates against exactly these bytes."""
     return f"channel-secret|{channel_id}".encode()

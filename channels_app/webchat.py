@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import jwt
 import redis
@@ -69,7 +70,7 @@ def _visitor_key() -> bytes:
     return hmac.new(_jwt_key(), b"metachat.webchat.visitor.v1", hashlib.sha256).digest()
 
 
-def _visitor_signature(channel_id: Any, visitor_id: str) -> str:
+def _visitor_signature(channel_id: UUID, visitor_id: str) -> str:
     mac = hmac.new(_visitor_key(), f"{channel_id}:{visitor_id}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:18]).decode()
 
@@ -603,7 +604,7 @@ CHANNEL_CLOSED_EVENT_TYPE = "webchat.channel_closed"
 CLOSE_NOTICE_TIMEOUT = 5.0
 
 
-def channel_group(channel_id: Any) -> str:
+def channel_group(channel_id: UUID) -> str:
     """Channel-layer group of every open socket of one web chat channel (all visitors, all processes)."""
     return f"webchat.channel.{hashlib.sha256(str(channel_id).encode()).hexdigest()[:40]}"
 
@@ -618,7 +619,7 @@ def close_tenant_sockets(event: Any) -> None:
         close_channel_sockets(channel_id=channel_id)
 
 
-def close_channel_sockets(*, channel_id: Any) -> None:
+def close_channel_sockets(*, channel_id: UUID) -> None:
     """Close every open socket of a web chat channel that was switched off or deleted: each gets an
     ``error`` frame (``channel_inactive``) and the close code 4403. Call it after the change commits.
     If the notice is lost (Redis down), the sockets still have every message refused

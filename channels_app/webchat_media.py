@@ -25,6 +25,7 @@ import mimetypes
 import posixpath
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from django.core import signing
 
@@ -49,13 +50,13 @@ def _signing_key(purpose: bytes) -> str:
     return base64.urlsafe_b64encode(_secret(purpose)).decode()
 
 
-def media_key(*, channel_id: Any, visitor_id: str) -> str:
+def media_key(*, channel_id: UUID, visitor_id: str) -> str:
     """The visitor's credential for its files (given with the session); it resumes nothing."""
     mac = hmac.new(_secret(b"metachat.webchat.media-key.v1"), f"{channel_id}:{visitor_id}".encode(), hashlib.sha256)
     return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
 
 
-def media_key_matches(*, channel_id: Any, visitor_id: str, key: str) -> bool:
+def media_key_matches(*, channel_id: UUID, visitor_id: str, key: str) -> bool:
     return bool(key) and hmac.compare_digest(key, media_key(channel_id=channel_id, visitor_id=visitor_id))
 
 
@@ -143,7 +144,7 @@ def media_ref_open(ref: str) -> ScopedFile | None:
     )
 
 
-def path_belongs_to(path: str, *, tenant_id: Any, channel_id: Any) -> bool:
+def path_belongs_to(path: str, *, tenant_id: UUID, channel_id: UUID) -> bool:
     """The path is a plain one under the tenant's media folder of this channel (no ``..``, no root)."""
     return posixpath.normpath(path) == path and path.startswith(f"{tenant_id}/media/{channel_id}/")
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from datetime import time as day_time
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -256,7 +257,7 @@ def _pause(campaign: Campaign, *, reason: str, detail: str) -> bool:
     return True
 
 
-def enqueue(campaign_id: Any, countdown: float = 0) -> None:
+def enqueue(campaign_id: UUID | str, countdown: float = 0) -> None:
     from channels_app.tasks import run_campaign as task
 
     task.apply_async(args=[str(campaign_id)], countdown=countdown)
@@ -294,7 +295,7 @@ def _in_quiet_hours(campaign: Campaign, now: datetime) -> bool:
     return start <= current < end if start < end else current >= start or current < end
 
 
-def _sent_today(channel_id: Any, now: datetime) -> int:
+def _sent_today(channel_id: UUID, now: datetime) -> int:
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return (
         CampaignRecipient.objects.filter(campaign__channel_id=channel_id, claimed_at__gte=midnight)
@@ -303,7 +304,7 @@ def _sent_today(channel_id: Any, now: datetime) -> int:
     )
 
 
-def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str, float]:
+def run_campaign(*, campaign_id: UUID | str, budget_seconds: float = 50.0) -> tuple[str, float]:
     """Send for up to ``budget_seconds``. Returns (outcome, seconds until the task should run again):
     ``continue`` (0), ``done``, ``paused``, ``scheduled`` / ``quiet`` / ``daily_limit`` (later)."""
     # One runner per campaign: a second one (a start and a resume racing, beat's stall check beside a
@@ -321,7 +322,7 @@ def run_campaign(*, campaign_id: Any, budget_seconds: float = 50.0) -> tuple[str
             cursor.execute(queries.ADVISORY_UNLOCK, [lock_name])
 
 
-def _run_locked(campaign_id: Any, budget_seconds: float) -> tuple[str, float]:
+def _run_locked(campaign_id: UUID | str, budget_seconds: float) -> tuple[str, float]:
     deadline = time.monotonic() + budget_seconds
     while True:
         campaign = Campaign.objects.select_related("template", "channel").filter(pk=campaign_id).first()
@@ -526,7 +527,7 @@ def _send_one(campaign: Campaign, row: CampaignRecipient, *, opted_out: bool) ->
 # --- statuses -----------------------------------------------------------------------------------------
 
 
-def apply_status(*, tenant_id: Any, update: StatusUpdate) -> bool:
+def apply_status(*, tenant_id: UUID, update: StatusUpdate) -> bool:
     """A delivery status for a campaign message (by wamid, or by our callback data for a row a crash
     left ``sending``). Never moves backwards; ``failed`` wins. Returns whether it was a campaign's."""
     raw = update.raw if isinstance(update.raw, dict) else {}

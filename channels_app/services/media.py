@@ -7,6 +7,7 @@ import logging
 import mimetypes
 import re
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def media_storage_path(*, tenant_id: Any, channel_id: Any, message_id: str, index: int, mime_type: str) -> str:
+def media_storage_path(*, tenant_id: UUID, channel_id: UUID, message_id: str, index: int, mime_type: str) -> str:
     ext = mimetypes.guess_extension((mime_type or "").split(";")[0].strip()) or ".bin"
     stem = _UNSAFE.sub("_", message_id)[-80:] or "media"
     return f"{tenant_id}/media/{channel_id}/{stem}-{index}{ext}"

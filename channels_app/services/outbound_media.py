@@ -10,6 +10,7 @@ import hashlib
 import mimetypes
 from dataclasses import replace
 from typing import Any
+from uuid import UUID
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -55,7 +56,7 @@ def send_media(*, channel: Channel, recipient_id: str, media: OutboundMedia) -> 
     return call_adapter(channel=channel, fn=run)
 
 
-def store_outbound_content(*, tenant_id: Any, channel_id: Any, media: OutboundMedia) -> str:
+def store_outbound_content(*, tenant_id: UUID, channel_id: UUID, media: OutboundMedia) -> str:
     """Keep ``media.content`` in the tenant's storage under the channel's media folder, named by its
     hash: the same file is kept once, whoever stores it (the transcript, web chat's upload)."""
     content = media.content or b""

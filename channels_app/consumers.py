@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
+from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
@@ -228,7 +229,7 @@ class WebchatConsumer(AsyncJsonWebsocketConsumer):
             return
         self._typing_sent = (on, now)
         await self.channel_layer.group_send(
-            tenant_group(self.session.tenant_id),
+            tenant_group(UUID(self.session.tenant_id)),  # the session's claims carry it as text
             {
                 "type": INBOX_EVENT_TYPE,
                 "event": {

@@ -334,9 +334,7 @@ def send_template(
     message = templates.conversation_send_template(
         tenant=tenant, conversation=conversation, name=name, language=language, variables=variables, user=user
     )
-    # An agent answered: the inbox's waiting time stops (until the contact writes again), as for a reply.
-    Conversation.objects.filter(pk=conversation.pk, tenant_id=tenant.pk).update(waiting_since=None)
-    conversation.waiting_since = None
+    # An agent answered: agent_send stopped the inbox's waiting time (until the contact writes again).
     mark_read(tenant=tenant, conversation=conversation, user=user)
     return message
 

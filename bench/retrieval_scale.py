@@ -128,6 +128,9 @@ def own_server(name: str) -> tuple[str, Any]:
             "ALTER SYSTEM SET effective_cache_size = '8GB'; ALTER SYSTEM SET synchronous_commit = 'off';"
             "ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min';"
         )
+    if "io_method" not in (pgdata / "postgresql.auto.conf").read_text():
+        # As the platform's embedded server reads (config.embedded.TUNED_IO_METHOD).
+        server.psql("ALTER SYSTEM SET io_method = 'sync';")
     if "pg_prewarm" not in (pgdata / "postgresql.auto.conf").read_text():
         # As the platform's servers run (config.embedded, docker-compose): autoprewarm saves the list of
         # cached blocks and loads them again after a restart, in the background.

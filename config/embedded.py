@@ -64,20 +64,26 @@ def embedded_postgres_url(db_name: str = DEFAULT_DB_NAME) -> str:
     # One psql call per process start: does the database exist, is the server tuned yet?
     answer = server.psql(
         f"SELECT (SELECT count(*) FROM pg_database WHERE datname = '{db_name}') || '|' "  # noqa: S608 (our constant)
-        "|| current_setting('max_connections') AS state;"
+        "|| current_setting('max_connections') || '|' || current_setting('io_method') AS state;"
     )
-    match = re.search(r"^\s*(\d+)\|(\d+)\s*$", answer, re.MULTILINE)
+    match = re.search(r"^\s*(\d+)\|(\d+)\|(\w+)\s*$", answer, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"unexpected answer from the embedded PostgreSQL: {answer!r}")
-    present, max_connections = match.groups()
+    present, max_connections, io_method = match.groups()
     if present == "0":
         server.psql(f'CREATE DATABASE "{db_name}";')
-    if max_connections != TUNED_MAX_CONNECTIONS:
+    if max_connections != TUNED_MAX_CONNECTIONS or io_method != TUNED_IO_METHOD:
         _tune_embedded_postgres(server)
     return f"postgresql://postgres@/{db_name}?host={socket_dir}"
 
 
 TUNED_MAX_CONNECTIONS = "300"
+# PostgreSQL 18 hands each read to I/O worker processes by default. The search's working set is meant
+# to sit in the OS page cache (docs/knowledge.md), where a direct read costs microseconds and the
+# hand-off to another process costs more, on two cores most of all: right after a restart, while
+# autoprewarm refills the shared buffers, the 1M corpus's first queries had p95 28-40 ms with
+# workers and 21-31 ms with sync reads (as PostgreSQL 17, docker-compose's server, always reads).
+TUNED_IO_METHOD = "sync"
 
 
 def _tune_embedded_postgres(server) -> None:
@@ -94,6 +100,7 @@ def _tune_embedded_postgres(server) -> None:
         f"ALTER SYSTEM SET max_connections = {TUNED_MAX_CONNECTIONS};"
         "ALTER SYSTEM SET effective_cache_size = '4GB';"
         "ALTER SYSTEM SET synchronous_commit = 'off';"
+        f"ALTER SYSTEM SET io_method = '{TUNED_IO_METHOD}';"
         # autoprewarm: the cached blocks' list is saved and loaded again after a restart (vector
         # indexes and postings warm in seconds instead of on the first queries).
         "ALTER SYSTEM SET shared_preload_libraries = 'pg_prewarm';"

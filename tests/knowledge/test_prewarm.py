@@ -61,3 +61,19 @@ def test_a_budget_leaves_out_what_does_not_fit_and_says_so() -> None:
 
     with pytest.raises(CommandError, match="--max-mb must be 0 or more"):
         run("--max-mb", "-1")
+
+
+@pytest.mark.django_db
+def test_the_embedded_server_reloads_its_cache_after_a_restart_and_reads_without_io_workers() -> None:
+    """What the first searches after a restart depend on (docs/knowledge.md, the 1M corpus): autoprewarm
+    brings the shared buffers back, and a buffer miss is read straight from the page cache rather than
+    handed to an I/O worker process (config.embedded.TUNED_IO_METHOD)."""
+    from config.embedded import TUNED_IO_METHOD, var_dir
+
+    if connection.settings_dict["HOST"] != str(var_dir() / "pgdata"):
+        pytest.skip("DATABASE_URL names another server: its settings are its operator's")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('shared_preload_libraries'), current_setting('io_method')")
+        preload, io_method = cursor.fetchone()
+    assert "pg_prewarm" in preload
+    assert io_method == TUNED_IO_METHOD == "sync"

@@ -87,7 +87,9 @@ TUNED_IO_METHOD = "sync"
 
 
 def _tune_embedded_postgres(server) -> None:
-    """Settings for a 2-core / 24 GiB developer machine, applied once per data folder.
+    """Settings for a 2-core / 24 GiB developer machine, applied once per data folder (and once more
+    when a new version tunes one more setting: ``io_method`` came later, so an older folder gets it at
+    its next start, with this restart; settings changed by hand with ALTER SYSTEM are set back then).
 
     Restarting is needed for shared_buffers / max_connections, so it happens only when the running
     server does not have them yet: a restart while other processes (a running platform, another

@@ -1,5 +1,7 @@
-"""The conversations app's raw SQL, in one place (the analytics selectors, which are SQL through and
-through, keep theirs in conversations.analytics).
+"""The conversations app's raw SQL statements of fixed text. Two kinds stay where they are: the turn's
+writes (intake's contact, conversation and messages, finish's outcome), assembled per burst from
+``pipeline.rows.insert_sql`` and ``events.services``' insert builders with as many rows as the burst
+has, and the analytics selectors, which are SQL through and through (conversations.analytics).
 
 These statements are raw because the ORM cannot say them (advisory locks taken in the statement that
 reads the row they guard, a CTE that updates and returns, an experiment's bucket computed from a hash)

@@ -63,6 +63,8 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from config.redis_clients import client_for
+
 logger = logging.getLogger(__name__)
 disable_created_metrics()  # as in multiprocess mode: no *_created series
 
@@ -388,8 +390,6 @@ def celery_queue_gauge() -> Iterable[Sample]:
         return
     prefix = (settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}).get("global_keyprefix", "")
     queues = celery_queues()
-    from config.redis_clients import client_for
-
     pipe = client_for(url).pipeline(transaction=False)
     for queue in queues:
         for suffix in _PRIORITY_SUFFIXES:
